@@ -1,0 +1,211 @@
+"""Guidance responses, three-stage schedule and Saliency-adaptive Noise Fusion (SNF).
+
+Pure, shape-generic tensor functions; the pipeline only calls them. Notation follows the paper
+("High-fidelity Person-centric Subject-to-Image Synthesis", Wang et al., CVPR 2024):
+
+* ``eps(x | cond)`` is a UNet's noise prediction, ``w`` the guidance scale and ``0`` the empty prompt.
+* Sec. 3.2.3, guidance responses:
+    - TDM (eq. 1):   ``R_T = eps_T(c) - eps_T(0)``,       ``eps_T = eps_T(0) + w * R_T``
+    - SDM:           ``R_S = eps_S(c_aug) - eps_S(c)``    (the response to the reference images alone)
+      - paper eq. 2 (:attr:`SubjectGuidanceBase.NULL`): ``eps_S = eps_S(0) + w * R_S``
+      - official release (:attr:`SubjectGuidanceBase.TEXT`): ``eps_S = eps_S(c) + w * R_S``
+* Sec. 3.3.1, SNF (eqs. 3-5):
+    - saliency:      ``Omega_T = Smooth(|w * R_T|)``, ``Omega_S = Smooth(|w * R_S|)``
+    - mask:          ``M = 1`` where ``softmax(Omega_S) > softmax(Omega_T)`` (softmax over all positions of one
+      image), else ``0``; ties go to the TDM
+    - fused noise:   ``eps = M * eps_S + (1 - M) * eps_T``
+* Sec. 3.3, three stages over the ``T`` denoising steps: stage I (TDM only) for the first ``alpha * T`` steps,
+  stage II (both models, SNF) until ``beta * T``, stage III (SDM only) after.
+
+All maps here are ``(B, H, W)`` saliency maps or ``(B, 1, H, W)`` masks over the latent grid; noise predictions are
+``(B, C, H, W)``. Nothing assumes a resolution.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class Stage(enum.IntEnum):
+    """The three sampling stages of the paper (Sec. 3.3, appendix algorithm)."""
+
+    TEXT = 1  # stage I: the TDM draws alone (layout and scene)
+    FUSION = 2  # stage II: both models, mixed by SNF
+    SUBJECT = 3  # stage III: the SDM draws alone (identity details)
+
+    @property
+    def uses_text_model(self) -> bool:
+        return self is not Stage.SUBJECT
+
+    @property
+    def uses_subject_model(self) -> bool:
+        return self is not Stage.TEXT
+
+
+class SubjectGuidanceBase(str, enum.Enum):
+    """What the SDM's guided prediction is anchored on (see the module docstring)."""
+
+    TEXT = "text"  # official release: eps_S(c) + w * R_S, 2 SDM evaluations per step
+    NULL = "null"  # paper eq. 2: eps_S(0) + w * R_S, 3 SDM evaluations per step
+
+
+class Smoothing(str, enum.Enum):
+    """The ``Smooth`` operator applied to ``|w * R|`` before the softmax."""
+
+    BOX = "box"  # as released: k x k average pool (stride 1, zero padding counted), bilinear resize back
+    GAUSSIAN = "gaussian"  # separable gaussian blur with reflect padding, same size out
+
+
+def stage_boundaries(num_steps: int, alpha: float, beta: float) -> tuple[int, int]:
+    """Step indices where stage II and stage III begin.
+
+    With ``T = num_steps`` loop iterations indexed ``i = 0 .. T-1``::
+
+        stage I    for  i <  floor(alpha * T)
+        stage II   for  floor(alpha * T) <= i < floor(beta * T)
+        stage III  for  i >= floor(beta * T)
+
+    (``floor`` forgives float error: ``0.29 * 100`` counts as 29.)
+
+    Example: ``T = 50, alpha = 0.3, beta = 0.6`` gives 15 / 15 / 20 steps (REFERENCE section 8).
+    ``alpha = beta = 1`` is the TDM alone (plain Stable Diffusion); ``alpha = beta = 0`` the SDM alone.
+    """
+    check_stage_fractions(alpha, beta)
+    if num_steps < 1:
+        raise ValueError(f"The number of denoising steps must be at least 1, got {num_steps}.")
+    return _floor_steps(alpha * num_steps), _floor_steps(beta * num_steps)
+
+
+def _floor_steps(x: float) -> int:
+    return math.floor(x + 1e-6)
+
+
+def check_stage_fractions(alpha: float, beta: float) -> None:
+    """Raises ``ValueError`` unless ``0 <= alpha <= beta <= 1``."""
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"`{name}` is a fraction of the denoising steps and must lie in [0, 1], got {value!r}.")
+    if alpha > beta:
+        raise ValueError(
+            f"`alpha` ({alpha}) must not exceed `beta` ({beta}): stage I (TDM only) ends at alpha * T and stage III "
+            "(SDM only) begins at beta * T."
+        )
+
+
+def stage_schedule(num_steps: int, alpha: float, beta: float) -> list[Stage]:
+    """The stage of every step, ``[Stage.TEXT, ..., Stage.FUSION, ..., Stage.SUBJECT, ...]``."""
+    end_text, end_fusion = stage_boundaries(num_steps, alpha, beta)
+    return [
+        Stage.TEXT if i < end_text else Stage.FUSION if i < end_fusion else Stage.SUBJECT for i in range(num_steps)
+    ]
+
+
+def guidance_response(eps_cond: torch.Tensor, eps_base: torch.Tensor) -> torch.Tensor:
+    """``R = eps(cond) - eps(base)``: ``R_T`` with ``(c, 0)``, ``R_S`` with ``(c_aug, c)``."""
+    return eps_cond - eps_base
+
+
+def guided_prediction(eps_base: torch.Tensor, response: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """``eps = eps(base) + w * R`` (eqs. 1 and 2)."""
+    return eps_base + guidance_scale * response
+
+
+def _gaussian_kernel1d(kernel_size: int, sigma: float, device, dtype) -> torch.Tensor:
+    x = torch.arange(kernel_size, device=device, dtype=dtype) - (kernel_size - 1) / 2
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def smooth(
+    x: torch.Tensor,
+    smoothing: Smoothing | str = Smoothing.BOX,
+    kernel_size: int = 4,
+    sigma: float = 1.0,
+) -> torch.Tensor:
+    """``Smooth``: ``(B, C, H, W) -> (B, H, W)``, spatial smoothing then the mean over channels.
+
+    * ``box`` (as released): ``avg_pool2d(kernel_size, stride=1, padding=(kernel_size - 1) // 2)`` with zero padding
+      counted, a bilinear resize back to ``(H, W)`` (the even kernel shrinks the map by one), then the channel mean.
+    * ``gaussian``: a separable gaussian of ``kernel_size`` taps and ``sigma``, reflect padding, then the channel
+      mean.
+
+    The channel mean makes the mask shared by all latent channels.
+    """
+    smoothing = Smoothing(smoothing)
+    if kernel_size < 1:
+        raise ValueError(f"`smoothing_kernel_size` must be at least 1, got {kernel_size}.")
+    h, w = x.shape[-2:]
+    if smoothing is Smoothing.BOX:
+        pad = (kernel_size - 1) // 2
+        if h + 2 * pad < kernel_size or w + 2 * pad < kernel_size:
+            raise ValueError(
+                f"A {kernel_size}x{kernel_size} box filter does not fit a {h}x{w} latent; use a smaller "
+                "`smoothing_kernel_size` or a larger image."
+            )
+        y = F.avg_pool2d(x, kernel_size, stride=1, padding=pad, count_include_pad=True)
+        if y.shape[-2:] != (h, w):
+            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+    else:
+        if sigma <= 0:
+            raise ValueError(f"`smoothing_sigma` must be positive, got {sigma}.")
+        k = _gaussian_kernel1d(kernel_size, sigma, x.device, x.dtype)
+        c = x.shape[1]
+        left, right = (kernel_size - 1) // 2, kernel_size // 2
+        mode = "reflect" if min(h, w) > max(left, right) else "replicate"
+        y = F.pad(x, (left, right, 0, 0), mode=mode)
+        y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, kernel_size), groups=c)
+        y = F.pad(y, (0, 0, left, right), mode=mode)
+        y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, kernel_size, 1), groups=c)
+    return y.mean(dim=1)
+
+
+def saliency_map(scaled_response: torch.Tensor, **smooth_kwargs) -> torch.Tensor:
+    """``Omega = Smooth(|w * R|)``: ``(B, C, H, W) -> (B, H, W)``, computed in float32."""
+    return smooth(scaled_response.float().abs(), **smooth_kwargs)
+
+
+def normalize_saliency(omega: torch.Tensor) -> torch.Tensor:
+    """Softmax over all spatial positions of each image: ``(B, H, W) -> (B, H, W)``, each map sums to 1."""
+    b = omega.shape[0]
+    return torch.softmax(omega.float().reshape(b, -1), dim=-1).reshape(omega.shape)
+
+
+def fusion_mask(normalized_text: torch.Tensor, normalized_subject: torch.Tensor) -> torch.Tensor:
+    """``M``: ``True`` (the SDM draws) where the SDM's normalized saliency is strictly larger; ties go to the TDM.
+
+    ``(B, H, W), (B, H, W) -> (B, 1, H, W)`` bool, broadcast over channels.
+    """
+    return (normalized_subject > normalized_text).unsqueeze(1)
+
+
+def fuse_noise(eps_text: torch.Tensor, eps_subject: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``eps = M * eps_S + (1 - M) * eps_T`` with a hard mask (a select, so values are copied exactly)."""
+    return torch.where(mask, eps_subject, eps_text)
+
+
+def saliency_adaptive_noise_fusion(
+    eps_text: torch.Tensor,
+    eps_subject: torch.Tensor,
+    scaled_response_text: torch.Tensor,
+    scaled_response_subject: torch.Tensor,
+    **smooth_kwargs,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SNF in one call (Sec. 3.3.1).
+
+    Args:
+        eps_text, eps_subject: guided predictions ``eps_T`` and ``eps_S``, ``(B, C, H, W)``.
+        scaled_response_text, scaled_response_subject: ``w * R_T`` and ``w * R_S``, ``(B, C, H, W)``.
+        smooth_kwargs: ``smoothing``, ``kernel_size``, ``sigma`` of :func:`smooth`.
+
+    Returns:
+        ``(eps, mask, normalized_text, normalized_subject)``: the fused prediction, ``M`` as ``(B, 1, H, W)`` bool,
+        and the two softmax-normalized saliency maps ``(B, H, W)``.
+    """
+    norm_t = normalize_saliency(saliency_map(scaled_response_text, **smooth_kwargs))
+    norm_s = normalize_saliency(saliency_map(scaled_response_subject, **smooth_kwargs))
+    mask = fusion_mask(norm_t, norm_s)
+    return fuse_noise(eps_text, eps_subject, mask), mask, norm_t, norm_s

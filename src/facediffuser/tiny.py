@@ -1,0 +1,135 @@
+"""Tiny, seeded, randomly initialised Face-diffuser components, built offline in one call.
+
+They have the real architectures (diffusers' UNet and VAE, transformers' CLIP towers, the real CLIP tokenizer) at toy
+widths, so every code path runs in seconds on a CPU. Their images are noise: they are for tests, benchmarks, and for
+trying the command line before real weights are at hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from .models import SubjectFuser
+from .pipeline import FaceDiffuserPipeline
+from .tokenizer import load_clip_tokenizer
+
+SD_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+
+@dataclass(frozen=True)
+class TinyConfig:
+    """Widths of the tiny components. The layout mirrors SD1.x: four UNet levels (cross-attention in the first three
+    down and last three up blocks), a VAE with a scale factor of 8, CLIP towers of two layers."""
+
+    embed_dim: int = 16  # text hidden size = cross-attention width = subject embedding width
+    unet_channels: tuple[int, ...] = (8, 8, 16, 16)
+    unet_layers_per_block: int = 1
+    unet_head_dim: int = 2
+    unet_norm_groups: int = 4
+    vae_channels: tuple[int, ...] = (8, 8, 8, 8)
+    vision_hidden: int = 16
+    vision_image_size: int = 32
+    vision_patch_size: int = 8
+    clip_layers: int = 2
+    clip_heads: int = 2
+    sample_size: int = 8  # latent side; the default image is sample_size * 8 pixels
+
+
+def tiny_unet(config: TinyConfig = TinyConfig()) -> UNet2DConditionModel:
+    levels = len(config.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=config.sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=config.unet_channels,
+        layers_per_block=config.unet_layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        cross_attention_dim=config.embed_dim,
+        attention_head_dim=config.unet_head_dim,
+        norm_num_groups=config.unet_norm_groups,
+    )
+
+
+def tiny_vae(config: TinyConfig = TinyConfig()) -> AutoencoderKL:
+    levels = len(config.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=config.vae_channels,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=config.unet_norm_groups,
+        sample_size=config.sample_size * 2 ** (levels - 1),
+    )
+
+
+def tiny_text_encoder(config: TinyConfig = TinyConfig()) -> CLIPTextModel:
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=config.embed_dim,
+            intermediate_size=4 * config.embed_dim,
+            num_hidden_layers=config.clip_layers,
+            num_attention_heads=config.clip_heads,
+            max_position_embeddings=77,
+            projection_dim=config.embed_dim,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+
+
+def tiny_image_encoder(config: TinyConfig = TinyConfig()) -> CLIPVisionModelWithProjection:
+    return CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=config.vision_hidden,
+            intermediate_size=4 * config.vision_hidden,
+            num_hidden_layers=config.clip_layers,
+            num_attention_heads=config.clip_heads,
+            image_size=config.vision_image_size,
+            patch_size=config.vision_patch_size,
+            projection_dim=config.embed_dim,
+        )
+    )
+
+
+def tiny_components(seed: int = 0, config: TinyConfig = TinyConfig()) -> dict:
+    """The components of a tiny :class:`FaceDiffuserPipeline`, each initialised from its own seed."""
+    builders = {
+        "unet": tiny_unet,
+        "subject_unet": tiny_unet,
+        "vae": tiny_vae,
+        "text_encoder": tiny_text_encoder,
+        "image_encoder": tiny_image_encoder,
+        "subject_fuser": lambda c: SubjectFuser(embed_dim=c.embed_dim),
+    }
+    components = {}
+    for offset, (name, build) in enumerate(builders.items()):
+        torch.manual_seed(seed + offset)
+        components[name] = build(config).eval()
+    components["tokenizer"] = load_clip_tokenizer()
+    components["scheduler"] = DDIMScheduler(**SD_SCHEDULER_CONFIG)
+    return components
+
+
+def build_tiny_pipeline(seed: int = 0, config: TinyConfig = TinyConfig()) -> FaceDiffuserPipeline:
+    """A tiny random :class:`FaceDiffuserPipeline` (its images are noise)."""
+    pipe = FaceDiffuserPipeline(**tiny_components(seed, config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
