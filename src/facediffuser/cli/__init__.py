@@ -1,0 +1,1 @@
+"""The ``facediffuser`` command line. Each sub-command lives in its own module with a ``register(subparsers)``."""

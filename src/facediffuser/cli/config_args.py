@@ -1,0 +1,143 @@
+"""Command-line flags derived from dataclasses, with an optional TOML file in between.
+
+A dataclass is the one source of truth for a command's settings: each field becomes a flag (``snake_case`` ->
+``--kebab-case``), its ``metadata["help"]`` the help text. Values are layered: the dataclass defaults, then a TOML
+file (``--config``), then the flags actually given.
+
+Field metadata understood: ``help``, ``flag`` (another flag name), ``short`` (e.g. ``"-p"``), ``repeat`` (a list field
+whose flag may be given several times, e.g. ``--ref a --ref b``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Adds one flag per field of ``cls``. Flags not given leave no attribute (so the layers can be merged)."""
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        tp = _unwrap_optional(hints[field.name])
+        names = [_flag(field)] + ([field.metadata["short"]] if "short" in field.metadata else [])
+        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
+        help_text = field.metadata.get("help", "")
+        has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+        if has_default and field.default is not dataclasses.MISSING and field.default is not None:
+            default = field.default.value if isinstance(field.default, enum.Enum) else field.default
+            help_text += f" (default: {default})"
+        kwargs["help"] = help_text
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+            kwargs["choices"] = [m.value for m in tp]
+        elif origin in (list, tuple):
+            (item,) = typing.get_args(tp)[:1]
+            kwargs["type"] = _unwrap_optional(item)
+            if field.metadata.get("repeat"):
+                kwargs["action"] = "append"
+            else:
+                kwargs["nargs"] = "+"
+        elif tp in (int, float, str):
+            kwargs["type"] = tp
+        elif tp is Path:
+            kwargs["type"] = Path
+        else:
+            kwargs["type"] = str
+        parser.add_argument(*names, **kwargs)
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    tp = _unwrap_optional(tp)
+    if value is None:
+        return None
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(value)
+    if tp is Path:
+        return Path(value)
+    if typing.get_origin(tp) in (list, tuple):
+        (item,) = typing.get_args(tp)[:1]
+        values = [_coerce(v, item) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        return tuple(values) if typing.get_origin(tp) is tuple else values
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file not found: {path}")
+    with path.open("rb") as f:
+        try:
+            return tomllib.load(f)
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"{path} is not valid TOML: {err}") from err
+
+
+def build_config(cls: type[T], namespace: argparse.Namespace | None = None, config_file: str | Path | None = None) -> T:
+    """``cls`` from its defaults, then ``config_file`` (TOML, keys are field names), then the flags in ``namespace``.
+
+    Raises ``ValueError`` for unknown keys in the file and for required fields that were never given.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        data = load_toml(config_file)
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"Unknown setting(s) {unknown} in {config_file}; known: {sorted(names)}.")
+        values.update(data)
+    if namespace is not None:
+        values.update({k: v for k, v in vars(namespace).items() if k in names})
+    missing = [
+        _flag(f)
+        for f in dataclasses.fields(cls)
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise ValueError(f"Missing required setting(s): {', '.join(missing)}.")
+    return cls(**{k: _coerce(v, hints[k]) for k, v in values.items()})
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON/TOML-friendly dict of a config dataclass (enums as values, paths as strings)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}

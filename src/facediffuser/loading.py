@@ -1,0 +1,160 @@
+"""Loading a pipeline the way the command line, the evaluation harness and the demo all do.
+
+Weights load from safetensors only (``use_safetensors=True``): no pickled code runs. Released ``.bin`` checkpoints
+go through :mod:`facediffuser.convert` first, which reads them with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
+
+from .pipeline import FaceDiffuserPipeline
+
+logger = logging.getLogger(__name__)
+
+TINY_MODEL = "tiny"
+SCHEDULERS = {
+    "ddim": DDIMScheduler,
+    "pndm": PNDMScheduler,
+    "ddpm": DDPMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler-a": EulerAncestralDiscreteScheduler,
+    "heun": HeunDiscreteScheduler,
+    "lms": LMSDiscreteScheduler,
+}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PIPELINE_PARTS = (
+    "vae",
+    "text_encoder",
+    "tokenizer",
+    "unet",
+    "subject_unet",
+    "image_encoder",
+    "subject_fuser",
+    "scheduler",
+)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: CUDA if present, else Apple MPS, else the CPU. Probed when called, never at import."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``"auto"``: float16 on an accelerator, float32 on the CPU."""
+    if name == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if name not in DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def check_pipeline_folder(folder: Path) -> None:
+    """Raises a ``ValueError`` naming every missing part of a pipeline folder."""
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise ValueError(
+            f"{folder} is not a Face-diffuser pipeline folder: it has no model_index.json. Make one with "
+            "`facediffuser convert` or `FaceDiffuserPipeline.save_pretrained`."
+        )
+    try:
+        declared = json.loads(index.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{index} is not valid JSON: {err}") from err
+    missing = [p for p in PIPELINE_PARTS if p not in declared or not (folder / p).is_dir()]
+    if missing:
+        raise ValueError(f"The model folder {folder} is missing: {', '.join(p + '/' for p in missing)}.")
+
+
+def swap_scheduler(pipe: FaceDiffuserPipeline, name: str) -> None:
+    if name not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}.")
+    pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
+
+
+def load_scene_unet(path: str | Path, like: UNet2DConditionModel) -> UNet2DConditionModel:
+    """An SD1.x UNet to use as the TDM, from a diffusers folder (a pipeline or a bare ``unet/``) or a single
+    ``.safetensors`` file (original LDM keys ``model.diffusion_model.*`` or diffusers keys, optionally under
+    ``unet.``). ``like`` supplies the architecture config for single files."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"{path} holds neither a unet/ folder nor a UNet config.json.")
+        return UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
+    if not path.is_file():
+        raise FileNotFoundError(f"Scene model not found: {path}")
+    if path.suffix != ".safetensors":
+        raise ValueError(
+            f"{path}: a single-file scene model must be .safetensors (pickled .ckpt/.bin files can run code on load)."
+        )
+    state = load_file(path)
+    if any(k.startswith("model.diffusion_model.") for k in state):
+        from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+        state = convert_ldm_unet_checkpoint(state, dict(like.config))
+    elif any(k.startswith("unet.") for k in state):
+        state = {k[len("unet.") :]: v for k, v in state.items() if k.startswith("unet.")}
+    unet = UNet2DConditionModel.from_config(like.config)
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit an SD1.x UNet: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})."
+        )
+    return unet
+
+
+def load_pipeline(
+    model: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    scheduler: str | None = None,
+    scene_model: str | Path | None = None,
+) -> FaceDiffuserPipeline:
+    """A ready pipeline from ``"tiny"``, a local folder or a hub id, moved to ``device`` in ``dtype``."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    if str(model) == TINY_MODEL:
+        from .tiny import build_tiny_pipeline
+
+        logger.warning("Using the tiny random pipeline: its images are noise. Pass --model for real weights.")
+        pipe = build_tiny_pipeline()
+        pipe.set_progress_bar_config(disable=False)
+    else:
+        local = Path(model)
+        if local.exists():
+            check_pipeline_folder(local)
+        pipe = FaceDiffuserPipeline.from_pretrained(model, use_safetensors=True)
+    if scene_model is not None:
+        pipe.unet = load_scene_unet(scene_model, like=pipe.unet)
+    if scheduler is not None:
+        swap_scheduler(pipe, scheduler)
+    return pipe.to(device=device, dtype=dtype)
