@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,10 +205,26 @@ class EvaluationResult:
     files: list[Path]
 
 
-def _distributed_state():
+def distributed_state(device: str = "auto"):
+    """accelerate's :class:`~accelerate.PartialState` for this process.
+
+    Without CUDA, the processes of ``accelerate launch --multi_gpu --num_processes N`` (torchrun underneath) only see
+    each other when the state is made in CPU mode, so CPU mode is chosen whenever there is no CUDA device. A launch
+    whose processes still cannot see each other is refused: each would evaluate everything.
+    """
     from accelerate import PartialState
 
-    return PartialState()
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    cpu = device == "cpu" or use_cpu or (device == "auto" and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:
+        raise ValueError(
+            f"{launched} processes were launched but accelerate sees {state.num_processes}: every process would "
+            "evaluate everything. Launch with `accelerate launch --multi_gpu --num_processes N` (on CPUs too) or "
+            "torchrun."
+        )
+    return state
 
 
 def evaluate(
@@ -225,7 +242,7 @@ def evaluate(
     from ..loading import load_pipeline, resolve_device, resolve_dtype
 
     config.check()
-    state = _distributed_state()
+    state = distributed_state(config.device)
     methods = parse_methods(config.methods, config.alpha, config.beta)
     benchmark = load_benchmark(config.benchmark, config.data)
     images_per_prompt = config.images_per_prompt or benchmark.images_per_prompt
