@@ -265,6 +265,17 @@ def evaluate(
         state.num_processes,
         len(mine),
     )
+    # The scorers first: a backend that cannot be had fails now, not after hours of generation.
+    if "ip" in config.metrics and ip_backend is None:
+        ip_backend = build_ip_backend(config.ip_backend, device, config.backend_options())
+    if "pc" in config.metrics and clip_scorer is None:
+        clip_scorer = ClipScorer.from_pretrained(
+            config.clip_model,
+            device=device,
+            dtype=resolve_dtype(config.dtype, device),
+            batch_size=config.batch_size,
+        )
+
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", settings)
@@ -287,15 +298,6 @@ def evaluate(
         torch.cuda.empty_cache()
 
     # 2. Score this process's images.
-    if "ip" in config.metrics and ip_backend is None:
-        ip_backend = build_ip_backend(config.ip_backend, device, config.backend_options())
-    if "pc" in config.metrics and clip_scorer is None:
-        clip_scorer = ClipScorer.from_pretrained(
-            config.clip_model,
-            device=device,
-            dtype=resolve_dtype(config.dtype, device),
-            batch_size=config.batch_size,
-        )
     generated_ids = {(u.method.label, u.case.case_id) for u in todo}
     rows = score_units(
         mine,
