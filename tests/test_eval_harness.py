@@ -242,3 +242,26 @@ def test_work_unit_paths(tmp_path):
         == tmp_path / "images" / "face-diffuser_a0.2_b0.7" / "ada" / "style-01" / "1.png"
     )
     assert unit.mask_path(tmp_path) == tmp_path / "masks" / "face-diffuser_a0.2_b0.7" / "ada" / "style-01.npz"
+
+
+def test_combine_command_writes_one_table_1(tmp_path, capsys):
+    for kind, ip in (("single", 0.71), ("multi", 0.59)):
+        run = tmp_path / kind
+        run.mkdir()
+        result = {"display_name": "Face-diffuser (alpha=0.3, beta=0.6)", "ip": ip, "pc": 0.32}
+        summary = {"kind": kind, "ip_backend": "facenet", "clip_model": "clip", "methods": {"fd": result}}
+        (run / "summary.json").write_text(json.dumps(summary))
+    assert evaluate_main(["--combine", str(tmp_path / "single"), str(tmp_path / "multi"), "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "table1.md").read_text()
+    assert "| Face-diffuser (alpha=0.3, beta=0.6) | 0.710 | 0.320 | 0.590 | 0.320 |" in table
+    assert evaluate_main(["--combine", str(tmp_path / "nowhere")]) == 2
+    assert "No summary.json" in capsys.readouterr().err
+
+
+def test_facenet_table_lists_the_papers_rows():
+    from facediffuser.evaluation.reports import markdown_table
+
+    summary = {"benchmark": "single-subject", "kind": "single", "ip_backend": "facenet", "methods": {}}
+    assert "| Face-diffuser (paper) | 0.708 | 0.325 |" in markdown_table(summary)
+    summary["ip_backend"] = "dlib"
+    assert "(paper)" not in markdown_table(summary)

@@ -109,7 +109,7 @@ class EvaluationConfig:
     )
     height: int | None = field(default=None, metadata={"help": "image height (default: the model's, 512 for SD1.x)"})
     width: int | None = field(default=None, metadata={"help": "image width (default: the model's)"})
-    scheduler: str | None = field(default=None, metadata={"help": "scheduler name (default: the model's own)"})
+    scheduler: str | None = field(default="ddim", metadata={"help": "scheduler name; the paper samples with DDIM"})
     device: str = field(default="auto", metadata={"help": "device; 'auto' takes this process's accelerator"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, float16 or bfloat16"})
     batch_size: int = field(default=16, metadata={"help": "images per CLIP forward pass"})
