@@ -194,6 +194,7 @@ def test_two_processes_split_the_work_without_duplicates_or_gaps(subjects, clip_
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "process 0 of 2" in done.stderr and "process 1 of 2" in done.stderr
+    assert "Process 0 generated 2 units" in done.stderr and "Process 1 generated 2 units" in done.stderr
 
     import csv
 

@@ -1,9 +1,9 @@
 """The evaluation harness: generate every benchmark case with every method, score the images, write the reports.
 
-One call of :func:`evaluate` runs on one process. Under ``accelerate launch`` every process runs it: the
-``(method, case)`` work units are dealt round-robin by process index, so the shards are disjoint and together cover
-every unit, and each process scores the images of its own units. After a barrier the main process merges the shards
-and writes the reports.
+One call of :func:`evaluate` runs on one process. Under ``accelerate launch`` every process runs it. The
+``(method, case)`` work units still missing on disk are dealt round-robin by process index, so the shares are
+disjoint, together cover every missing unit, and stay balanced when resuming. After a barrier every process scores
+every N-th unit; after another, the main process merges the scores and writes the reports.
 
 Generation is resumable: a unit whose images are all on disk is not generated again (files are written under a
 temporary name and renamed, so a killed run leaves no half-written image behind). ``run.json`` records the generation
@@ -196,7 +196,15 @@ def _save_image(image: PIL.Image.Image, path: Path) -> None:
 
 @dataclass
 class EvaluationResult:
-    """What :func:`evaluate` did on this process. ``summary`` is set on the main process only."""
+    """What :func:`evaluate` did on this process.
+
+    Attributes:
+        units: the units whose images this process scored.
+        generated: the units whose images this process generated in this run.
+        rows: this process's score rows.
+        summary: the summary (main process only, else ``None``).
+        files: the reports written (main process only).
+    """
 
     units: list[WorkUnit]
     generated: list[WorkUnit]
@@ -253,9 +261,8 @@ def evaluate(
 
     cases = list(benchmark.cases[: config.limit] if config.limit else benchmark.cases)
     units = [WorkUnit(m, c) for m in methods for c in cases]
-    mine = shard(units, state.process_index, state.num_processes)
     logger.info(
-        "%s: %d cases x %d methods = %d units of %d images; process %d of %d takes %d.",
+        "%s: %d cases x %d methods = %d units of %d images; process %d of %d.",
         benchmark.name,
         len(cases),
         len(methods),
@@ -263,8 +270,8 @@ def evaluate(
         images_per_prompt,
         state.process_index,
         state.num_processes,
-        len(mine),
     )
+
     # The scorers first: a backend that cannot be had fails now, not after hours of generation.
     if "ip" in config.metrics and ip_backend is None:
         ip_backend = build_ip_backend(config.ip_backend, device, config.backend_options())
@@ -280,8 +287,11 @@ def evaluate(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", settings)
 
-    # 1. Generate what is not on disk yet.
-    todo = [u for u in mine if not all(p.is_file() for p in u.image_paths(out, images_per_prompt))]
+    # 1. Generate what is not on disk yet. Every process lists the missing units before any of them writes, then
+    #    takes every N-th one: the shares are disjoint, complete and balanced even when resuming.
+    missing = [u for u in units if not all(p.is_file() for p in u.image_paths(out, images_per_prompt))]
+    state.wait_for_everyone()
+    todo = shard(missing, state.process_index, state.num_processes)
     if todo:
         if pipeline is None:
             pipeline = load_pipeline(config.model, device=device, dtype=config.dtype, scheduler=config.scheduler)
@@ -292,13 +302,21 @@ def evaluate(
             todo = [WorkUnit(u.method, by_id[u.case.case_id]) for u in todo]
         for unit in tqdm(todo, desc=f"generate [{state.process_index}]", position=state.process_index, leave=True):
             generate_unit(pipeline, unit, config, out, images_per_prompt)
-    logger.info("Process %d generated %d units, reused %d.", state.process_index, len(todo), len(mine) - len(todo))
+    logger.info(
+        "Process %d generated %d units; %d of %d were already on disk.",
+        state.process_index,
+        len(todo),
+        len(units) - len(missing),
+        len(units),
+    )
     pipeline = None
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    state.wait_for_everyone()  # every image exists before anyone scores
 
     # 2. Score this process's images.
-    generated_ids = {(u.method.label, u.case.case_id) for u in todo}
+    mine = shard(units, state.process_index, state.num_processes)
+    generated_ids = {(u.method.label, u.case.case_id) for u in missing}
     rows = score_units(
         mine,
         out,

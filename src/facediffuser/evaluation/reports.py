@@ -219,7 +219,7 @@ def _matplotlib_figure(width: float, height: float):
     except ImportError:
         logger.warning("matplotlib is not installed: skipping the plots (pip install 'facediffuser[eval]').")
         return None
-    figure = Figure(figsize=(width, height), layout="constrained")
+    figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)
     return figure
 
@@ -254,6 +254,7 @@ def sweep_plot(summary: dict[str, Any], path: Path) -> bool:
     ax_both.set_ylabel("IP")
     ax_both.grid(alpha=0.3)
     figure.suptitle(f"{summary.get('benchmark', '')}: alpha/beta sweep (IP backend {summary.get('ip_backend')})")
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.14, top=0.88, wspace=0.3)
     figure.savefig(path, dpi=100)
     return True
 
@@ -338,6 +339,7 @@ def write_mask_images(means: dict[str, np.ndarray], folder: Path, title: str = "
             else:
                 ax.text(0.5, 0.5, "not evaluated", ha="center", va="center", transform=ax.transAxes)
     figure.suptitle(title or "mean fusion masks and saliency per stage")
+    figure.subplots_adjust(left=0.08, right=0.97, bottom=0.03, top=0.9, wspace=0.35, hspace=0.25)
     path = folder / "fusion_masks.png"
     figure.savefig(path, dpi=90)
     written.append(path)
