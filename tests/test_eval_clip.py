@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+from transformers import CLIPConfig, CLIPModel
 
 from facediffuser.evaluation.clip_score import ClipScorer, clip_pixels, resize_center_crop
 from facediffuser.tokenizer import load_clip_tokenizer
+
+try:  # transformers >= 5: the PIL processor by name (the default one needs torchvision)
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # transformers 4.x: the default processor is the PIL one
+    from transformers import CLIPImageProcessor
 
 IMAGE_SIZE = 32
 

@@ -266,3 +266,25 @@ def test_facenet_table_lists_the_papers_rows():
     assert "| Face-diffuser (paper) | 0.708 | 0.325 |" in markdown_table(summary)
     summary["ip_backend"] = "dlib"
     assert "(paper)" not in markdown_table(summary)
+
+
+def test_flags_and_toml_build_the_config(tmp_path):
+    import argparse
+
+    from facediffuser.cli.config_args import build_config
+    from facediffuser.cli.evaluate import add_arguments
+    from facediffuser.fusion import SubjectGuidanceBase
+
+    (tmp_path / "eval.toml").write_text(
+        'model = "pipe/"\nmethods = ["sdm", "face-diffuser:0.2:0.6"]\nsubject_guidance_base = "null"\nlimit = 8\n'
+    )
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data", "people/", "--limit", "3", "--facenet-weights", "w.pt", "--no-save-masks"])
+    config = build_config(EvaluationConfig, args, tmp_path / "eval.toml")
+    assert config.model == "pipe/" and config.data == Path("people/")
+    assert config.methods == ["sdm", "face-diffuser:0.2:0.6"] and config.limit == 3  # the flag beats the file
+    assert config.subject_guidance_base is SubjectGuidanceBase.NULL and config.save_masks is False
+    assert config.facenet_weights == Path("w.pt") and config.scheduler == "ddim" and config.seed == 42
+    with pytest.raises(ValueError, match="Missing required setting.*--model"):
+        build_config(EvaluationConfig, parser.parse_args(["--data", "people/"]))
