@@ -88,6 +88,17 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def load_person(refs: ImageInput | Sequence[ImageInput]) -> list[Image.Image]:
+    """All photos of one person: an image, a path, a folder of photos, or a list of images/paths."""
+    if isinstance(refs, (str, os.PathLike)) and Path(refs).is_dir():
+        refs = list_image_files(refs)
+    elif not isinstance(refs, (list, tuple)):
+        refs = [refs]
+    if not refs:
+        raise ValueError("A person was given an empty list of reference photos.")
+    return [load_image(r) for r in refs]
+
+
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """``(3, H, W)`` float in ``[0, 1]``."""
     arr = np.asarray(to_rgb(image), dtype=np.uint8)

@@ -8,10 +8,8 @@ decides which model's noise prediction each latent position takes (:mod:`facedif
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,14 +35,11 @@ from .fusion import (
     saliency_map,
     stage_schedule,
 )
-from .images import ImageInput, list_image_files, load_image, prepare_reference_pixels
+from .images import load_person, prepare_reference_pixels
 from .models import SubjectFuser
 from .prompting import DEFAULT_PLACEHOLDER, count_placeholders, tokenize_prompts
 
 logger = logging.getLogger(__name__)
-
-# One person's references: one image, a path, a folder of photos, or a list of images/paths.
-PersonReferences = ImageInput | Sequence[ImageInput]
 
 
 @dataclass
@@ -182,18 +177,8 @@ class FaceDiffuserPipeline(DiffusionPipeline, StableDiffusionMixin):
                     "reference(s) were given: give exactly one reference (an image, a folder, or a list of photos) "
                     "per placeholder, in order."
                 )
-            out.append([self._load_person(r) for r in refs])
+            out.append([load_person(r) for r in refs])
         return out
-
-    @staticmethod
-    def _load_person(refs: PersonReferences) -> list[PIL.Image.Image]:
-        if isinstance(refs, (str, os.PathLike)) and Path(refs).is_dir():
-            refs = list_image_files(refs)
-        elif not isinstance(refs, (list, tuple)):
-            refs = [refs]
-        if not refs:
-            raise ValueError("A person was given an empty list of reference photos.")
-        return [load_image(r) for r in refs]
 
     def check_inputs(
         self,
