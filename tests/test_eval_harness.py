@@ -53,7 +53,7 @@ def subjects(tmp_path_factory):
 def flags(subjects, clip_folder, out, *extra):
     return [
         "--data", str(subjects), "--model", "tiny", "--clip-model", str(clip_folder), "--out", str(out),
-        "--limit", "2", "--num-inference-steps", "2", "--images-per-prompt", "1", "--seed", "7",
+        "--limit", "2", "--steps", "2", "--images-per-prompt", "1", "--seed", "7",
         "--dlib-upsample", "0", "--methods", *METHODS, *extra,
     ]  # fmt: skip
 
@@ -65,7 +65,7 @@ def config(subjects, clip_folder, out, **changes):
         clip_model=str(clip_folder),
         out=out,
         limit=2,
-        num_inference_steps=2,
+        steps=2,
         images_per_prompt=1,
         seed=7,
         dlib_upsample=0,
@@ -134,8 +134,8 @@ def test_end_to_end_writes_every_output_and_resumes(subjects, clip_folder, tmp_p
     assert json.loads((out / "summary.json").read_text())["ip_backend"] is None  # IP not computed this time
 
     # Other generation settings in the same folder are refused rather than mixed.
-    with pytest.raises(ValueError, match="other settings.*num_inference_steps: 2 -> 3"):
-        evaluate(config(subjects, clip_folder, out, num_inference_steps=3))
+    with pytest.raises(ValueError, match="other settings.*steps: 2 -> 3"):
+        evaluate(config(subjects, clip_folder, out, steps=3))
 
 
 def test_bad_input_gets_a_clear_error(subjects, clip_folder, tmp_path, monkeypatch, capsys):

@@ -65,7 +65,7 @@ GENERATION_KEYS = (
     "data",
     "model",
     "seed",
-    "num_inference_steps",
+    "steps",
     "guidance_scale",
     "subject_guidance_base",
     "height",
@@ -102,7 +102,7 @@ class EvaluationConfig:
     images_per_prompt: int | None = field(
         default=None, metadata={"help": "images per case (default: the benchmark's, 4 for the subject benchmarks)"}
     )
-    num_inference_steps: int = field(default=50, metadata={"help": "denoising steps"})
+    steps: int = field(default=50, metadata={"help": "denoising steps T"})
     guidance_scale: float = field(default=5.0, metadata={"help": "w, for both models"})
     subject_guidance_base: SubjectGuidanceBase = field(
         default=SubjectGuidanceBase.TEXT, metadata={"help": "SDM guidance: text (release) or null (paper eq. 2)"}
@@ -131,7 +131,7 @@ class EvaluationConfig:
                 f"Unknown IP backend {self.ip_backend!r}; choose from {', '.join(sorted(IP_BACKENDS))} (dlib works "
                 "offline)."
             )
-        for name in ("limit", "images_per_prompt", "num_inference_steps", "batch_size"):
+        for name in ("limit", "images_per_prompt", "steps", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
@@ -367,7 +367,7 @@ def generate_unit(pipeline, unit: WorkUnit, config: EvaluationConfig, out: Path,
         beta=unit.method.beta,
         guidance_scale=config.guidance_scale,
         subject_guidance_base=config.subject_guidance_base,
-        num_inference_steps=config.num_inference_steps,
+        num_inference_steps=config.steps,
         num_images_per_prompt=images_per_prompt,
         height=config.height,
         width=config.width,
