@@ -288,3 +288,19 @@ def test_flags_and_toml_build_the_config(tmp_path):
     assert config.facenet_weights == Path("w.pt") and config.scheduler == "ddim" and config.seed == 42
     with pytest.raises(ValueError, match="Missing required setting.*--model"):
         build_config(EvaluationConfig, parser.parse_args(["--data", "people/"]))
+
+
+def test_scoring_finds_the_person_in_a_real_photo(subjects, tmp_path):
+    """The scoring path on a real face: the mirrored reference photo stands in for a generated image."""
+    from facediffuser.evaluation.benchmarks import load_benchmark
+    from facediffuser.evaluation.harness import score_units
+    from facediffuser.evaluation.identity import build_ip_backend
+
+    case = load_benchmark("single-subject", subjects).cases[0]
+    unit = WorkUnit(parse_method("face-diffuser"), case)
+    (path,) = unit.image_paths(tmp_path, 1)
+    path.parent.mkdir(parents=True)
+    Image.fromarray(skimage_data.astronaut()).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path)
+    (row,) = score_units([unit], tmp_path, 1, build_ip_backend("dlib", options={"dlib_upsample": 0}), None)
+    assert row.ip > 0.9 and row.faces >= 1 and np.isnan(row.pc)
+    assert row.ip_backend == "dlib" and row.text == "a photo of a woman wearing a red baseball cap"
