@@ -204,3 +204,35 @@ def test_cli_flags_toml_and_clean_errors(data_root, tmp_path, capsys):
     assert "image_ids_train.txt" in capsys.readouterr().err
     assert train_main(["sdm", "--config", str(toml), "--resolution", "60"]) == 2
     assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_gives_the_same_losses_and_gradients(data_root, tmp_path):
+    results = []
+    for checkpointing in (False, True):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        config = tiny_config(data_root, tmp_path / str(checkpointing), gradient_checkpointing=checkpointing)
+        trainer = Trainer(ModelKind.SDM, config)
+        batch = next(iter(trainer.train_loader))
+        losses = trainer.compute_loss(batch, micro_step=0)
+        trainer.accelerator.backward(losses["loss"])
+        grads = {n: p.grad.clone() for n, p in trainer.denoiser.named_parameters() if p.requires_grad}
+        results.append((losses, grads))
+    (plain, plain_grads), (ckpt, ckpt_grads) = results
+    assert plain["localization"] != 0
+    for key in ("denoising", "localization"):
+        assert torch.allclose(plain[key], ckpt[key], atol=1e-6)
+    assert all(torch.allclose(plain_grads[n], ckpt_grads[n], atol=1e-5) for n in plain_grads)
+
+
+def test_shipped_training_configs_are_valid():
+    import argparse
+
+    from facediffuser.cli.config_args import build_config
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    tomls = sorted(folder.glob("train_*.toml"))
+    assert tomls
+    for path in tomls:
+        config = build_config(TrainConfig, argparse.Namespace(data_root=Path("data")), path)
+        assert config.max_train_steps >= 1, path

@@ -175,12 +175,23 @@ class Trainer:
         kind: which model to train.
         config: the settings.
         tiny_config: widths of the tiny components when ``config.pretrained == "tiny"``.
+        base_pipeline: an already-built float32 base pipeline to train from instead of loading
+            ``config.pretrained`` (benchmarks, notebooks). Its modules are trained and cast in place, and the export
+            saves it back in float32; ``config.pretrained`` is then only a label for the checkpoints.
     """
 
-    def __init__(self, kind: ModelKind | str, config: TrainConfig, *, tiny_config: TinyConfig | None = None):
+    def __init__(
+        self,
+        kind: ModelKind | str,
+        config: TrainConfig,
+        *,
+        tiny_config: TinyConfig | None = None,
+        base_pipeline: FaceDiffuserPipeline | None = None,
+    ):
         self.kind = ModelKind(kind)
         self.config = config
         self.tiny_config = tiny_config
+        self.given_base = base_pipeline
         self.output_dir = Path(config.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
         c = config
@@ -202,7 +213,7 @@ class Trainer:
         device = self.accelerator.device
 
         # 2. The base model; the frozen parts go to the device in the training precision.
-        self.base = load_base_pipeline(c.pretrained, tiny_config)
+        self.base = base_pipeline if base_pipeline is not None else load_base_pipeline(c.pretrained, tiny_config)
         self.placeholder = self.base.placeholder
         self.vae = self.base.vae.requires_grad_(False).to(device).eval()
         self.text_encoder = self.base.text_encoder.requires_grad_(False).to(device).eval()
@@ -589,7 +600,10 @@ class Trainer:
         acc.wait_for_everyone()
         state = self.trained_state()
         if acc.is_main_process:
-            pipe = load_base_pipeline(self.config.pretrained, self.tiny_config)
+            if self.given_base is not None:
+                pipe = self.given_base.to("cpu", torch.float32)
+            else:
+                pipe = load_base_pipeline(self.config.pretrained, self.tiny_config)
             targets = {"unet": "subject_unet" if self.kind is ModelKind.SDM else "unet"}
             for part, tensors in state.items():
                 module = getattr(pipe, targets.get(part, part))
