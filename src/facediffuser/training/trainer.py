@@ -213,19 +213,26 @@ class Trainer:
         device = self.accelerator.device
 
         # 2. The base model; the frozen parts go to the device in the training precision.
-        self.base = base_pipeline if base_pipeline is not None else load_base_pipeline(c.pretrained, tiny_config)
-        self.placeholder = self.base.placeholder
-        self.vae = self.base.vae.requires_grad_(False).to(device).eval()
-        self.text_encoder = self.base.text_encoder.requires_grad_(False).to(device).eval()
+        # The parts that are neither trained nor needed are not kept (export reloads the base).
+        base = base_pipeline if base_pipeline is not None else load_base_pipeline(c.pretrained, tiny_config)
+        self.placeholder = base.placeholder
+        self.tokenizer = base.tokenizer
+        self.scheduler_config = base.scheduler.config
+        self.reference_size = base.image_encoder.config.image_size
+        self.vae = base.vae.requires_grad_(False).to(device).eval()
+        self.text_encoder = base.text_encoder.requires_grad_(False).to(device).eval()
         if self.weight_dtype != torch.float32:
             self.vae.to(dtype=self.weight_dtype)
             self.text_encoder.to(dtype=self.weight_dtype)
-        self.tokenizer = self.base.tokenizer
-        self.noise_scheduler = DDPMScheduler.from_config(self.base.scheduler.config)
+        self.noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
         if self.kind is ModelKind.SDM:
-            denoiser = Denoiser(self.base.subject_unet, self.base.subject_fuser, self.base.image_encoder)
+            denoiser = Denoiser(base.subject_unet, base.subject_fuser, base.image_encoder)
+            self.idle_parts: dict[str, nn.Module] = {}
         else:
-            denoiser = Denoiser(self.base.unet)
+            denoiser = Denoiser(base.unet)
+            # Validation prompts have no people, so these are passed to the pipeline but never run.
+            self.idle_parts = {"image_encoder": base.image_encoder, "subject_fuser": base.subject_fuser}
+        del base
         self.trainable_names = freeze_and_list_trainable(self.kind, denoiser, c.vision_trainable_layers)
         denoiser.to(device)
         for p in denoiser.parameters():  # trained weights stay float32 (the optimizer's master copy)
@@ -291,7 +298,7 @@ class Trainer:
             split=split,
             tokenizer=self.tokenizer,
             resolution=c.resolution,
-            reference_size=self.base.image_encoder.config.image_size,
+            reference_size=self.reference_size,
             with_subjects=self.kind is ModelKind.SDM,
             max_subjects=c.max_subjects,
             subject_keep_prob=c.subject_keep_prob if augment else 1.0,
@@ -395,7 +402,7 @@ class Trainer:
         progress = tqdm(
             total=c.max_train_steps, initial=self.global_step, disable=not acc.is_local_main_process, desc="train"
         )
-        running: dict[str, float] = {"loss": 0.0, "denoising": 0.0, "localization": 0.0}
+        running = {k: torch.zeros((), device=acc.device) for k in ("loss", "denoising", "localization")}
         counted = 0
         last_saved = self.global_step if c.resume else -1
         self.model.train()
@@ -414,8 +421,8 @@ class Trainer:
                     self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 micro += 1
-                for k in running:
-                    running[k] += float(losses[k].detach())
+                for k in running:  # kept on the device: no synchronization per micro-batch
+                    running[k] += losses[k].detach().float()
                 counted += 1
                 if not acc.sync_gradients:
                     continue
@@ -427,7 +434,7 @@ class Trainer:
                 progress.update(1)
                 if c.logging_steps and (self.global_step % c.logging_steps == 0 or self.global_step == 1):
                     self.log_metrics(running, counted)
-                    running = dict.fromkeys(running, 0.0)
+                    running = {k: torch.zeros_like(v) for k, v in running.items()}
                     counted = 0
                     progress.set_postfix(loss=f"{self.last_logged.get('train/loss', float('nan')):.4f}")
                 if c.checkpointing_steps and self.global_step % c.checkpointing_steps == 0:
@@ -452,15 +459,16 @@ class Trainer:
         acc.end_training()
         return out
 
-    def log_metrics(self, running: dict[str, float], counted: int) -> None:
+    def log_metrics(self, running: dict[str, torch.Tensor], counted: int) -> None:
         """Averages the running losses over micro-batches and processes (a collective: every process calls it)."""
         acc = self.accelerator
-        values = torch.tensor([running[k] / max(counted, 1) for k in running] + [self.skipped_total], device=acc.device)
-        values = acc.reduce(values, reduction="sum")
+        skipped = torch.tensor(float(self.skipped_total), device=acc.device)
+        values = torch.stack([running[k] / max(counted, 1) for k in running] + [skipped])
+        values = acc.reduce(values, reduction="sum").tolist()
         n = acc.num_processes
-        logged = {f"train/{k}": float(values[i]) / n for i, k in enumerate(running)}
+        logged = {f"train/{k}": values[i] / n for i, k in enumerate(running)}
         logged["train/lr"] = self.lr_scheduler.get_last_lr()[0]
-        logged["data/skipped_samples"] = float(values[-1])
+        logged["data/skipped_samples"] = values[-1]
         self.last_logged = logged
         if self.metrics is not None:
             self.metrics.log_scalars(logged, self.global_step)
@@ -534,9 +542,9 @@ class Trainer:
             tokenizer=self.tokenizer,
             unet=model.unet,  # the model being trained fills both slots; the other model is never called
             subject_unet=model.unet,
-            image_encoder=model.image_encoder if sdm else self.base.image_encoder,
-            subject_fuser=model.subject_fuser if sdm else self.base.subject_fuser,
-            scheduler=DDIMScheduler.from_config(self.base.scheduler.config),
+            image_encoder=model.image_encoder if sdm else self.idle_parts["image_encoder"],
+            subject_fuser=model.subject_fuser if sdm else self.idle_parts["subject_fuser"],
+            scheduler=DDIMScheduler.from_config(self.scheduler_config),
             placeholder=self.placeholder,
         )
         pipe.set_progress_bar_config(disable=True)
