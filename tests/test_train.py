@@ -192,6 +192,22 @@ def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
         Trainer(ModelKind.SDM, other_model).train()
     with pytest.raises(ValueError, match="not a training checkpoint"):
         Trainer(ModelKind.TDM, tiny_config(data_root, out, resume=str(data_root))).train()
+    with pytest.raises(ValueError, match="already holds checkpoints"):  # a new run would rotate them away
+        Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=2)).train()
+
+
+def test_train_registers_as_a_subcommand():
+    import argparse
+
+    from facediffuser.cli import train as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "sdm", "--data-root", "d", "--max-train-steps", "5", "--use-ema"])
+    assert args.func is train_cli.run
+    assert (args.model, args.data_root, args.max_train_steps, args.use_ema) == ("sdm", Path("d"), 5, True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "xdm", "--data-root", "d"])
 
 
 def test_cli_flags_toml_and_clean_errors(data_root, tmp_path, capsys):

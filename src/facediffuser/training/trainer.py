@@ -382,6 +382,11 @@ class Trainer:
             self.metrics = make_logger(c.log_with, self.output_dir / "logs")
         if c.resume:
             self.resume(c.resume)
+        elif checkpoints.list_checkpoints(self.checkpoint_dir):
+            raise ValueError(
+                f"{self.checkpoint_dir} already holds checkpoints of an earlier run. Pass --resume latest to continue "
+                "it, or choose another --output-dir."
+            )
         self.validation_samples = self.pick_validation_samples() if c.validation_steps and acc.is_main_process else []
 
         per_epoch = len(self.train_loader)  # micro-batches per process and epoch
