@@ -261,3 +261,19 @@ def test_shipped_training_configs_are_valid():
     for path in tomls:
         config = build_config(TrainConfig, argparse.Namespace(data_root=Path("data")), path)
         assert config.max_train_steps >= 1, path
+
+
+def test_training_from_a_pipeline_folder(data_root, tmp_path):
+    base_dir = tmp_path / "base"
+    build_tiny_pipeline(seed=3).save_pretrained(base_dir, safe_serialization=True)
+    out = Trainer(
+        ModelKind.TDM, tiny_config(data_root, tmp_path / "out", pretrained=str(base_dir), max_train_steps=1)
+    ).train()
+    pipe = FaceDiffuserPipeline.from_pretrained(out, use_safetensors=True)
+    base = FaceDiffuserPipeline.from_pretrained(base_dir, use_safetensors=True)
+    assert torch.equal(pipe.vae.encoder.conv_in.weight, base.vae.encoder.conv_in.weight)
+    assert not torch.equal(pipe.unet.conv_in.weight, base.unet.conv_in.weight)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "x", pretrained=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="model_index.json"):
+        Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "x", pretrained=str(data_root)))
