@@ -513,14 +513,18 @@ class Trainer:
         if not split_file(c.data_root, split).is_file():
             logger.warning("No %s split in %s: validation samples come from %s.", split, c.data_root, c.split)
             split = c.split
-        dataset = self.make_dataset(split, augment=False)
-        picked = []
-        for i in range(min(len(dataset), 16 * max(1, c.num_validation_samples))):
-            if len(picked) >= c.num_validation_samples:
-                break
-            sample = dataset[i]
-            if self.kind is ModelKind.TDM or len(sample["subject_token_indices"]):
-                picked.append(sample)
+        picked: list[dict[str, Any]] = []
+        try:
+            dataset = self.make_dataset(split, augment=False)
+            for i in range(min(len(dataset), 16 * max(1, c.num_validation_samples))):
+                if len(picked) >= c.num_validation_samples:
+                    break
+                sample = dataset[i]
+                if self.kind is ModelKind.TDM or len(sample["subject_token_indices"]):
+                    picked.append(sample)
+        except ValueError as err:
+            logger.warning("Validation grids are off: the %s split cannot serve (%s)", split, err)
+            return []
         if not picked:
             logger.warning("No validation sample with a person was found; validation grids are off.")
         return picked
