@@ -121,8 +121,9 @@ def test_reader_fields_one_by_one(tmp_path, tokenizer):
 def test_subject_options_and_tdm_samples(tmp_path, tokenizer):
     two_people(tmp_path)
     write_split(tmp_path, ["00000_a"])
+    one_each = {plain_dataset(tmp_path, tokenizer, max_subjects=1, seed=seed)[0]["caption"] for seed in range(8)}
+    assert one_each == {"a man <|image|> and a woman at the beach", "a man and a woman <|image|> at the beach"}
     one = plain_dataset(tmp_path, tokenizer, max_subjects=1)[0]
-    assert one["caption"] == "a man <|image|> and a woman at the beach"
     assert one["subject_pixels"].shape[0] == one["subject_masks"].shape[0] == 1
 
     dropped = plain_dataset(tmp_path, tokenizer, subject_keep_prob=0.0)[0]
@@ -154,8 +155,8 @@ def test_collate_positions(tmp_path, tokenizer):
     data = plain_dataset(tmp_path, tokenizer)
     full, one = data[0], plain_dataset(tmp_path, tokenizer, max_subjects=1)[0]
     batch = collate([one, full])
-    idx = full["subject_token_indices"].tolist()
-    assert batch["subject_positions"].tolist() == [[0, idx[0]], [1, idx[0]], [1, idx[1]]]
+    idx, first = full["subject_token_indices"].tolist(), one["subject_token_indices"].tolist()
+    assert batch["subject_positions"].tolist() == [[0, first[0]], [1, idx[0]], [1, idx[1]]]
     assert batch["subject_pixels"].shape == (3, 3, 16, 16) and batch["subject_masks"].shape == (3, 32, 32)
     assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["input_ids"].shape == (2, 77)
 

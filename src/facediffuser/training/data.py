@@ -159,7 +159,8 @@ class FFHQWild(Dataset):
         resolution: side ``R`` of the target image.
         reference_size: side ``S`` of the reference crops (the vision tower's input size).
         with_subjects: SDM samples (placeholders and references) rather than TDM samples.
-        max_subjects: at most this many people per sample (the first ones in the caption).
+        max_subjects: at most this many people per sample (a random subset when there are more, as in
+            FastComposer's recipe).
         subject_keep_prob: each person is kept with this probability (dropped people stay in the caption as text).
         uncondition_prob: the caption is empty, with no people, with this probability.
         augment: augment the references and flip the targets (off for validation).
@@ -274,7 +275,10 @@ class FFHQWild(Dataset):
             keep = [
                 s for s in person_segments(caption, segments) if torch.rand((), generator=g) < self.subject_keep_prob
             ]
-            people = [s for s in keep if (segmap == s.id).any()][: self.max_subjects]
+            people = [s for s in keep if (segmap == s.id).any()]
+            if len(people) > self.max_subjects:  # a random subset, kept in caption order
+                chosen = torch.randperm(len(people), generator=g)[: self.max_subjects].sort().values
+                people = [people[i] for i in chosen.tolist()]
         text = insert_placeholders(caption, [s.end for s in people], self.placeholder)
         tokenized = self.tokenize(text, len(people))
         people = people[: len(tokenized.subject_token_indices)]
