@@ -393,7 +393,8 @@ class Trainer:
         ga = c.gradient_accumulation_steps
         micro = self.global_step * ga
         epoch = micro // per_epoch
-        logger.info(
+        log = logger.info if acc.is_main_process else logger.debug
+        log(
             "Training the %s: %d trainable tensors, %d images, %d micro-batches per epoch and process, %d process(es), "
             "from step %d to %d.",
             self.kind.value.upper(),
@@ -504,7 +505,8 @@ class Trainer:
         checkpoints.check_compatible(saved, self.run_fingerprint(), path)
         self.accelerator.load_state(str(path))
         self.global_step = int(saved["step"])
-        logger.info("Resumed from %s at step %d.", path, self.global_step)
+        if self.accelerator.is_main_process:
+            logger.info("Resumed from %s at step %d.", path, self.global_step)
 
     # ------------------------------------------------------------------ validation and export
     def pick_validation_samples(self) -> list[dict[str, Any]]:
