@@ -168,7 +168,11 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data_root, tmp_path)
 
 
 def test_tdm_run_exports_the_scene_unet_and_keeps_the_base_subject_model(data_root, tmp_path):
-    out = Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "tdm", max_train_steps=2)).train()
+    out = Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "tdm", max_train_steps=3, logging_steps=5)).train()
+    with (out / "logs" / "metrics.csv").open() as f:
+        logged = sorted({int(row["step"]) for row in csv.DictReader(f)})
+    assert logged == [1, 3]  # the first step, then the last one (before the 5th)
+    assert read_metrics(out)["train/localization"] == [0.0, 0.0]  # no people for the TDM
     base = build_tiny_pipeline(seed=0)
     pipe = FaceDiffuserPipeline.from_pretrained(out, use_safetensors=True)
     unet = dict(pipe.unet.named_parameters())

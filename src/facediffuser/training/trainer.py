@@ -438,7 +438,8 @@ class Trainer:
                 if self.ema is not None:
                     self.ema.step(self.trainable_parameters())
                 progress.update(1)
-                if c.logging_steps and (self.global_step % c.logging_steps == 0 or self.global_step == 1):
+                last = self.global_step == c.max_train_steps
+                if c.logging_steps and (self.global_step % c.logging_steps == 0 or self.global_step == 1 or last):
                     self.log_metrics(running, counted)
                     running = {k: torch.zeros_like(v) for k, v in running.items()}
                     counted = 0
