@@ -138,6 +138,18 @@ def test_subject_options_and_tdm_samples(tmp_path, tokenizer):
     assert tdm["caption"] == CAPTION and tdm["subject_masks"].shape == (0, 32, 32)
 
 
+def test_a_person_with_an_empty_box_is_left_out(tmp_path, tokenizer):
+    two_people(tmp_path)
+    path = tmp_path / "00000" / "00000_a.json"
+    data = json.loads(path.read_text())
+    data["segments"][0]["bbox"] = [60, 8, 70, 24]  # the woman's box lies outside the 40 px wide image
+    path.write_text(json.dumps(data))
+    write_split(tmp_path, ["00000_a"])
+    sample = plain_dataset(tmp_path, tokenizer)[0]
+    assert sample["caption"] == "a man <|image|> and a woman at the beach"
+    assert sample["subject_pixels"].shape[0] == 1
+
+
 def test_samples_are_a_function_of_seed_epoch_and_index(tmp_path, tokenizer):
     two_people(tmp_path)
     write_split(tmp_path, ["00000_a"])

@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from ..images import clip_preprocess, pil_to_tensor
-from ..prompting import DEFAULT_PLACEHOLDER, tokenize_prompt
+from ..prompting import DEFAULT_PLACEHOLDER, TokenizedPrompt, tokenize_prompt
 from .augment import ReferenceAugmentation, noise_background_crop, plain_reference, target_geometry
 
 logger = logging.getLogger(__name__)
@@ -132,6 +132,12 @@ def person_segments(caption: str, segments: Sequence[Segment]) -> list[Segment]:
     """The ``person`` segments whose ``end`` falls inside the caption (after a word), sorted by ``end``."""
     people = [s for s in segments if s.label == PERSON_LABEL and 0 < s.end <= len(caption) and caption[: s.end].strip()]
     return sorted(people, key=lambda s: s.end)
+
+
+def box_inside(bbox: tuple[float, float, float, float], width: int, height: int) -> bool:
+    """Whether an ``[x1, y1, x2, y2]`` box keeps at least one pixel once clipped to the image."""
+    x1, y1, x2, y2 = bbox
+    return min(x2, width) - max(x1, 0) >= 1 and min(y2, height) - max(y1, 0) >= 1
 
 
 class SampleUnreadable(Exception):
@@ -275,7 +281,7 @@ class FFHQWild(Dataset):
             keep = [
                 s for s in person_segments(caption, segments) if torch.rand((), generator=g) < self.subject_keep_prob
             ]
-            people = [s for s in keep if (segmap == s.id).any()]
+            people = [s for s in keep if box_inside(s.bbox, image.width, image.height) and (segmap == s.id).any()]
             if len(people) > self.max_subjects:  # a random subset, kept in caption order
                 chosen = torch.randperm(len(people), generator=g)[: self.max_subjects].sort().values
                 people = [people[i] for i in chosen.tolist()]
@@ -315,7 +321,7 @@ class FFHQWild(Dataset):
             "pixel_values": pixel_values,
         }
 
-    def tokenize(self, text: str, num_people: int):
+    def tokenize(self, text: str, num_people: int) -> TokenizedPrompt:
         """Tokenizes, dropping the last people when the caption is too long to keep their class nouns."""
         try:
             return tokenize_prompt(self.tokenizer, text, self.placeholder)
