@@ -99,9 +99,7 @@ def check_stage_fractions(alpha: float, beta: float) -> None:
 def stage_schedule(num_steps: int, alpha: float, beta: float) -> list[Stage]:
     """The stage of every step, ``[Stage.TEXT, ..., Stage.FUSION, ..., Stage.SUBJECT, ...]``."""
     end_text, end_fusion = stage_boundaries(num_steps, alpha, beta)
-    return [
-        Stage.TEXT if i < end_text else Stage.FUSION if i < end_fusion else Stage.SUBJECT for i in range(num_steps)
-    ]
+    return [Stage.TEXT if i < end_text else Stage.FUSION if i < end_fusion else Stage.SUBJECT for i in range(num_steps)]
 
 
 def guidance_response(eps_cond: torch.Tensor, eps_base: torch.Tensor) -> torch.Tensor:

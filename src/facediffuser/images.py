@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -15,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-ImageInput = Union[Image.Image, str, os.PathLike]
+ImageInput = Image.Image | str | os.PathLike
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -87,6 +86,17 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise ValueError(f"The folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
     return files
+
+
+def load_person(refs: ImageInput | Sequence[ImageInput]) -> list[Image.Image]:
+    """All photos of one person: an image, a path, a folder of photos, or a list of images/paths."""
+    if isinstance(refs, (str, os.PathLike)) and Path(refs).is_dir():
+        refs = list_image_files(refs)
+    elif not isinstance(refs, (list, tuple)):
+        refs = [refs]
+    if not refs:
+        raise ValueError("A person was given an empty list of reference photos.")
+    return [load_image(r) for r in refs]
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:

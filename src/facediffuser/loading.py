@@ -149,12 +149,17 @@ def load_pipeline(
         pipe = build_tiny_pipeline()
         pipe.set_progress_bar_config(disable=False)
     else:
-        local = Path(model)
+        local = Path(model).expanduser()
         if local.exists():
             check_pipeline_folder(local)
+        elif str(model).startswith(("/", ".", "~")):
+            raise FileNotFoundError(f"Model folder not found: {local}")
         pipe = FaceDiffuserPipeline.from_pretrained(model, use_safetensors=True)
     if scene_model is not None:
         pipe.unet = load_scene_unet(scene_model, like=pipe.unet)
     if scheduler is not None:
         swap_scheduler(pipe, scheduler)
-    return pipe.to(device=device, dtype=dtype)
+    pipe.to(device)
+    if pipe.unet.dtype != dtype:
+        pipe.to(dtype=dtype)
+    return pipe

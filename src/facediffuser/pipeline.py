@@ -8,11 +8,9 @@ decides which model's noise prediction each latent position takes (:mod:`facedif
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -28,8 +26,8 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 from .fusion import (
     Smoothing,
     Stage,
-    check_stage_fractions,
     SubjectGuidanceBase,
+    check_stage_fractions,
     guidance_response,
     guided_prediction,
     normalize_saliency,
@@ -37,14 +35,11 @@ from .fusion import (
     saliency_map,
     stage_schedule,
 )
-from .images import ImageInput, list_image_files, load_image, prepare_reference_pixels
+from .images import load_person, prepare_reference_pixels
 from .models import SubjectFuser
 from .prompting import DEFAULT_PLACEHOLDER, count_placeholders, tokenize_prompts
 
 logger = logging.getLogger(__name__)
-
-# One person's references: one image, a path, a folder of photos, or a list of images/paths.
-PersonReferences = Union[ImageInput, Sequence[ImageInput]]
 
 
 @dataclass
@@ -83,7 +78,7 @@ class FaceDiffuserPipelineOutput(BaseOutput):
         fusion_trace: the per-step masks and saliency maps when ``return_masks=True``.
     """
 
-    images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     fusion_trace: FusionTrace | None = None
 
 
@@ -182,18 +177,8 @@ class FaceDiffuserPipeline(DiffusionPipeline, StableDiffusionMixin):
                     "reference(s) were given: give exactly one reference (an image, a folder, or a list of photos) "
                     "per placeholder, in order."
                 )
-            out.append([self._load_person(r) for r in refs])
+            out.append([load_person(r) for r in refs])
         return out
-
-    @staticmethod
-    def _load_person(refs: PersonReferences) -> list[PIL.Image.Image]:
-        if isinstance(refs, (str, os.PathLike)) and Path(refs).is_dir():
-            refs = list_image_files(refs)
-        elif not isinstance(refs, (list, tuple)):
-            refs = [refs]
-        if not refs:
-            raise ValueError("A person was given an empty list of reference photos.")
-        return [load_image(r) for r in refs]
 
     def check_inputs(
         self,
@@ -231,9 +216,7 @@ class FaceDiffuserPipeline(DiffusionPipeline, StableDiffusionMixin):
         return self.text_encoder(input_ids.to(device))[0]
 
     @torch.no_grad()
-    def encode_subjects(
-        self, references: list[list[list[PIL.Image.Image]]], device: torch.device
-    ) -> torch.Tensor:
+    def encode_subjects(self, references: list[list[list[PIL.Image.Image]]], device: torch.device) -> torch.Tensor:
         """``o`` for every person of every prompt, in order: ``(N, D)``, the mean over each person's photos."""
         photos = [img for prompt_refs in references for person in prompt_refs for img in person]
         if not photos:
@@ -349,8 +332,9 @@ class FaceDiffuserPipeline(DiffusionPipeline, StableDiffusionMixin):
         smoothing = Smoothing(smoothing)
         subject_guidance_scale = guidance_scale if subject_guidance_scale is None else subject_guidance_scale
         callback_inputs = callback_on_step_end_tensor_inputs or ["latents"]
-        height = height or self.unet.config.sample_size * self.vae_scale_factor
-        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        default_size = self.unet.config.sample_size * self.vae_scale_factor
+        height = default_size if height is None else height
+        width = default_size if width is None else width
 
         # 1. Check inputs and read the reference photos (before any model runs).
         self.check_inputs(

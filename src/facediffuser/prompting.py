@@ -38,7 +38,7 @@ def count_placeholders(prompt: str, placeholder: str = DEFAULT_PLACEHOLDER) -> i
 
 
 def strip_placeholders(prompt: str, placeholder: str = DEFAULT_PLACEHOLDER) -> str:
-    """The prompt with its placeholders removed and white space folded: ``"a man <|image|> at sea" -> "a man at sea"``."""
+    """The prompt without placeholders, white space folded: ``"a man <|image|> at sea" -> "a man at sea"``."""
     return " ".join(prompt.replace(placeholder, " ").split())
 
 
@@ -74,9 +74,7 @@ def tokenize_prompt(
     room = max_length - 2  # BOS and EOS
     if len(body) > room:
         cut = tokenizer.decode(body[room:])
-        logger.warning(
-            "The prompt is longer than the text encoder's %d tokens; this part was cut: %r", max_length, cut
-        )
+        logger.warning("The prompt is longer than the text encoder's %d tokens; this part was cut: %r", max_length, cut)
         lost = [k + 1 for k, m in enumerate(marks) if m >= room]
         if lost:
             raise ValueError(

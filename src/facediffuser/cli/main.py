@@ -8,13 +8,13 @@ import logging
 import sys
 
 # Sub-command modules of this package; each defines register(subparsers) and sets `func` on its parser.
-COMMANDS = ("generate", "convert", "train")
+COMMANDS = ("generate", "convert", "train", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facediffuser",
-        description="Face-diffuser: person-centric subject-to-image generation with two collaborating diffusion models.",
+        description="Face-diffuser: person-centric subject-to-image generation with two collaborating models.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -79,8 +79,8 @@ class SubjectFuser(ModelMixin, ConfigMixin):
             )
         if subject_embeds.shape[0] == 0:
             return text_embeds
-        b, l = subject_positions[:, 0], subject_positions[:, 1]
-        fused = self.fuse(text_embeds[b, l], subject_embeds.to(text_embeds.dtype))  # (N, D)
+        rows, cols = subject_positions[:, 0], subject_positions[:, 1]
+        fused = self.fuse(text_embeds[rows, cols], subject_embeds.to(text_embeds.dtype))  # (N, D)
         out = text_embeds.clone()
-        out[b, l] = fused.to(out.dtype)
+        out[rows, cols] = fused.to(out.dtype)
         return out

@@ -1,0 +1,45 @@
+"""Evaluation: the paper's identity-preservation (IP) and prompt-consistency (PC) scores, its benchmarks, and a
+harness that compares the TDM, the SDM and Face-diffuser on them (REFERENCE section 6, ``docs/evaluation.md``)."""
+
+from .benchmarks import BENCHMARKS, Benchmark, Case, Person, Photo, load_benchmark, load_subjects, register_benchmark
+from .clip_score import DEFAULT_CLIP_MODEL, ClipScorer, clip_pixels
+from .harness import EvaluationConfig, EvaluationResult, evaluate
+from .identity import IP_BACKENDS, Face, IdentityBackend, build_ip_backend, register_ip_backend
+from .methods import Method, parse_method, parse_methods
+from .metrics import (
+    cosine_similarity_matrix,
+    greedy_match,
+    identity_score,
+    identity_similarity_matrix,
+    prompt_consistency,
+)
+
+__all__ = [
+    "BENCHMARKS",
+    "DEFAULT_CLIP_MODEL",
+    "IP_BACKENDS",
+    "Benchmark",
+    "Case",
+    "ClipScorer",
+    "EvaluationConfig",
+    "EvaluationResult",
+    "Face",
+    "IdentityBackend",
+    "Method",
+    "Person",
+    "Photo",
+    "build_ip_backend",
+    "clip_pixels",
+    "cosine_similarity_matrix",
+    "evaluate",
+    "greedy_match",
+    "identity_score",
+    "identity_similarity_matrix",
+    "load_benchmark",
+    "load_subjects",
+    "parse_method",
+    "parse_methods",
+    "prompt_consistency",
+    "register_benchmark",
+    "register_ip_backend",
+]

@@ -1,0 +1,296 @@
+"""Benchmarks: a data file of prompts plus a loader that pairs them with people.
+
+Registered benchmarks (:data:`BENCHMARKS`):
+
+* ``single-subject``: ``data/benchmarks/single_subject.json``, 4 groups (accessory, style, action, context) of 10
+  prompts, for every person of a subject folder.
+* ``multi-subject``: ``data/benchmarks/multi_subject.json``, 10 prompts for every pair of people of a subject folder
+  (or the pairs listed in its ``pairs.json``).
+* ``ffhq-wild``: the FFHQ-wild test split (``image_ids_test.txt``, ``<id[:5]>/<id>.jpg|.json``); each image's caption
+  with a placeholder after every person, the people's bounding-box crops as references.
+
+A **subject folder** holds one sub-folder of photos per person; the sub-folder's name is the person's name. An
+optional ``subjects.json`` maps names to class nouns (``{"ada": "woman", "alan": "man"}``); a person not listed there
+is a ``person``. Photos should be roughly square crops of the head and shoulders.
+
+A new benchmark is a function ``loader(source, placeholder) -> Benchmark`` decorated with
+:func:`register_benchmark`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+
+from ..images import list_image_files, load_image
+from ..prompting import DEFAULT_PLACEHOLDER
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CLASS_NOUN = "person"
+SUBJECTS_FILE = "subjects.json"
+PAIRS_FILE = "pairs.json"
+MAX_FFHQ_SUBJECTS = 4
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A reference photo: a file, optionally cropped to ``box = (x1, y1, x2, y2)`` pixels."""
+
+    path: Path
+    box: tuple[int, int, int, int] | None = None
+
+    def load(self) -> PIL.Image.Image:
+        image = load_image(self.path, max_side=None if self.box else 2048)
+        return image.crop(self.box) if self.box else image
+
+
+@dataclass(frozen=True)
+class Person:
+    """One subject: a name, the class noun that precedes the placeholder, and reference photos."""
+
+    name: str
+    class_noun: str
+    photos: tuple[Photo, ...]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One prompt with its people: the unit that is generated ``images_per_prompt`` times per method.
+
+    Attributes:
+        case_id: unique within the benchmark and usable as a relative path (``"ada/style-03"``).
+        prompt: the prompt with one placeholder after each person's class noun, people in order.
+        people: the people, in placeholder order.
+        group: the prompt group (``accessory``, ``style``... or ``2-person``), for per-group means.
+    """
+
+    case_id: str
+    prompt: str
+    people: tuple[Person, ...]
+    group: str
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A named list of cases. ``kind`` is ``"single"`` or ``"multi"``: the Table 1 column its scores go in."""
+
+    name: str
+    kind: str
+    cases: tuple[Case, ...]
+    images_per_prompt: int = 4
+
+
+BenchmarkLoader = Callable[[Path, str], Benchmark]
+BENCHMARKS: dict[str, BenchmarkLoader] = {}
+
+
+def register_benchmark(name: str) -> Callable[[BenchmarkLoader], BenchmarkLoader]:
+    """Decorator that registers ``loader(source, placeholder) -> Benchmark`` under ``name``."""
+
+    def decorate(loader: BenchmarkLoader) -> BenchmarkLoader:
+        BENCHMARKS[name] = loader
+        return loader
+
+    return decorate
+
+
+def load_benchmark(name: str, source: str | Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
+    """The benchmark ``name`` over ``source`` (a subject folder, or a dataset root for ``ffhq-wild``).
+
+    Raises:
+        ValueError: an unknown benchmark, or a source that does not fit it.
+        FileNotFoundError: ``source`` does not exist.
+    """
+    if name not in BENCHMARKS:
+        raise ValueError(f"Unknown benchmark {name!r}; choose from {', '.join(sorted(BENCHMARKS))}.")
+    source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"The data folder of benchmark {name!r} does not exist: {source}")
+    benchmark = BENCHMARKS[name](source, placeholder)
+    if not benchmark.cases:
+        raise ValueError(f"Benchmark {name!r} found no cases in {source}.")
+    return benchmark
+
+
+def read_benchmark_file(filename: str) -> dict[str, Any]:
+    """A prompt file shipped in ``facediffuser/data/benchmarks``."""
+    text = (resources.files("facediffuser") / "data" / "benchmarks" / filename).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _check_template(template: str, fields: set[str]) -> None:
+    used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    if used != fields:
+        raise ValueError(f"The prompt template {template!r} must use exactly {sorted(fields)}, it uses {sorted(used)}.")
+
+
+def _subject_phrase(person: Person, placeholder: str) -> str:
+    return f"{person.class_noun} {placeholder}"
+
+
+# ---------------------------------------------------------------------------------------------------- subject folders
+def load_subjects(folder: str | Path) -> list[Person]:
+    """The people of a subject folder, sorted by name (see the module docstring for the layout).
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: no person sub-folders, a person folder without images, a bad ``subjects.json``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Subject folder not found: {folder}")
+    nouns: dict[str, str] = {}
+    nouns_file = folder / SUBJECTS_FILE
+    if nouns_file.is_file():
+        try:
+            nouns = json.loads(nouns_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{nouns_file} is not valid JSON: {err}") from err
+        if not isinstance(nouns, dict) or not all(isinstance(v, str) and v.strip() for v in nouns.values()):
+            raise ValueError(f'{nouns_file} must map each person\'s folder name to a class noun: {{"ada": "woman"}}.')
+    folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not folders:
+        raise ValueError(
+            f"The subject folder {folder} has no sub-folders: give one sub-folder of photos per person "
+            "(e.g. subjects/ada/1.jpg), with an optional subjects.json mapping names to class nouns."
+        )
+    unknown = sorted(set(nouns) - {p.name for p in folders})
+    if unknown:
+        raise ValueError(f"{nouns_file} names {unknown}, which are not sub-folders of {folder}.")
+    people = []
+    for person_folder in folders:
+        try:
+            photos = list_image_files(person_folder)
+        except ValueError as err:
+            raise ValueError(f"Subject {person_folder.name!r} has no photos: {err}") from err
+        noun = nouns.get(person_folder.name, DEFAULT_CLASS_NOUN).strip()
+        people.append(Person(person_folder.name, noun, tuple(Photo(p) for p in photos)))
+    missing_nouns = [p.name for p in people if p.name not in nouns]
+    if missing_nouns:
+        logger.info("No class noun for %s in %s: using %r.", missing_nouns, nouns_file, DEFAULT_CLASS_NOUN)
+    return people
+
+
+@register_benchmark("single-subject")
+def single_subject_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
+    """Every prompt of ``single_subject.json`` for every person of the subject folder ``source``.
+
+    Cases are ordered prompt index first, then group, then person, so that ``--limit`` takes a spread of groups:
+    with one person, the first 4 cases are prompt 0 of accessory, style, action and context.
+    """
+    spec = read_benchmark_file("single_subject.json")
+    people = load_subjects(source)
+    groups: dict[str, list[str]] = spec["groups"]
+    for templates in groups.values():
+        for template in templates:
+            _check_template(template, {"subject"})
+    cases = []
+    for index in range(max(len(t) for t in groups.values())):
+        for group, templates in groups.items():
+            if index >= len(templates):
+                continue
+            for person in people:
+                prompt = templates[index].format(subject=_subject_phrase(person, placeholder))
+                cases.append(Case(f"{person.name}/{group}-{index:02d}", prompt, (person,), group))
+    return Benchmark("single-subject", "single", tuple(cases), int(spec.get("images_per_prompt", 4)))
+
+
+def subject_pairs(folder: Path, people: list[Person]) -> list[tuple[Person, Person]]:
+    """The pairs listed in ``pairs.json`` (``[["ada", "alan"], ...]``), else every unordered pair by name."""
+    by_name = {p.name: p for p in people}
+    pairs_file = folder / PAIRS_FILE
+    if not pairs_file.is_file():
+        return list(itertools.combinations(people, 2))
+    try:
+        listed = json.loads(pairs_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{pairs_file} is not valid JSON: {err}") from err
+    pairs = []
+    for entry in listed:
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] != entry[1]):
+            raise ValueError(f'{pairs_file}: each entry must be two different names, like ["ada", "alan"]: {entry!r}')
+        missing = [n for n in entry if n not in by_name]
+        if missing:
+            raise ValueError(f"{pairs_file} names {missing}, which are not sub-folders of {folder}.")
+        pairs.append((by_name[entry[0]], by_name[entry[1]]))
+    return pairs
+
+
+@register_benchmark("multi-subject")
+def multi_subject_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
+    """Every prompt of ``multi_subject.json`` for every pair of people of the subject folder ``source``."""
+    spec = read_benchmark_file("multi_subject.json")
+    people = load_subjects(source)
+    if len(people) < 2:
+        raise ValueError(f"The multi-subject benchmark needs at least two people in {source}, found {len(people)}.")
+    pairs = subject_pairs(source, people)
+    for template in spec["prompts"]:
+        _check_template(template, {"subject1", "subject2"})
+    cases = []
+    for index, template in enumerate(spec["prompts"]):
+        for first, second in pairs:
+            prompt = template.format(
+                subject1=_subject_phrase(first, placeholder), subject2=_subject_phrase(second, placeholder)
+            )
+            cases.append(Case(f"{first.name}+{second.name}/{index:02d}", prompt, (first, second), "pair"))
+    return Benchmark("multi-subject", "multi", tuple(cases), int(spec.get("images_per_prompt", 4)))
+
+
+# ---------------------------------------------------------------------------------------------------- FFHQ-wild
+def ffhq_case(root: Path, image_id: str, placeholder: str = DEFAULT_PLACEHOLDER) -> Case | None:
+    """One FFHQ-wild image as a case, or ``None`` when it shows no person.
+
+    The caption gets a placeholder at each person segment's ``end`` offset (segments sorted by ``end``, at most 4
+    people); each person's reference is the image cropped to the segment's ``bbox``.
+    """
+    folder = root / image_id[:5]
+    image_path, json_path = folder / f"{image_id}.jpg", folder / f"{image_id}.json"
+    for path in (image_path, json_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"FFHQ-wild file missing: {path} (expected <root>/<id[:5]>/<id>.jpg and .json).")
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+        caption: str = record["caption"]
+        segments = [s for s in record["segments"] if s.get("coco_label") == "person"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{json_path} is not an FFHQ-wild caption file (caption, segments): {err}") from err
+    segments = sorted(segments, key=lambda s: s["end"])[:MAX_FFHQ_SUBJECTS]
+    if not segments:
+        return None
+    pieces, start, people = [], 0, []
+    for k, segment in enumerate(segments):
+        end = int(segment["end"])
+        pieces += [caption[start:end], f" {placeholder}"]
+        start = end
+        words = caption[:end].split()
+        noun = words[-1] if words else DEFAULT_CLASS_NOUN
+        box = tuple(int(round(v)) for v in segment["bbox"])
+        people.append(Person(f"{image_id}-{k}", noun, (Photo(image_path, box),)))
+    pieces.append(caption[start:])
+    return Case(image_id, "".join(pieces), tuple(people), f"{len(people)}-person")
+
+
+@register_benchmark("ffhq-wild")
+def ffhq_wild_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
+    """The FFHQ-wild test split at ``source`` (the layout of REFERENCE section 5); images without people skipped."""
+    ids_file = source / "image_ids_test.txt"
+    if not ids_file.is_file():
+        raise FileNotFoundError(
+            f"{ids_file} not found: the ffhq-wild benchmark takes the dataset root holding image_ids_test.txt and "
+            "the <id[:5]>/<id>.jpg|.json files."
+        )
+    ids = [line.strip() for line in ids_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    cases = [c for c in (ffhq_case(source, i, placeholder) for i in ids) if c is not None]
+    if len(cases) < len(ids):
+        logger.info("ffhq-wild: %d of %d test images show no person and are skipped.", len(ids) - len(cases), len(ids))
+    return Benchmark("ffhq-wild", "multi", tuple(cases), 1)

@@ -1,0 +1,170 @@
+"""Benchmark data files, subject folders, the FFHQ-wild loader and method specs."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facediffuser.evaluation.benchmarks import (
+    BENCHMARKS,
+    load_benchmark,
+    load_subjects,
+    read_benchmark_file,
+)
+from facediffuser.evaluation.methods import Method, parse_method, parse_methods
+from facediffuser.prompting import count_placeholders, strip_placeholders
+
+
+def make_subjects(root, people, nouns=None):
+    for name, count in people.items():
+        (root / name).mkdir(parents=True)
+        for k in range(count):
+            Image.new("RGB", (32, 32), (k * 40, 80, 120)).save(root / name / f"{k}.jpg")
+    if nouns is not None:
+        (root / "subjects.json").write_text(json.dumps(nouns))
+    return root
+
+
+def test_single_subject_prompt_file_has_four_groups_of_ten():
+    spec = read_benchmark_file("single_subject.json")
+    assert list(spec["groups"]) == ["accessory", "style", "action", "context"]
+    prompts = [p for group in spec["groups"].values() for p in group]
+    assert all(len(group) == 10 for group in spec["groups"].values())
+    assert len(set(prompts)) == 40
+    assert all(p.count("{subject}") == 1 for p in prompts)
+    assert spec["images_per_prompt"] == 4
+
+
+def test_multi_subject_prompt_file():
+    spec = read_benchmark_file("multi_subject.json")
+    assert len(spec["prompts"]) == len(set(spec["prompts"])) == 10
+    assert all(p.count("{subject1}") == 1 and p.count("{subject2}") == 1 for p in spec["prompts"])
+
+
+def test_load_subjects_reads_folders_and_class_nouns(tmp_path):
+    make_subjects(tmp_path, {"ada": 2, "alan": 1, "grace": 1}, {"ada": "woman", "alan": "man"})
+    people = load_subjects(tmp_path)
+    assert [(p.name, p.class_noun, len(p.photos)) for p in people] == [
+        ("ada", "woman", 2),
+        ("alan", "man", 1),
+        ("grace", "person", 1),
+    ]
+
+
+def test_subject_folder_without_images_is_a_clear_error(tmp_path):
+    make_subjects(tmp_path, {"ada": 1})
+    (tmp_path / "bob").mkdir()
+    (tmp_path / "bob" / "notes.txt").write_text("no photos here")
+    with pytest.raises(ValueError, match="Subject 'bob' has no photos.*holds no images"):
+        load_subjects(tmp_path)
+
+
+def test_bad_subject_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Subject folder not found"):
+        load_subjects(tmp_path / "missing")
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(ValueError, match="no sub-folders: give one sub-folder of photos per person"):
+        load_subjects(tmp_path / "flat")
+    make_subjects(tmp_path / "named", {"ada": 1}, {"ada": "woman", "zed": "man"})
+    with pytest.raises(ValueError, match=r"names \['zed'\]"):
+        load_subjects(tmp_path / "named")
+
+
+def test_single_subject_benchmark_cases(tmp_path):
+    make_subjects(tmp_path, {"ada": 1, "alan": 1}, {"ada": "woman", "alan": "man"})
+    benchmark = load_benchmark("single-subject", tmp_path)
+    assert benchmark.kind == "single" and benchmark.images_per_prompt == 4
+    assert len(benchmark.cases) == 80
+    assert len({c.case_id for c in benchmark.cases}) == 80
+    first = benchmark.cases[:8]  # prompt 0 of every group, every person: --limit takes a spread
+    assert [c.group for c in first] == ["accessory"] * 2 + ["style"] * 2 + ["action"] * 2 + ["context"] * 2
+    case = benchmark.cases[0]
+    assert case.case_id == "ada/accessory-00"
+    assert case.prompt == "a photo of a woman <|image|> wearing a red baseball cap"
+    assert strip_placeholders(case.prompt) == "a photo of a woman wearing a red baseball cap"
+    assert all(count_placeholders(c.prompt) == 1 for c in benchmark.cases)
+
+
+def test_multi_subject_benchmark_pairs(tmp_path):
+    make_subjects(tmp_path, {"ada": 1, "alan": 1, "grace": 1}, {"ada": "woman", "alan": "man"})
+    benchmark = load_benchmark("multi-subject", tmp_path)
+    assert benchmark.kind == "multi"
+    assert len(benchmark.cases) == 10 * 3
+    case = benchmark.cases[0]
+    assert case.case_id == "ada+alan/00"
+    assert case.prompt == "a photo of a woman <|image|> and a man <|image|> sitting on a park bench"
+    assert [p.name for p in case.people] == ["ada", "alan"]
+    (tmp_path / "pairs.json").write_text(json.dumps([["grace", "ada"]]))
+    listed = load_benchmark("multi-subject", tmp_path)
+    assert {c.case_id.split("/")[0] for c in listed.cases} == {"grace+ada"}
+    (tmp_path / "pairs.json").write_text(json.dumps([["grace", "nobody"]]))
+    with pytest.raises(ValueError, match="nobody"):
+        load_benchmark("multi-subject", tmp_path)
+
+
+def test_multi_subject_needs_two_people(tmp_path):
+    make_subjects(tmp_path, {"ada": 1})
+    with pytest.raises(ValueError, match="at least two people"):
+        load_benchmark("multi-subject", tmp_path)
+
+
+def write_ffhq_image(root, image_id, caption, segments):
+    folder = root / image_id[:5]
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.arange(64 * 96 * 3, dtype=np.uint32).reshape(64, 96, 3) % 251
+    Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{image_id}.jpg", quality=95)
+    (folder / f"{image_id}.json").write_text(json.dumps({"caption": caption, "segments": segments}))
+
+
+def test_ffhq_wild_test_split(tmp_path):
+    caption = "a woman and her dog next to a man at the park"
+    segments = [
+        {"id": 3, "bbox": [50, 4, 90, 60], "coco_label": "person", "end": caption.index(" at")},
+        {"id": 1, "bbox": [2, 2, 30, 40], "coco_label": "person", "end": len("a woman")},
+        {"id": 2, "bbox": [30, 30, 50, 60], "coco_label": "dog", "end": len("a woman and her dog")},
+    ]
+    write_ffhq_image(tmp_path, "00012", caption, segments)
+    write_ffhq_image(tmp_path, "00013", "a red car", [{"id": 1, "bbox": [0, 0, 9, 9], "coco_label": "car", "end": 9}])
+    (tmp_path / "image_ids_test.txt").write_text("00012\n00013\n")
+    benchmark = load_benchmark("ffhq-wild", tmp_path)
+    assert benchmark.kind == "multi"
+    (case,) = benchmark.cases  # the car image shows no person
+    assert case.prompt == "a woman <|image|> and her dog next to a man <|image|> at the park"
+    assert [p.class_noun for p in case.people] == ["woman", "man"]
+    assert case.group == "2-person"
+    crop = case.people[0].photos[0].load()
+    assert crop.size == (28, 38)
+    assert case.people[1].photos[0].load().size == (40, 56)
+
+
+def test_ffhq_wild_needs_the_split_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image_ids_test.txt"):
+        load_benchmark("ffhq-wild", tmp_path)
+
+
+def test_unknown_benchmark():
+    with pytest.raises(ValueError, match="Unknown benchmark 'dreambench'"):
+        load_benchmark("dreambench", ".")
+    assert {"single-subject", "multi-subject", "ffhq-wild"} <= set(BENCHMARKS)
+
+
+def test_method_specs():
+    assert parse_method("tdm") == Method("tdm", 1.0, 1.0)
+    assert parse_method("sdm") == Method("sdm", 0.0, 0.0)
+    assert parse_method("face-diffuser", 0.3, 0.6).label == "face-diffuser_a0.3_b0.6"
+    assert parse_method("Face-Diffuser:0.1:0.5") == Method("face-diffuser", 0.1, 0.5)
+    assert [m.label for m in parse_methods(["tdm", "face-diffuser", "face-diffuser:0.3:0.6", "tdm"])] == [
+        "tdm",
+        "face-diffuser_a0.3_b0.6",
+    ]
+    for bad, message in [
+        ("elite", "Unknown method"),
+        ("tdm:0.5:0.5", "fixed stage fractions"),
+        ("face-diffuser:0.7:0.2", "must not exceed"),
+        ("face-diffuser:0.2", "ALPHA:BETA"),
+        ("face-diffuser:x:0.2", "numbers"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_method(bad)
