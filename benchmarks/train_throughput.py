@@ -136,7 +136,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = write_synthetic_ffhq_wild(work / "data", num_images=8 * args.batch_size, size=args.resolution)
+        images = max(8, args.warmup + args.steps) * args.batch_size  # one epoch covers the whole measurement
+        data = write_synthetic_ffhq_wild(work / "data", num_images=images, size=args.resolution)
         device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
         print(
             f"device {device}, resolution {args.resolution}, batch {args.batch_size}, "
