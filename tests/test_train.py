@@ -281,3 +281,15 @@ def test_training_from_a_pipeline_folder(data_root, tmp_path):
         Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "x", pretrained=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="model_index.json"):
         Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "x", pretrained=str(data_root)))
+
+
+def test_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    multi = load_config_from_file(str(folder / "accelerate_multi_gpu.yaml"))
+    assert multi.distributed_type is DistributedType.MULTI_GPU and multi.mixed_precision == "bf16"
+    zero2 = load_config_from_file(str(folder / "accelerate_deepspeed_zero2.yaml"))
+    assert zero2.distributed_type is DistributedType.DEEPSPEED and zero2.deepspeed_config["zero_stage"] == 2
+    assert zero2.deepspeed_config["gradient_clipping"] == TrainConfig(data_root=Path("d")).max_grad_norm
