@@ -1,0 +1,89 @@
+"""Resumable checkpoints: written atomically, rotated, and checked against the run that resumes them.
+
+A checkpoint is a folder ``checkpoint-<step>`` holding accelerate's state (models, optimizer, LR scheduler, RNG,
+registered objects such as the EMA) and ``training_state.json`` (the step and the settings a resume must match).
+It is first written under a temporary name, then renamed, so a crash never leaves a half-written
+``checkpoint-*`` behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "training_state.json"
+PREFIX = "checkpoint-"
+_NAME = re.compile(rf"^{PREFIX}(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:07d}"
+
+
+def temporary_path(folder: Path, step: int) -> Path:
+    return folder / f".{checkpoint_name(step)}.tmp"
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Finished checkpoints in ``folder``, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def finalize(tmp: Path, state: dict[str, Any], keep: int) -> Path:
+    """Writes ``training_state.json`` into ``tmp``, renames it to its final name, and removes the oldest
+    checkpoints beyond ``keep``. Main process only."""
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    final = tmp.parent / checkpoint_name(state["step"])
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(tmp.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+        logger.info("Removed old checkpoint %s", old)
+    return final
+
+
+def resolve_resume(resume: str, folder: Path) -> Path:
+    """The checkpoint folder ``resume`` names: a path, or ``latest`` in ``folder``."""
+    if resume == "latest":
+        found = list_checkpoints(folder)
+        if not found:
+            raise FileNotFoundError(f"--resume latest: there is no checkpoint in {folder}.")
+        return found[-1]
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"The checkpoint to resume from does not exist: {path}")
+    if not (path / STATE_FILE).is_file():
+        raise ValueError(f"{path} is not a training checkpoint: it has no {STATE_FILE}.")
+    return path
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path / STATE_FILE} cannot be read ({err}); the checkpoint is damaged.") from err
+
+
+def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Raises ``ValueError`` listing every setting of ``current`` that differs from the checkpoint's."""
+    diffs = [
+        f"{key}: checkpoint {saved.get(key)!r}, now {value!r}"
+        for key, value in current.items()
+        if saved.get(key) != value
+    ]
+    if diffs:
+        raise ValueError(
+            f"The checkpoint {path} does not match this run: {'; '.join(diffs)}. Resume with the settings it was "
+            "saved with, or start a new run in another output folder."
+        )

@@ -1,0 +1,119 @@
+"""The training configuration: one dataclass, the single source of the ``facediffuser train`` flags and TOML keys."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ModelKind(str, enum.Enum):
+    """Which of the two models is trained."""
+
+    SDM = "sdm"  # subject-augmented: subject UNet + fuser + last vision layers, on captions with placeholders
+    TDM = "tdm"  # text-driven: the scene UNet, on plain captions
+
+
+class LogBackend(str, enum.Enum):
+    AUTO = "auto"  # TensorBoard when installed, else CSV
+    TENSORBOARD = "tensorboard"
+    CSV = "csv"
+
+
+class MixedPrecision(str, enum.Enum):
+    AUTO = "auto"  # what `accelerate launch` / `accelerate config` says, else full precision
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+def _f(help_text: str, **extra) -> dict:
+    return {"help": help_text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run. Defaults follow the released recipe (REFERENCE section 5) except the step count.
+
+    The model kind (``sdm`` or ``tdm``) is not a setting: it is the command (``facediffuser train sdm``).
+    """
+
+    data_root: Path = field(metadata=_f("FFHQ-wild data root (image_ids_train.txt, <id[:5]>/<id>.{jpg,npy,json})"))
+    output_dir: Path = field(default=Path("outputs/train"), metadata=_f("where checkpoints, logs and the model go"))
+    pretrained: str = field(
+        default="tiny",
+        metadata=_f("base Face-diffuser pipeline folder, or 'tiny' for the tiny random components (CPU tests)"),
+    )
+    split: str = field(default="train", metadata=_f("split of the data root to train on"))
+    resolution: int = field(default=512, metadata=_f("side of the training images in pixels"))
+    train_batch_size: int = field(default=8, metadata=_f("images per process and micro-batch"))
+    gradient_accumulation_steps: int = field(default=1, metadata=_f("micro-batches per optimizer step"))
+    max_train_steps: int = field(default=1000, metadata=_f("optimizer steps in total (resuming counts the done ones)"))
+    learning_rate: float = field(default=1e-5, metadata=_f("AdamW learning rate"))
+    lr_scheduler: str = field(
+        default="constant",
+        metadata=_f("diffusers scheduler name: constant, constant_with_warmup, linear, cosine, ..."),
+    )
+    lr_warmup_steps: int = field(default=0, metadata=_f("warm-up optimizer steps of the LR schedule"))
+    adam_beta1: float = field(default=0.9, metadata=_f("AdamW beta1"))
+    adam_beta2: float = field(default=0.999, metadata=_f("AdamW beta2"))
+    adam_weight_decay: float = field(default=1e-2, metadata=_f("AdamW weight decay"))
+    adam_epsilon: float = field(default=1e-8, metadata=_f("AdamW epsilon"))
+    max_grad_norm: float = field(default=1.0, metadata=_f("gradient clipping norm (0 disables clipping)"))
+    mixed_precision: MixedPrecision = field(
+        default=MixedPrecision.AUTO, metadata=_f("training precision of the frozen parts and autocast")
+    )
+    gradient_checkpointing: bool = field(default=False, metadata=_f("recompute UNet activations to save memory"))
+    use_ema: bool = field(default=False, metadata=_f("keep an exponential moving average of the trained weights"))
+    ema_decay: float = field(default=0.9999, metadata=_f("EMA decay"))
+    seed: int = field(default=0, metadata=_f("seed of the data order, augmentations and noise"))
+    max_subjects: int = field(default=4, metadata=_f("SDM: at most this many people per image"))
+    subject_keep_prob: float = field(default=0.9, metadata=_f("SDM: probability of keeping each person"))
+    uncondition_prob: float = field(default=0.1, metadata=_f("probability of an empty caption (and no people)"))
+    mask_loss_prob: float = field(default=0.5, metadata=_f("SDM: probability per batch of the masked denoising loss"))
+    localization_weight: float = field(default=1e-3, metadata=_f("SDM: weight of the localization loss (0 disables)"))
+    vision_trainable_layers: int = field(default=2, metadata=_f("SDM: trained last layers of the CLIP vision tower"))
+    dataloader_num_workers: int = field(default=0, metadata=_f("data-loader worker processes"))
+    checkpointing_steps: int = field(default=500, metadata=_f("save a resumable checkpoint every N steps (0: never)"))
+    checkpoints_total_limit: int = field(default=3, metadata=_f("keep the last K checkpoints"))
+    resume: str | None = field(
+        default=None, metadata=_f("resume from a checkpoint folder, or 'latest' in output_dir/checkpoints")
+    )
+    validation_steps: int = field(default=500, metadata=_f("write a validation grid every M steps (0: never)"))
+    num_validation_samples: int = field(default=4, metadata=_f("validation samples, from the test split"))
+    validation_split: str = field(default="test", metadata=_f("split the validation samples come from"))
+    validation_inference_steps: int = field(default=25, metadata=_f("DDIM steps of the validation images"))
+    validation_guidance_scale: float = field(default=5.0, metadata=_f("guidance scale of the validation images"))
+    logging_steps: int = field(default=10, metadata=_f("log the losses every N steps"))
+    log_with: LogBackend = field(default=LogBackend.AUTO, metadata=_f("log to TensorBoard or CSV"))
+
+    def __post_init__(self) -> None:
+        self.data_root = Path(self.data_root)
+        self.output_dir = Path(self.output_dir)
+        self.mixed_precision = MixedPrecision(self.mixed_precision)
+        self.log_with = LogBackend(self.log_with)
+        positive = ("resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "max_subjects")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        if self.resolution % 8:
+            raise ValueError(f"`resolution` must be a multiple of 8 (the VAE's scale), got {self.resolution}.")
+        non_negative = (
+            "lr_warmup_steps",
+            "max_grad_norm",
+            "localization_weight",
+            "vision_trainable_layers",
+            "dataloader_num_workers",
+            "checkpointing_steps",
+            "validation_steps",
+            "num_validation_samples",
+            "logging_steps",
+        )
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"`{name}` must not be negative, got {getattr(self, name)}.")
+        for name in ("subject_keep_prob", "uncondition_prob", "mask_loss_prob", "ema_decay"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be within [0, 1], got {getattr(self, name)}.")
+        if self.checkpoints_total_limit < 1:
+            raise ValueError(f"`checkpoints_total_limit` must be at least 1, got {self.checkpoints_total_limit}.")

@@ -1,0 +1,383 @@
+"""The FFHQ-wild data set as released for FastComposer (``mit-han-lab/ffhq-fastcomposer``), read as it is.
+
+Layout (REFERENCE section 5)::
+
+    root/image_ids_train.txt          one image id per line (image_ids_test.txt for the test split)
+    root/<id[:5]>/<id>.jpg            the photo
+    root/<id[:5]>/<id>.npy            integer segmentation map (H, W), values are segment ids
+    root/<id[:5]>/<id>.json           {"caption": ..., "segments": [{"id", "bbox": [x1, y1, x2, y2],
+                                                                    "coco_label", "end"}, ...]}
+
+For the SDM, a placeholder is inserted at each kept ``person`` segment's ``end`` offset (the character just after
+its noun phrase), so ``"a man riding a horse"`` with a segment ending at 5 reads ``"a man <|image|> riding a
+horse"``; the class-noun token before it receives that person's reference embedding. For the TDM the caption is
+used as it is.
+
+Every sample is a pure function of ``(seed, epoch, index)``: the keep/drop decisions and the augmentations draw
+from a generator seeded with those three numbers, so resuming, changing the number of data-loader workers or of
+processes never changes what a given step sees. A missing or corrupt file is skipped (with a logged warning) and
+replaced by the next readable sample; the skipped ids travel with the batch so the trainer can count them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from ..images import clip_preprocess, pil_to_tensor
+from ..prompting import DEFAULT_PLACEHOLDER, TokenizedPrompt, tokenize_prompt
+from .augment import ReferenceAugmentation, noise_background_crop, plain_reference, target_geometry
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "test")
+PERSON_LABEL = "person"
+# How many captions are read up front to check that the data set has people in it at all.
+PERSON_SCAN_LIMIT = 512
+# How many samples are checked up front for their three files.
+LAYOUT_PROBE = 8
+
+
+def split_file(root: Path, split: str) -> Path:
+    return root / f"image_ids_{split}.txt"
+
+
+def sample_paths(root: Path, image_id: str) -> tuple[Path, Path, Path]:
+    """``(jpg, npy, json)`` of one image id."""
+    folder = root / image_id[:5]
+    return folder / f"{image_id}.jpg", folder / f"{image_id}.npy", folder / f"{image_id}.json"
+
+
+def read_split(root: str | Path, split: str) -> list[str]:
+    """The image ids of a split, checking the layout on the way.
+
+    Raises:
+        FileNotFoundError: the root does not exist.
+        ValueError: the root is not in the FFHQ-wild layout; the message names what is missing.
+    """
+    root = Path(root)
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}; the FFHQ-wild layout has {', '.join(SPLITS)}.")
+    if not root.is_dir():
+        raise FileNotFoundError(f"The data root {root} does not exist.")
+    path = split_file(root, split)
+    if not path.is_file():
+        present = [p.name for p in sorted(root.glob("image_ids_*.txt"))]
+        raise ValueError(
+            f"{root} is not an FFHQ-wild data root: it has no {path.name} (found: {present or 'no split files'}). "
+            "Expected image_ids_train.txt, image_ids_test.txt and, per image id, <id[:5]>/<id>.jpg, .npy and .json."
+        )
+    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not ids:
+        raise ValueError(f"{path} lists no image ids.")
+    probe = ids[:: max(1, len(ids) // LAYOUT_PROBE)][:LAYOUT_PROBE]
+    missing = [p for image_id in probe for p in sample_paths(root, image_id) if not p.is_file()]
+    if len(missing) == 3 * len(probe):
+        raise ValueError(
+            f"{root} is not an FFHQ-wild data root: none of the {len(probe)} probed ids of {path.name} has its files "
+            f"(e.g. {missing[0].relative_to(root)} is missing). Each id needs <id[:5]>/<id>.jpg, .npy and .json."
+        )
+    for p in missing:
+        logger.warning("FFHQ-wild sample file missing (the sample will be skipped): %s", p)
+    return ids
+
+
+def insert_placeholders(caption: str, ends: Sequence[int], placeholder: str = DEFAULT_PLACEHOLDER) -> str:
+    """Inserts ``" " + placeholder`` at each character offset of ``ends`` (offsets into the original caption)."""
+    out, last = [], 0
+    for end in sorted(ends):
+        out.append(caption[last:end])
+        out.append(" " + placeholder)
+        last = end
+    out.append(caption[last:])
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    bbox: tuple[float, float, float, float]
+    label: str
+    end: int
+
+
+def parse_annotation(data: Any, image_id: str) -> tuple[str, list[Segment]]:
+    """``(caption, segments)`` from a sample's json; ``ValueError`` when a field is missing or malformed."""
+    if not isinstance(data, dict) or not isinstance(data.get("caption"), str):
+        raise ValueError(f"{image_id}.json has no 'caption' string.")
+    caption = data["caption"]
+    segments = []
+    for k, seg in enumerate(data.get("segments", [])):
+        try:
+            bbox = tuple(float(v) for v in seg["bbox"])
+            segment = Segment(int(seg["id"]), bbox, str(seg["coco_label"]), int(seg["end"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{image_id}.json segment {k} is malformed ({err!r}).") from err
+        if len(bbox) != 4:
+            raise ValueError(f"{image_id}.json segment {k} has a bbox of {len(bbox)} numbers, not 4.")
+        segments.append(segment)
+    return caption, segments
+
+
+def person_segments(caption: str, segments: Sequence[Segment]) -> list[Segment]:
+    """The ``person`` segments whose ``end`` falls inside the caption (after a word), sorted by ``end``."""
+    people = [s for s in segments if s.label == PERSON_LABEL and 0 < s.end <= len(caption) and caption[: s.end].strip()]
+    return sorted(people, key=lambda s: s.end)
+
+
+def box_inside(bbox: tuple[float, float, float, float], width: int, height: int) -> bool:
+    """Whether an ``[x1, y1, x2, y2]`` box keeps at least one pixel once clipped to the image."""
+    x1, y1, x2, y2 = bbox
+    return min(x2, width) - max(x1, 0) >= 1 and min(y2, height) - max(y1, 0) >= 1
+
+
+class SampleUnreadable(Exception):
+    """A sample's files are missing or corrupt."""
+
+
+@dataclass
+class FFHQWild(Dataset):
+    """FFHQ-wild samples for SDM (``with_subjects=True``) or TDM training.
+
+    Indexed by ``(epoch, index)`` pairs (see :class:`EpochSampler`) or a plain index (epoch 0). A sample is a dict:
+
+    - ``image_id``: the id actually read (the next readable one when the requested sample was skipped);
+    - ``caption``: the caption as encoded, with placeholders for the kept people (``""`` when unconditional);
+    - ``input_ids``: ``(L,)`` token ids, placeholders removed;
+    - ``subject_token_indices``: ``(K,)`` the class-noun token of each kept person, in caption order;
+    - ``subject_pixels``: ``(K, 3, S, S)`` CLIP-normalized reference crops;
+    - ``subject_masks``: ``(K, R, R)`` float 0/1 masks of those people in the target geometry;
+    - ``pixel_values``: ``(3, R, R)`` the target in ``[-1, 1]``;
+    - ``skipped``: ids that were unreadable and skipped to reach this sample.
+
+    Args:
+        root, split: the data root and ``"train"`` or ``"test"``.
+        tokenizer: the SD1.x CLIP tokenizer.
+        resolution: side ``R`` of the target image.
+        reference_size: side ``S`` of the reference crops (the vision tower's input size).
+        with_subjects: SDM samples (placeholders and references) rather than TDM samples.
+        max_subjects: at most this many people per sample (a random subset when there are more, as in
+            FastComposer's recipe).
+        subject_keep_prob: each person is kept with this probability (dropped people stay in the caption as text).
+        uncondition_prob: the caption is empty, with no people, with this probability.
+        augment: augment the references and flip the targets (off for validation).
+        seed: base seed of every random decision.
+        placeholder: the placeholder string.
+    """
+
+    root: Path
+    split: str
+    tokenizer: Any
+    resolution: int = 512
+    reference_size: int = 224
+    with_subjects: bool = True
+    max_subjects: int = 4
+    subject_keep_prob: float = 0.9
+    uncondition_prob: float = 0.1
+    augment: bool = True
+    seed: int = 0
+    placeholder: str = DEFAULT_PLACEHOLDER
+    augmentation: ReferenceAugmentation = field(default_factory=ReferenceAugmentation)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        for name in ("subject_keep_prob", "uncondition_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"`{name}` must be within [0, 1], got {value}.")
+        if self.max_subjects < 1:
+            raise ValueError(f"`max_subjects` must be at least 1, got {self.max_subjects}.")
+        self.image_ids = read_split(self.root, self.split)
+        if self.with_subjects:
+            self.check_has_people()
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def check_has_people(self) -> None:
+        """Raises ``ValueError`` when no caption among the first :data:`PERSON_SCAN_LIMIT` readable ones has a
+        ``person`` segment: SDM training would have no subject to learn from."""
+        read = 0
+        labels: set[str] = set()
+        for image_id in self.image_ids:
+            if read >= PERSON_SCAN_LIMIT:
+                break
+            path = sample_paths(self.root, image_id)[2]
+            try:
+                caption, segments = parse_annotation(json.loads(path.read_text(encoding="utf-8")), image_id)
+            except (OSError, ValueError):
+                continue
+            read += 1
+            if person_segments(caption, segments):
+                return
+            labels.update(s.label for s in segments)
+        if read == 0:
+            raise ValueError(f"No caption json of the {self.split} split of {self.root} could be read.")
+        raise ValueError(
+            f"None of the {read} captions read from the {self.split} split of {self.root} has a '{PERSON_LABEL}' "
+            f"segment with an 'end' offset inside its caption (labels seen: {sorted(labels) or 'none'}). SDM "
+            "training needs people; train the TDM instead, or fix the segments."
+        )
+
+    # ------------------------------------------------------------------ reading
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        epoch, index = (0, key) if isinstance(key, int) else key
+        skipped: list[str] = []
+        for attempt in range(len(self.image_ids)):
+            i = (index + attempt) % len(self.image_ids)
+            image_id = self.image_ids[i]
+            try:
+                sample = self.read_sample(image_id, epoch, i)
+            except SampleUnreadable as err:
+                logger.warning("Skipping FFHQ-wild sample %s: %s", image_id, err)
+                skipped.append(image_id)
+                continue
+            sample["skipped"] = skipped
+            return sample
+        raise ValueError(f"No sample of the {self.split} split of {self.root} is readable.")
+
+    def load_files(self, image_id: str) -> tuple[Image.Image, np.ndarray, str, list[Segment]]:
+        jpg, npy, js = sample_paths(self.root, image_id)
+        try:
+            with Image.open(jpg) as opened:
+                image = opened.convert("RGB")
+            segmap = np.load(npy, allow_pickle=False)
+            caption, segments = parse_annotation(json.loads(js.read_text(encoding="utf-8")), image_id)
+        except FileNotFoundError as err:
+            raise SampleUnreadable(f"missing file {err.filename}") from err
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+            raise SampleUnreadable(f"corrupt file ({err})") from err
+        if segmap.ndim != 2 or not np.issubdtype(segmap.dtype, np.integer):
+            raise SampleUnreadable(f"the segmentation map is {segmap.dtype} {segmap.shape}, not a 2-D integer map")
+        if segmap.shape != (image.height, image.width):
+            raise SampleUnreadable(
+                f"the segmentation map is {segmap.shape[0]}x{segmap.shape[1]}, the image {image.height}x{image.width}"
+            )
+        return image, segmap, caption, segments
+
+    def generator(self, epoch: int, index: int) -> torch.Generator:
+        seq = np.random.SeedSequence([self.seed, epoch, index])
+        return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+    def read_sample(self, image_id: str, epoch: int, index: int) -> dict[str, Any]:
+        image, segmap, caption, segments = self.load_files(image_id)
+        g = self.generator(epoch, index)
+
+        # 1. Caption and people: unconditional, or the kept person segments with their placeholders.
+        unconditional = torch.rand((), generator=g).item() < self.uncondition_prob
+        people: list[Segment] = []
+        if unconditional:
+            caption = ""
+        elif self.with_subjects:
+            keep = [
+                s for s in person_segments(caption, segments) if torch.rand((), generator=g) < self.subject_keep_prob
+            ]
+            people = [s for s in keep if box_inside(s.bbox, image.width, image.height) and (segmap == s.id).any()]
+            if len(people) > self.max_subjects:  # a random subset, kept in caption order
+                chosen = torch.randperm(len(people), generator=g)[: self.max_subjects].sort().values
+                people = [people[i] for i in chosen.tolist()]
+        text = insert_placeholders(caption, [s.end for s in people], self.placeholder)
+        tokenized = self.tokenize(text, len(people))
+        people = people[: len(tokenized.subject_token_indices)]
+
+        # 2. Target image and map, one geometry.
+        flip = self.augment and torch.rand((), generator=g).item() < 0.5
+        pixel_values, seg = target_geometry(image, segmap, self.resolution, flip)
+
+        # 3. References: noise outside the person, crop to the box, augment, CLIP-normalize.
+        full = pil_to_tensor(image)
+        seg_full = torch.from_numpy(segmap.astype(np.int64))
+        refs, masks = [], []
+        for person in people:
+            try:
+                crop = noise_background_crop(full, seg_full == person.id, person.bbox, g)
+            except ValueError as err:
+                raise SampleUnreadable(str(err)) from err
+            crop = (
+                self.augmentation(crop, self.reference_size, g)
+                if self.augment
+                else plain_reference(crop, self.reference_size)
+            )
+            refs.append(crop)
+            masks.append((seg == person.id).float())
+        size, res = self.reference_size, self.resolution
+        subject_pixels = clip_preprocess(torch.stack(refs), size) if refs else torch.zeros(0, 3, size, size)
+        return {
+            "image_id": image_id,
+            "caption": text,
+            "input_ids": torch.tensor(tokenized.input_ids, dtype=torch.long),
+            "subject_token_indices": torch.tensor(tokenized.subject_token_indices, dtype=torch.long),
+            "subject_pixels": subject_pixels,
+            "subject_masks": torch.stack(masks) if masks else torch.zeros(0, res, res),
+            "pixel_values": pixel_values,
+        }
+
+    def tokenize(self, text: str, num_people: int) -> TokenizedPrompt:
+        """Tokenizes, dropping the last people when the caption is too long to keep their class nouns."""
+        try:
+            return tokenize_prompt(self.tokenizer, text, self.placeholder)
+        except ValueError:
+            if num_people == 0:
+                raise
+        # A person beyond the token limit: keep the people that fit, as text.
+        parts = text.split(self.placeholder)
+        for keep in range(num_people - 1, -1, -1):
+            shorter = self.placeholder.join(parts[: keep + 1]) + "".join(parts[keep + 1 :])
+            try:
+                return tokenize_prompt(self.tokenizer, shorter, self.placeholder)
+            except ValueError:
+                continue
+        raise SampleUnreadable("the caption cannot be tokenized")
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stacks samples; people of all images are flattened in order, with ``subject_positions`` ``(N, 2)`` holding
+    ``(batch index, token index)`` for :class:`~facediffuser.models.SubjectFuser`."""
+    positions = [[b, int(t)] for b, s in enumerate(samples) for t in s["subject_token_indices"]]
+    return {
+        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
+        "input_ids": torch.stack([s["input_ids"] for s in samples]),
+        "subject_pixels": torch.cat([s["subject_pixels"] for s in samples]),
+        "subject_masks": torch.cat([s["subject_masks"] for s in samples]),
+        "subject_positions": torch.tensor(positions, dtype=torch.long).reshape(-1, 2),
+        "captions": [s["caption"] for s in samples],
+        "image_ids": [s["image_id"] for s in samples],
+        "skipped": [i for s in samples for i in s["skipped"]],
+    }
+
+
+class EpochSampler(Sampler):
+    """Yields ``(epoch, index)`` keys: a fresh permutation per epoch, the same on every process for a given seed.
+
+    Call :meth:`set_epoch` before iterating an epoch.
+    """
+
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True):
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.size, generator=g).tolist()
+        else:
+            order = list(range(self.size))
+        for index in order:
+            yield (self.epoch, index)

@@ -1,0 +1,93 @@
+"""The training losses of the SDM and the TDM (REFERENCE section 5), as small pure functions.
+
+- :func:`denoising_loss`: the MSE between the UNet's prediction and its target (noise, or velocity).
+- :func:`subject_union_masks` and the ``mask`` argument of :func:`denoising_loss`: the mask loss, where prediction
+  and target are multiplied by the union of the people's masks before the MSE.
+- :func:`localization_loss`: for each person's class-noun token, the mean cross-attention over background pixels
+  minus the mean over the person's pixels; low when the token attends to its person only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def denoising_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean((pred - target)^2)``, or ``mean((mask * pred - mask * target)^2)`` with a ``(B, 1, h, w)`` mask.
+
+    Both are averaged over every element (masked-out positions count as zeros), as FastComposer's mask loss does.
+    """
+    pred, target = pred.float(), target.float()
+    if mask is not None:
+        mask = mask.to(pred.dtype)
+        pred, target = pred * mask, target * mask
+    return F.mse_loss(pred, target, reduction="mean")
+
+
+def subject_union_masks(
+    subject_masks: torch.Tensor, subject_positions: torch.Tensor, batch_size: int, size: tuple[int, int]
+) -> torch.Tensor:
+    """The union of each image's people masks at ``size``: ``(N, H, W), (N, 2) -> (B, 1, h, w)``.
+
+    The union is area-resized: each latent cell holds the fraction of it the people cover, so a small person never
+    vanishes. An image with no person gets an all-ones mask, so unconditional and person-less samples keep their
+    full loss.
+    """
+    h, w = subject_masks.shape[-2:] if subject_masks.numel() else size
+    union = torch.zeros(batch_size, h, w, device=subject_masks.device, dtype=torch.float32)
+    if subject_masks.shape[0]:
+        union.index_add_(0, subject_positions[:, 0], subject_masks.float())
+    has_people = torch.zeros(batch_size, dtype=torch.bool, device=union.device)
+    has_people[subject_positions[:, 0]] = True
+    union = torch.where(has_people.view(-1, 1, 1), union.clamp(max=1.0), torch.ones_like(union))
+    return F.interpolate(union[:, None], size=size, mode="area")
+
+
+def attention_grid(tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(h, w)`` of an attention layer with ``tokens = h * w`` queries inside a UNet whose input is
+    ``latent_size``: the latent halved (rounding up) by each down-sampling."""
+    h, w = latent_size
+    for _ in range(16):
+        if h * w == tokens:
+            return h, w
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    raise ValueError(f"{tokens} attention queries do not match any down-sampling of a {latent_size} latent.")
+
+
+def localization_loss(
+    attention_maps: Sequence[torch.Tensor],
+    subject_masks: torch.Tensor,
+    subject_positions: torch.Tensor,
+    latent_size: tuple[int, int],
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """FastComposer's cross-attention localization loss.
+
+    Args:
+        attention_maps: per layer, ``(B, heads, HW, L)`` softmax probabilities over the ``L`` text tokens.
+        subject_masks: ``(N, H, W)`` float masks of the people (any resolution; area-resized to each layer).
+        subject_positions: ``(N, 2)`` ``(batch index, token index)`` of each person's class-noun token.
+        latent_size: ``(h, w)`` of the UNet's input, to recover each layer's grid.
+
+    Returns:
+        ``mean over layers, people and heads of (mean_bg(A) - mean_fg(A))`` where ``A`` is the token's attention
+        column; a scalar in ``[-1, 1]``, ``0`` when there are no people.
+    """
+    if subject_positions.shape[0] == 0 or not attention_maps:
+        return torch.zeros((), device=subject_masks.device)
+    b_idx, tok_idx = subject_positions[:, 0], subject_positions[:, 1]
+    scores = []
+    for probs in attention_maps:
+        h, w = attention_grid(probs.shape[2], latent_size)
+        columns = probs[b_idx, :, :, tok_idx].float()  # (N, heads, HW)
+        fg = F.interpolate(subject_masks[:, None].float(), size=(h, w), mode="area").flatten(1)  # (N, HW)
+        fg = fg.to(columns.device)[:, None]  # (N, 1, HW)
+        bg = 1.0 - fg
+        mean_fg = (columns * fg).sum(-1) / fg.sum(-1).clamp_min(eps)
+        mean_bg = (columns * bg).sum(-1) / bg.sum(-1).clamp_min(eps)
+        scores.append((mean_bg - mean_fg).mean())  # mean over people and heads
+    return torch.stack(scores).mean()

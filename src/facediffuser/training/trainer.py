@@ -1,0 +1,641 @@
+"""One training loop for both models of Face-diffuser (REFERENCE section 5).
+
+``sdm`` and ``tdm`` are two configurations of the same loop; they differ only in what is trained and what
+conditions the UNet:
+
+=========  ====================================================  ===========================================
+kind       trained                                               condition of the UNet
+=========  ====================================================  ===========================================
+``sdm``    ``subject_unet``, ``subject_fuser``, the last           ``c_aug``: the caption's embedding with each
+           ``vision_trainable_layers`` layers of the vision tower  person's class noun fused with their crop
+``tdm``    ``unet``                                              ``c``: the caption's embedding
+=========  ====================================================  ===========================================
+
+Everything else (VAE, text encoder, the rest of the vision tower) is frozen and cast to the training precision.
+The loss is the denoising MSE (masked to the people with probability ``mask_loss_prob`` per batch) plus
+``localization_weight`` times the cross-attention localization loss; without people the last two vanish, which is
+what the TDM sees.
+
+accelerate runs the loop on one device or many (data parallel, DeepSpeed), with mixed precision and gradient
+accumulation. All randomness of a step (data order, augmentations, noise, timesteps, the mask-loss coin) is a pure
+function of the seed, the step and the process, so a resumed run continues exactly where the saved one was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, ProjectConfiguration
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..cli.config_args import config_to_dict
+from ..images import CLIP_MEAN, CLIP_STD
+from ..loading import check_pipeline_folder
+from ..pipeline import FaceDiffuserPipeline
+from ..tiny import TinyConfig, build_tiny_pipeline
+from . import checkpoints
+from .attention import AttentionStore, install_attention_capture
+from .config import MixedPrecision, ModelKind, TrainConfig
+from .data import EpochSampler, FFHQWild, collate, split_file
+from .losses import denoising_loss, localization_loss, subject_union_masks
+from .tracking import MetricsLogger, make_logger
+
+logger = logging.getLogger(__name__)
+
+TINY = "tiny"
+
+
+# ----------------------------------------------------------------------------- the trained module
+class Denoiser(nn.Module):
+    """The module that is trained: a UNet, and for the SDM the fuser and the vision tower that build ``c_aug``.
+
+    One module, so data parallelism wraps (and synchronizes) everything trained at once.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        subject_fuser: nn.Module | None = None,
+        image_encoder: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.unet = unet
+        self.subject_fuser = subject_fuser
+        self.image_encoder = image_encoder
+
+    def condition(
+        self, text_embeds: torch.Tensor, subject_pixels: torch.Tensor, subject_positions: torch.Tensor
+    ) -> torch.Tensor:
+        """``c`` for the TDM; ``c_aug`` for the SDM: ``(B, L, D)``."""
+        if self.subject_fuser is None:
+            return text_embeds
+        if subject_positions.shape[0]:
+            subject_embeds = self.image_encoder(pixel_values=subject_pixels).image_embeds  # (N, D)
+        else:
+            subject_embeds = text_embeds.new_zeros(0, text_embeds.shape[-1])
+        return self.subject_fuser(text_embeds, subject_embeds, subject_positions)
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_embeds: torch.Tensor,
+        subject_pixels: torch.Tensor,
+        subject_positions: torch.Tensor,
+    ) -> torch.Tensor:
+        cond = self.condition(text_embeds, subject_pixels, subject_positions)
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond).sample
+
+
+def load_base_pipeline(pretrained: str, tiny_config: TinyConfig | None = None) -> FaceDiffuserPipeline:
+    """The base pipeline in float32 on the CPU: ``tiny`` (seeded random components) or a pipeline folder."""
+    if pretrained == TINY:
+        return build_tiny_pipeline(seed=0, config=tiny_config or TinyConfig())
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"The base model {folder} does not exist. Give a Face-diffuser pipeline folder (see `facediffuser "
+            "convert`) or 'tiny'."
+        )
+    check_pipeline_folder(folder)
+    pipe = FaceDiffuserPipeline.from_pretrained(folder, use_safetensors=True)
+    return pipe.to(torch.float32)
+
+
+def freeze_and_list_trainable(kind: ModelKind, denoiser: Denoiser, vision_layers: int) -> list[str]:
+    """Sets ``requires_grad`` exactly as the recipe says and returns the trained parameters' names."""
+    denoiser.requires_grad_(False)
+    denoiser.unet.requires_grad_(True)
+    if kind is ModelKind.SDM:
+        denoiser.subject_fuser.requires_grad_(True)
+        layers = denoiser.image_encoder.vision_model.encoder.layers
+        if vision_layers > len(layers):
+            raise ValueError(f"`vision_trainable_layers` is {vision_layers} but the vision tower has {len(layers)}.")
+        for layer in layers[len(layers) - vision_layers :]:
+            layer.requires_grad_(True)
+    return [name for name, p in denoiser.named_parameters() if p.requires_grad]
+
+
+def launched_without_accelerator() -> bool:
+    """True for a multi-process launch (torchrun, ``accelerate launch --multi_gpu``) on a machine with no GPU: the
+    processes then train on the CPU and talk over gloo (accelerate alone would not start them distributed)."""
+    if os.environ.get("LOCAL_RANK") is None:
+        return False
+    probe = getattr(torch, "accelerator", None)
+    return not (probe.is_available() if probe is not None else torch.cuda.is_available())
+
+
+def _seeded(values: list[int], device: torch.device) -> torch.Generator:
+    seed = int(np.random.SeedSequence(values).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def make_grid(rows: list[list[Image.Image]], cell: int) -> Image.Image:
+    """Rows of images, each resized into a ``cell x cell`` square, on a white canvas."""
+    cols = max(len(r) for r in rows)
+    grid = Image.new("RGB", (cols * cell, len(rows) * cell), "white")
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            grid.paste(img.convert("RGB").resize((cell, cell), Image.Resampling.BICUBIC), (j * cell, i * cell))
+    return grid
+
+
+def _clip_pixels_to_pil(pixels: torch.Tensor) -> Image.Image:
+    """Undoes CLIP normalization of one ``(3, S, S)`` reference."""
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    arr = ((pixels.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(arr)
+
+
+# ----------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Trains the SDM or the TDM of Face-diffuser and writes a loadable pipeline folder.
+
+    ``Trainer(kind, config)`` loads the base model and the data and prepares everything with accelerate;
+    :meth:`train` runs the loop (resuming when ``config.resume`` is set) and returns the output folder, which
+    ``FaceDiffuserPipeline.from_pretrained`` loads: for the SDM, the trained ``subject_unet``, ``subject_fuser`` and
+    ``image_encoder`` with the base TDM; for the TDM, the trained ``unet`` with the base SDM parts.
+
+    Args:
+        kind: which model to train.
+        config: the settings.
+        tiny_config: widths of the tiny components when ``config.pretrained == "tiny"``.
+        base_pipeline: an already-built float32 base pipeline to train from instead of loading
+            ``config.pretrained`` (benchmarks, notebooks). Its modules are trained and cast in place, and the export
+            saves it back in float32; ``config.pretrained`` is then only a label for the checkpoints.
+    """
+
+    def __init__(
+        self,
+        kind: ModelKind | str,
+        config: TrainConfig,
+        *,
+        tiny_config: TinyConfig | None = None,
+        base_pipeline: FaceDiffuserPipeline | None = None,
+    ):
+        self.kind = ModelKind(kind)
+        self.config = config
+        self.tiny_config = tiny_config
+        self.given_base = base_pipeline
+        self.output_dir = Path(config.output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        c = config
+
+        # 1. accelerate: devices, processes, precision, accumulation (counted across epochs, see train()).
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=self.kind is ModelKind.SDM)
+        self.accelerator = Accelerator(
+            cpu=launched_without_accelerator(),
+            mixed_precision=None if c.mixed_precision is MixedPrecision.AUTO else c.mixed_precision.value,
+            gradient_accumulation_plugin=GradientAccumulationPlugin(
+                num_steps=c.gradient_accumulation_steps, sync_with_dataloader=False
+            ),
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir)),
+            kwargs_handlers=[ddp],
+        )
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
+            str(self.accelerator.mixed_precision), torch.float32
+        )
+        device = self.accelerator.device
+
+        # 2. The base model; the frozen parts go to the device in the training precision.
+        # The parts that are neither trained nor needed are not kept (export reloads the base).
+        base = base_pipeline if base_pipeline is not None else load_base_pipeline(c.pretrained, tiny_config)
+        self.placeholder = base.placeholder
+        self.tokenizer = base.tokenizer
+        self.scheduler_config = base.scheduler.config
+        self.reference_size = base.image_encoder.config.image_size
+        self.vae = base.vae.requires_grad_(False).to(device).eval()
+        self.text_encoder = base.text_encoder.requires_grad_(False).to(device).eval()
+        if self.weight_dtype != torch.float32:
+            self.vae.to(dtype=self.weight_dtype)
+            self.text_encoder.to(dtype=self.weight_dtype)
+        self.noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
+        if self.kind is ModelKind.SDM:
+            denoiser = Denoiser(base.subject_unet, base.subject_fuser, base.image_encoder)
+            self.idle_parts: dict[str, nn.Module] = {}
+        else:
+            denoiser = Denoiser(base.unet)
+            # Validation prompts have no people, so these are passed to the pipeline but never run.
+            self.idle_parts = {"image_encoder": base.image_encoder, "subject_fuser": base.subject_fuser}
+        del base
+        self.trainable_names = freeze_and_list_trainable(self.kind, denoiser, c.vision_trainable_layers)
+        denoiser.to(device)
+        for p in denoiser.parameters():  # trained weights stay float32 (the optimizer's master copy)
+            if not p.requires_grad:
+                p.data = p.data.to(self.weight_dtype)
+        if c.gradient_checkpointing:
+            denoiser.unet.enable_gradient_checkpointing()
+        self.attention_store = AttentionStore()
+        if self.kind is ModelKind.SDM and c.localization_weight > 0:
+            install_attention_capture(denoiser.unet, self.attention_store)
+
+        # 3. Data.
+        self.train_dataset = self.make_dataset(c.split, augment=True)
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=c.train_batch_size,
+            sampler=EpochSampler(len(self.train_dataset), seed=c.seed),
+            collate_fn=collate,
+            drop_last=True,
+            num_workers=c.dataloader_num_workers,
+        )
+
+        # 4. Optimizer, LR schedule, EMA; then accelerate wraps what it distributes.
+        params = [p for p in denoiser.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=c.learning_rate,
+            betas=(c.adam_beta1, c.adam_beta2),
+            weight_decay=c.adam_weight_decay,
+            eps=c.adam_epsilon,
+        )
+        n = self.accelerator.num_processes  # the prepared LR scheduler steps once per process
+        lr_scheduler = get_scheduler(
+            c.lr_scheduler,
+            optimizer,
+            num_warmup_steps=c.lr_warmup_steps * n,
+            num_training_steps=c.max_train_steps * n,
+        )
+        self.model, self.optimizer, self.train_loader, self.lr_scheduler = self.accelerator.prepare(
+            denoiser, optimizer, loader, lr_scheduler
+        )
+        if len(self.train_loader) == 0:
+            raise ValueError(
+                f"The {c.split} split has {len(self.train_dataset)} images, fewer than one batch of "
+                f"{c.train_batch_size} per process x {n} processes. Lower --train-batch-size."
+            )
+        self.ema: EMAModel | None = None
+        if c.use_ema:
+            self.ema = EMAModel(self.trainable_parameters(), decay=c.ema_decay)
+            self.ema.to(device)
+            self.accelerator.register_for_checkpointing(self.ema)
+        self.global_step = 0
+        self.skipped_total = 0
+        self.metrics: MetricsLogger | None = None
+        self.last_logged: dict[str, float] = {}
+        self.validation_samples: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ set-up helpers
+    def make_dataset(self, split: str, *, augment: bool) -> FFHQWild:
+        c = self.config
+        return FFHQWild(
+            root=c.data_root,
+            split=split,
+            tokenizer=self.tokenizer,
+            resolution=c.resolution,
+            reference_size=self.reference_size,
+            with_subjects=self.kind is ModelKind.SDM,
+            max_subjects=c.max_subjects,
+            subject_keep_prob=c.subject_keep_prob if augment else 1.0,
+            uncondition_prob=c.uncondition_prob if augment else 0.0,
+            augment=augment,
+            seed=c.seed,
+            placeholder=self.placeholder,
+        )
+
+    @property
+    def denoiser(self) -> Denoiser:
+        return self.accelerator.unwrap_model(self.model)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+    def run_fingerprint(self) -> dict[str, Any]:
+        """The settings a checkpoint must share with the run that resumes it."""
+        c = self.config
+        return {
+            "model": self.kind.value,
+            "pretrained": c.pretrained,
+            "split": c.split,
+            "dataset_size": len(self.train_dataset),
+            "resolution": c.resolution,
+            "train_batch_size": c.train_batch_size,
+            "gradient_accumulation_steps": c.gradient_accumulation_steps,
+            "num_processes": self.accelerator.num_processes,
+            "seed": c.seed,
+            "use_ema": c.use_ema,
+            "trainable_parameters": len(self.trainable_names),
+        }
+
+    # ------------------------------------------------------------------ one step
+    def compute_loss(self, batch: dict[str, Any], micro_step: int) -> dict[str, torch.Tensor]:
+        """The losses of one micro-batch: ``loss`` (what is back-propagated), ``denoising``, ``localization``.
+
+        ``micro_step`` (the global micro-batch count) seeds the noise, the timesteps and the mask-loss coin.
+        """
+        c, acc = self.config, self.accelerator
+        device = acc.device
+        g = _seeded([c.seed, micro_step, acc.process_index, 1], device)
+        pixels = batch["pixel_values"].to(device, self.weight_dtype)
+        positions = batch["subject_positions"].to(device)
+        masks = batch["subject_masks"].to(device)
+
+        with torch.no_grad():
+            latents = self.vae.encode(pixels).latent_dist.sample(generator=g) * self.vae.config.scaling_factor
+            text_embeds = self.text_encoder(batch["input_ids"].to(device))[0]
+        latents = latents.float()
+        noise = torch.randn(latents.shape, generator=g, device=device)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=g, device=device
+        )
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+
+        self.attention_store.reset()
+        with acc.autocast():
+            pred = self.model(noisy, timesteps, text_embeds.float(), batch["subject_pixels"].to(device), positions)
+        use_mask = self.kind is ModelKind.SDM and torch.rand((), generator=g, device=device).item() < c.mask_loss_prob
+        mask = subject_union_masks(masks, positions, latents.shape[0], latents.shape[-2:]) if use_mask else None
+        denoising = denoising_loss(pred, target, mask)
+        localization = localization_loss(self.attention_store.maps(), masks, positions, tuple(latents.shape[-2:]))
+        self.attention_store.reset()
+        loss = denoising + c.localization_weight * localization.to(denoising.device)
+        return {"loss": loss, "denoising": denoising.detach(), "localization": localization.detach()}
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> Path:
+        """Runs (or resumes) training up to ``max_train_steps`` and writes the pipeline folder; returns its path."""
+        c, acc = self.config, self.accelerator
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "train_config.json").write_text(
+                json.dumps({"model": self.kind.value, **config_to_dict(c)}, indent=2) + "\n", encoding="utf-8"
+            )
+            self.metrics = make_logger(c.log_with, self.output_dir / "logs")
+        if c.resume:
+            self.resume(c.resume)
+        elif checkpoints.list_checkpoints(self.checkpoint_dir):
+            raise ValueError(
+                f"{self.checkpoint_dir} already holds checkpoints of an earlier run. Pass --resume latest to continue "
+                "it, or choose another --output-dir."
+            )
+        self.validation_samples = self.pick_validation_samples() if c.validation_steps and acc.is_main_process else []
+
+        per_epoch = len(self.train_loader)  # micro-batches per process and epoch
+        ga = c.gradient_accumulation_steps
+        micro = self.global_step * ga
+        epoch = micro // per_epoch
+        log = logger.info if acc.is_main_process else logger.debug
+        log(
+            "Training the %s: %d trainable tensors, %d images, %d micro-batches per epoch and process, %d process(es), "
+            "from step %d to %d.",
+            self.kind.value.upper(),
+            len(self.trainable_names),
+            len(self.train_dataset),
+            per_epoch,
+            acc.num_processes,
+            self.global_step,
+            c.max_train_steps,
+        )
+        progress = tqdm(
+            total=c.max_train_steps, initial=self.global_step, disable=not acc.is_local_main_process, desc="train"
+        )
+        running = {k: torch.zeros((), device=acc.device) for k in ("loss", "denoising", "localization")}
+        counted = 0
+        last_saved = self.global_step if c.resume else -1
+        self.model.train()
+        while self.global_step < c.max_train_steps:
+            skip = micro - epoch * per_epoch
+            loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+            loader.set_epoch(epoch)  # accelerate's loaders pass it on to the sampler (its own count restarts at 0)
+            for batch in loader:
+                self.skipped_total += len(batch["skipped"])
+                with acc.accumulate(self.model):
+                    losses = self.compute_loss(batch, micro)
+                    acc.backward(losses["loss"])
+                    if acc.sync_gradients and c.max_grad_norm > 0:
+                        acc.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                micro += 1
+                for k in running:  # kept on the device: no synchronization per micro-batch
+                    running[k] += losses[k].detach().float()
+                counted += 1
+                if not acc.sync_gradients:
+                    continue
+
+                # One optimizer step done.
+                self.global_step += 1
+                if self.ema is not None:
+                    self.ema.step(self.trainable_parameters())
+                progress.update(1)
+                last = self.global_step == c.max_train_steps
+                if c.logging_steps and (self.global_step % c.logging_steps == 0 or self.global_step == 1 or last):
+                    self.log_metrics(running, counted)
+                    running = {k: torch.zeros_like(v) for k, v in running.items()}
+                    counted = 0
+                    progress.set_postfix(loss=f"{self.last_logged.get('train/loss', float('nan')):.4f}")
+                if c.checkpointing_steps and self.global_step % c.checkpointing_steps == 0:
+                    self.save_checkpoint()
+                    last_saved = self.global_step
+                if c.validation_steps and self.global_step % c.validation_steps == 0:
+                    self.validate()
+                if self.global_step >= c.max_train_steps:
+                    break
+            epoch += 1
+        progress.close()
+
+        if c.checkpointing_steps and last_saved != self.global_step:
+            self.save_checkpoint()
+        if c.validation_steps and self.global_step % c.validation_steps:
+            self.validate()
+        if self.skipped_total:
+            logger.warning("%d unreadable sample(s) were skipped on this process.", self.skipped_total)
+        out = self.export()
+        if self.metrics is not None:
+            self.metrics.close()
+        acc.end_training()
+        return out
+
+    def log_metrics(self, running: dict[str, torch.Tensor], counted: int) -> None:
+        """Averages the running losses over micro-batches and processes (a collective: every process calls it)."""
+        acc = self.accelerator
+        skipped = torch.tensor(float(self.skipped_total), device=acc.device)
+        values = torch.stack([running[k] / max(counted, 1) for k in running] + [skipped])
+        values = acc.reduce(values, reduction="sum").tolist()
+        n = acc.num_processes
+        logged = {f"train/{k}": values[i] / n for i, k in enumerate(running)}
+        logged["train/lr"] = self.lr_scheduler.get_last_lr()[0]
+        logged["data/skipped_samples"] = values[-1]
+        self.last_logged = logged
+        if self.metrics is not None:
+            self.metrics.log_scalars(logged, self.global_step)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        """Saves a resumable checkpoint atomically (every process takes part) and keeps the last K."""
+        acc = self.accelerator
+        tmp = checkpoints.temporary_path(self.checkpoint_dir, self.global_step)
+        if acc.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        final = self.checkpoint_dir / checkpoints.checkpoint_name(self.global_step)
+        if acc.is_main_process:
+            state = {"step": self.global_step, **self.run_fingerprint()}
+            final = checkpoints.finalize(tmp, state, self.config.checkpoints_total_limit)
+            logger.info("Saved checkpoint %s", final)
+        acc.wait_for_everyone()
+        return final
+
+    def resume(self, resume: str) -> None:
+        path = checkpoints.resolve_resume(resume, self.checkpoint_dir)
+        saved = checkpoints.read_state(path)
+        checkpoints.check_compatible(saved, self.run_fingerprint(), path)
+        self.accelerator.load_state(str(path))
+        self.global_step = int(saved["step"])
+        if self.accelerator.is_main_process:
+            logger.info("Resumed from %s at step %d.", path, self.global_step)
+
+    # ------------------------------------------------------------------ validation and export
+    def pick_validation_samples(self) -> list[dict[str, Any]]:
+        c = self.config
+        split = c.validation_split
+        if not split_file(c.data_root, split).is_file():
+            logger.warning("No %s split in %s: validation samples come from %s.", split, c.data_root, c.split)
+            split = c.split
+        picked: list[dict[str, Any]] = []
+        try:
+            dataset = self.make_dataset(split, augment=False)
+            for i in range(min(len(dataset), 16 * max(1, c.num_validation_samples))):
+                if len(picked) >= c.num_validation_samples:
+                    break
+                sample = dataset[i]
+                if self.kind is ModelKind.TDM or len(sample["subject_token_indices"]):
+                    picked.append(sample)
+        except ValueError as err:
+            logger.warning("Validation grids are off: the %s split cannot serve (%s)", split, err)
+            return []
+        if not picked:
+            logger.warning("No validation sample with a person was found; validation grids are off.")
+        return picked
+
+    @torch.no_grad()
+    def validate(self) -> Path | None:
+        """Draws the validation samples with the real pipeline: the SDM alone (``alpha = beta = 0``) for SDM
+        training, the TDM alone (``alpha = beta = 1``) for TDM training. Writes ``validation/step-N.png``."""
+        acc, c = self.accelerator, self.config
+        if not acc.is_main_process or not self.validation_samples:
+            acc.wait_for_everyone()
+            return None
+        model = self.denoiser
+        model.eval()
+        self.attention_store.enabled = False
+        ema_params = self.trainable_parameters() if self.ema is not None else None
+        if ema_params is not None:
+            self.ema.store(ema_params)
+            self.ema.copy_to(ema_params)
+        sdm = self.kind is ModelKind.SDM
+        pipe = FaceDiffuserPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=model.unet,  # the model being trained fills both slots; the other model is never called
+            subject_unet=model.unet,
+            image_encoder=model.image_encoder if sdm else self.idle_parts["image_encoder"],
+            subject_fuser=model.subject_fuser if sdm else self.idle_parts["subject_fuser"],
+            scheduler=DDIMScheduler.from_config(self.scheduler_config),
+            placeholder=self.placeholder,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        rows = []
+        try:
+            for k, sample in enumerate(self.validation_samples):
+                refs = [_clip_pixels_to_pil(p) for p in sample["subject_pixels"]]
+                with acc.autocast():
+                    image = pipe(
+                        sample["caption"],
+                        reference_images=refs if refs else None,
+                        height=c.resolution,
+                        width=c.resolution,
+                        num_inference_steps=c.validation_inference_steps,
+                        guidance_scale=c.validation_guidance_scale,
+                        alpha=0.0 if sdm else 1.0,
+                        beta=0.0 if sdm else 1.0,
+                        generator=torch.Generator(device=acc.device).manual_seed(c.seed + k),
+                    ).images[0]
+                target = Image.fromarray(
+                    ((sample["pixel_values"].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
+                )
+                rows.append([target, *refs, image])
+        finally:
+            if ema_params is not None:
+                self.ema.restore(ema_params)
+            self.attention_store.enabled = True
+            model.train()
+        grid = make_grid(rows, cell=min(c.resolution, 256))
+        folder = self.output_dir / "validation"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step-{self.global_step:07d}.png"
+        grid.save(path)
+        (folder / f"step-{self.global_step:07d}.txt").write_text(
+            "\n".join(s["caption"] for s in self.validation_samples) + "\n", encoding="utf-8"
+        )
+        if self.metrics is not None:
+            self.metrics.log_image("validation", grid, self.global_step)
+        logger.info("Wrote validation grid %s", path)
+        acc.wait_for_everyone()
+        return path
+
+    def trained_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The trained parameters (EMA weights when enabled), float32 on the CPU, per denoiser part."""
+        params = self.trainable_parameters()
+        if self.ema is not None:
+            self.ema.store(params)
+            self.ema.copy_to(params)
+        state: dict[str, dict[str, torch.Tensor]] = {}
+        for name, p in self.denoiser.named_parameters():
+            if p.requires_grad:
+                part, _, key = name.partition(".")
+                state.setdefault(part, {})[key] = p.detach().float().cpu().clone()
+        if self.ema is not None:
+            self.ema.restore(params)
+        return state
+
+    def export(self) -> Path:
+        """Writes the pipeline folder: a fresh float32 base with the trained parameters loaded into it."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        state = self.trained_state()
+        if acc.is_main_process:
+            if self.given_base is not None:
+                pipe = self.given_base.to("cpu", torch.float32)
+            else:
+                pipe = load_base_pipeline(self.config.pretrained, self.tiny_config)
+            targets = {"unet": "subject_unet" if self.kind is ModelKind.SDM else "unet"}
+            for part, tensors in state.items():
+                module = getattr(pipe, targets.get(part, part))
+                unexpected = module.load_state_dict(tensors, strict=False).unexpected_keys
+                if unexpected:
+                    raise RuntimeError(f"The trained {part} does not fit the base model: {unexpected[:3]} ...")
+            pipe.save_pretrained(self.output_dir, safe_serialization=True)
+            logger.info("Wrote the trained pipeline to %s", self.output_dir)
+        acc.wait_for_everyone()
+        return self.output_dir
+
+
+def train(kind: ModelKind | str, config: TrainConfig, *, tiny_config: TinyConfig | None = None) -> Path:
+    """Trains ``kind`` with ``config`` and returns the pipeline folder (see :class:`Trainer`)."""
+    return Trainer(kind, config, tiny_config=tiny_config).train()

@@ -1,0 +1,257 @@
+"""The FFHQ-wild reader and the augmentations, on a tiny data set written here, checked field by field."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from facediffuser.images import CLIP_MEAN, CLIP_STD
+from facediffuser.prompting import tokenize_prompt
+from facediffuser.tokenizer import load_clip_tokenizer
+from facediffuser.training.augment import (
+    ReferenceAugmentation,
+    center_crop_or_pad,
+    grayscale,
+    rotate,
+    target_geometry,
+)
+from facediffuser.training.data import FFHQWild, collate, insert_placeholders
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+CAPTION = "a man and a woman at the beach"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_clip_tokenizer()
+
+
+def write_sample(root: Path, image_id: str, pixels: np.ndarray, segmap: np.ndarray, caption: str, segments) -> None:
+    folder = root / image_id[:5]
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(folder / f"{image_id}.jpg", quality=100, subsampling=0)
+    np.save(folder / f"{image_id}.npy", segmap)
+    (folder / f"{image_id}.json").write_text(json.dumps({"caption": caption, "segments": segments}))
+
+
+def two_people(root: Path, image_id: str = "00000_a") -> None:
+    """A 40x32 blue image: a red man (id 1) at x 4-11, y 8-19 and a green woman (id 2) at x 24-31, y 8-23.
+
+    The man's box reaches y 24, four rows below his mask: those rows of his reference are noise.
+    """
+    pixels = np.zeros((32, 40, 3), np.uint8)
+    pixels[:] = BLUE
+    segmap = np.zeros((32, 40), np.int64)
+    pixels[8:20, 4:12], segmap[8:20, 4:12] = RED, 1
+    pixels[8:24, 24:32], segmap[8:24, 24:32] = GREEN, 2
+    segments = [
+        {"id": 2, "bbox": [24, 8, 32, 24], "coco_label": "person", "end": 17},
+        {"id": 1, "bbox": [4, 8, 12, 24], "coco_label": "person", "end": 5},
+        {"id": 3, "bbox": [0, 0, 2, 2], "coco_label": "dog", "end": len(CAPTION)},
+    ]
+    write_sample(root, image_id, pixels, segmap, CAPTION, segments)
+
+
+def write_split(root: Path, ids: list[str], split: str = "train") -> None:
+    (root / f"image_ids_{split}.txt").write_text("\n".join(ids) + "\n")
+
+
+def plain_dataset(root: Path, tokenizer, **kwargs) -> FFHQWild:
+    options = dict(resolution=32, reference_size=16, subject_keep_prob=1.0, uncondition_prob=0.0, augment=False, seed=0)
+    options.update(kwargs)
+    return FFHQWild(root=root, split="train", tokenizer=tokenizer, **options)
+
+
+def test_insert_placeholders_at_end_offsets():
+    assert insert_placeholders(CAPTION, [17, 5]) == "a man <|image|> and a woman <|image|> at the beach"
+    assert insert_placeholders("a man", [5], "<x>") == "a man <x>"
+    assert insert_placeholders(CAPTION, []) == CAPTION
+
+
+def test_reader_fields_one_by_one(tmp_path, tokenizer):
+    two_people(tmp_path)
+    write_split(tmp_path, ["00000_a"])
+    sample = plain_dataset(tmp_path, tokenizer)[0]
+
+    assert sample["image_id"] == "00000_a"
+    assert sample["skipped"] == []
+    # Placeholders after "man" and "woman", sorted by `end`; the dog is not a subject.
+    assert sample["caption"] == "a man <|image|> and a woman <|image|> at the beach"
+    expected = tokenize_prompt(tokenizer, sample["caption"])
+    assert sample["input_ids"].tolist() == expected.input_ids
+    marked = [tokenizer.decode([sample["input_ids"][i]]) for i in sample["subject_token_indices"]]
+    assert marked == ["man", "woman"]
+    assert tokenizer.decode([t for t in expected.input_ids[1:] if t != tokenizer.eos_token_id]) == (
+        "a man and a woman at the beach"
+    )
+
+    # Target: 40x32 -> short side 32 (unchanged) -> centre crop x 4..35, in [-1, 1].
+    target = sample["pixel_values"]
+    assert target.shape == (3, 32, 32)
+    assert target.min() >= -1 and target.max() <= 1
+    assert torch.allclose(target[:, 12, 3], torch.tensor([1.0, -1.0, -1.0]), atol=0.1)  # the man, at x 7
+    assert torch.allclose(target[:, 12, 25], torch.tensor([-1.0, 1.0, -1.0]), atol=0.1)  # the woman, at x 29
+    assert torch.allclose(target[:, 2, 16], torch.tensor([-1.0, -1.0, 1.0]), atol=0.1)  # background
+
+    # Masks in the target geometry.
+    masks = sample["subject_masks"]
+    assert masks.shape == (2, 32, 32)
+    assert masks[0].sum() == 8 * 12 and masks[0][8:20, 0:8].all()
+    assert masks[1].sum() == 8 * 16 and masks[1][8:24, 20:28].all()
+
+    # References: 8x16 boxes padded to 16x16 (black), no resize at 16 px, CLIP-normalized.
+    refs = sample["subject_pixels"]
+    assert refs.shape == (2, 3, 16, 16)
+    mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
+    raw = refs * std + mean
+    man, woman = raw[0], raw[1]
+    assert torch.allclose(man[:, 2:12, 4:12].mean((1, 2)), torch.tensor([1.0, 0.0, 0.0]), atol=0.05)
+    assert torch.allclose(woman[:, :, 4:12].mean((1, 2)), torch.tensor([0.0, 1.0, 0.0]), atol=0.05)
+    assert man[:, :, :4].abs().max() < 1e-5 and man[:, :, 12:].abs().max() < 1e-5  # square padding
+    noise = man[:, 12:16, 4:12]  # below the man's mask, inside his box: noise, not the blue background
+    assert noise.std() > 0.15 and (noise[2] - 1.0).abs().mean() > 0.2
+
+
+def test_subject_options_and_tdm_samples(tmp_path, tokenizer):
+    two_people(tmp_path)
+    write_split(tmp_path, ["00000_a"])
+    one_each = {plain_dataset(tmp_path, tokenizer, max_subjects=1, seed=seed)[0]["caption"] for seed in range(8)}
+    assert one_each == {"a man <|image|> and a woman at the beach", "a man and a woman <|image|> at the beach"}
+    one = plain_dataset(tmp_path, tokenizer, max_subjects=1)[0]
+    assert one["subject_pixels"].shape[0] == one["subject_masks"].shape[0] == 1
+
+    dropped = plain_dataset(tmp_path, tokenizer, subject_keep_prob=0.0)[0]
+    assert dropped["caption"] == CAPTION and dropped["subject_token_indices"].numel() == 0
+
+    uncond = plain_dataset(tmp_path, tokenizer, uncondition_prob=1.0)[0]
+    assert uncond["caption"] == ""
+    assert uncond["subject_pixels"].shape == (0, 3, 16, 16)
+    assert uncond["input_ids"].tolist() == tokenize_prompt(tokenizer, "").input_ids
+
+    tdm = plain_dataset(tmp_path, tokenizer, with_subjects=False)[0]
+    assert tdm["caption"] == CAPTION and tdm["subject_masks"].shape == (0, 32, 32)
+
+
+def test_a_person_with_an_empty_box_is_left_out(tmp_path, tokenizer):
+    two_people(tmp_path)
+    path = tmp_path / "00000" / "00000_a.json"
+    data = json.loads(path.read_text())
+    data["segments"][0]["bbox"] = [60, 8, 70, 24]  # the woman's box lies outside the 40 px wide image
+    path.write_text(json.dumps(data))
+    write_split(tmp_path, ["00000_a"])
+    sample = plain_dataset(tmp_path, tokenizer)[0]
+    assert sample["caption"] == "a man <|image|> and a woman at the beach"
+    assert sample["subject_pixels"].shape[0] == 1
+
+
+def test_samples_are_a_function_of_seed_epoch_and_index(tmp_path, tokenizer):
+    two_people(tmp_path)
+    write_split(tmp_path, ["00000_a"])
+    data = plain_dataset(tmp_path, tokenizer, augment=True, subject_keep_prob=0.5, uncondition_prob=0.1)
+    a, b = data[(3, 0)], data[(3, 0)]
+    assert a["caption"] == b["caption"] and torch.equal(a["subject_pixels"], b["subject_pixels"])
+    assert torch.equal(a["pixel_values"], b["pixel_values"])
+    others = [data[(epoch, 0)] for epoch in range(8)]
+    assert len({s["caption"] for s in others}) > 1  # keep/drop decisions change with the epoch
+
+
+def test_collate_positions(tmp_path, tokenizer):
+    two_people(tmp_path)
+    write_split(tmp_path, ["00000_a"])
+    data = plain_dataset(tmp_path, tokenizer)
+    full, one = data[0], plain_dataset(tmp_path, tokenizer, max_subjects=1)[0]
+    batch = collate([one, full])
+    idx, first = full["subject_token_indices"].tolist(), one["subject_token_indices"].tolist()
+    assert batch["subject_positions"].tolist() == [[0, first[0]], [1, idx[0]], [1, idx[1]]]
+    assert batch["subject_pixels"].shape == (3, 3, 16, 16) and batch["subject_masks"].shape == (3, 32, 32)
+    assert batch["pixel_values"].shape == (2, 3, 32, 32) and batch["input_ids"].shape == (2, 77)
+
+
+def test_missing_and_corrupt_files_are_skipped_and_reported(tmp_path, tokenizer, caplog):
+    two_people(tmp_path, "00000_a")
+    two_people(tmp_path, "00001_c")
+    two_people(tmp_path, "00002_m")
+    (tmp_path / "00001" / "00001_c.jpg").write_bytes(b"not a jpeg")  # corrupt
+    (tmp_path / "00002" / "00002_m.npy").unlink()  # missing
+    write_split(tmp_path, ["00001_c", "00002_m", "00000_a"])
+    data = plain_dataset(tmp_path, tokenizer)
+    with caplog.at_level(logging.WARNING):
+        sample = data[0]
+    assert sample["image_id"] == "00000_a"
+    assert sample["skipped"] == ["00001_c", "00002_m"]
+    assert "00001_c" in caplog.text and "00002_m" in caplog.text
+
+
+def test_root_not_in_format_says_what_is_missing(tmp_path, tokenizer):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        plain_dataset(tmp_path / "nowhere", tokenizer)
+    with pytest.raises(ValueError, match="image_ids_train.txt"):
+        plain_dataset(tmp_path, tokenizer)
+    write_split(tmp_path, ["00000_a", "00001_b"])
+    with pytest.raises(ValueError, match=r"00000/00000_a\.jpg is missing"):
+        plain_dataset(tmp_path, tokenizer)
+
+
+def test_no_person_segments_is_an_error_for_the_sdm_only(tmp_path, tokenizer):
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    segmap = np.ones((32, 32), np.int64)
+    write_sample(
+        tmp_path,
+        "00000_d",
+        pixels,
+        segmap,
+        "a dog on grass",
+        [{"id": 1, "bbox": [0, 0, 32, 32], "coco_label": "dog", "end": 5}],
+    )
+    write_split(tmp_path, ["00000_d"])
+    with pytest.raises(ValueError, match="'person' segment"):
+        plain_dataset(tmp_path, tokenizer)
+    assert plain_dataset(tmp_path, tokenizer, with_subjects=False)[0]["caption"] == "a dog on grass"
+
+
+# ----------------------------------------------------------------------------- augmentations
+def test_reference_augmentation_shapes_and_range():
+    g = torch.Generator().manual_seed(0)
+    crop = torch.rand(3, 30, 17, generator=g)
+    always = ReferenceAugmentation(
+        zoom_prob=1, rotate_prob=1, jitter_prob=1, blur_prob=1, grayscale_prob=1, flip_prob=1, elastic_prob=1
+    )
+    out = always(crop, 24, g)
+    assert out.shape == (3, 24, 24) and out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out[0], out[1])  # grayscale happened
+    never = ReferenceAugmentation(
+        zoom_prob=0, rotate_prob=0, jitter_prob=0, blur_prob=0, grayscale_prob=0, flip_prob=0, elastic_prob=0
+    )
+    square = torch.rand(3, 24, 24, generator=g)
+    assert torch.allclose(never(square, 24, g), square, atol=1e-6)
+
+
+def test_geometry_helpers():
+    x = torch.arange(2 * 4 * 6, dtype=torch.float32).view(2, 4, 6)
+    assert torch.equal(center_crop_or_pad(x, 4), x[:, :, 1:5])
+    padded = center_crop_or_pad(x, 8, fill=-1)
+    assert padded.shape == (2, 8, 8) and torch.equal(padded[:, 2:6, 1:7], x) and padded[0, 0, 0] == -1
+    img = torch.rand(3, 9, 9)
+    assert torch.allclose(rotate(img, 0.0), img, atol=1e-5)
+    assert torch.allclose(rotate(rotate(img, 90.0), -90.0)[:, 2:7, 2:7], img[:, 2:7, 2:7], atol=1e-4)
+    gray = grayscale(torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1))
+    assert torch.allclose(gray.flatten(), torch.full((3,), 0.299))
+
+
+def test_target_flip_moves_image_and_map_together():
+    pixels = np.zeros((16, 24, 3), np.uint8)
+    pixels[:, 4:8] = 255
+    segmap = np.zeros((16, 24), np.int64)
+    segmap[:, 4:8] = 7
+    image = Image.fromarray(pixels)
+    for flip in (False, True):
+        target, seg = target_geometry(image, segmap, 16, flip)
+        white = (target[0] > 0).float()
+        assert torch.equal(white, (seg == 7).float())
+    assert seg[:, 16 - 4 :].eq(7).any()  # flipped: the stripe is now on the right

@@ -1,0 +1,295 @@
+"""The trainer, on the tiny components and a tiny FFHQ-wild data set: steps, gradients, resume, export, errors."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+
+from facediffuser.cli.train import main as train_main
+from facediffuser.pipeline import FaceDiffuserPipeline
+from facediffuser.tiny import build_tiny_pipeline
+from facediffuser.training import ModelKind, TrainConfig, Trainer
+from facediffuser.training.synthetic import write_synthetic_ffhq_wild
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models are all per-op overhead: one thread is faster, and far faster on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return write_synthetic_ffhq_wild(tmp_path_factory.mktemp("ffhq") / "data", num_images=8, size=72, test_images=2)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each trainer builds its own Accelerator; accelerate keeps process-wide singletons between them."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def tiny_config(data_root: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        data_root=data_root,
+        output_dir=out,
+        resolution=64,
+        train_batch_size=2,
+        max_train_steps=3,
+        checkpointing_steps=0,
+        validation_steps=0,
+        logging_steps=1,
+        log_with="csv",
+        validation_inference_steps=2,
+        learning_rate=1e-3,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def read_metrics(out: Path) -> dict[str, list[float]]:
+    rows: dict[str, list[float]] = {}
+    with (out / "logs" / "metrics.csv").open() as f:
+        for row in csv.DictReader(f):
+            rows.setdefault(row["name"], []).append(float(row["value"]))
+    return rows
+
+
+def test_sdm_trains_checkpoints_validates_and_exports_a_loadable_pipeline(data_root, tmp_path, face_image):
+    out = tmp_path / "sdm"
+    config = tiny_config(
+        data_root, out, checkpointing_steps=1, checkpoints_total_limit=2, validation_steps=3, num_validation_samples=2
+    )
+    assert Trainer(ModelKind.SDM, config).train() == out
+
+    metrics = read_metrics(out)
+    assert len(metrics["train/loss"]) == 3
+    assert all(math.isfinite(v) and v > 0 for v in metrics["train/denoising"])
+    assert all(math.isfinite(v) and -1 <= v <= 1 for v in metrics["train/localization"])
+    assert any(v != 0 for v in metrics["train/localization"])  # people were present and attended to
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-0000002", "checkpoint-0000003"]
+    assert (out / "validation" / "step-0000003.png").is_file()
+
+    base = build_tiny_pipeline(seed=0)
+    pipe = FaceDiffuserPipeline.from_pretrained(out, use_safetensors=True)
+    trained = dict(pipe.subject_unet.named_parameters())
+    assert any(not torch.equal(p, trained[n]) for n, p in base.subject_unet.named_parameters())
+    assert all(torch.equal(p, dict(pipe.unet.named_parameters())[n]) for n, p in base.unet.named_parameters())
+    assert all(torch.equal(p, dict(pipe.vae.named_parameters())[n]) for n, p in base.vae.named_parameters())
+    vision = dict(pipe.image_encoder.named_parameters())
+    base_vision = dict(base.image_encoder.named_parameters())
+    frozen = "vision_model.embeddings.patch_embedding.weight"  # (the tiny tower has only its 2 trained layers)
+    assert torch.equal(base_vision[frozen], vision[frozen])
+    last = "vision_model.encoder.layers.1.mlp.fc1.weight"
+    assert not torch.equal(base_vision[last], vision[last])
+    assert not torch.equal(
+        dict(base.subject_fuser.named_parameters())["mlp1.fc1.weight"],
+        dict(pipe.subject_fuser.named_parameters())["mlp1.fc1.weight"],
+    )
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a man <|image|> at sea", reference_images=face_image, num_inference_steps=2, output_type="np")
+    assert image.images.shape == (1, 64, 64, 3) and math.isfinite(float(image.images.sum()))
+
+
+@pytest.mark.parametrize("kind", [ModelKind.SDM, ModelKind.TDM])
+def test_gradients_reach_exactly_the_trainable_parameters(data_root, tmp_path, kind):
+    trainer = Trainer(kind, tiny_config(data_root, tmp_path / kind.value, mask_loss_prob=1.0))
+    batch = next(iter(trainer.train_loader))
+    if kind is ModelKind.SDM:
+        assert batch["subject_positions"].shape[0] > 0
+    losses = trainer.compute_loss(batch, micro_step=0)
+    trainer.accelerator.backward(losses["loss"])
+
+    modules = {"denoiser": trainer.denoiser, "vae": trainer.vae, "text_encoder": trainer.text_encoder}
+    grads = {f"{prefix}.{name}": p.grad for prefix, module in modules.items() for name, p in module.named_parameters()}
+    with_grad = {n for n, g in grads.items() if g is not None and g.abs().sum() > 0}
+    if kind is ModelKind.SDM:
+        last = len(trainer.denoiser.image_encoder.vision_model.encoder.layers) - 2
+        expected = {
+            n
+            for n in grads
+            if n.startswith(("denoiser.unet.", "denoiser.subject_fuser."))
+            or n.startswith(f"denoiser.image_encoder.vision_model.encoder.layers.{last}.")
+            or n.startswith(f"denoiser.image_encoder.vision_model.encoder.layers.{last + 1}.")
+        }
+    else:
+        expected = {n for n in grads if n.startswith("denoiser.unet.")}
+    assert {f"denoiser.{n}" for n in trainer.trainable_names} == expected
+    assert with_grad == expected
+    # Frozen parts are in the training precision and take no gradient.
+    assert all(not p.requires_grad for p in trainer.vae.parameters())
+    assert all(not p.requires_grad for p in trainer.text_encoder.parameters())
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(data_root, tmp_path):
+    common = dict(
+        train_batch_size=1,
+        gradient_accumulation_steps=2,
+        checkpointing_steps=2,
+        use_ema=True,
+        ema_decay=0.9,
+        lr_scheduler="constant_with_warmup",
+        lr_warmup_steps=3,
+        subject_keep_prob=0.7,
+    )
+    # 8 images, 1 per micro-batch, 2 micro-batches per step: 4 steps per epoch. The cut at step 2 is mid-epoch (the
+    # resumed run skips 4 micro-batches) and step 5 starts the second epoch.
+    whole = Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "whole", max_train_steps=5, **common))
+    whole.train()
+    Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "cut", max_train_steps=2, **common)).train()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    resumed = Trainer(
+        ModelKind.SDM, tiny_config(data_root, tmp_path / "cut", max_train_steps=5, resume="latest", **common)
+    )
+    resumed.train()
+
+    a, b = whole.trained_state(), resumed.trained_state()  # EMA weights
+    assert a.keys() == b.keys()
+    for part in a:
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), f"{part}.{name}"
+    live_a = dict(whole.denoiser.named_parameters())
+    assert all(torch.equal(live_a[n], p) for n, p in resumed.denoiser.named_parameters())
+    assert read_metrics(tmp_path / "whole")["train/loss"] == read_metrics(tmp_path / "cut")["train/loss"]
+    assert whole.lr_scheduler.get_last_lr() == resumed.lr_scheduler.get_last_lr()
+
+
+def test_tdm_run_exports_the_scene_unet_and_keeps_the_base_subject_model(data_root, tmp_path):
+    out = Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "tdm", max_train_steps=3, logging_steps=5)).train()
+    with (out / "logs" / "metrics.csv").open() as f:
+        logged = sorted({int(row["step"]) for row in csv.DictReader(f)})
+    assert logged == [1, 3]  # the first step, then the last one (before the 5th)
+    assert read_metrics(out)["train/localization"] == [0.0, 0.0]  # no people for the TDM
+    base = build_tiny_pipeline(seed=0)
+    pipe = FaceDiffuserPipeline.from_pretrained(out, use_safetensors=True)
+    unet = dict(pipe.unet.named_parameters())
+    assert any(not torch.equal(p, unet[n]) for n, p in base.unet.named_parameters())
+    subject = dict(pipe.subject_unet.named_parameters())
+    assert all(torch.equal(p, subject[n]) for n, p in base.subject_unet.named_parameters())
+
+
+def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
+    out = tmp_path / "run"
+    Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=1, checkpointing_steps=1)).train()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    changed = tiny_config(data_root, out, max_train_steps=2, train_batch_size=4, resume="latest")
+    with pytest.raises(ValueError, match=r"train_batch_size: checkpoint 2, now 4"):
+        Trainer(ModelKind.TDM, changed).train()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    other_model = tiny_config(data_root, out, max_train_steps=2, resume="latest")
+    with pytest.raises(ValueError, match=r"model: checkpoint 'tdm', now 'sdm'"):
+        Trainer(ModelKind.SDM, other_model).train()
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        Trainer(ModelKind.TDM, tiny_config(data_root, out, resume=str(data_root))).train()
+    with pytest.raises(ValueError, match="already holds checkpoints"):  # a new run would rotate them away
+        Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=2)).train()
+
+
+def test_train_registers_as_a_subcommand():
+    import argparse
+
+    from facediffuser.cli import train as train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "sdm", "--data-root", "d", "--max-train-steps", "5", "--use-ema"])
+    assert args.func is train_cli.run
+    assert (args.model, args.data_root, args.max_train_steps, args.use_ema) == ("sdm", Path("d"), 5, True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "xdm", "--data-root", "d"])
+
+
+def test_cli_flags_toml_and_clean_errors(data_root, tmp_path, capsys):
+    toml = tmp_path / "run.toml"
+    out = tmp_path / "cli"
+    toml.write_text(
+        f'data_root = "{data_root}"\noutput_dir = "{out}"\nresolution = 64\ntrain_batch_size = 4\n'
+        'max_train_steps = 1\ncheckpointing_steps = 0\nvalidation_steps = 0\nlog_with = "csv"\n'
+    )
+    assert train_main(["tdm", "--config", str(toml), "--train-batch-size", "2"]) == 0
+    saved = (out / "train_config.json").read_text()
+    assert '"train_batch_size": 2' in saved and '"model": "tdm"' in saved and '"resolution": 64' in saved
+    assert (out / "model_index.json").is_file()
+
+    assert train_main(["sdm", "--data-root", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert train_main(["sdm", "--data-root", str(tmp_path / "empty")]) == 2
+    assert "image_ids_train.txt" in capsys.readouterr().err
+    assert train_main(["sdm", "--config", str(toml), "--resolution", "60"]) == 2
+    assert "multiple of 8" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_gives_the_same_losses_and_gradients(data_root, tmp_path):
+    results = []
+    for checkpointing in (False, True):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        config = tiny_config(data_root, tmp_path / str(checkpointing), gradient_checkpointing=checkpointing)
+        trainer = Trainer(ModelKind.SDM, config)
+        batch = next(iter(trainer.train_loader))
+        losses = trainer.compute_loss(batch, micro_step=0)
+        trainer.accelerator.backward(losses["loss"])
+        grads = {n: p.grad.clone() for n, p in trainer.denoiser.named_parameters() if p.requires_grad}
+        results.append((losses, grads))
+    (plain, plain_grads), (ckpt, ckpt_grads) = results
+    assert plain["localization"] != 0
+    for key in ("denoising", "localization"):
+        assert torch.allclose(plain[key], ckpt[key], atol=1e-6)
+    assert all(torch.allclose(plain_grads[n], ckpt_grads[n], atol=1e-5) for n in plain_grads)
+
+
+def test_shipped_training_configs_are_valid():
+    import argparse
+
+    from facediffuser.cli.config_args import build_config
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    tomls = sorted(folder.glob("train_*.toml"))
+    assert tomls
+    for path in tomls:
+        config = build_config(TrainConfig, argparse.Namespace(data_root=Path("data")), path)
+        assert config.max_train_steps >= 1, path
+
+
+def test_training_from_a_pipeline_folder(data_root, tmp_path):
+    base_dir = tmp_path / "base"
+    build_tiny_pipeline(seed=3).save_pretrained(base_dir, safe_serialization=True)
+    out = Trainer(
+        ModelKind.TDM, tiny_config(data_root, tmp_path / "out", pretrained=str(base_dir), max_train_steps=1)
+    ).train()
+    pipe = FaceDiffuserPipeline.from_pretrained(out, use_safetensors=True)
+    base = FaceDiffuserPipeline.from_pretrained(base_dir, use_safetensors=True)
+    assert torch.equal(pipe.vae.encoder.conv_in.weight, base.vae.encoder.conv_in.weight)
+    assert not torch.equal(pipe.unet.conv_in.weight, base.unet.conv_in.weight)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "x", pretrained=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="model_index.json"):
+        Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "x", pretrained=str(data_root)))
+
+
+def test_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = Path(__file__).resolve().parents[1] / "configs"
+    multi = load_config_from_file(str(folder / "accelerate_multi_gpu.yaml"))
+    assert multi.distributed_type is DistributedType.MULTI_GPU and multi.mixed_precision == "bf16"
+    zero2 = load_config_from_file(str(folder / "accelerate_deepspeed_zero2.yaml"))
+    assert zero2.distributed_type is DistributedType.DEEPSPEED and zero2.deepspeed_config["zero_stage"] == 2
+    assert zero2.deepspeed_config["gradient_clipping"] == TrainConfig(data_root=Path("d")).max_grad_norm
