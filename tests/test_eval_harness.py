@@ -271,8 +271,8 @@ def test_facenet_table_lists_the_papers_rows():
 def test_flags_and_toml_build_the_config(tmp_path):
     import argparse
 
-    from facediffuser.cli.config_args import build_config
     from facediffuser.cli.evaluate import add_arguments
+    from facediffuser.configuration import build_config
     from facediffuser.fusion import SubjectGuidanceBase
 
     (tmp_path / "eval.toml").write_text(

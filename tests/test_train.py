@@ -257,7 +257,7 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(data_root, t
 def test_shipped_training_configs_are_valid():
     import argparse
 
-    from facediffuser.cli.config_args import build_config
+    from facediffuser.configuration import build_config
 
     folder = Path(__file__).resolve().parents[1] / "configs"
     tomls = sorted(folder.glob("train_*.toml"))

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config_args import add_dataclass_arguments, build_config
+from ..configuration import add_dataclass_arguments, build_config
 
 
 @dataclass

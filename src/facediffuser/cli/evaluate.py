@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config_args import add_dataclass_arguments, build_config
+from ..configuration import add_dataclass_arguments, build_config
 
 logger = logging.getLogger(__name__)
 
@@ -76,19 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """This sub-command alone: ``python -m facediffuser.cli.evaluate ...`` takes the flags of ``evaluate``."""
-    parser = argparse.ArgumentParser(prog="facediffuser evaluate", description=DESCRIPTION)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"facediffuser evaluate: error: {err}", file=sys.stderr)
-        return 2
+    """``python -m facediffuser.cli.evaluate ...``: the ``evaluate`` sub-command alone."""
+    from .main import main as facediffuser_main
+
+    return facediffuser_main(["evaluate", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..configuration import add_dataclass_arguments, build_config, config_to_dict
 from ..fusion import Smoothing, SubjectGuidanceBase
-from .config_args import add_dataclass_arguments, build_config, config_to_dict
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ..configuration import add_dataclass_arguments, build_config
 from ..training.config import ModelKind, TrainConfig
-from .config_args import add_dataclass_arguments, build_config
 
 HELP = "train the SDM (subject model) or the TDM (scene model) on FFHQ-wild data"
 
@@ -43,18 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``python -m facediffuser.cli.train`` (what ``accelerate launch -m`` runs)."""
-    parser = argparse.ArgumentParser(prog="facediffuser train", description=HELP)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"facediffuser train: error: {err}", file=sys.stderr)
-        return 2
+    from .main import main as facediffuser_main
+
+    return facediffuser_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..cli.config_args import config_to_dict
+from ..configuration import config_to_dict
 from ..images import CLIP_MEAN, CLIP_STD
 from ..loading import check_pipeline_folder
 from ..pipeline import FaceDiffuserPipeline
