@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from facediffuser.ffhq_wild import insert_placeholders
 from facediffuser.images import CLIP_MEAN, CLIP_STD
 from facediffuser.prompting import tokenize_prompt
 from facediffuser.tokenizer import load_clip_tokenizer
@@ -21,7 +22,7 @@ from facediffuser.training.augment import (
     rotate,
     target_geometry,
 )
-from facediffuser.training.data import FFHQWild, collate, insert_placeholders
+from facediffuser.training.data import FFHQWild, collate
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 CAPTION = "a man and a woman at the beach"

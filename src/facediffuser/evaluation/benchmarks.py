@@ -31,6 +31,7 @@ from typing import Any
 
 import PIL.Image
 
+from ..ffhq_wild import insert_placeholders, parse_annotation, person_segments, sample_paths
 from ..images import list_image_files, load_image
 from ..prompting import DEFAULT_PLACEHOLDER
 
@@ -253,31 +254,28 @@ def ffhq_case(root: Path, image_id: str, placeholder: str = DEFAULT_PLACEHOLDER)
     The caption gets a placeholder at each person segment's ``end`` offset (segments sorted by ``end``, at most 4
     people); each person's reference is the image cropped to the segment's ``bbox``.
     """
-    folder = root / image_id[:5]
-    image_path, json_path = folder / f"{image_id}.jpg", folder / f"{image_id}.json"
+    image_path, _, json_path = sample_paths(root, image_id)
     for path in (image_path, json_path):
         if not path.is_file():
             raise FileNotFoundError(f"FFHQ-wild file missing: {path} (expected <root>/<id[:5]>/<id>.jpg and .json).")
     try:
         record = json.loads(json_path.read_text(encoding="utf-8"))
-        caption: str = record["caption"]
-        segments = [s for s in record["segments"] if s.get("coco_label") == "person"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except json.JSONDecodeError as err:
         raise ValueError(f"{json_path} is not an FFHQ-wild caption file (caption, segments): {err}") from err
-    segments = sorted(segments, key=lambda s: s["end"])[:MAX_FFHQ_SUBJECTS]
-    if not segments:
+    caption, segments = parse_annotation(record, image_id)
+    chosen = person_segments(caption, segments)[:MAX_FFHQ_SUBJECTS]
+    if not chosen:
         return None
-    pieces, start, people = [], 0, []
-    for k, segment in enumerate(segments):
-        end = int(segment["end"])
-        pieces += [caption[start:end], f" {placeholder}"]
-        start = end
-        words = caption[:end].split()
-        noun = words[-1] if words else DEFAULT_CLASS_NOUN
-        box = tuple(int(round(v)) for v in segment["bbox"])
-        people.append(Person(f"{image_id}-{k}", noun, (Photo(image_path, box),)))
-    pieces.append(caption[start:])
-    return Case(image_id, "".join(pieces), tuple(people), f"{len(people)}-person")
+    people = tuple(
+        Person(
+            f"{image_id}-{k}",
+            caption[: segment.end].split()[-1],  # the class noun just before the placeholder
+            (Photo(image_path, tuple(int(round(v)) for v in segment.bbox)),),
+        )
+        for k, segment in enumerate(chosen)
+    )
+    prompt = insert_placeholders(caption, [s.end for s in chosen], placeholder)
+    return Case(image_id, prompt, people, f"{len(people)}-person")
 
 
 @register_benchmark("ffhq-wild")

@@ -1,12 +1,6 @@
 """The FFHQ-wild data set as released for FastComposer (``mit-han-lab/ffhq-fastcomposer``), read as it is.
 
-Layout (REFERENCE section 5)::
-
-    root/image_ids_train.txt          one image id per line (image_ids_test.txt for the test split)
-    root/<id[:5]>/<id>.jpg            the photo
-    root/<id[:5]>/<id>.npy            integer segmentation map (H, W), values are segment ids
-    root/<id[:5]>/<id>.json           {"caption": ..., "segments": [{"id", "bbox": [x1, y1, x2, y2],
-                                                                    "coco_label", "end"}, ...]}
+The layout (REFERENCE section 5) and its file-format helpers are in :mod:`facediffuser.ffhq_wild`.
 
 For the SDM, a placeholder is inserted at each kept ``person`` segment's ``end`` offset (the character just after
 its noun phrase), so ``"a man riding a horse"`` with a segment ending at 5 reads ``"a man <|image|> riding a
@@ -23,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,111 +27,24 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
+from ..ffhq_wild import (
+    PERSON_LABEL,
+    Segment,
+    box_inside,
+    insert_placeholders,
+    parse_annotation,
+    person_segments,
+    read_split,
+    sample_paths,
+)
 from ..images import clip_preprocess, pil_to_tensor
 from ..prompting import DEFAULT_PLACEHOLDER, TokenizedPrompt, tokenize_prompt
 from .augment import ReferenceAugmentation, noise_background_crop, plain_reference, target_geometry
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "test")
-PERSON_LABEL = "person"
 # How many captions are read up front to check that the data set has people in it at all.
 PERSON_SCAN_LIMIT = 512
-# How many samples are checked up front for their three files.
-LAYOUT_PROBE = 8
-
-
-def split_file(root: Path, split: str) -> Path:
-    return root / f"image_ids_{split}.txt"
-
-
-def sample_paths(root: Path, image_id: str) -> tuple[Path, Path, Path]:
-    """``(jpg, npy, json)`` of one image id."""
-    folder = root / image_id[:5]
-    return folder / f"{image_id}.jpg", folder / f"{image_id}.npy", folder / f"{image_id}.json"
-
-
-def read_split(root: str | Path, split: str) -> list[str]:
-    """The image ids of a split, checking the layout on the way.
-
-    Raises:
-        FileNotFoundError: the root does not exist.
-        ValueError: the root is not in the FFHQ-wild layout; the message names what is missing.
-    """
-    root = Path(root)
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; the FFHQ-wild layout has {', '.join(SPLITS)}.")
-    if not root.is_dir():
-        raise FileNotFoundError(f"The data root {root} does not exist.")
-    path = split_file(root, split)
-    if not path.is_file():
-        present = [p.name for p in sorted(root.glob("image_ids_*.txt"))]
-        raise ValueError(
-            f"{root} is not an FFHQ-wild data root: it has no {path.name} (found: {present or 'no split files'}). "
-            "Expected image_ids_train.txt, image_ids_test.txt and, per image id, <id[:5]>/<id>.jpg, .npy and .json."
-        )
-    ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not ids:
-        raise ValueError(f"{path} lists no image ids.")
-    probe = ids[:: max(1, len(ids) // LAYOUT_PROBE)][:LAYOUT_PROBE]
-    missing = [p for image_id in probe for p in sample_paths(root, image_id) if not p.is_file()]
-    if len(missing) == 3 * len(probe):
-        raise ValueError(
-            f"{root} is not an FFHQ-wild data root: none of the {len(probe)} probed ids of {path.name} has its files "
-            f"(e.g. {missing[0].relative_to(root)} is missing). Each id needs <id[:5]>/<id>.jpg, .npy and .json."
-        )
-    for p in missing:
-        logger.warning("FFHQ-wild sample file missing (the sample will be skipped): %s", p)
-    return ids
-
-
-def insert_placeholders(caption: str, ends: Sequence[int], placeholder: str = DEFAULT_PLACEHOLDER) -> str:
-    """Inserts ``" " + placeholder`` at each character offset of ``ends`` (offsets into the original caption)."""
-    out, last = [], 0
-    for end in sorted(ends):
-        out.append(caption[last:end])
-        out.append(" " + placeholder)
-        last = end
-    out.append(caption[last:])
-    return "".join(out)
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: int
-    bbox: tuple[float, float, float, float]
-    label: str
-    end: int
-
-
-def parse_annotation(data: Any, image_id: str) -> tuple[str, list[Segment]]:
-    """``(caption, segments)`` from a sample's json; ``ValueError`` when a field is missing or malformed."""
-    if not isinstance(data, dict) or not isinstance(data.get("caption"), str):
-        raise ValueError(f"{image_id}.json has no 'caption' string.")
-    caption = data["caption"]
-    segments = []
-    for k, seg in enumerate(data.get("segments", [])):
-        try:
-            bbox = tuple(float(v) for v in seg["bbox"])
-            segment = Segment(int(seg["id"]), bbox, str(seg["coco_label"]), int(seg["end"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{image_id}.json segment {k} is malformed ({err!r}).") from err
-        if len(bbox) != 4:
-            raise ValueError(f"{image_id}.json segment {k} has a bbox of {len(bbox)} numbers, not 4.")
-        segments.append(segment)
-    return caption, segments
-
-
-def person_segments(caption: str, segments: Sequence[Segment]) -> list[Segment]:
-    """The ``person`` segments whose ``end`` falls inside the caption (after a word), sorted by ``end``."""
-    people = [s for s in segments if s.label == PERSON_LABEL and 0 < s.end <= len(caption) and caption[: s.end].strip()]
-    return sorted(people, key=lambda s: s.end)
-
-
-def box_inside(bbox: tuple[float, float, float, float], width: int, height: int) -> bool:
-    """Whether an ``[x1, y1, x2, y2]`` box keeps at least one pixel once clipped to the image."""
-    x1, y1, x2, y2 = bbox
-    return min(x2, width) - max(x1, 0) >= 1 and min(y2, height) - max(y1, 0) >= 1
 
 
 class SampleUnreadable(Exception):

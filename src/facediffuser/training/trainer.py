@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..configuration import config_to_dict
+from ..ffhq_wild import split_file
 from ..images import CLIP_MEAN, CLIP_STD
 from ..loading import check_pipeline_folder
 from ..pipeline import FaceDiffuserPipeline
@@ -50,7 +51,7 @@ from ..tiny import TinyConfig, build_tiny_pipeline
 from . import checkpoints
 from .attention import AttentionStore, install_attention_capture
 from .config import MixedPrecision, ModelKind, TrainConfig
-from .data import EpochSampler, FFHQWild, collate, split_file
+from .data import EpochSampler, FFHQWild, collate
 from .losses import denoising_loss, localization_loss, subject_union_masks
 from .tracking import MetricsLogger, make_logger
 
