@@ -10,15 +10,6 @@ from facediffuser.training.attention import LOCALIZATION_LAYERS, AttentionStore,
 from facediffuser.training.losses import attention_grid, denoising_loss, localization_loss, subject_union_masks
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models are all per-op overhead: one thread is faster, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_denoising_loss_plain_and_masked():
     pred = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
     target = torch.zeros_like(pred)

@@ -17,15 +17,6 @@ from facediffuser.training import ModelKind, TrainConfig, Trainer
 from facediffuser.training.synthetic import write_synthetic_ffhq_wild
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models are all per-op overhead: one thread is faster, and far faster on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
     return write_synthetic_ffhq_wild(tmp_path_factory.mktemp("ffhq") / "data", num_images=8, size=72, test_images=2)
