@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+from accelerate.hooks import UserCpuOffloadHook
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
@@ -40,6 +41,41 @@ from .models import SubjectFuser
 from .prompting import DEFAULT_PLACEHOLDER, count_placeholders, tokenize_prompts
 
 logger = logging.getLogger(__name__)
+
+
+class _OffloadOthers(UserCpuOffloadHook):
+    """The models to move off the accelerator before one model runs: every other model of the pipeline.
+
+    accelerate calls ``offload()`` of a hook's ``prev_module_hook`` before the hooked model's forward when
+    ``model`` (the first of these models still on the accelerator) is not on the CPU.
+    """
+
+    def __init__(self, hooks: Sequence[UserCpuOffloadHook]):
+        self.hooks = list(hooks)
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        return [hook.model for hook in self.hooks]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        for hook in self.hooks:
+            if _on_accelerator(hook.model):
+                return hook.model
+        return self.hooks[0].model
+
+    def offload(self) -> None:
+        for hook in self.hooks:
+            if _on_accelerator(hook.model):
+                hook.offload()
+
+    def remove(self) -> None:  # the hooks it groups are removed by the pipeline
+        pass
+
+
+def _on_accelerator(model: torch.nn.Module) -> bool:
+    param = next(model.parameters(), None)
+    return param is not None and param.device.type != "cpu"
 
 
 @dataclass
@@ -136,6 +172,68 @@ class FaceDiffuserPipeline(DiffusionPipeline, StableDiffusionMixin):
     @property
     def placeholder(self) -> str:
         return self.config.placeholder
+
+    # ------------------------------------------------------------------ memory and speed
+    def enable_model_cpu_offload(
+        self,
+        gpu_id: int | None = None,
+        device: torch.device | str | None = None,
+        *,
+        one_model_at_a_time: bool | None = None,
+    ) -> None:
+        r"""Keeps every model on the CPU and moves each one to the accelerator only while it is needed.
+
+        diffusers chains the models in ``model_cpu_offload_seq`` order: a model's forward moves the one before it off
+        the accelerator. That suits a pipeline whose models run once each in that order, but stage II calls ``unet``
+        and ``subject_unet`` in turn at every step, and in the chain nothing moves ``subject_unet`` off before
+        ``unet`` runs again: both UNets would sit on the accelerator together, the very peak offloading should cut.
+
+        Args:
+            gpu_id, device: the accelerator, as in ``DiffusionPipeline.enable_model_cpu_offload``.
+            one_model_at_a_time: ``True`` (the default): before any model runs, every other model is moved off, so
+                the peak holds one model (at most one UNet) plus activations. Stage II then moves both UNets in and
+                out at each of its steps (two host-to-device copies per step rather than one). ``False``: diffusers'
+                chain, which keeps ``subject_unet`` on the accelerator through stage II, for a peak of both UNets and
+                half the transfers. ``None`` keeps the previous choice (``True`` the first time).
+        """
+        if one_model_at_a_time is None:
+            one_model_at_a_time = getattr(self, "_one_model_at_a_time", True)
+        self._one_model_at_a_time = one_model_at_a_time
+        super().enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+        if not one_model_at_a_time:
+            return
+        for hook in self._all_hooks:
+            others = [other for other in self._all_hooks if other.model is not hook.model]
+            hook.hook.prev_module_hook = _OffloadOthers(others) if others else None
+
+    def compile_unets(self, **compile_kwargs: Any) -> None:
+        """Compiles both UNets in place with ``torch.compile`` (``nn.Module.compile``).
+
+        The modules keep their class and parameters, so ``save_pretrained`` and offloading still work. The first
+        call at each new batch size or resolution compiles (seconds to minutes); later calls reuse the graph.
+        ``compile_kwargs`` go to ``torch.compile``, e.g. ``mode="max-autotune"`` or ``backend="eager"``.
+        """
+        unets = [self.unet] if self.subject_unet is self.unet else [self.unet, self.subject_unet]
+        for unet in unets:
+            unet.compile(**compile_kwargs)
+
+    def vae_decode(self, latents: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None = None):
+        """``(B, 4, h, w)`` latents -> ``(B, 3, H, W)`` images in ``[-1, 1]``.
+
+        A float16 VAE whose ``config.force_upcast`` is set (the ``AutoencoderKL`` default, and SD1.x VAE configs
+        that do not name it) decodes in float32, then goes back to float16: float16 activations of the decoder can
+        overflow to ``inf`` and give black or NaN images. A VAE known to be safe in float16 can skip the upcast with
+        ``pipe.vae.register_to_config(force_upcast=False)``. bfloat16 has float32's range and is never upcast.
+        """
+        upcast = self.vae.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False)
+        if upcast:
+            self.vae.to(dtype=torch.float32)
+        try:
+            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            return self.vae.decode(latents, return_dict=False, generator=generator)[0]
+        finally:
+            if upcast:
+                self.vae.to(dtype=torch.float16)
 
     # ------------------------------------------------------------------ inputs
     def normalize_references(
@@ -470,9 +568,7 @@ class FaceDiffuserPipeline(DiffusionPipeline, StableDiffusionMixin):
         if output_type == "latent":
             image = latents
         else:
-            image = self.vae.decode(
-                latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False, generator=generator
-            )[0]
+            image = self.vae_decode(latents, generator)
             image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * batch)
 
         fusion_trace = None
