@@ -602,7 +602,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are over these")
     parser.add_argument("--tiny-size", type=int, default=64)
     parser.add_argument("--sd15-size", type=int, default=128)
-    parser.add_argument("--images", type=int, default=2, help="images per call (the encoders run once per call)")
+    parser.add_argument("--images", type=int, default=1, help="images per call (the encoders run once per call)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of both UNets")
     parser.add_argument("--skip-extras", action="store_true", help="only the side-by-side comparison")
