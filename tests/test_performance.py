@@ -124,17 +124,10 @@ def test_both_unets_use_sdpa_attention(tiny_pipe):
         assert processors == {AttnProcessor2_0}
 
 
-def _overflowing_fp16_vae(pipe):
-    """Scales the decoder's input conv so that its float16 activations pass 65504 while float32 ones stay finite
-    (GroupNorm after it brings the scale back)."""
-    with torch.no_grad():
-        pipe.vae.decoder.conv_in.weight.mul_(3e4)
-        pipe.vae.decoder.conv_in.bias.mul_(3e4)
-    pipe.vae.to(torch.float16)
-
-
 def test_fp16_vae_decodes_in_float32_when_force_upcast(tiny_pipe):
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    # Scale the decoder's input conv so that its float16 activations pass 65504 while float32 ones stay finite (the
+    # GroupNorm after it brings the scale back).
     with torch.no_grad():
         tiny_pipe.vae.decoder.conv_in.weight.mul_(3e4)
         tiny_pipe.vae.decoder.conv_in.bias.mul_(3e4)
