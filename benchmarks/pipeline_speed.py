@@ -198,11 +198,15 @@ class UnetTimer:
         self.spans.clear()
         self.batches.clear()
 
-    def seconds(self) -> float:
+    def durations(self) -> list[float]:
+        """Seconds of every call, in call order."""
         if self.cuda:
             torch.cuda.synchronize()
-            return sum(start.elapsed_time(end) for start, end in self.spans) / 1000
-        return sum(end - start for start, end in self.spans)
+            return [start.elapsed_time(end) / 1000 for start, end in self.spans]
+        return [end - start for start, end in self.spans]
+
+    def seconds(self) -> float:
+        return sum(self.durations())
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -280,6 +284,7 @@ class Run:
     wall_seconds: float
     unet_seconds: float  # on the benchmark's clock
     unet_batches: list[tuple[int, int]]  # (0 = unet / 1 = subject_unet, batch size) of every UNet call
+    unet_durations: list[float]  # seconds of every UNet call, on the benchmark's clock
     calls: Counter  # forward calls of each model
     peak: int
 
@@ -334,7 +339,8 @@ def timed(run, timer: UnetTimer, device: torch.device, watched: dict[str, torch.
     finally:
         for handle in handles:
             handle.remove()
-    return Run(seconds, wall_seconds, timer.seconds(), list(timer.batches), calls, memory.peak)
+    durations = timer.durations()
+    return Run(seconds, wall_seconds, sum(durations), list(timer.batches), durations, calls, memory.peak)
 
 
 def compare(fd, sd, setup: Setup, reference, device, rounds: int) -> dict[str, list[Run]]:
@@ -400,6 +406,18 @@ def report_comparison(results: dict[str, list[Run]], setup: Setup, fd, sd, devic
         share = (fd_outside - sd_outside) / sd_seconds
         extra.append(f"{name} {(fd_outside - sd_outside) / n:+.3f} s ({share * 100:+.1f}% of SD)")
     print(f"  Time outside the UNets beyond SD's, per image: {'; '.join(extra)}")
+    by_batch: dict[int, list[float]] = {}
+    for runs in results.values():
+        for run in runs:
+            for (_, batch), seconds in zip(run.unet_batches, run.unet_durations):
+                by_batch.setdefault(batch, []).append(seconds)
+    costs = {batch: statistics.median(times) for batch, times in sorted(by_batch.items())}
+    smallest = min(costs)
+    print(
+        "  UNet call by batch size (median): "
+        + "; ".join(f"batch {b}: {c:.3f} s ({c / costs[smallest]:.2f}x, {b / smallest:.2f}x the evaluations)"
+                    for b, c in costs.items())
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- fast paths
