@@ -20,15 +20,6 @@ from facediffuser.tiny import build_tiny_pipeline
 PROMPT = "a photo of a man <|image|> at the beach"
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny models on shared cores run many times faster on one thread than with spinning worker threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # 4 steps with alpha 0.25, beta 0.75: one step of stage I, two of stage II, one of stage III.
 CALL = {"num_inference_steps": 4, "alpha": 0.25, "beta": 0.75, "output_type": "np"}
 

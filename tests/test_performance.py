@@ -27,15 +27,6 @@ from facediffuser.tiny import build_tiny_pipeline
 PROMPT = "a photo of a man <|image|> at the beach"
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """Tiny models on shared cores run many times faster on one thread than with spinning worker threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class HostSyncCounter(TorchDispatchMode):
     """Counts the aten ops that make the host wait for the device: reading a value (``.item()``, ``bool(t)``) or
     an output whose size depends on the data (``nonzero``, boolean indexing)."""
