@@ -95,6 +95,7 @@ def test_a_folder_ref_and_several_images(tmp_path):
         (["-p", "a man <|image|>", "--ref", ASTRONAUT, "--steps", "0"], "at least 1"),
         (["-p", "a man <|image|>", "--ref", ASTRONAUT, "--height", "100"], "multiple of 8"),
         (["-p", "a man <|image|>", "--ref", ASTRONAUT, "--model", "/no/such/folder/x"], "Model folder not found"),
+        (["-p", "a man <|image|>", "--ref", ASTRONAUT, "--device", "cpu", "--offload", "model"], "needs --device"),
     ],
 )
 def test_generate_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys, extra, message):

@@ -6,6 +6,7 @@ go through :mod:`facediffuser.convert` first, which reads them with ``torch.load
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 from pathlib import Path
@@ -29,6 +30,16 @@ from .pipeline import FaceDiffuserPipeline
 logger = logging.getLogger(__name__)
 
 TINY_MODEL = "tiny"
+
+
+class Offload(str, enum.Enum):
+    """Where the models wait while they are not running."""
+
+    NONE = "none"  # all on the device
+    MODEL = "model"  # on the CPU, one whole model on the accelerator at a time
+    SEQUENTIAL = "sequential"  # on the CPU, moved submodule by submodule
+
+
 SCHEDULERS = {
     "ddim": DDIMScheduler,
     "pndm": PNDMScheduler,
@@ -138,8 +149,15 @@ def load_pipeline(
     dtype: str | torch.dtype = "auto",
     scheduler: str | None = None,
     scene_model: str | Path | None = None,
+    offload: Offload | str = "none",
+    compile_unets: bool = False,
 ) -> FaceDiffuserPipeline:
-    """A ready pipeline from ``"tiny"``, a local folder or a hub id, moved to ``device`` in ``dtype``."""
+    """A ready pipeline from ``"tiny"``, a local folder or a hub id, on ``device`` in ``dtype``.
+
+    ``offload="model"`` keeps the models on the CPU and moves each to the accelerator only while it runs (one at a
+    time); ``"sequential"`` goes layer by layer (slowest, least memory). Both need an accelerator.
+    """
+    offload = Offload(offload)
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     if str(model) == TINY_MODEL:
@@ -159,7 +177,16 @@ def load_pipeline(
         pipe.unet = load_scene_unet(scene_model, like=pipe.unet)
     if scheduler is not None:
         swap_scheduler(pipe, scheduler)
-    pipe.to(device)
     if pipe.unet.dtype != dtype:
         pipe.to(dtype=dtype)
+    if offload is not Offload.NONE and device.type == "cpu":
+        raise ValueError(f"--offload {offload.value} moves models to an accelerator; it needs --device cuda (or mps).")
+    if offload is Offload.MODEL:
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload is Offload.SEQUENTIAL:
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if compile_unets:
+        pipe.compile_unets()
     return pipe

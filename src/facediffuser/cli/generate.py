@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..configuration import add_dataclass_arguments, build_config, config_to_dict
 from ..fusion import Smoothing, SubjectGuidanceBase
+from ..loading import Offload, load_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,10 @@ class GenerateConfig:
     scheduler: str | None = field(default=None, metadata={"help": "ddim, pndm, dpm++, unipc, euler, euler-a, ..."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, float16, bfloat16"})
+    offload: Offload = field(
+        default=Offload.NONE, metadata={"help": "model: one model on the GPU at a time; sequential: layer by layer"}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile both UNets (slow first call)"})
     save_masks: bool = field(default=False, metadata={"help": "also write a picture of the fusion masks per step"})
 
 
@@ -83,7 +88,6 @@ def generate(config: GenerateConfig) -> list[Path]:
     from .. import __version__
     from ..fusion import check_stage_fractions
     from ..images import load_person
-    from ..loading import load_pipeline
     from ..prompting import DEFAULT_PLACEHOLDER, count_placeholders
     from ..visualize import mask_strip
 
@@ -104,6 +108,8 @@ def generate(config: GenerateConfig) -> list[Path]:
         dtype=config.dtype,
         scheduler=config.scheduler,
         scene_model=config.scene_model,
+        offload=config.offload,
+        compile_unets=config.compile,
     )
     placeholders = count_placeholders(config.prompt, pipe.placeholder)
     if placeholders != len(config.ref):
