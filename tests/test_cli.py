@@ -105,6 +105,15 @@ def test_generate_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys
     assert not list(tmp_path.iterdir())
 
 
+def test_a_reference_without_a_face_is_refused(tmp_path, capsys):
+    pytest.importorskip("dlib")
+    Image.new("RGB", (128, 128), (120, 130, 140)).save(tmp_path / "wall.png")
+    argv = ["generate", "-p", "a man <|image|>", "--ref", str(tmp_path / "wall.png"), "--steps", "1"]
+    assert main([*argv, "-o", str(tmp_path / "x.png")]) == 2
+    assert "No face was found in --ref" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    assert main([*argv, "--no-face-check", "-o", str(tmp_path / "y.png")]) == 0
+
+
 def test_model_folder_with_missing_parts(tmp_path, tiny_pipe):
     tiny_pipe.save_pretrained(tmp_path / "model")
     shutil.rmtree(tmp_path / "model" / "subject_unet")

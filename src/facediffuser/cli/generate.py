@@ -59,6 +59,12 @@ class GenerateConfig:
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile both UNets (slow first call)"})
     save_masks: bool = field(default=False, metadata={"help": "also write a picture of the fusion masks per step"})
+    face_check: bool = field(
+        default=True,
+        metadata={
+            "help": "refuse reference photos in which dlib finds no face (when dlib, from the eval extra, is installed)"
+        },
+    )
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -79,6 +85,25 @@ def save_png_atomically(image, path: Path, pnginfo=None) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_faces(refs: list[str], people: list[list]) -> None:
+    """Raises ``ValueError`` for a reference photo without a detectable face; skipped when dlib is absent."""
+    try:
+        from ..evaluation.dlib_backend import DlibBackend
+
+        detector = DlibBackend(upsample=1, center=False)
+    except (ImportError, ValueError) as err:
+        logger.info("Reference photos are not checked for faces (%s).", err)
+        return
+    for ref, photos in zip(refs, people):
+        for k, photo in enumerate(photos):
+            if detector.count_faces(photo) == 0:
+                which = f"photo {k + 1} of " if len(photos) > 1 else ""
+                raise ValueError(
+                    f"No face was found in {which}--ref {ref}. Give a photo in which the face is clearly visible "
+                    "(a frontal face crop works best), or pass --no-face-check to use it anyway."
+                )
 
 
 def generate(config: GenerateConfig) -> list[Path]:
@@ -118,6 +143,8 @@ def generate(config: GenerateConfig) -> list[Path]:
             f"given: pass one --ref per person, in order (e.g. 'a man {DEFAULT_PLACEHOLDER} ...' --ref photo.jpg)."
         )
     references = [load_person(r) for r in config.ref]
+    if config.face_check:
+        check_faces(config.ref, references)
 
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     result = pipe(

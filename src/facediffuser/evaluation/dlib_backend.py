@@ -109,6 +109,11 @@ class DlibBackend(IdentityBackend):
             "min_confidence": self.min_confidence,
         }
 
+    def count_faces(self, image: PIL.Image.Image) -> int:
+        """How many faces the detector finds (no descriptors computed)."""
+        rects, _, _ = self._detector.run(to_dlib_array(image), self.upsample, self.min_confidence)
+        return len(rects)
+
     def raw_descriptors(self, image: PIL.Image.Image) -> list[tuple[np.ndarray, Any, float]]:
         """``(descriptor, rectangle, confidence)`` for each face, largest first, before centring."""
         array = to_dlib_array(image)
