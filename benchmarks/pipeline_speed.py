@@ -36,17 +36,15 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from facediffuser import FaceDiffuserPipeline, SubjectFuser
+from facediffuser import FaceDiffuserPipeline
 from facediffuser.fusion import Stage, saliency_adaptive_noise_fusion, stage_schedule
-from facediffuser.tiny import SD_SCHEDULER_CONFIG, tiny_components
-from facediffuser.tokenizer import load_clip_tokenizer
+from facediffuser.tiny import SD15_SHAPED, tiny_components
 
 PROMPT = "a photo of a man <|image|> riding a horse on the beach"
 SD_PROMPT = "a photo of a man riding a horse on the beach"
@@ -60,59 +58,7 @@ def fmt_bytes(n: float) -> str:
 # ---------------------------------------------------------------------------------------------------- components
 def sd15_components(seed: int) -> dict:
     """The SD1.5 architecture with random weights, and the CLIP ViT-L/14 image tower of Face-diffuser's SDM."""
-    builders = {
-        "unet": lambda: UNet2DConditionModel(
-            sample_size=64,
-            block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2,
-            attention_head_dim=8,
-            cross_attention_dim=768,
-        ),
-        "vae": lambda: AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        ),
-        "text_encoder": lambda: CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                projection_dim=768,
-                hidden_act="quick_gelu",
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-            )
-        ),
-        "image_encoder": lambda: CLIPVisionModelWithProjection(
-            CLIPVisionConfig(
-                hidden_size=1024,
-                intermediate_size=4096,
-                num_hidden_layers=24,
-                num_attention_heads=16,
-                image_size=224,
-                patch_size=14,
-                projection_dim=768,
-                hidden_act="quick_gelu",
-            )
-        ),
-        "subject_fuser": lambda: SubjectFuser(embed_dim=768),
-    }
-    components = {}
-    for offset, (name, build) in enumerate(builders.items()):
-        torch.manual_seed(seed + offset)
-        components[name] = build().eval()
-    torch.manual_seed(seed + len(builders))
-    # The SDM starts from the TDM's architecture with its own weights (two different UNets, as released).
-    components["subject_unet"] = builders["unet"]().eval()
-    components["tokenizer"] = load_clip_tokenizer()
-    components["scheduler"] = DDIMScheduler(**SD_SCHEDULER_CONFIG)
-    return components
+    return tiny_components(seed, SD15_SHAPED)
 
 
 def make_pipelines(components: dict, device: str, dtype: torch.dtype):

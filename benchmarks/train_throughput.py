@@ -22,59 +22,16 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from facediffuser.models import SubjectFuser
 from facediffuser.pipeline import FaceDiffuserPipeline
-from facediffuser.tiny import SD_SCHEDULER_CONFIG, build_tiny_pipeline
-from facediffuser.tokenizer import load_clip_tokenizer
+from facediffuser.tiny import SD15_SHAPED, build_tiny_pipeline
 from facediffuser.training import ModelKind, TrainConfig, Trainer
 from facediffuser.training.synthetic import write_synthetic_ffhq_wild
 
 
 def sd15_shaped_pipeline(seed: int = 0) -> FaceDiffuserPipeline:
     """Random weights in the SD1.5 + CLIP ViT-L/14 shapes."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
-    )
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            image_size=224,
-            patch_size=14,
-            projection_dim=768,
-        )
-    )
-    return FaceDiffuserPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=load_clip_tokenizer(),
-        unet=unet,
-        subject_unet=unet,
-        image_encoder=image_encoder,
-        subject_fuser=SubjectFuser(embed_dim=768),
-        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
-    )
+    return build_tiny_pipeline(seed, SD15_SHAPED)
 
 
 def measure(model: str, kind: ModelKind, args: argparse.Namespace, data: Path, work: Path) -> float:

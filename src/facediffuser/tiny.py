@@ -30,21 +30,49 @@ SD_SCHEDULER_CONFIG = {
 
 @dataclass(frozen=True)
 class TinyConfig:
-    """Widths of the tiny components. The layout mirrors SD1.x: four UNet levels (cross-attention in the first three
-    down and last three up blocks), a VAE with a scale factor of 8, CLIP towers of two layers."""
+    """Widths of the randomly initialised components; the defaults are the tiny ones.
+
+    The layout is SD1.x's at any width: four UNet levels (cross-attention in the first three down and last three up
+    blocks), a VAE with a scale factor of 8, a CLIP text tower and a CLIP vision tower with projection.
+    :data:`SD15_SHAPED` gives the real SD1.5 + CLIP ViT-L/14 sizes (for benchmarks).
+    """
 
     embed_dim: int = 16  # text hidden size = cross-attention width = subject embedding width
     unet_channels: tuple[int, ...] = (8, 8, 16, 16)
     unet_layers_per_block: int = 1
-    unet_head_dim: int = 2
+    unet_head_dim: int = 2  # diffusers' `attention_head_dim` (the head count, for SD1.x)
     unet_norm_groups: int = 4
     vae_channels: tuple[int, ...] = (8, 8, 8, 8)
+    vae_layers_per_block: int = 1
+    vae_norm_groups: int = 4
+    text_layers: int = 2
+    text_heads: int = 2
     vision_hidden: int = 16
+    vision_layers: int = 2
+    vision_heads: int = 2
     vision_image_size: int = 32
     vision_patch_size: int = 8
-    clip_layers: int = 2
-    clip_heads: int = 2
     sample_size: int = 8  # latent side; the default image is sample_size * 8 pixels
+
+
+SD15_SHAPED = TinyConfig(
+    embed_dim=768,
+    unet_channels=(320, 640, 1280, 1280),
+    unet_layers_per_block=2,
+    unet_head_dim=8,
+    unet_norm_groups=32,
+    vae_channels=(128, 256, 512, 512),
+    vae_layers_per_block=2,
+    vae_norm_groups=32,
+    text_layers=12,
+    text_heads=12,
+    vision_hidden=1024,
+    vision_layers=24,
+    vision_heads=16,
+    vision_image_size=224,
+    vision_patch_size=14,
+    sample_size=64,
+)
 
 
 def tiny_unet(config: TinyConfig = TinyConfig()) -> UNet2DConditionModel:
@@ -71,9 +99,9 @@ def tiny_vae(config: TinyConfig = TinyConfig()) -> AutoencoderKL:
         down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=config.vae_channels,
-        layers_per_block=1,
+        layers_per_block=config.vae_layers_per_block,
         latent_channels=4,
-        norm_num_groups=config.unet_norm_groups,
+        norm_num_groups=config.vae_norm_groups,
         sample_size=config.sample_size * 2 ** (levels - 1),
     )
 
@@ -84,8 +112,8 @@ def tiny_text_encoder(config: TinyConfig = TinyConfig()) -> CLIPTextModel:
             vocab_size=49408,
             hidden_size=config.embed_dim,
             intermediate_size=4 * config.embed_dim,
-            num_hidden_layers=config.clip_layers,
-            num_attention_heads=config.clip_heads,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=config.text_heads,
             max_position_embeddings=77,
             projection_dim=config.embed_dim,
             bos_token_id=49406,
@@ -100,8 +128,8 @@ def tiny_image_encoder(config: TinyConfig = TinyConfig()) -> CLIPVisionModelWith
         CLIPVisionConfig(
             hidden_size=config.vision_hidden,
             intermediate_size=4 * config.vision_hidden,
-            num_hidden_layers=config.clip_layers,
-            num_attention_heads=config.clip_heads,
+            num_hidden_layers=config.vision_layers,
+            num_attention_heads=config.vision_heads,
             image_size=config.vision_image_size,
             patch_size=config.vision_patch_size,
             projection_dim=config.embed_dim,
@@ -110,7 +138,7 @@ def tiny_image_encoder(config: TinyConfig = TinyConfig()) -> CLIPVisionModelWith
 
 
 def tiny_components(seed: int = 0, config: TinyConfig = TinyConfig()) -> dict:
-    """The components of a tiny :class:`FaceDiffuserPipeline`, each initialised from its own seed."""
+    """The components of a random :class:`FaceDiffuserPipeline` (tiny by default), each from its own seed."""
     builders = {
         "unet": tiny_unet,
         "subject_unet": tiny_unet,
