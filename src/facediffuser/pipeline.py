@@ -69,8 +69,8 @@ class _OffloadOthers(UserCpuOffloadHook):
             if _on_accelerator(hook.model):
                 hook.offload()
 
-    def remove(self) -> None:  # the hooks it groups are removed by the pipeline
-        pass
+    def remove(self) -> None:
+        """Nothing to do: the pipeline removes the hooks this group holds."""
 
 
 def _on_accelerator(model: torch.nn.Module) -> bool:
