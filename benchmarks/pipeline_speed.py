@@ -36,7 +36,6 @@ from dataclasses import dataclass
 import numpy as np
 import psutil
 import torch
-from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
@@ -64,16 +63,7 @@ def sd15_components(seed: int) -> dict:
 def make_pipelines(components: dict, device: str, dtype: torch.dtype):
     fd = FaceDiffuserPipeline(**components)
     fd.to(device=device, dtype=dtype)
-    sd = StableDiffusionPipeline(
-        vae=fd.vae,
-        text_encoder=fd.text_encoder,
-        tokenizer=fd.tokenizer,
-        unet=fd.unet,
-        scheduler=fd.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    sd = fd.text_model_pipeline()
     for pipe in (fd, sd):
         pipe.set_progress_bar_config(disable=True)
     return fd, sd

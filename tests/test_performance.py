@@ -17,7 +17,6 @@ import collections
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -42,21 +41,6 @@ class HostSyncCounter(TorchDispatchMode):
         if name in self.SYNC_OPS:
             self.counts[name] += 1
         return func(*args, **(kwargs or {}))
-
-
-def _sd_pipeline(pipe) -> StableDiffusionPipeline:
-    sd = StableDiffusionPipeline(
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        unet=pipe.unet,
-        scheduler=pipe.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    sd.set_progress_bar_config(disable=True)
-    return sd
 
 
 def _count_calls(modules: dict[str, torch.nn.Module]):
@@ -105,7 +89,7 @@ def test_noise_fusion_never_syncs_with_the_host():
 
 
 def test_loop_syncs_no_more_than_plain_stable_diffusion(tiny_pipe, face_image):
-    sd = _sd_pipeline(tiny_pipe)
+    sd = tiny_pipe.text_model_pipeline()
     counts = {}
     for name, run in (
         ("fd", lambda: tiny_pipe(PROMPT, reference_images=[face_image], num_inference_steps=4, output_type="latent")),
@@ -197,7 +181,7 @@ def test_compile_unets_keeps_outputs(face_image):
 
 
 def test_text_encoder_and_vae_are_one_copy(tiny_pipe):
-    sd = _sd_pipeline(tiny_pipe)
+    sd = tiny_pipe.text_model_pipeline()
 
     def storages(*modules):
         return {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import DPMSolverMultistepScheduler
 
 from facediffuser import FaceDiffuserPipeline, Stage
 from facediffuser.images import prepare_reference_pixels
@@ -18,28 +18,13 @@ def run(pipe, prompt, refs=None, seed=0, **kwargs):
     return pipe(prompt, reference_images=refs, generator=torch.Generator().manual_seed(seed), **kwargs)
 
 
-def stable_diffusion(pipe, unet):
-    sd = StableDiffusionPipeline(
-        vae=pipe.vae,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
-        unet=unet,
-        scheduler=pipe.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    sd.set_progress_bar_config(disable=True)
-    return sd
-
-
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm"])
 def test_tdm_only_equals_stable_diffusion(tiny_pipe, scheduler):
     if scheduler == "dpm":
         tiny_pipe.scheduler = DPMSolverMultistepScheduler.from_config(tiny_pipe.scheduler.config)
     prompts = ["a photo of a man at the beach", "a woman reading a book"]
     ours = run(tiny_pipe, prompts, alpha=1.0, beta=1.0, guidance_scale=6.0, num_images_per_prompt=2).images
-    sd = stable_diffusion(tiny_pipe, tiny_pipe.unet)
+    sd = tiny_pipe.text_model_pipeline()
     theirs = sd(
         prompts,
         num_inference_steps=STEPS,
@@ -55,7 +40,7 @@ def test_tdm_only_equals_stable_diffusion(tiny_pipe, scheduler):
 def test_tdm_only_with_placeholder_equals_stable_diffusion_on_stripped_prompt(tiny_pipe, face_image):
     # The TDM reads the prompt with its placeholder removed.
     ours = run(tiny_pipe, "a man <|image|> riding a horse", [face_image], alpha=1.0, beta=1.0).images
-    sd = stable_diffusion(tiny_pipe, tiny_pipe.unet)
+    sd = tiny_pipe.text_model_pipeline()
     theirs = sd(
         "a man riding a horse",
         num_inference_steps=STEPS,

@@ -173,6 +173,25 @@ class FaceDiffuserPipeline(DiffusionPipeline, StableDiffusionMixin):
     def placeholder(self) -> str:
         return self.config.placeholder
 
+    def text_model_pipeline(self, unet: UNet2DConditionModel | None = None) -> StableDiffusionPipeline:
+        """Plain Stable Diffusion over this pipeline's own VAE, text encoder, tokenizer and scheduler (no copies).
+
+        ``unet`` defaults to the TDM, so the result draws what stage I alone would draw; pass ``self.subject_unet``
+        for the SDM without its subjects. It is the baseline of the equivalence tests and of the speed benchmark.
+        """
+        sd = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet if unet is None else unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        sd.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return sd
+
     # ------------------------------------------------------------------ memory and speed
     def enable_model_cpu_offload(
         self,
