@@ -1,0 +1,102 @@
+"""The settings that define one Face-diffuser sample, with their defaults written once.
+
+:class:`SamplingSettings` is the one source of truth for the number of steps, the stage fractions ``alpha`` and
+``beta``, both guidance scales, the SDM's guidance base and the SNF smoothing. It is frozen and validated when it is
+made, so a value that reaches the pipeline has been checked once, with the same words for every caller (the CLI, the
+evaluation methods, the trainer's validation, the benchmarks and the demo).
+
+``FaceDiffuserPipeline.__call__`` keeps diffusers' keyword names; :meth:`SamplingSettings.pipeline_kwargs` maps the
+settings onto them::
+
+    settings = SamplingSettings(alpha=0.2)
+    images = pipe(prompt, reference_images=refs, **settings.pipeline_kwargs()).images
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .fusion import Smoothing, SubjectGuidanceBase, check_stage_fractions
+
+# Field metadata: ``help`` is the text of the matching CLI flag (see :mod:`facediffuser.configuration`).
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingSettings:
+    """How one Face-diffuser sample is drawn (paper Sec. 3.2.3 and 3.3; REFERENCE sections 2-4).
+
+    Defaults are the paper's and the release's: ``T = 50`` steps, ``alpha = 0.3``, ``beta = 0.6`` (Fig. 8) and
+    ``w = 5`` for both models.
+    """
+
+    num_inference_steps: int = dataclasses.field(default=50, metadata={"help": "denoising steps T"})
+    alpha: float = dataclasses.field(
+        default=0.3, metadata={"help": "stage I (TDM only) ends at step floor(alpha*T); 0 <= alpha <= beta"}
+    )
+    beta: float = dataclasses.field(
+        default=0.6, metadata={"help": "stage III (SDM only) starts at step floor(beta*T); alpha <= beta <= 1"}
+    )
+    guidance_scale: float = dataclasses.field(default=5.0, metadata={"help": "guidance scale w of the TDM (eq. 1)"})
+    subject_guidance_scale: float | None = dataclasses.field(
+        default=None, metadata={"help": "guidance scale w of the SDM (eq. 2); default: the same as --guidance-scale"}
+    )
+    subject_guidance_base: SubjectGuidanceBase = dataclasses.field(
+        default=SubjectGuidanceBase.TEXT,
+        metadata={"help": "'text': eps_S(c) + w R_S, the official release; 'null': eps_S(0) + w R_S, paper eq. 2"},
+    )
+    smoothing: Smoothing = dataclasses.field(
+        default=Smoothing.BOX, metadata={"help": "Smooth() of the SNF saliency: 'box' as released, or 'gaussian'"}
+    )
+    smoothing_kernel_size: int = dataclasses.field(default=4, metadata={"help": "SNF smoothing kernel size"})
+    smoothing_sigma: float = dataclasses.field(default=1.0, metadata={"help": "sigma of the 'gaussian' smoothing"})
+
+    def __post_init__(self) -> None:
+        # Enums may be given by value ("null"); store the members.
+        object.__setattr__(self, "subject_guidance_base", SubjectGuidanceBase(self.subject_guidance_base))
+        object.__setattr__(self, "smoothing", Smoothing(self.smoothing))
+        steps = self.num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"The number of denoising steps must be a positive integer, got {steps!r}.")
+        check_stage_fractions(self.alpha, self.beta)
+        for name in ("guidance_scale", "subject_guidance_scale"):
+            value = getattr(self, name)
+            if value is None and name == "subject_guidance_scale":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        size = self.smoothing_kernel_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"`smoothing_kernel_size` must be a positive integer, got {size!r}.")
+        sigma = self.smoothing_sigma
+        if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+            raise ValueError(f"`smoothing_sigma` must be a finite number > 0, got {sigma!r}.")
+
+    @property
+    def effective_subject_guidance_scale(self) -> float:
+        """The SDM's ``w``: :attr:`subject_guidance_scale`, or :attr:`guidance_scale` when that is ``None``."""
+        return self.guidance_scale if self.subject_guidance_scale is None else self.subject_guidance_scale
+
+    def replace(self, **changes: Any) -> SamplingSettings:
+        """A copy with ``changes`` applied and validated again."""
+        return dataclasses.replace(self, **changes)
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``FaceDiffuserPipeline.__call__`` that these settings set."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly: enums as their values (the form the CLI flags take back)."""
+        return {k: v.value if hasattr(v, "value") else v for k, v in self.pipeline_kwargs().items()}
+
+
+def check_image_size(height: int | None, width: int | None, multiple: int = 8) -> None:
+    """Raises ``ValueError`` unless each given size is a positive multiple of ``multiple`` (the VAE's scale, at least
+    8). ``None`` means the model's default size and passes."""
+    for name, value in (("height", height), ("width", width)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
+            raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value!r}.")
