@@ -21,7 +21,8 @@ from typing import Any
 
 from .fusion import Smoothing, SubjectGuidanceBase, check_stage_fractions
 
-# Field metadata: ``help`` is the text of the matching CLI flag (see :mod:`facediffuser.configuration`).
+# Field metadata: ``help`` is the text of the matching CLI flag (see :mod:`facediffuser.configuration`); ``ui_range``
+# is the (min, max) a slider offers (the demo). Validation in ``__post_init__`` is the rule; a range is only a UI bound.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,16 +33,29 @@ class SamplingSettings:
     ``w = 5`` for both models.
     """
 
-    num_inference_steps: int = dataclasses.field(default=50, metadata={"help": "denoising steps T"})
+    num_inference_steps: int = dataclasses.field(
+        default=50, metadata={"help": "denoising steps T", "ui_range": (1, 150)}
+    )
     alpha: float = dataclasses.field(
-        default=0.3, metadata={"help": "stage I (TDM only) ends at step floor(alpha*T); 0 <= alpha <= beta"}
+        default=0.3,
+        metadata={"help": "stage I (TDM only) ends at step floor(alpha*T); 0 <= alpha <= beta", "ui_range": (0.0, 1.0)},
     )
     beta: float = dataclasses.field(
-        default=0.6, metadata={"help": "stage III (SDM only) starts at step floor(beta*T); alpha <= beta <= 1"}
+        default=0.6,
+        metadata={
+            "help": "stage III (SDM only) starts at step floor(beta*T); alpha <= beta <= 1",
+            "ui_range": (0.0, 1.0),
+        },
     )
-    guidance_scale: float = dataclasses.field(default=5.0, metadata={"help": "guidance scale w of the TDM (eq. 1)"})
+    guidance_scale: float = dataclasses.field(
+        default=5.0, metadata={"help": "guidance scale w of the TDM (eq. 1)", "ui_range": (0.0, 20.0)}
+    )
     subject_guidance_scale: float | None = dataclasses.field(
-        default=None, metadata={"help": "guidance scale w of the SDM (eq. 2); default: the same as --guidance-scale"}
+        default=None,
+        metadata={
+            "help": "guidance scale w of the SDM (eq. 2); default: the same as --guidance-scale",
+            "ui_range": (0.0, 20.0),
+        },
     )
     subject_guidance_base: SubjectGuidanceBase = dataclasses.field(
         default=SubjectGuidanceBase.TEXT,
@@ -50,8 +64,12 @@ class SamplingSettings:
     smoothing: Smoothing = dataclasses.field(
         default=Smoothing.BOX, metadata={"help": "Smooth() of the SNF saliency: 'box' as released, or 'gaussian'"}
     )
-    smoothing_kernel_size: int = dataclasses.field(default=4, metadata={"help": "SNF smoothing kernel size"})
-    smoothing_sigma: float = dataclasses.field(default=1.0, metadata={"help": "sigma of the 'gaussian' smoothing"})
+    smoothing_kernel_size: int = dataclasses.field(
+        default=4, metadata={"help": "SNF smoothing kernel size", "ui_range": (1, 9)}
+    )
+    smoothing_sigma: float = dataclasses.field(
+        default=1.0, metadata={"help": "sigma of the 'gaussian' smoothing", "ui_range": (0.1, 5.0)}
+    )
 
     def __post_init__(self) -> None:
         # Enums may be given by value ("null"); store the members.
