@@ -123,3 +123,8 @@ def _build_facenet(device: torch.device, options: Mapping[str, Any]) -> Identity
     from .facenet_backend import FacenetBackend
 
     return FacenetBackend(device=device, weights=options.get("facenet_weights"))
+
+
+IP_BACKENDS["mini"] = lambda device, options: __import__("facediffuser.world.face_backend", fromlist=["build"]).build(
+    device, options
+)

@@ -140,7 +140,7 @@ def zero_shot_prompts(attribute: str) -> dict[str, list[str]]:
 # ------------------------------------------------------------------------------------------------- training
 def images_to_pixels(images: np.ndarray, size: int) -> torch.Tensor:
     """``(N, H, W, 3)`` uint8 -> ``(N, 3, size, size)`` CLIP-normalized (bicubic resize when H differs)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255.0
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)

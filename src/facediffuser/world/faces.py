@@ -80,21 +80,25 @@ class FaceDetector(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def detect(self, x: torch.Tensor, threshold: float | None = None) -> list[list[tuple[list[float], float]]]:
         """Per image of ``(N, 3, 64, 64)``, the ``([x1, y1, x2, y2], score)`` of each found face in input pixels,
-        most confident first: local maxima of the centre map above ``threshold``."""
-        threshold = self.config.threshold if threshold is None else threshold
-        out = self(x)
-        heat = torch.sigmoid(out[:, 0])  # (N, G, G)
-        peaks = (heat == F.max_pool2d(heat[:, None], 3, stride=1, padding=1)[:, 0]) & (heat > threshold)
-        found = []
-        for n in range(x.shape[0]):
-            faces = []
-            for gy, gx in peaks[n].nonzero().tolist():
-                ox, oy, lw, lh = out[n, 1:, gy, gx].tolist()
-                cx, cy = (gx + ox) * STRIDE, (gy + oy) * STRIDE
-                bw, bh = math.exp(lw) * STRIDE, math.exp(lh) * STRIDE
-                faces.append(([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], float(heat[n, gy, gx])))
-            found.append(sorted(faces, key=lambda f: -f[1]))
-        return found
+        most confident first."""
+        return decode(self(x), self.config.threshold if threshold is None else threshold)
+
+
+def decode(out: torch.Tensor, threshold: float) -> list[list[tuple[list[float], float]]]:
+    """Boxes from a ``(N, 5, G, G)`` detector output: the local maxima (3 x 3) of the centre map above
+    ``threshold``, each with its offset and size; per image, most confident first."""
+    heat = torch.sigmoid(out[:, 0])  # (N, G, G)
+    peaks = (heat == F.max_pool2d(heat[:, None], 3, stride=1, padding=1)[:, 0]) & (heat > threshold)
+    found = []
+    for n in range(out.shape[0]):
+        faces = []
+        for gy, gx in peaks[n].nonzero().tolist():
+            ox, oy, lw, lh = out[n, 1:, gy, gx].tolist()
+            cx, cy = (gx + ox) * STRIDE, (gy + oy) * STRIDE
+            bw, bh = math.exp(lw) * STRIDE, math.exp(lh) * STRIDE
+            faces.append(([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], float(heat[n, gy, gx])))
+        found.append(sorted(faces, key=lambda f: -f[1]))
+    return found
 
 
 class FaceEmbedder(ModelMixin, ConfigMixin):
