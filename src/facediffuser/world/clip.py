@@ -49,16 +49,16 @@ class ClipSettings:
     """Widths and the training recipe of the world's CLIP."""
 
     embed_dim: int = 128  # text hidden size = projection size (the mini models' cross-attention width)
-    text_layers: int = 4
+    text_layers: int = 3
     text_heads: int = 4
     vision_hidden: int = 128
-    vision_layers: int = 4
+    vision_layers: int = 3
     vision_heads: int = 4
     image_size: int = 64
-    patch_size: int = 8
-    steps: int = 1500
-    batch_size: int = 128
-    learning_rate: float = 5e-4
+    patch_size: int = 16
+    steps: int = 1000
+    batch_size: int = 64
+    learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
     looks_prob: float = 0.5  # captions that also describe the person's looks

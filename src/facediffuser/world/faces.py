@@ -59,7 +59,7 @@ class FaceDetector(ModelMixin, ConfigMixin):
     (centre logit, x and y offset within the cell, log width and log height in cells)."""
 
     @register_to_config
-    def __init__(self, channels: tuple[int, ...] = (24, 48, 64), threshold: float = 0.4):
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 48), threshold: float = 0.4):
         super().__init__()
         c1, c2, c3 = channels
         self.body = nn.Sequential(
@@ -152,10 +152,10 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 # ------------------------------------------------------------------------------------------------ training
 @dataclass(frozen=True)
 class FaceSettings:
-    detector_steps: int = 1500
-    detector_batch: int = 64
+    detector_steps: int = 1000
+    detector_batch: int = 32
     detector_lr: float = 2e-3
-    embedder_steps: int = 2000
+    embedder_steps: int = 1000
     embedder_batch: int = 128
     embedder_lr: float = 3e-3
     cosface_scale: float = 24.0
