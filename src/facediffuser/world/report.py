@@ -207,6 +207,45 @@ def attribute_tables() -> str:
     return "\n".join(lines)
 
 
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    """The held-out figures as markdown tables (the docs paste them)."""
+    clip = metrics["clip"]
+    lines = ["| CLIP, held-out renders | `scenes` test | `portraits` test |", "|---|---|---|"]
+    for attribute in ("place", "time", "clothing", "weather", "object"):
+        cells = []
+        for name in ("scenes", "portraits"):
+            z = clip[name]["zero_shot"][attribute]
+            cells.append(f"{z['accuracy']:.1%} (n={z['n']})")
+        lines.append(f"| zero-shot {attribute} | {cells[0]} | {cells[1]} |")
+    lines.append(
+        "| image-to-text recall@1 | "
+        + " | ".join(f"{clip[n]['recall_at_1']:.1%} ({clip[n]['distinct_captions']} captions)" for n in clip)
+        + " |"
+    )
+    faces = metrics["faces"]
+    lines += ["", "| face networks, held-out people | value |", "|---|---|"]
+    for name, d in faces["detection"].items():
+        lines.append(f"| detection recall, {name} (IoU 0.5) | {d['recall']:.1%} of {d['faces']} faces |")
+        lines.append(f"| detection precision, {name} | {d['precision']:.1%} of {d['found']} boxes |")
+    v = faces["verification"]
+    lines.append(f"| verification ROC AUC | {v['roc_auc']:.4f} |")
+    lines.append(f"| equal-error rate (threshold) | {v['eer']:.2%} ({v['eer_threshold']:.2f}) |")
+    lines.append(
+        f"| same person, other render: cosine mean ± std | {v['same']['mean']:.2f} ± {v['same']['std']:.2f} "
+        f"({v['same_pairs']} pairs) |"
+    )
+    lines.append(
+        f"| different people: cosine mean ± std | {v['different']['mean']:.2f} ± {v['different']['std']:.2f} "
+        f"({v['different_pairs']} pairs) |"
+    )
+    i = faces["identification"]
+    lines.append(
+        f"| identification via `--ip-backend mini` against {i['references_found']} reference folders | "
+        f"{i['top1']:.1%} top-1 (chance {i['chance']:.1%}) |"
+    )
+    return "\n".join(lines)
+
+
 def write_report(out: Path) -> Path:
     """Measures everything on the test splits and writes ``out/report``."""
     from .clip import evaluate_clip
@@ -234,6 +273,7 @@ def write_report(out: Path) -> Path:
     for k, identity in enumerate(heldout):
         identity_sheet(identity, report / f"identity_{k}.png", size=s_size(scenes))
     (report / "tables.md").write_text(attribute_tables() + "\n", encoding="utf-8")
+    (report / "report.md").write_text(metrics_markdown(metrics) + "\n", encoding="utf-8")
     logger.info("world report: %s", json.dumps(metrics)[:2000])
     return report
 
