@@ -61,8 +61,11 @@ class ClipSettings:
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 0.1
-    looks_prob: float = 0.5  # captions that also describe the person's looks
-    drop_prob: float = 0.2  # each scene phrase is left out with this probability
+    looks_prob: float = 0.4  # captions that also describe the person's looks
+    # Each scene phrase is left out with this probability. Contrastive learning only learns what tells the captions
+    # of a batch apart: with full captions, clothing, time and looks already do, and the place went unlearned
+    # (38% zero-shot after 1,000 steps at 0.2). Half-empty captions make every phrase carry its weight.
+    drop_prob: float = 0.5
     seed: int = 0
 
 
