@@ -82,27 +82,40 @@ def sweep_plot(summary: dict[str, Any], path: Path) -> bool:
     for r in results:
         series[(r.get("model") or "", r["beta"])].append(r)
     ax_ip, ax_pc, ax_both = figure.subplots(1, 3)
-    colours = [f"C{k % 10}" for k in range(len(series))]
+    points = np.array([[_value(r, "pc"), _value(r, "ip")] for r in results])
+    finite = points[np.isfinite(points).all(axis=1)]
+    spans = np.ptp(finite, axis=0) if len(finite) else np.ones(2)
+    near = np.where(spans > 0, spans, 1.0) * 0.02  # points closer than 2% of the axis span share one label
     handles = []
-    for colour, ((model, beta), rs) in zip(colours, sorted(series.items())):
+    for index, ((model, beta), rs) in enumerate(sorted(series.items())):
+        colour = f"C{index % 10}"
         rs = sorted(rs, key=lambda r: r["alpha"])
         name = f"{model}, beta={beta:g}" if several_models else f"beta={beta:g}"
         alphas = [r["alpha"] for r in rs]
         for ax, key in ((ax_ip, "ip"), (ax_pc, "pc")):
             means = np.array([_value(r, key) for r in rs])
-            spans = np.array([[_value(r, key, "low"), _value(r, key, "high")] for r in rs])
-            errors = np.abs(spans.T - means)  # (2, n): below and above the mean
-            line = ax.errorbar(alphas, means, yerr=errors, marker="o", color=colour, capsize=3, label=name).lines[0]
+            spans_ci = np.array([[_value(r, key, "low"), _value(r, key, "high")] for r in rs])
+            errors = np.abs(spans_ci.T - means)  # (2, n): below and above the mean
+            line = ax.errorbar(alphas, means, yerr=errors, marker="o", color=colour, capsize=3).lines[0]
+        line.set_label(name)
         handles.append(line)
-        for k, r in enumerate(rs):
-            ip, pc = _value(r, "ip"), _value(r, "pc")
-            if not (np.isfinite(ip) and np.isfinite(pc)):
+        labelled: list[tuple[np.ndarray, list[str]]] = []  # (position, alphas) of this line's labels
+        for r in rs:
+            point = np.array([_value(r, "pc"), _value(r, "ip")])
+            if not np.isfinite(point).all():
                 continue
-            ax_both.scatter(pc, ip, color=colour, zorder=3)
+            ax_both.scatter(*point, color=colour, zorder=3)
+            for position, names in labelled:
+                if (np.abs(position - point) <= near).all():
+                    names.append(f"{r['alpha']:g}")
+                    break
+            else:
+                labelled.append((point, [f"{r['alpha']:g}"]))
+        for position, names in labelled:
             ax_both.annotate(
-                f"a={r['alpha']:g}",
-                (pc, ip),
-                xytext=(5, 5 if k % 2 == 0 else -11),
+                "a=" + "/".join(names),
+                tuple(position),
+                xytext=(5, 5 - 11 * (index % 2)),  # alternate lines above and below their points
                 textcoords="offset points",
                 fontsize=8,
                 color=colour,
