@@ -57,8 +57,8 @@ def test_dlib_scores_the_mirror_image_high_and_another_person_low(dlib_backend, 
     same, faces_same = dlib_backend.score(mirror, reference)
     other, faces_other = dlib_backend.score(grace_hopper, reference)
     assert faces_same >= 1 and faces_other == 1
-    assert same > 0.9  # measured 0.953
-    assert other < 0.5  # measured 0.175
+    assert same > 0.9  # measured 0.948
+    assert other < 0.5  # measured 0.350 (unrelated people: median 0.02, 95th percentile 0.44)
     assert same - other > 0.5
 
 
