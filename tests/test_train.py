@@ -176,8 +176,10 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data_root, tmp_path)
             assert torch.equal(a[part][name], b[part][name]), f"{part}.{name}"
     live_a = dict(whole.denoiser.named_parameters())
     assert all(torch.equal(live_a[n], p) for n, p in resumed.denoiser.named_parameters())
+    # Exact on purpose: one process, one machine, the same kernels on the same inputs (bit-exact resume). Across
+    # processes see test_train_multiprocess.py, which states a tolerance.
     assert read_metrics(tmp_path / "whole")["train/loss"] == read_metrics(tmp_path / "cut")["train/loss"]
-    assert whole.lr_scheduler.get_last_lr() == resumed.lr_scheduler.get_last_lr()
+    assert whole.lr_scheduler.get_last_lr() == resumed.lr_scheduler.get_last_lr()  # the same schedule arithmetic
 
 
 def test_tdm_run_exports_the_scene_unet_and_keeps_the_base_subject_model(data_root, tmp_path):
@@ -185,7 +187,7 @@ def test_tdm_run_exports_the_scene_unet_and_keeps_the_base_subject_model(data_ro
     with (out / "logs" / "metrics.csv").open() as f:
         logged = sorted({int(row["step"]) for row in csv.DictReader(f)})
     assert logged == [1, 3]  # the first step, then the last one (before the 5th)
-    assert read_metrics(out)["train/localization"] == [0.0, 0.0]  # no people for the TDM
+    assert read_metrics(out)["train/localization"] == [0.0, 0.0]  # no people for the TDM: exactly 0 by construction
     base = build_tiny_pipeline(seed=0)
     pipe = FaceDiffuserPipeline.from_pretrained(out, use_safetensors=True)
     unet = dict(pipe.unet.named_parameters())
@@ -306,3 +308,62 @@ def test_shipped_accelerate_configs_parse():
     zero2 = load_config_from_file(str(folder / "accelerate_deepspeed_zero2.yaml"))
     assert zero2.distributed_type is DistributedType.DEEPSPEED and zero2.deepspeed_config["zero_stage"] == 2
     assert zero2.deepspeed_config["gradient_clipping"] == TrainConfig(data_root=Path("d")).max_grad_norm
+
+
+def test_people_that_cannot_be_placed_are_counted_and_reported(data_root, tmp_path, caplog):
+    """A json without `segments` trains its image without people: logged as `data/flawed_annotations` and warned."""
+    import json
+    import logging
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    annotation = root / "00003" / "00003.json"
+    annotation.write_text(json.dumps({"caption": json.loads(annotation.read_text())["caption"]}))
+    config = tiny_config(root, tmp_path / "out", train_batch_size=8, max_train_steps=2, subject_keep_prob=1.0)
+    with caplog.at_level(logging.WARNING):
+        Trainer(ModelKind.SDM, config).train()
+    # One epoch is one step of 8 images: the flawed image is read once per step. Counts are exact integers.
+    assert read_metrics(tmp_path / "out")["data/flawed_annotations"] == [1.0, 2.0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("00003" in w and "no 'segments'" in w for w in warnings) == 1  # once per image id
+    assert any(w.startswith("2 sample read(s) on this process trained without their people") for w in warnings)
+
+
+def test_validation_images_take_the_sampling_settings():
+    from facediffuser.settings import SamplingSettings
+
+    config = TrainConfig(data_root=Path("d"))
+    defaults = SamplingSettings()
+    sdm, tdm = config.validation_settings(ModelKind.SDM), config.validation_settings(ModelKind.TDM)
+    assert (sdm.alpha, sdm.beta, tdm.alpha, tdm.beta) == (0.0, 0.0, 1.0, 1.0)  # each trained model draws alone
+    assert sdm.guidance_scale == config.validation_guidance_scale == defaults.guidance_scale
+    assert sdm.num_inference_steps == config.validation_inference_steps
+    assert sdm.replace(alpha=defaults.alpha, beta=defaults.beta, num_inference_steps=defaults.num_inference_steps) == (
+        defaults
+    )
+    with pytest.raises(ValueError, match="validation settings.*guidance_scale"):
+        TrainConfig(data_root=Path("d"), validation_guidance_scale=float("nan"))
+    with pytest.raises(ValueError, match="validation settings.*steps"):
+        TrainConfig(data_root=Path("d"), validation_inference_steps=0)
+
+
+def test_the_training_package_loads_no_trainer_until_asked(tmp_path):
+    """`facediffuser.cli.train` (and so `facediffuser generate`, which registers it) loads the settings only."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, facediffuser.cli.train, facediffuser.training as t\n"
+        "print(sorted(m for m in sys.modules if m.startswith('facediffuser.training')))\n"
+        "t.Trainer\n"
+        "print('facediffuser.training.trainer' in sys.modules)\n"
+    )
+    src = Path(__file__).resolve().parents[1] / "src"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env={"PYTHONPATH": str(src)}, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    loaded, after = result.stdout.splitlines()
+    assert loaded == "['facediffuser.training', 'facediffuser.training.config']"
+    assert after == "True"
