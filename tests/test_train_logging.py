@@ -35,6 +35,45 @@ def test_tensorboard_is_accelerates_own_tracker_when_installed(tmp_path):
     assert tracking.trackers(LogBackend.AUTO, tmp_path) == ["tensorboard"]
 
 
+def test_a_run_logs_scalars_and_the_validation_grid_to_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from accelerate.state import AcceleratorState, GradientState
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from facediffuser.training import ModelKind, TrainConfig, Trainer
+    from facediffuser.training.synthetic import write_synthetic_ffhq_wild
+
+    data = write_synthetic_ffhq_wild(tmp_path / "data", num_images=2, size=64, test_images=1)
+    out = tmp_path / "out"
+    config = TrainConfig(
+        data_root=data,
+        output_dir=out,
+        resolution=64,
+        train_batch_size=2,
+        max_train_steps=1,
+        checkpointing_steps=0,
+        validation_steps=1,
+        num_validation_samples=1,
+        validation_inference_steps=2,
+        logging_steps=1,
+        log_with="tensorboard",
+    )
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        Trainer(ModelKind.TDM, config).train()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    events = EventAccumulator(str(out / tracking.RUN_NAME))
+    events.Reload()
+    tags = events.Tags()
+    assert {"train/loss", "train/lr", "data/skipped_samples", "data/flawed_annotations"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("train/loss")] == [1]
+    assert tags["images"] == ["validation"]
+    assert (out / "validation" / "step-0000001.png").is_file()
+
+
 def test_checkpoint_rotation_and_resolution(tmp_path):
     for step in (5, 10, 15):
         tmp = checkpoints.temporary_path(tmp_path, step)

@@ -128,7 +128,10 @@ class TrainConfig:
         try:
             self.validation_settings(ModelKind.SDM)
         except ValueError as err:
-            raise ValueError(f"The validation settings are not valid: {err}") from err
+            raise ValueError(
+                f"The validation settings are not valid (validation_inference_steps = {self.validation_inference_steps}"
+                f", validation_guidance_scale = {self.validation_guidance_scale}): {err}"
+            ) from err
 
     def validation_settings(self, kind: ModelKind) -> SamplingSettings:
         """How validation images are drawn: the trained model alone (the SDM with ``alpha = beta = 0``, the TDM with
