@@ -15,6 +15,7 @@ from facediffuser.ffhq_wild import insert_placeholders
 from facediffuser.images import CLIP_MEAN, CLIP_STD
 from facediffuser.prompting import tokenize_prompt
 from facediffuser.tokenizer import load_clip_tokenizer
+from facediffuser.training import data as data_module
 from facediffuser.training.augment import (
     ReferenceAugmentation,
     center_crop_or_pad,
@@ -189,7 +190,7 @@ def test_missing_and_corrupt_files_are_skipped_and_reported(tmp_path, tokenizer,
     assert "00001_c" in caplog.text and "00002_m" in caplog.text
 
 
-def test_people_that_cannot_be_placed_are_reported_and_counted(tmp_path, tokenizer, caplog):
+def test_people_that_cannot_be_placed_are_reported_and_counted(tmp_path, tokenizer, caplog, monkeypatch):
     """A json without `segments`, or a person whose `end` lies beyond the caption, trains without those people: the
     SDM reader says so once per image and marks the sample so the trainer counts it."""
     two_people(tmp_path, "00000_a")  # sound
@@ -215,6 +216,15 @@ def test_people_that_cannot_be_placed_are_reported_and_counted(tmp_path, tokeniz
     assert "00001_n" in warnings[0] and "no 'segments'" in warnings[0]
     assert "00002_e" in warnings[1] and f"'end' {len(CAPTION) + 5}" in warnings[1]
     assert collate(samples)["flawed"] == ["00001_n", "00002_e"]
+    # Past the first few ids, flaws are counted without a warning each; the last warning says so.
+    caplog.clear()
+    monkeypatch.setattr(data_module, "FLAW_WARNINGS", 1)
+    capped = plain_dataset(tmp_path, tokenizer)
+    with caplog.at_level(logging.WARNING):
+        flawed = [capped[i]["flawed"] for i in range(3)]
+    assert flawed == [[], ["00001_n"], ["00002_e"]]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "00001_n" in warning and "not warned about one by one" in warning
     # The TDM reads only the caption: nothing is left out, nothing is reported.
     assert all(s["flawed"] == [] for s in (plain_dataset(tmp_path, tokenizer, with_subjects=False)[i] for i in (1, 2)))
 

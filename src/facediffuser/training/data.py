@@ -12,8 +12,8 @@ from a generator seeded with those three numbers, so resuming, changing the numb
 processes never changes what a given step sees. A missing or corrupt file is skipped (with a logged warning) and
 replaced by the next readable sample; the skipped ids travel with the batch so the trainer can count them. For the
 SDM, a readable annotation whose people cannot be placed (no ``segments`` list, or a ``person`` segment whose
-``end`` is not after a word of the caption) trains without them; it is warned about once per image id, and its id
-travels with the batch (``flawed``) to be counted as well.
+``end`` is not after a word of the caption) trains without them; it is warned about once per image id (for the first
+:data:`FLAW_WARNINGS` ids), and its id travels with the batch (``flawed``) to be counted every time.
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 # How many captions are read up front to check that the data set has people in it at all.
 PERSON_SCAN_LIMIT = 512
+# Image ids warned about one by one for people that cannot be placed; further ones are only counted.
+FLAW_WARNINGS = 20
 
 
 class SampleUnreadable(Exception):
@@ -203,9 +205,14 @@ class FFHQWild(Dataset):
 
     def read_sample(self, image_id: str, epoch: int, index: int) -> dict[str, Any]:
         image, segmap, caption, segments, flaws = self.load_files(image_id)
-        if flaws and image_id not in self._warned:  # once per id: the same file is read again every epoch
-            self._warned.add(image_id)
-            logger.warning("FFHQ-wild sample %s trains without its people: %s.", image_id, "; ".join(flaws))
+        if flaws and image_id not in self._warned and len(self._warned) < FLAW_WARNINGS:
+            self._warned.add(image_id)  # once per id: the same file is read again every epoch
+            more = (
+                " (further such samples are counted as data/flawed_annotations, not warned about one by one)"
+                if len(self._warned) == FLAW_WARNINGS
+                else ""
+            )
+            logger.warning("FFHQ-wild sample %s trains without its people: %s.%s", image_id, "; ".join(flaws), more)
         g = self.generator(epoch, index)
 
         # 1. Caption and people: unconditional, or the kept person segments with their placeholders.
