@@ -175,7 +175,7 @@ def gaussian_kernel1d(sigma: float) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable gaussian blur of ``(C, H, W)`` with reflected borders."""
+    """Separable gaussian blur of ``(C, H, W)`` with replicated borders."""
     k = gaussian_kernel1d(sigma)
     c = x.shape[0]
     r = k.numel() // 2
