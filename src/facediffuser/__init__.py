@@ -2,7 +2,9 @@
 
 from .fusion import Smoothing, Stage, SubjectGuidanceBase
 from .models import SubjectFuser
-from .pipeline import FaceDiffuserPipeline, FaceDiffuserPipelineOutput, FusionTrace
+from .pipeline import FaceDiffuserPipeline, FaceDiffuserPipelineOutput
+from .settings import SamplingSettings
+from .step import FusionTrace
 
 __version__ = "0.1.0"
 
@@ -10,6 +12,7 @@ __all__ = [
     "FaceDiffuserPipeline",
     "FaceDiffuserPipelineOutput",
     "FusionTrace",
+    "SamplingSettings",
     "Smoothing",
     "Stage",
     "SubjectFuser",
