@@ -73,8 +73,12 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         # Enums may be given by value ("null"); store the members.
-        object.__setattr__(self, "subject_guidance_base", SubjectGuidanceBase(self.subject_guidance_base))
-        object.__setattr__(self, "smoothing", Smoothing(self.smoothing))
+        for name, kind in (("subject_guidance_base", SubjectGuidanceBase), ("smoothing", Smoothing)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError:
+                raise ValueError(f"`{name}` must be one of {[m.value for m in kind]}, got {value!r}.") from None
         steps = self.num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"The number of denoising steps must be a positive integer, got {steps!r}.")
