@@ -45,8 +45,9 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
-from facediffuser import FaceDiffuserPipeline, SamplingSettings, SubjectGuidanceBase
+from facediffuser import FaceDiffuserPipeline, SubjectGuidanceBase
 from facediffuser.fusion import Stage, saliency_adaptive_noise_fusion, stage_schedule, unet_evaluations_per_image
+from facediffuser.settings import SamplingSettings
 from facediffuser.tiny import SD15_SHAPED, tiny_components
 
 PROMPT = "a photo of a man <|image|> riding a horse on the beach"

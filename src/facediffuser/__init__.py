@@ -2,9 +2,7 @@
 
 from .fusion import Smoothing, Stage, SubjectGuidanceBase
 from .models import SubjectFuser
-from .pipeline import FaceDiffuserPipeline, FaceDiffuserPipelineOutput
-from .settings import SamplingSettings
-from .step import FusionTrace
+from .pipeline import FaceDiffuserPipeline, FaceDiffuserPipelineOutput, FusionTrace
 
 __version__ = "0.1.0"
 
@@ -12,7 +10,6 @@ __all__ = [
     "FaceDiffuserPipeline",
     "FaceDiffuserPipelineOutput",
     "FusionTrace",
-    "SamplingSettings",
     "Smoothing",
     "Stage",
     "SubjectFuser",

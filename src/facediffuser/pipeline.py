@@ -27,10 +27,10 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 
 from .fusion import Condition, Guidance, Smoothing, SubjectGuidanceBase, stage_guidance, stage_schedule
 from .images import prepare_reference_pixels
-from .inputs import normalize_negative_prompts, normalize_prompts, normalize_references
 from .models import SubjectFuser
 from .offload import OneModelAtATimeOffloadMixin
 from .prompting import DEFAULT_PLACEHOLDER, tokenize_prompts
+from .references import normalize_negative_prompts, normalize_prompts, normalize_references
 from .settings import SamplingSettings, check_image_size
 from .step import FusionTrace, StepTrace, face_diffuser_step
 

@@ -1,4 +1,4 @@
-"""What a caller passes to the pipeline, read and checked before any model runs: prompts and reference photos.
+"""The pipeline's prompt and reference arguments, read and checked before any model runs.
 
 A prompt holds one placeholder after every person's class noun (``"a man <|image|> riding a horse"``); each
 placeholder needs one reference: a PIL image, a path, a folder of photos, or a list of images/paths of the same person.
