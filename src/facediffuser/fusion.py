@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 
+# ------------------------------------------------------------------ the three stages (Sec. 3.3)
 class Stage(enum.IntEnum):
     """The three sampling stages of the paper (Sec. 3.3, appendix algorithm)."""
 
@@ -106,6 +107,7 @@ def stage_schedule(num_steps: int, alpha: float, beta: float) -> list[Stage]:
     return [Stage.TEXT if i < end_text else Stage.FUSION if i < end_fusion else Stage.SUBJECT for i in range(num_steps)]
 
 
+# ------------------------------------------------------------------ guidance responses, eqs. 1-2 (Sec. 3.2.3)
 class Condition(str, enum.Enum):
     """The prompt embeddings a UNet is evaluated on (Sec. 3.2.3)."""
 
@@ -190,6 +192,7 @@ def unet_evaluations_per_image(stages: Sequence[Stage], base: SubjectGuidanceBas
     return sum(sum(unet_evaluations(stage, base)) for stage in stages)
 
 
+# ------------------------------------------------------------------ SNF, eqs. 3-5 (Sec. 3.3.1)
 def _gaussian_kernel1d(kernel_size: int, sigma: float, device, dtype) -> torch.Tensor:
     x = torch.arange(kernel_size, device=device, dtype=dtype) - (kernel_size - 1) / 2
     k = torch.exp(-0.5 * (x / sigma) ** 2)

@@ -284,7 +284,8 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                 the default fractions gives 15 / 15 / 20 steps. ``alpha = beta = 1`` is plain Stable Diffusion with
                 the TDM.
             subject_guidance_base: ``"text"`` anchors the SDM on ``eps_S(c)`` as the official release does; ``"null"``
-                anchors it on ``eps_S(0)`` as paper eq. 2 writes, at one more SDM evaluation per step.
+                anchors it on ``eps_S(0)`` as paper eq. 2 writes, which adds ``0`` to the SDM's conditions
+                (:data:`~facediffuser.fusion.SUBJECT_MODEL_GUIDANCE`).
             smoothing, smoothing_kernel_size, smoothing_sigma: the ``Smooth`` of SNF. ``"box"`` is the release's;
                 ``"gaussian"`` blurs with ``smoothing_sigma``.
             num_images_per_prompt: images per prompt.
