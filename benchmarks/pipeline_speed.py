@@ -535,6 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     build_threads = torch.get_num_threads()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.set_grad_enabled(False)
+    verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # `to(dtype)` warns about modules to keep in float32; none here
     started = time.perf_counter()
     print(
@@ -554,9 +555,10 @@ def main(argv: list[str] | None = None) -> None:
                       device, dtype)  # fmt: skip
             del components
             gc.collect()
-    finally:
+    finally:  # as it was, for a caller in the same process (the smoke test)
         torch.set_num_threads(build_threads)
         torch.set_grad_enabled(True)
+        diffusers_logging.set_verbosity(verbosity)
     paper = SamplingSettings()  # the paper's T, alpha and beta
     stages = stage_schedule(paper.num_inference_steps, paper.alpha, paper.beta)
     ratios = ", ".join(
