@@ -88,7 +88,7 @@ class SamplingSettings:
             if value is None and name == "subject_guidance_scale":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"`{name}` must be a finite, non-negative number, got {value!r}.")
+                raise ValueError(f"`{name}` must be a finite number >= 0 (non-negative), got {value!r}.")
         size = self.smoothing_kernel_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"`smoothing_kernel_size` must be a positive integer, got {size!r}.")
