@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from facediffuser.pipeline import _OffloadOthers
+from facediffuser.offload import OffloadOthers
 from facediffuser.tiny import build_tiny_pipeline
 
 PROMPT = "a photo of a man <|image|> at the beach"
@@ -54,7 +54,7 @@ def _replay_residency(pipe, calls: list[str]) -> list[set[str]]:
         prev = hook.hook.prev_module_hook
         if prev is None:
             models = []
-        elif isinstance(prev, _OffloadOthers):
+        elif isinstance(prev, OffloadOthers):
             models = prev.models
         else:
             models = [prev.model]
@@ -104,12 +104,12 @@ def test_offload_choice_survives_maybe_free_model_hooks():
     pipe = build_tiny_pipeline(seed=0)
     pipe.enable_model_cpu_offload(device="cpu", one_model_at_a_time=False)
     pipe.maybe_free_model_hooks()
-    assert not any(isinstance(h.hook.prev_module_hook, _OffloadOthers) for h in pipe._all_hooks)
+    assert not any(isinstance(h.hook.prev_module_hook, OffloadOthers) for h in pipe._all_hooks)
     pipe.enable_model_cpu_offload(device="cpu")  # None keeps the previous choice
-    assert not any(isinstance(h.hook.prev_module_hook, _OffloadOthers) for h in pipe._all_hooks)
+    assert not any(isinstance(h.hook.prev_module_hook, OffloadOthers) for h in pipe._all_hooks)
     pipe.enable_model_cpu_offload(device="cpu", one_model_at_a_time=True)
     pipe.maybe_free_model_hooks()
-    assert all(isinstance(h.hook.prev_module_hook, _OffloadOthers) for h in pipe._all_hooks)
+    assert all(isinstance(h.hook.prev_module_hook, OffloadOthers) for h in pipe._all_hooks)
 
 
 def test_shared_unet_is_hooked_once_without_evicting_itself():
