@@ -513,7 +513,9 @@ def check_output_folder(
             path = Path(given).expanduser().resolve()
             if path == target or target in path.parents:
                 which = "is" if path == target else "holds"
-                raise ValueError(f"--overwrite would delete {out}, which {which} the input {given}: pick another --out.")
+                raise ValueError(
+                    f"--overwrite would delete {out}, which {which} the input {given}: choose another --out."
+                )
         if not (out / "model_index.json").is_file():
             raise ValueError(
                 f"{out} is not a pipeline folder (it has no model_index.json), so --overwrite does not replace it: "
