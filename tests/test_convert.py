@@ -77,7 +77,9 @@ def test_convert_reproduces_every_component(release, face_image):
     kwargs = dict(reference_images=[face_image], num_inference_steps=3, output_type="np")
     a = pipe("a man <|image|>", generator=torch.Generator().manual_seed(1), **kwargs).images
     b = source("a man <|image|>", generator=torch.Generator().manual_seed(1), **kwargs).images
-    np.testing.assert_allclose(a, b, atol=1e-6)
+    # The weights are equal (above); storages read by torch.load sit at other alignments, which can pick another
+    # matmul kernel (float32 rounding, ~1e-6 here). A component wired to the wrong slot moves pixels by 1e-2 or more.
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
 def test_without_tdm_the_sd_unet_draws_the_scene(release):
