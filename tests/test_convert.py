@@ -233,6 +233,17 @@ def with_bytes(path, data):
     return {"sdm": path}
 
 
+def scene_model(tmp_path, folder):
+    """A scene model the TDM cannot be: a unet/ folder with a config and no weights, or a UNet of another shape."""
+    unet = build_tiny_pipeline(seed=5).unet
+    if folder:
+        unet.save_config(tmp_path / "scene" / "unet")
+        return {"extra": ["--scene-model", str(tmp_path / "scene")]}
+    state = {k: v.contiguous() for k, v in unet.state_dict().items()} | {"conv_in.weight": torch.zeros(3, 3, 3, 3)}
+    save_file(state, tmp_path / "scene.safetensors")
+    return {"extra": ["--scene-model", str(tmp_path / "scene.safetensors")]}
+
+
 def empty_folder(folder):
     shutil.rmtree(folder)
     folder.mkdir()
@@ -275,6 +286,14 @@ BAD_RELEASES = {
         lambda r, t: with_sd15(r, t, lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").unlink()),
         r"unet holds no weights: download diffusion_pytorch_model.safetensors into it",
     ),
+    "--scene-model unet/ without weights": (
+        lambda r, t: scene_model(t, folder=True),
+        r"scene/unet holds no weights: download diffusion_pytorch_model.safetensors into it",
+    ),
+    "--scene-model of another shape": (
+        lambda r, t: scene_model(t, folder=False),
+        r"scene.safetensors does not fit an SD1.x UNet like the SDM's \(size mismatch for conv_in.weight",
+    ),
     "empty tokenizer/": (
         lambda r, t: with_sd15(r, t, lambda f: empty_folder(f / "tokenizer")),
         r"tokenizer holds no tokenizer \(vocab.json and merges.txt, or tokenizer.json\)",
@@ -288,7 +307,7 @@ def test_bad_release_files_are_one_sentence_and_write_nothing(release, tmp_path,
     make, message = BAD_RELEASES[case]
     paths = make(root, tmp_path)
     out = tmp_path / "out"
-    assert main(convert_argv(root, out, **paths)) == 2
+    assert main(convert_argv(root, out, *paths.pop("extra", []), **paths)) == 2
     assert re.search(message, error_line(capsys))
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
 

@@ -127,7 +127,7 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            if "global" in str(err).lower():  # weights_only met a class or function: pickled code
+            if re.search(r"\bGLOBAL\b", str(err)):  # weights_only met a class or function: pickled code
                 raise ValueError(
                     f"{path} holds pickled objects other than tensors, so it was not loaded: unpickling it could "
                     f"run code. Use a plain state dict of tensors, or a .safetensors file. ({_first_global(err)})"
@@ -199,9 +199,8 @@ def _load_exact(model: torch.nn.Module, state: StateDict, what: str, source: str
         if reshaped:
             k = reshaped[0]
             problems.append(
-                f"{_count(reshaped, 'tensor has', 'tensors have')} another shape (e.g. {k}: {tuple(state[k].shape)} in "
-                "the file, "
-                f"{tuple(expected[k].shape)} expected)"
+                f"{_count(reshaped, 'tensor has', 'tensors have')} another shape "
+                f"(e.g. {k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} expected)"
             )
         if missing:
             problems.append(f"{_count(missing, 'is', 'are')} missing (e.g. {missing[:2]})")
@@ -268,7 +267,7 @@ def _check_weights(folder: Path, stem: str, alternative: str = "") -> None:
         check_safetensors_file(single)
         return
     if index.is_file():
-        for shard in sorted(set(json.loads(index.read_text()).get("weight_map", {}).values())):
+        for shard in sorted(set(_read_config(index).get("weight_map", {}).values())):
             check_safetensors_file(folder / shard)
         return
     held = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".ckpt", ".pt"))
@@ -416,10 +415,11 @@ def convert_release(
     if scene_model is not None:
         try:
             unet = load_scene_unet(scene_model, like=subject_unet)
-        except RuntimeError as err:  # a tensor of another shape
+        except RuntimeError as err:  # a tensor of another shape; torch names it on a later line
+            lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line] or [str(err)]
             raise ValueError(
-                f"{scene_model} does not fit an SD1.x UNet like the SDM's ({_first_line(err, 200)}): give an SD "
-                "v1.x UNet."
+                f"{scene_model} does not fit an SD1.x UNet like the SDM's ({_first_line(lines[0], 200)}): give an "
+                "SD v1.x UNet."
             ) from err
         check_finite(unet.state_dict(), scene_model)
     elif tdm_checkpoint is not None:
