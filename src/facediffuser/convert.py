@@ -575,5 +575,8 @@ def save_pipeline_atomically(
         if new.exists():
             shutil.rmtree(new, ignore_errors=True)
     if old is not None:
-        shutil.rmtree(old)
+        try:
+            shutil.rmtree(old)
+        except OSError as err:  # the new folder is in place: say what is left over rather than fail
+            logger.warning("Wrote %s, but could not delete the folder it replaced, %s: %s", out, old, err)
     return out
