@@ -112,7 +112,9 @@ def test_gaussian_smoothing_keeps_mass_and_size():
     y = smooth(x, smoothing="gaussian", kernel_size=5, sigma=1.0)
     assert y.shape == (1, 9, 7)
     assert torch.isclose(y.sum(), torch.tensor(1.0), atol=1e-5)
-    assert y[0, 4, 3] == y.max() and y[0, 4, 2] == y[0, 4, 4]
+    assert y[0].argmax() == 4 * 7 + 3  # the peak stays where the point was
+    # A symmetric kernel gives a symmetric response; convolution algorithms may round the two sides differently.
+    torch.testing.assert_close(y[0, 4, 2], y[0, 4, 4], rtol=1e-5, atol=1e-7)
 
 
 def test_fuse_noise_copies_values_exactly():

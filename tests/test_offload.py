@@ -39,7 +39,9 @@ def test_model_cpu_offload_matches_plain_pipeline(face_image, reference_output, 
     pipe = build_tiny_pipeline(seed=0)
     pipe.enable_model_cpu_offload(device="cpu", one_model_at_a_time=one_model_at_a_time)
     assert pipe._all_hooks, "no offload hooks were installed"
-    np.testing.assert_array_equal(_run(pipe, face_image), reference_output)
+    # The hooks move nothing on the CPU, but the two pipelines are separate builds whose tensors may reach other
+    # kernels (float32 rounding, ~1e-6 on these pixels); a model run at the wrong step moves them by 1e-2 or more.
+    np.testing.assert_allclose(_run(pipe, face_image), reference_output, rtol=0, atol=1e-5)
 
 
 def _replay_residency(pipe, calls: list[str]) -> list[set[str]]:

@@ -182,14 +182,18 @@ def test_vae_slicing_matches_and_tiling_runs(tiny_pipe, face_image):
 def test_compile_unets_keeps_outputs(face_image):
     def run(pipe):
         generator = torch.Generator().manual_seed(0)
-        return pipe(PROMPT, reference_images=[face_image], num_inference_steps=3, generator=generator).images
+        kwargs = {"num_inference_steps": 3, "generator": generator, "output_type": "np"}
+        return pipe(PROMPT, reference_images=[face_image], **kwargs).images
 
     pipe = build_tiny_pipeline(seed=0)
     expected = run(pipe)
     pipe.compile_unets(backend="eager")  # graph capture only: no C++ compiler needed
     assert type(pipe.unet).__name__ == "UNet2DConditionModel"  # still saveable
     got = run(pipe)
-    np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(expected[0]))
+    # A captured graph may decompose or reorder ops, so float32 rounding may differ (~1e-6 on these pixels); a graph
+    # that computed something else would move them by 1e-2 or more. (Compared before the 8-bit PNG rounding, which
+    # turns any tiny difference into a whole step of 1/255.)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 def test_text_encoder_and_vae_are_one_copy(tiny_pipe):

@@ -168,7 +168,7 @@ def test_references_change_only_the_subject_model(tiny_pipe, face_image):
     assert not np.allclose(a, b)
     a = run(tiny_pipe, "a man <|image|> on a boat", [face_image], alpha=1.0, beta=1.0).images
     b = run(tiny_pipe, "a man <|image|> on a boat", [other], alpha=1.0, beta=1.0).images
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, b)  # exact by construction: the same weights and inputs reach the same kernels
 
 
 def test_several_photos_of_one_person_are_averaged(tiny_pipe, face_image):
@@ -198,7 +198,11 @@ def test_save_and_load_round_trip(tiny_pipe, face_image, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     a = run(tiny_pipe, "a man <|image|> on a boat", [face_image]).images
     b = run(loaded, "a man <|image|> on a boat", [face_image]).images
-    np.testing.assert_array_equal(a, b)
+    # The weights are equal (above), but safetensors storages sit at other memory alignments, and some CPUs then run
+    # another matmul kernel: 6e-7 apart on an AMD EPYC, and one ulp on every weight moves these pixels by 1e-6. What
+    # the images protect is everything else the folder must carry: a lost scheduler setting, VAE scaling factor or
+    # a swapped model moves them by 1e-2 or more.
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
 def test_callback_can_replace_latents(tiny_pipe):
@@ -265,4 +269,4 @@ def test_a_folder_is_several_photos_of_one_person(tiny_pipe, face_image, tmp_pat
     face_image.rotate(90).save(folder / "b.jpg")
     from_folder = run(tiny_pipe, "a man <|image|>", [folder]).images
     from_list = run(tiny_pipe, "a man <|image|>", [[folder / "a.png", folder / "b.jpg"]]).images
-    np.testing.assert_array_equal(from_folder, from_list)
+    np.testing.assert_array_equal(from_folder, from_list)  # exact by construction: the same files, pipeline, kernels
