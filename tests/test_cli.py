@@ -151,6 +151,14 @@ def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys, no_model_load):
     assert "needs CUDA" in err and "Use the device cpu" in err and "Traceback" not in err
 
 
+def test_a_cuda_index_beyond_the_machine_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"There is no device 'cuda:3': this machine has 1 CUDA device\(s\)"):
+        loading.resolve_device("cuda:3")
+    assert loading.resolve_device("cuda:0") == torch.device("cuda:0")
+
+
 @pytest.mark.parametrize("case", ["folder named x.png", "below a regular file", "unwritable place", "exists"])
 def test_bad_out_is_refused_before_any_model_loads(tmp_path, capsys, no_model_load, case):
     if case == "folder named x.png":

@@ -152,13 +152,26 @@ def _load_from_hub(model: str, dtype: torch.dtype) -> FaceDiffuserPipeline:
     try:
         return FaceDiffuserPipeline.from_pretrained(model, use_safetensors=True, dtype=dtype)
     except (OSError, HFValidationError) as err:
-        reason = " ".join(str(err).split())
-        reason = reason if len(reason) <= 240 else reason[:240] + "..."
         raise FileNotFoundError(
-            f"{model!r} is not a folder here (no {Path(model).absolute()}), so it was tried as a model-hub id, and "
-            f"that failed: {reason} Give the path of a pipeline folder made by `facediffuser convert`, or a hub id "
+            f"{model!r} is not a folder here (no {Path(model).absolute()}), so it was tried as a model-hub id: "
+            f"{_hub_failure(err)}. Give the path of a pipeline folder made by `facediffuser convert`, or a hub id "
             "that is cached or reachable."
         ) from err
+
+
+def _hub_failure(err: Exception) -> str:
+    """Why a hub id did not load, in a few words (diffusers' own messages run to several lines)."""
+    from huggingface_hub.errors import HFValidationError
+
+    text = " ".join(str(err).split())
+    if isinstance(err, HFValidationError):
+        return "it is not a valid hub id either"
+    if "outgoing traffic has been disabled" in text or "connect" in text.lower() or "offline" in text.lower():
+        return "it is not in the local hub cache, and the hub could not be reached"
+    if "404" in text or "not found" in text.lower():
+        return "the hub has no such model (or it is private)"
+    first = text.split(". ")[0]
+    return "loading failed: " + (first if len(first) <= 160 else first[:160] + "...")
 
 
 def check_pipeline_folder(folder: Path) -> None:
