@@ -329,3 +329,19 @@ def test_flags_come_from_the_config_dataclass():
     assert args.guidance_scale == 3.0 and args.subject_guidance_base == "null"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "-p", "x", "--subject-guidance-base", "bogus"])
+
+
+def test_sampling_flags_come_from_sampling_settings():
+    from facediffuser.cli.generate import GenerateConfig
+    from facediffuser.configuration import build_config, config_to_dict
+    from facediffuser.settings import SamplingSettings
+
+    parser = build_parser("generate")
+    config = build_config(GenerateConfig, parser.parse_args(["generate", "-p", "x"]))
+    assert config.sampling == SamplingSettings()  # the defaults are SamplingSettings' own, not restated
+    config = build_config(GenerateConfig, parser.parse_args(["generate", "-p", "x", "--steps", "7", "--beta", "0.7"]))
+    assert config.sampling == SamplingSettings(num_inference_steps=7, beta=0.7)
+    flat = config_to_dict(config)
+    assert flat["num_inference_steps"] == 7 and "sampling" not in flat  # flat, as the flags are
+    rebuilt = build_config(GenerateConfig, base=flat)  # what a PNG records rebuilds the same config
+    assert rebuilt.sampling == config.sampling and rebuilt.prompt == "x"

@@ -119,6 +119,13 @@ def scheduler_name(scheduler: object) -> str | None:
     return next((name for name, cls in SCHEDULERS.items() if type(scheduler) is cls), None)
 
 
+def check_offload(offload: Offload | str, device: torch.device) -> None:
+    """Raises ``ValueError`` for offloading with no accelerator to offload to."""
+    offload = Offload(offload)
+    if offload is not Offload.NONE and device.type == "cpu":
+        raise ValueError(f"--offload {offload.value} moves models to an accelerator; it needs --device cuda (or mps).")
+
+
 class ModelSource(str, enum.Enum):
     TINY = "tiny"
     FOLDER = "folder"
@@ -259,8 +266,7 @@ def load_pipeline(
     offload = Offload(offload)
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
-    if offload is not Offload.NONE and device.type == "cpu":
-        raise ValueError(f"--offload {offload.value} moves models to an accelerator; it needs --device cuda (or mps).")
+    check_offload(offload, device)
     if device.type == "cpu" and dtype != torch.float32:
         logger.warning(
             "Running in %s on the CPU: PyTorch computes many %s operations slowly there, or not at all. float32 is "
