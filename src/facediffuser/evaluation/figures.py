@@ -23,6 +23,7 @@ import numpy as np
 import PIL.Image
 
 from ..fusion import Stage
+from ..outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -251,10 +252,7 @@ def write_mask_images(means: dict[str, np.ndarray], folder: Path, title: str = "
 
 def save_mask_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Writes the stage maps of one unit (through a temporary file and a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays), overwrite=True)
 
 
 def load_mask_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
+from ..outputs import atomic_write
 from ..prompting import DEFAULT_PLACEHOLDER
 from ..settings import SamplingSettings
 from .benchmarks import Benchmark
@@ -40,10 +41,7 @@ class GenerationSettings:
 
 def save_image(image: PIL.Image.Image, path: Path) -> None:
     """Writes ``image`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda f: image.save(f, format="PNG"), overwrite=True)
 
 
 def generate_unit(pipeline, unit: WorkUnit, settings: GenerationSettings, out: Path) -> None:

@@ -7,6 +7,7 @@ everything that changes a score was the same.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
@@ -15,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ..outputs import atomic_write
 from .methods import Variant
 from .statistics import CONFIDENCE, RESAMPLES, bootstrap_mean
 
@@ -60,13 +62,16 @@ class ScoreRow:
 
 def write_scores(path: Path, rows: Sequence[ScoreRow]) -> None:
     names = [f.name for f in fields(ScoreRow)]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=names)
+
+    def write(f) -> None:
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=names)
         writer.writeheader()
         for row in rows:
             writer.writerow(asdict(row))
-    tmp.replace(path)
+        f.write(text.getvalue().encode("utf-8"))
+
+    atomic_write(path, write, overwrite=True)
 
 
 def read_scores(path: Path) -> list[ScoreRow]:
@@ -78,9 +83,8 @@ def read_scores(path: Path) -> list[ScoreRow]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    text = json.dumps(data, indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), overwrite=True)
 
 
 # ---------------------------------------------------------------------------------------------------- summary
