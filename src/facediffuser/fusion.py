@@ -193,10 +193,19 @@ def unet_evaluations_per_image(stages: Sequence[Stage], base: SubjectGuidanceBas
 
 
 # ------------------------------------------------------------------ SNF, eqs. 3-5 (Sec. 3.3.1)
-def _gaussian_kernel1d(kernel_size: int, sigma: float, device, dtype) -> torch.Tensor:
-    x = torch.arange(kernel_size, device=device, dtype=dtype) - (kernel_size - 1) / 2
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
+def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float, padding_mode: str = "reflect") -> torch.Tensor:
+    """Separable gaussian blur of ``(B, C, H, W)``, same size out: ``kernel_size`` taps of standard deviation
+    ``sigma`` pixels, centred (an even kernel takes its extra tap on the right/bottom), borders padded with
+    ``padding_mode`` (``"reflect"`` or ``"replicate"``). Also the blur of the training augmentations."""
+    t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - (kernel_size - 1) / 2
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    left, right = (kernel_size - 1) // 2, kernel_size // 2
+    y = F.pad(x, (left, right, 0, 0), mode=padding_mode)
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, kernel_size), groups=c)
+    y = F.pad(y, (0, 0, left, right), mode=padding_mode)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, kernel_size, 1), groups=c)
 
 
 def smooth(
@@ -231,14 +240,9 @@ def smooth(
     else:
         if sigma <= 0:
             raise ValueError(f"`smoothing_sigma` must be positive, got {sigma}.")
-        k = _gaussian_kernel1d(kernel_size, sigma, x.device, x.dtype)
-        c = x.shape[1]
-        left, right = (kernel_size - 1) // 2, kernel_size // 2
-        mode = "reflect" if min(h, w) > max(left, right) else "replicate"
-        y = F.pad(x, (left, right, 0, 0), mode=mode)
-        y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, kernel_size), groups=c)
-        y = F.pad(y, (0, 0, left, right), mode=mode)
-        y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, kernel_size, 1), groups=c)
+        # reflect padding needs more rows and columns than the kernel's half-width
+        mode = "reflect" if min(h, w) > kernel_size // 2 else "replicate"
+        y = gaussian_blur(x, kernel_size, sigma, mode)
     return y.mean(dim=1)
 
 
