@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 
 from ..fusion import Stage
 from ..outputs import atomic_write
+from ..visualize import FLAT, map_to_image
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ MASK_TITLES = {
 }
 STAGE_NAMES = {1: "I", 2: "II", 3: "III"}
 GRID = {"color": "0.88", "linewidth": 0.8}
-FLAT = 1e-3  # a map whose max - min is below this share of its mean level is drawn as flat
 
 
 # ---------------------------------------------------------------------------------------------------- matplotlib
@@ -180,24 +179,6 @@ class MaskAccumulator:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     out[key] = np.where(self.counts[key] > 0, total / np.maximum(self.counts[key], 1), np.nan)
         return out
-
-
-def map_to_image(values: np.ndarray, *, stretch: bool, size: int = 256) -> PIL.Image.Image:
-    """A ``(h, w)`` map as a gray image, NaN as black.
-
-    ``stretch=False`` maps ``[0, 1]`` to ``[0, 255]`` (the SNF masks); ``stretch=True`` maps the map's own minimum to
-    0 and its maximum to 255 (the saliency maps). A map whose spread is below :data:`FLAT` of its level is flat: it
-    is drawn mid-gray rather than stretching rounding noise to full contrast.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(values)
-    if stretch and finite.any():
-        low, high = values[finite].min(), values[finite].max()
-        flat = high - low <= FLAT * np.abs(values[finite]).mean()
-        values = np.full_like(values, 0.5) if flat else (values - low) / (high - low)
-    values = np.where(finite, values, 0.0)
-    pixels = np.clip(np.round(values * 255), 0, 255).astype(np.uint8)
-    return PIL.Image.fromarray(pixels, mode="L").resize((size, size), PIL.Image.Resampling.NEAREST)
 
 
 def relative_to_uniform(values: np.ndarray) -> np.ndarray:
