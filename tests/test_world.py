@@ -242,6 +242,10 @@ def test_cli_renders_resumes_and_refuses_other_settings(tmp_path, capsys):
     other = [*counts[:-1], "3"]
     assert main(["world", "render", "--out", str(tmp_path / "w"), *common, *other]) == 2
     assert "--redo portraits" in capsys.readouterr().err
+    before = digest(tmp_path / "w" / "scenes")
+    assert main(["world", "render", "--out", str(tmp_path / "w"), *common, *counts, "--redo", "identities"]) == 0
+    assert (tmp_path / "w" / "scenes" / "image_ids_train.txt").stat().st_mtime_ns != stamp  # its input was rebuilt
+    assert digest(tmp_path / "w" / "scenes") == before  # and the same seed gave the same bytes
     assert sorted(p.name for p in (tmp_path / "w" / "references").iterdir() if p.is_dir()) == sorted(
         f"id{i:04d}" for i in A.split_identities(20, 4, 0)["heldout"]
     )
