@@ -56,7 +56,7 @@ class ClipSettings:
     vision_heads: int = 4
     image_size: int = 64
     patch_size: int = 16
-    steps: int = 1500
+    steps: int = 2500
     batch_size: int = 64
     learning_rate: float = 1e-3
     warmup_steps: int = 100
