@@ -131,7 +131,12 @@ def face_figures(out: Path, samples) -> tuple[dict[str, Any], np.ndarray, np.nda
 
 
 def score_histogram(same: np.ndarray, different: np.ndarray, path: Path) -> None:
-    import matplotlib
+    """The same/different score histograms as a PNG (skipped, with a warning, without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'facediffuser[eval]'): %s is not drawn.", path)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
