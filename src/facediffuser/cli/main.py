@@ -8,7 +8,7 @@ import logging
 import sys
 
 # Sub-command modules of this package; each defines register(subparsers) and sets `func` on its parser.
-COMMANDS = ("generate", "convert", "train", "evaluate")
+COMMANDS = ("generate", "convert", "train", "evaluate", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

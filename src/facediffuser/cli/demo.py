@@ -1,0 +1,122 @@
+"""``facediffuser demo``: the web page, on this machine only unless ``--host`` says otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..configuration import add_dataclass_arguments, build_config
+from ..loading import Offload
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoConfig:
+    model: str = field(default="tiny", metadata={"help": "pipeline folder or hub id; 'tiny' is a random test model"})
+    scene_model: Path | None = field(
+        default=None, metadata={"help": "any SD1.x UNet (diffusers folder or .safetensors) to draw the scene"}
+    )
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "address to listen on; 0.0.0.0 lets every machine that can reach this one in"},
+    )
+    port: int = field(default=7860, metadata={"help": "port to listen on (the next free one if taken)"})
+    share: bool = field(default=False, metadata={"help": "also publish a public gradio.live link (anyone can use it)"})
+    concurrency: int = field(
+        default=1, metadata={"help": "runs at the same time; more queue behind them (each run holds its activations)"}
+    )
+    max_queue: int = field(default=16, metadata={"help": "requests that may wait; more are turned away"})
+    max_upload_mb: float = field(default=10.0, metadata={"help": "largest photo upload, in MB"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, float16, bfloat16"})
+    offload: Offload = field(
+        default=Offload.NONE, metadata={"help": "model: one model on the GPU at a time; sequential: layer by layer"}
+    )
+    face_check: bool = field(
+        default=True,
+        metadata={
+            "help": "refuse reference photos in which dlib finds no face (when dlib, from the eval extra, is installed)"
+        },
+    )
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def demo(config: DemoConfig) -> int:
+    from ..demo.app import serve
+    from ..loading import TINY_MODEL, load_pipeline
+
+    if config.concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1, got {config.concurrency}.")
+    if config.concurrency > 1 and config.offload is not Offload.NONE:
+        raise ValueError("--concurrency above 1 needs --offload none: offloading moves the shared models per run.")
+    if config.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be positive, got {config.max_upload_mb}.")
+    load_options = {
+        "device": config.device,
+        "dtype": config.dtype,
+        "offload": config.offload,
+        "scene_model": config.scene_model,
+    }
+
+    def load():
+        return load_pipeline(
+            config.model,
+            device=config.device,
+            dtype=config.dtype,
+            scene_model=config.scene_model,
+            offload=config.offload,
+        )
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to itself, one line each
+    note = ""
+    if config.model == TINY_MODEL:
+        note = "**Model: `tiny`**, random weights: it draws noise. Start the demo with `--model` for real weights."
+    server = serve(
+        load,
+        model=config.model,
+        host=config.host,
+        port=config.port,
+        share=config.share,
+        concurrency=config.concurrency,
+        max_queue=config.max_queue,
+        max_upload_mb=config.max_upload_mb,
+        face_check=config.face_check,
+        load_options=load_options,
+        model_note=note,
+    )
+    # SIGTERM ends the demo the way Ctrl-C does, so that its temporary folder is removed either way.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    where = (
+        "this machine only; pass --host 0.0.0.0 to let other machines in"
+        if config.host in ("127.0.0.1", "localhost", "::1")
+        else f"every machine that can reach {config.host}"
+    )
+    print(f"facediffuser demo: serving {server.url} ({where}). Press Ctrl-C to stop.", flush=True)
+    print(f"facediffuser demo: uploads and images go to {server.tmpdir}, removed on exit.", flush=True)
+    if config.share:
+        print("facediffuser demo: --share publishes a public link: anyone who has it can use this machine.", flush=True)
+    try:
+        server.app.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        print("facediffuser demo: stopped; temporary files removed.", flush=True)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return demo(build_config(DemoConfig, args))
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="start the web page (Gradio)", description=__doc__)
+    add_dataclass_arguments(parser, DemoConfig)
+    parser.set_defaults(func=run)
