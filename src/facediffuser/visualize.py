@@ -1,4 +1,4 @@
-"""Pictures of the fusion masks: who drew what, step by step (paper Fig. 9)."""
+"""Pictures of the fusion masks: who drew what, step by step (paper Fig. 9), and the words that go with them."""
 
 from __future__ import annotations
 
@@ -39,3 +39,25 @@ def mask_strip(trace: FusionTrace, index: int = 0, image: Image.Image | None = N
         alpha = _gray(mean * 0.6, (cw, ch))
         canvas.paste(Image.composite(tint, base, alpha), (len(trace.stages) * (cw + 2), band + 1))
     return canvas
+
+
+def mask_strip_description(trace: FusionTrace, image_name: str | None = None, with_image: bool = True) -> str:
+    """What a :func:`mask_strip` shows, in words: for the PNG's ``Description`` chunk."""
+    steps = len(trace.stages)
+    spans = []
+    for stage, colour, name in (
+        (Stage.TEXT, "blue", "stage I, TDM only"),
+        (Stage.FUSION, "orange", "stage II, fusion"),
+        (Stage.SUBJECT, "red", "stage III, SDM only"),
+    ):
+        indices = [i + 1 for i, s in enumerate(trace.stages) if s is stage]
+        if indices:
+            spans.append(f"{colour}: {name} (steps {indices[0]}-{indices[-1]})")
+    of = f" of {image_name}" if image_name else ""
+    text = (
+        f"Fusion masks{of}, one column per denoising step ({steps} steps): white where the subject model (SDM) drew, "
+        f"black where the text model (TDM) drew. Bands: {'; '.join(spans)}."
+    )
+    if with_image:
+        text += " Last column: the image, tinted red where stage II's mean mask gave it to the SDM."
+    return text

@@ -26,6 +26,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..faces import INSTALL_HINT, FaceDetector, import_dlib, to_dlib_array
 from .identity import Face, IdentityBackend
 
 logger = logging.getLogger(__name__)
@@ -35,18 +36,6 @@ DETECTOR_MODEL_FILES = {
     "descriptor": "dlib_face_recognition_resnet_model_v1.dat",
 }
 MEAN_DESCRIPTOR_FILE = "dlib_mean_descriptor.json"
-INSTALL_HINT = 'pip install dlib-bin face_recognition_models  (or: pip install "facediffuser[eval]")'
-
-
-def _import_dlib():
-    try:
-        import dlib
-    except ImportError as err:
-        raise ValueError(
-            f"The dlib IP backend needs the dlib package, which is not installed ({err}). Install it with: "
-            f"{INSTALL_HINT}"
-        ) from err
-    return dlib
 
 
 def dlib_model_folder() -> Path:
@@ -70,11 +59,6 @@ def load_mean_descriptor() -> np.ndarray:
     return np.asarray(json.loads(text)["mean"], dtype=np.float64)
 
 
-def to_dlib_array(image: PIL.Image.Image) -> np.ndarray:
-    """``(H, W, 3)`` contiguous uint8 RGB, the layout dlib takes."""
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-
-
 class DlibBackend(IdentityBackend):
     """dlib's frontal face detector + 5-point shape predictor + ResNet descriptor, compared by centred cosine.
 
@@ -88,14 +72,12 @@ class DlibBackend(IdentityBackend):
     name = "dlib"
 
     def __init__(self, *, upsample: int = 1, center: bool = True, min_confidence: float = 0.0):
-        if upsample < 0:
-            raise ValueError(f"`upsample` must be 0 or more, got {upsample}.")
-        dlib = _import_dlib()
+        self._detector = FaceDetector(upsample=upsample, min_confidence=min_confidence)
+        dlib = import_dlib()
         folder = dlib_model_folder()
         self.upsample = upsample
         self.center = center
         self.min_confidence = min_confidence
-        self._detector = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(str(folder / DETECTOR_MODEL_FILES["landmarks"]))
         self._descriptor = dlib.face_recognition_model_v1(str(folder / DETECTOR_MODEL_FILES["descriptor"]))
         self._mean = load_mean_descriptor() if center else None
@@ -111,16 +93,13 @@ class DlibBackend(IdentityBackend):
 
     def count_faces(self, image: PIL.Image.Image) -> int:
         """How many faces the detector finds (no descriptors computed)."""
-        rects, _, _ = self._detector.run(to_dlib_array(image), self.upsample, self.min_confidence)
-        return len(rects)
+        return self._detector.count_faces(image)
 
     def raw_descriptors(self, image: PIL.Image.Image) -> list[tuple[np.ndarray, Any, float]]:
         """``(descriptor, rectangle, confidence)`` for each face, largest first, before centring."""
         array = to_dlib_array(image)
-        rects, confidences, _ = self._detector.run(array, self.upsample, self.min_confidence)
-        found = sorted(zip(rects, confidences), key=lambda rc: rc[0].area(), reverse=True)
         out = []
-        for rect, confidence in found:
+        for rect, confidence in self._detector.detect(array):
             shape = self._landmarks(array, rect)
             descriptor = np.asarray(self._descriptor.compute_face_descriptor(array, shape), dtype=np.float64)
             out.append((descriptor, rect, float(confidence)))
