@@ -50,7 +50,7 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
 
 def demo(config: DemoConfig) -> int:
     from ..demo.app import serve
-    from ..loading import TINY_MODEL, load_pipeline
+    from ..loading import TINY_MODEL, check_model_source, dtype_name, load_pipeline, resolve_device, resolve_dtype
 
     if config.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {config.concurrency}.")
@@ -58,20 +58,18 @@ def demo(config: DemoConfig) -> int:
         raise ValueError("--concurrency above 1 needs --offload none: offloading moves the shared models per run.")
     if config.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {config.max_upload_mb}.")
-    load_options = {
-        "device": config.device,
-        "dtype": config.dtype,
-        "offload": config.offload,
-        "scene_model": config.scene_model,
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    check_model_source(config.model)  # a missing folder fails here, before the server starts
+    recorded = {
+        "scene_model": None if config.scene_model is None else str(config.scene_model),
+        "device": str(device),
+        "dtype": dtype_name(dtype),
     }
 
     def load():
         return load_pipeline(
-            config.model,
-            device=config.device,
-            dtype=config.dtype,
-            scene_model=config.scene_model,
-            offload=config.offload,
+            config.model, device=device, dtype=dtype, scene_model=config.scene_model, offload=config.offload
         )
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to itself, one line each
@@ -88,7 +86,7 @@ def demo(config: DemoConfig) -> int:
         max_queue=config.max_queue,
         max_upload_mb=config.max_upload_mb,
         face_check=config.face_check,
-        load_options=load_options,
+        recorded=recorded,
         model_note=note,
     )
     # SIGTERM ends the demo the way Ctrl-C does, so that its temporary folder is removed either way.

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from ..configuration import name_flags
 from ..fusion import SubjectGuidanceBase
 from ..images import IMAGE_EXTENSIONS
 from ..settings import SamplingSettings
@@ -30,6 +31,16 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 MODEL_SCHEDULER = "model's own"
 MAX_SIDE = 1024
+# How the library's messages name a setting (`alpha`) is said on the page with the widget's name, as the command line
+# says it with its flag (configuration.name_flags).
+PAGE_NAMES = {
+    "num_inference_steps": "Steps",
+    "alpha": "alpha",
+    "beta": "beta",
+    "guidance_scale": "Guidance scale",
+    "height": "Height",
+    "width": "Width",
+}
 
 STAGE_LEGEND = (
     "**Who drew what.** One tile per denoising step: white where the subject model (SDM) drew, black where the scene "
@@ -105,7 +116,8 @@ def make_handler(runner: DemoRunner):
             progress(0, desc="Waiting for the model")
             result = runner.run(request, on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
         except (ValueError, FileNotFoundError) as err:
-            raise gr.Error(upload_prefix.sub("", str(err)), title="Cannot generate", print_exception=False) from None
+            message = name_flags(upload_prefix.sub("", str(err)), PAGE_NAMES)
+            raise gr.Error(message, title="Cannot generate", print_exception=False) from None
         except Exception as err:
             logger.exception("A demo run failed.")
             raise gr.Error(
@@ -254,7 +266,7 @@ def serve(
     max_queue: int = 16,
     max_upload_mb: float = 10,
     face_check: bool = True,
-    load_options: dict | None = None,
+    recorded: dict | None = None,
     model_note: str = "",
 ) -> DemoServer:
     """Starts the demo without blocking and returns it; ``pipe_factory()`` loads the pipeline once, here.
@@ -280,7 +292,7 @@ def serve(
             model=model,
             concurrency=concurrency,
             face_check=face_check,
-            load_options=load_options,
+            recorded=recorded,
         )
         app = build_app(runner, model_note=model_note)
         app.queue(default_concurrency_limit=concurrency, max_size=max_queue)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..loading import dtype_name
 from ..settings import SamplingSettings, check_image_size
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class DemoRunner:
         model: the model's name as given to ``--model``, recorded in each PNG.
         concurrency: runs allowed at the same time.
         face_check: refuse reference photos without a detectable face (when dlib is installed), as ``generate`` does.
+        recorded: what else each PNG records of how the model was loaded, in ``generate``'s words (``scene_model``,
+            ``device``, ``dtype``); by default the pipeline's own device and dtype.
     """
 
     def __init__(
@@ -91,7 +94,7 @@ class DemoRunner:
         model: str,
         concurrency: int = 1,
         face_check: bool = True,
-        load_options: dict[str, Any] | None = None,
+        recorded: dict[str, Any] | None = None,
     ):
         if concurrency < 1:
             raise ValueError(f"The concurrency limit must be at least 1, got {concurrency}.")
@@ -100,7 +103,8 @@ class DemoRunner:
         self.model = model
         self.concurrency = concurrency
         self.face_check = face_check
-        self.load_options = dict(load_options or {})
+        self.recorded = {"scene_model": None, "device": str(pipe.device), "dtype": dtype_name(pipe.dtype)}
+        self.recorded.update(recorded or {})
         self._scheduler = copy.deepcopy(pipe.scheduler)
         self._pipes: queue.Queue = queue.Queue()
         self._pipes.put(pipe)
@@ -130,35 +134,26 @@ class DemoRunner:
     def check(self, request: DemoRequest) -> list[list]:
         """All checks that need no model run; returns the loaded reference photos, one list per person.
 
-        Raises ``ValueError`` / ``FileNotFoundError`` with ``generate``'s words.
+        The request checks are :func:`facediffuser.inputs.check_request`, ``generate``'s own; a person is named by
+        the file names of their photos. Raises ``ValueError`` / ``FileNotFoundError``.
         """
-        from ..cli.generate import check_faces
-        from ..images import load_person
+        from ..inputs import check_request
         from ..loading import SCHEDULERS
-        from ..prompting import DEFAULT_PLACEHOLDER, count_placeholders
 
-        if not request.prompt.strip():
-            raise ValueError(
-                f"Write a prompt, with a placeholder after each person's class noun, e.g. 'a woman "
-                f"{DEFAULT_PLACEHOLDER} on the moon'."
-            )
         if not 1 <= request.num_images <= MAX_IMAGES:
             raise ValueError(f"The number of images must be between 1 and {MAX_IMAGES}, got {request.num_images}.")
         if request.scheduler is not None and request.scheduler not in SCHEDULERS:
             raise ValueError(f"Unknown scheduler {request.scheduler!r}; choose from {', '.join(SCHEDULERS)}.")
         check_image_size(request.height, request.width, self.pipe.vae_scale_factor)
-        placeholders = count_placeholders(request.prompt, self.placeholder)
-        if placeholders != len(request.people):
-            raise ValueError(
-                f"The prompt has {placeholders} placeholder(s) {self.placeholder!r} but {len(request.people)} "
-                f"person/people were given photos: give one person per placeholder, in order (e.g. 'a man "
-                f"{DEFAULT_PLACEHOLDER} ...' with one person's photos)."
-            )
         refs = [[str(p) for p in person] for person in request.people]
-        references = [load_person(person) for person in refs]
-        if self.face_check:
-            check_faces([", ".join(Path(p).name for p in person) for person in refs], references)
-        return references
+        return check_request(
+            request.prompt,
+            refs,
+            placeholder=self.placeholder,
+            face_check=self.face_check,
+            reference_term="person slot",
+            names=[f"person {k + 1} ({photo_names(person)})" for k, person in enumerate(refs)],
+        )
 
     # ------------------------------------------------------------------ running
     def run(self, request: DemoRequest, on_step: StepCallback | None = None) -> DemoResult:
@@ -166,8 +161,9 @@ class DemoRunner:
         and their mask strips under :attr:`workdir`."""
         import torch
 
-        from ..loading import swap_scheduler
-        from ..visualize import mask_strip
+        from ..loading import scheduler_name, swap_scheduler
+        from ..outputs import PARAMETERS_KEY, parameters_text, write_png
+        from ..visualize import mask_strip, mask_strip_description
 
         references = self.check(request)
         seed = request.seed if request.seed is not None else random.SystemRandom().randrange(SEED_LIMIT)
@@ -200,58 +196,50 @@ class DemoRunner:
                 callback_on_step_end=step_end,
                 **request.settings.pipeline_kwargs(),
             )
-            scheduler = type(pipe.scheduler).__name__
+            scheduler = request.scheduler or scheduler_name(pipe.scheduler)
         finally:
             with self._count_lock:
                 self.in_flight -= 1
             self._pipes.put(pipe)
 
-        folder.mkdir(parents=True)
         images, masks = [], []
-        parameters = self.parameters(request, seed, scheduler)
         for i, image in enumerate(result.images):
             path = folder / f"face-diffuser-{seed}-{i}.png"
-            write_png(image, path, {**parameters, "image_index": i}, request.prompt)
-            images.append(path)
-            strip = folder / f"face-diffuser-{seed}-{i}-masks.png"
-            strip_image = mask_strip(result.fusion_trace, i, image)
-            wrap_strip(strip_image, len(result.fusion_trace.stages) + 1).save(strip)
-            masks.append(strip)
+            parameters = {**self.parameters(request, references, seed, scheduler, image), "image_index": i}
+            text = {PARAMETERS_KEY: parameters_text(parameters), "prompt": request.prompt}
+            images.append(write_png(image, path, text=text))
+            strip = wrap_strip(mask_strip(result.fusion_trace, i, image), len(result.fusion_trace.stages) + 1)
+            text["Description"] = mask_strip_description(result.fusion_trace, path.name) + WRAP_NOTE
+            masks.append(write_png(strip, folder / f"face-diffuser-{seed}-{i}-masks.png", text=text))
         logger.info("Run %s: %d image(s), seed %d.", folder.name, len(images), seed)
         return DemoResult(images=images, masks=masks, seed=seed)
 
-    def parameters(self, request: DemoRequest, seed: int, scheduler: str) -> dict[str, Any]:
-        """The ``parameters`` chunk ``generate`` writes, for this request."""
-        from .. import __version__
-        from ..cli.generate import GenerateConfig
-        from ..configuration import config_to_dict
+    def parameters(self, request: DemoRequest, people: list[list], seed: int, scheduler: str | None, image) -> dict:
+        """The ``parameters`` chunk of one image, as ``generate`` writes it (the same keys, the same words)."""
+        from ..outputs import generation_parameters
 
-        settings = request.settings
-        config = GenerateConfig(
+        return generation_parameters(
             prompt=request.prompt,
-            ref=[", ".join(Path(p).name for p in person) for person in request.people],
-            model=self.model,
-            negative_prompt=request.negative_prompt,
+            reference_names=[photo_names(person) for person in request.people],
+            people=people,
+            settings=request.settings,
             seed=seed,
-            steps=settings.num_inference_steps,
-            alpha=settings.alpha,
-            beta=settings.beta,
-            guidance_scale=settings.guidance_scale,
-            subject_guidance_base=settings.subject_guidance_base,
-            smoothing=settings.smoothing,
-            height=request.height,
-            width=request.width,
+            height=image.height,
+            width=image.width,
+            negative_prompt=request.negative_prompt,
+            model=self.model,
+            scene_model=self.recorded["scene_model"],
+            scheduler=scheduler,
+            device=self.recorded["device"],
+            dtype=self.recorded["dtype"],
             num_images=request.num_images,
-            scheduler=request.scheduler,
-            face_check=self.face_check,
-            **self.load_options,
+            placeholder=self.placeholder,
         )
-        return {
-            **config_to_dict(config),
-            "scheduler": scheduler,
-            "placeholder": self.placeholder,
-            "facediffuser_version": __version__,
-        }
+
+
+def photo_names(photos: Sequence[str | Path]) -> str:
+    """One person's photos by file name (never a full path): ``"a.jpg"``, or ``"a.jpg + b.jpg"`` for several."""
+    return " + ".join(Path(p).name for p in photos)
 
 
 def parse_seed(text: str | int | None) -> int | None:
@@ -271,7 +259,11 @@ def parse_seed(text: str | int | None) -> int | None:
     return value
 
 
-def wrap_strip(strip, tiles: int, per_row: int = 10):
+MASKS_PER_ROW = 10
+WRAP_NOTE = f" The row is cut into rows of {MASKS_PER_ROW} tiles."
+
+
+def wrap_strip(strip, tiles: int, per_row: int = MASKS_PER_ROW):
     """``mask_strip``'s one row of ``tiles`` equal columns, cut into rows of ``per_row`` columns (a 50-step strip is
     too wide to read on a page)."""
     from PIL import Image
@@ -285,16 +277,3 @@ def wrap_strip(strip, tiles: int, per_row: int = 10):
         row = strip.crop((r * per_row * column, 0, min(tiles, (r + 1) * per_row) * column, strip.height))
         out.paste(row, (0, r * strip.height))
     return out
-
-
-def write_png(image, path: Path, parameters: dict[str, Any], prompt: str) -> None:
-    import json
-
-    from PIL.PngImagePlugin import PngInfo
-
-    from ..cli.generate import save_png_atomically
-
-    info = PngInfo()
-    info.add_text("parameters", json.dumps(parameters))
-    info.add_text("prompt", prompt)
-    save_png_atomically(image, path, info)
