@@ -160,12 +160,15 @@ def test_page_handler_turns_request_errors_into_readable_messages(runner, tmp_pa
     from facediffuser.demo.app import make_handler
 
     handler = make_handler(runner)
-    values = dict(prompt="a man <|image|>", negative_prompt="", steps=4, alpha=0.8, beta=0.2, guidance=5.0)
+    values = dict(prompt="a man <|image|>", negative_prompt="", steps=4, alpha=0.3, beta=0.6, guidance=5.0)
     values |= dict(base="text", scheduler="ddim", seed="", count=1, h=64, w=64)
     with pytest.raises(gr.Error, match="fill the person slots from the left"):
-        handler(*{**values, "alpha": 0.3, "beta": 0.6}.values(), None, [ASTRONAUT], None, None)
-    images, masks, files, seed = handler(*{**values, "alpha": 0.3, "beta": 0.6, "seed": "5"}.values(), [ASTRONAUT],
-                                         None, None, None)  # fmt: skip
+        handler(*values.values(), None, [ASTRONAUT], None, None)
+    with pytest.raises(gr.Error, match="Height"):
+        handler(*{**values, "h": 60}.values(), [ASTRONAUT], None, None, None)
+    with pytest.raises(gr.Error, match="seed must be a whole number"):
+        handler(*{**values, "seed": "abc"}.values(), [ASTRONAUT], None, None, None)
+    images, masks, files, seed = handler(*{**values, "seed": "5"}.values(), [ASTRONAUT], None, None, None)
     assert seed == "5" and len(images) == len(masks) == len(files) == 1
 
 

@@ -50,7 +50,7 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
 
 def demo(config: DemoConfig) -> int:
     from ..demo.app import serve
-    from ..loading import TINY_MODEL, check_model_source, dtype_name, load_pipeline, resolve_device, resolve_dtype
+    from ..loading import check_model_source, dtype_name, load_pipeline, resolve_device, resolve_dtype
 
     if config.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {config.concurrency}.")
@@ -73,9 +73,6 @@ def demo(config: DemoConfig) -> int:
         )
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own requests to itself, one line each
-    note = ""
-    if config.model == TINY_MODEL:
-        note = "**Model: `tiny`**, random weights: it draws noise. Start the demo with `--model` for real weights."
     server = serve(
         load,
         model=config.model,
@@ -87,7 +84,6 @@ def demo(config: DemoConfig) -> int:
         max_upload_mb=config.max_upload_mb,
         face_check=config.face_check,
         recorded=recorded,
-        model_note=note,
     )
     # SIGTERM ends the demo the way Ctrl-C does, so that its temporary folder is removed either way.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

@@ -130,7 +130,15 @@ def make_handler(runner: DemoRunner):
     return generate
 
 
-def build_app(runner: DemoRunner, *, model_note: str = ""):
+def model_note(model: str) -> str:
+    from ..loading import TINY_MODEL
+
+    if model == TINY_MODEL:
+        return "**Model: `tiny`**, random weights: it draws noise. Start the demo with `--model` for real weights."
+    return f"**Model:** `{model}`"
+
+
+def build_app(runner: DemoRunner):
     """The page: prompt, examples, person slots, settings, and the images with their mask strips."""
     import gradio as gr
 
@@ -145,7 +153,7 @@ def build_app(runner: DemoRunner, *, model_note: str = ""):
         gr.Markdown(
             "# Face-diffuser\nPeople from your photos, in the scene your prompt describes. Two models work together: "
             "the scene model draws the scene, the subject model draws the people, and a saliency mask decides, step "
-            "by step and pixel by pixel, whose prediction is used." + (f"\n\n{model_note}" if model_note else "")
+            "by step and pixel by pixel, whose prediction is used.\n\n" + model_note(runner.model)
         )
         with gr.Row():
             with gr.Column(scale=5):
@@ -267,7 +275,6 @@ def serve(
     max_upload_mb: float = 10,
     face_check: bool = True,
     recorded: dict | None = None,
-    model_note: str = "",
 ) -> DemoServer:
     """Starts the demo without blocking and returns it; ``pipe_factory()`` loads the pipeline once, here.
 
@@ -294,7 +301,7 @@ def serve(
             face_check=face_check,
             recorded=recorded,
         )
-        app = build_app(runner, model_note=model_note)
+        app = build_app(runner)
         app.queue(default_concurrency_limit=concurrency, max_size=max_queue)
         server = DemoServer(app=app, url="", runner=runner, tmpdir=tmpdir, _saved_env=saved)
         _, url, _ = app.launch(
