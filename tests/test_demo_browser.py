@@ -164,3 +164,12 @@ def test_an_example_fills_the_prompt_and_the_person_slot(page):
     page.get_by_text("on the moon, photo").first.click()
     expect(page.locator("#prompt textarea")).to_have_value("a woman <|image|> on the moon, photo")
     page.locator("#person-1").get_by_text("astronaut").first.wait_for()
+
+
+def test_an_upload_over_the_size_cap_is_refused_on_the_page(page, server, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(os.urandom(int(10.5 * 2**20)))  # over the default 10 MB cap (--max-upload-mb)
+    page.set_input_files("#person-1 input[type=file]", str(big))
+    text = error_text(page)
+    assert 'exceed the maximum allowed size of 10.0 Mb: "big.png"' in text, text  # Gradio's check, before ours
+    assert not list(Path(server.tmpdir).rglob("big.png")), "the refused upload was not kept"

@@ -117,7 +117,7 @@ def make_handler(runner: DemoRunner):
             result = runner.run(request, on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
         except (ValueError, FileNotFoundError) as err:
             message = name_flags(upload_prefix.sub("", str(err)), PAGE_NAMES)
-            raise gr.Error(message, title="Cannot generate", print_exception=False) from None
+            raise gr.Error(message, print_exception=False) from None
         except Exception as err:
             logger.exception("A demo run failed.")
             raise gr.Error(
