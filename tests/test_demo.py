@@ -49,22 +49,25 @@ def test_png_carries_the_same_parameters_chunk_as_the_cli(runner, tmp_path, caps
     assert Image.open(result.images[0]).tobytes() == Image.open(out).tobytes()
 
 
-def test_mask_strip_is_wrapped_into_rows_of_ten(runner):
+def test_mask_strip_is_wrapped_into_a_square(runner):
     settings = SamplingSettings(num_inference_steps=23, alpha=0.3, beta=0.6)
     result = runner.run(DemoRequest(prompt="a man <|image|>", people=[[ASTRONAUT]], settings=settings, seed=1))
     strip = Image.open(result.masks[0])
-    # 23 step tiles plus the tinted image: 24 columns of 50 px (48 + 2), cut into rows of 10 -> 3 rows of 56 px.
-    assert strip.size == (10 * 50, 3 * 56)
+    # 23 step tiles plus the tinted image: 24 columns of 50 px (48 + 2), cut into rows of ceil(sqrt(24)) = 5:
+    # 5 rows of 56 px (6 band + 48 + 2), centred on a white square.
+    assert strip.size == (5 * 56, 5 * 56)
+    left = (5 * 56 - 5 * 50) // 2
+    assert strip.getpixel((left - 1, 2)) == (255, 255, 255)
     # Stage bands (T = 23: stage I steps 0-5, II 6-12, III 13-22): step 0 blue, step 9 orange, step 20 red;
     # after step 22 comes the image tile, then white.
-    band = {(0, 0): (66, 135, 245), (0, 9): (245, 166, 35), (2, 0): (214, 48, 49), (2, 4): (255, 255, 255)}
+    band = {(0, 0): (66, 135, 245), (1, 4): (245, 166, 35), (4, 0): (214, 48, 49), (4, 4): (255, 255, 255)}
     for (row, col), colour in band.items():
-        assert strip.getpixel((col * 50 + 5, row * 56 + 2)) == colour, (row, col)
+        assert strip.getpixel((left + col * 50 + 5, row * 56 + 2)) == colour, (row, col)
 
 
 def test_wrap_strip_keeps_short_strips():
-    strip = Image.new("RGB", (5 * 50, 56))
-    assert wrap_strip(strip, 5) is strip
+    strip = Image.new("RGB", (3 * 50, 56))
+    assert wrap_strip(strip, 3, per_row=4) is strip
 
 
 def test_an_empty_seed_draws_one_and_reports_it(runner):
@@ -194,12 +197,23 @@ def test_four_requests_at_once_complete_in_queue_order_within_a_memory_bound(tmp
     from gradio_client import Client, handle_file
     from gradio_client.utils import Status
 
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "MALLOC_ARENA_MAX": "1"}
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "PYTHONPATH": SRC,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "MALLOC_ARENA_MAX": "1",
+    }
     # One malloc arena: otherwise each of Gradio's worker threads gets its own, and the blocks one run frees are not
     # reused by the next run on another thread; that slack (up to ~100 MB here) is the allocator's, not the runs'.
     server = subprocess.Popen(
         [sys.executable, "-m", "facediffuser.cli.main", "demo", "--port", "7870", "--no-face-check"],
-        cwd=tmp_path,
+        cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -254,4 +268,5 @@ def test_four_requests_at_once_complete_in_queue_order_within_a_memory_bound(tmp
         reader.join(timeout=10)
     assert server.returncode == 0, "".join(lines)
     assert not tmpdir.exists(), "the temporary folder is removed on exit"
-    assert list(tmp_path.iterdir()) == [], "nothing is written to the working directory"
+    written = sorted(str(p.relative_to(tmp_path)) for p in [*cwd.rglob("*"), *home.rglob("*")])
+    assert written == [], f"nothing is written to the working directory or the home folder: {written}"

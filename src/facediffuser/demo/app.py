@@ -48,7 +48,7 @@ STAGE_LEGEND = (
     "<span style='color:#4287f5'>&#9632;</span> I, scene model only; "
     "<span style='color:#f5a623'>&#9632;</span> II, both, fused by the saliency mask; "
     "<span style='color:#d63031'>&#9632;</span> III, subject model only. "
-    "The last tile is the image with stage II's mean mask in red."
+    "Read left to right, row by row; the last tile is the image with stage II's mean mask in red."
 )
 
 
@@ -124,7 +124,7 @@ def make_handler(runner: DemoRunner):
                 f"The run failed ({type(err).__name__}); the server's log has the details.", print_exception=False
             ) from None
         images = [(str(p), f"image {i + 1}, seed {result.seed}") for i, p in enumerate(result.images)]
-        masks = [(str(p), f"masks of image {i + 1}") for i, p in enumerate(result.masks)]
+        masks = [str(p) for p in result.masks]  # no caption: it would cover the last tile
         return images, masks, [str(p) for p in result.images], str(result.seed)
 
     return generate
@@ -174,7 +174,7 @@ def build_app(runner: DemoRunner):
                                     label=f"Person {k + 1}: one or more photos",
                                     file_count="multiple",
                                     file_types=list(IMAGE_EXTENSIONS),
-                                    height=120,
+                                    height=170,
                                     elem_id=f"person-{k + 1}",
                                 )
                             )
@@ -209,11 +209,25 @@ def build_app(runner: DemoRunner):
                         w = gr.Slider(64, MAX_SIDE, value=width, step=8, label="Width (px)", elem_id="width")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=4):
-                gallery = gr.Gallery(label="Images", columns=2, height=380, object_fit="contain", elem_id="images")
-                masks = gr.Gallery(
-                    label="Fusion masks over the steps", columns=1, height=300, object_fit="contain", elem_id="masks"
+                gallery = gr.Gallery(
+                    label="Images",
+                    show_label=False,
+                    columns=2,
+                    height=340,
+                    object_fit="contain",
+                    fit_columns=False,
+                    elem_id="images",
                 )
                 gr.Markdown(STAGE_LEGEND)
+                masks = gr.Gallery(
+                    label="Fusion masks over the steps",
+                    show_label=False,
+                    columns=2,
+                    height=340,
+                    object_fit="contain",
+                    fit_columns=False,
+                    elem_id="masks",
+                )
                 downloads = gr.File(label="PNG files (with their settings inside)", elem_id="downloads")
                 seed_used = gr.Textbox(label="Seed used", interactive=False, elem_id="seed-used")
         run.click(

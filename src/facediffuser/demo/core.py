@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import queue
 import random
 import threading
@@ -209,7 +210,9 @@ class DemoRunner:
             text = {PARAMETERS_KEY: parameters_text(parameters), "prompt": request.prompt}
             images.append(write_png(image, path, text=text))
             strip = wrap_strip(mask_strip(result.fusion_trace, i, image), len(result.fusion_trace.stages) + 1)
-            text["Description"] = mask_strip_description(result.fusion_trace, path.name) + WRAP_NOTE
+            text["Description"] = (
+                mask_strip_description(result.fusion_trace, path.name) + " (Read left to right, row by row.)"
+            )
             masks.append(write_png(strip, folder / f"face-diffuser-{seed}-{i}-masks.png", text=text))
         logger.info("Run %s: %d image(s), seed %d.", folder.name, len(images), seed)
         return DemoResult(images=images, masks=masks, seed=seed)
@@ -259,21 +262,22 @@ def parse_seed(text: str | int | None) -> int | None:
     return value
 
 
-MASKS_PER_ROW = 10
-WRAP_NOTE = f" The row is cut into rows of {MASKS_PER_ROW} tiles."
-
-
-def wrap_strip(strip, tiles: int, per_row: int = MASKS_PER_ROW):
-    """``mask_strip``'s one row of ``tiles`` equal columns, cut into rows of ``per_row`` columns (a 50-step strip is
-    too wide to read on a page)."""
+def wrap_strip(strip, tiles: int, per_row: int | None = None):
+    """``mask_strip``'s one row of ``tiles`` equal columns, cut into rows of ``per_row`` columns (default:
+    ``ceil(sqrt(tiles))``) and centred on a white square, so that a 50-step strip reads on a page beside its image
+    (the page's galleries show square thumbnails)."""
     from PIL import Image
 
+    per_row = per_row or math.ceil(math.sqrt(tiles))
     if tiles <= per_row:
         return strip
     column = strip.width // tiles
     rows = -(-tiles // per_row)
-    out = Image.new("RGB", (column * per_row, strip.height * rows), (255, 255, 255))
+    width, height = column * per_row, strip.height * rows
+    side = max(width, height)
+    left, top = (side - width) // 2, (side - height) // 2
+    out = Image.new("RGB", (side, side), (255, 255, 255))
     for r in range(rows):
         row = strip.crop((r * per_row * column, 0, min(tiles, (r + 1) * per_row) * column, strip.height))
-        out.paste(row, (0, r * strip.height))
+        out.paste(row, (left, top + r * strip.height))
     return out
