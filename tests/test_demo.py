@@ -131,6 +131,26 @@ def test_concurrency_gives_each_run_its_own_scheduler_over_shared_weights(tiny_p
         DemoRunner(tiny_pipe, tmp_path, model="tiny", concurrency=0)
 
 
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_runs_in_flight_never_exceed_the_concurrency_limit(tiny_pipe, tmp_path, concurrency):
+    runner = DemoRunner(tiny_pipe, tmp_path, model="tiny", concurrency=concurrency, face_check=False)
+    request = DemoRequest(prompt="a man <|image|>", people=[[ASTRONAUT]], settings=FAST)
+    seen = []
+
+    def on_step(step, total):
+        seen.append(runner.in_flight)
+        time.sleep(0.01)  # give the other threads a chance to start a run meanwhile
+
+    threads = [threading.Thread(target=runner.run, args=(request, on_step)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(seen) == 3 * FAST.num_inference_steps  # all three ran to the end
+    assert runner.peak_in_flight == max(seen) <= concurrency and runner.in_flight == 0
+    assert len(list(tmp_path.glob("run-*/face-diffuser-*-0.png"))) == 3
+
+
 def test_cli_demo_binds_to_localhost_by_default():
     args = build_parser().parse_args(["demo"])
     assert args.command == "demo" and not hasattr(args, "host")  # unset flags fall back to the dataclass

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..configuration import add_dataclass_arguments, build_config
+from ..demo.app import DEFAULT_HOST, DEFAULT_PORT
 from ..loading import Offload
 
 logger = logging.getLogger(__name__)
@@ -21,10 +22,10 @@ class DemoConfig:
         default=None, metadata={"help": "any SD1.x UNet (diffusers folder or .safetensors) to draw the scene"}
     )
     host: str = field(
-        default="127.0.0.1",
+        default=DEFAULT_HOST,
         metadata={"help": "address to listen on; 0.0.0.0 lets every machine that can reach this one in"},
     )
-    port: int = field(default=7860, metadata={"help": "port to listen on (the next free one if taken)"})
+    port: int = field(default=DEFAULT_PORT, metadata={"help": "port to listen on (the next free one if taken)"})
     share: bool = field(default=False, metadata={"help": "also publish a public gradio.live link (anyone can use it)"})
     concurrency: int = field(
         default=1, metadata={"help": "runs at the same time; more queue behind them (each run holds its activations)"}

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..configuration import name_flags
 from ..fusion import SubjectGuidanceBase
 from ..images import IMAGE_EXTENSIONS
+from ..loading import SCHEDULERS
 from ..settings import SamplingSettings
 from .core import MAX_IMAGES, MAX_PEOPLE, DemoRequest, DemoRunner, default, parse_seed, slider_range
 
@@ -200,7 +201,7 @@ def build_app(runner: DemoRunner):
                         label="Subject guidance base: 'text' as the official release, 'null' as paper eq. 2",
                     )
                     scheduler = gr.Dropdown(
-                        [MODEL_SCHEDULER, *SCHEDULERS_SHOWN],
+                        [MODEL_SCHEDULER, *SCHEDULERS],
                         value=MODEL_SCHEDULER,
                         label=f"Scheduler (the model's own: {runner.scheduler_name})",
                     )
@@ -239,13 +240,12 @@ def build_app(runner: DemoRunner):
     return app
 
 
-def _scheduler_names() -> list[str]:
-    from ..loading import SCHEDULERS
-
-    return list(SCHEDULERS)
-
-
-SCHEDULERS_SHOWN = _scheduler_names()
+def _restore_env(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @dataclass
@@ -263,11 +263,7 @@ class DemoServer:
             self.app.close(verbose=False)
         finally:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
-            for key, value in self._saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            _restore_env(self._saved_env)
             logger.info("Removed %s.", self.tmpdir)
 
     def __enter__(self) -> DemoServer:
@@ -336,9 +332,5 @@ def serve(
             server.close()
         else:
             shutil.rmtree(tmpdir, ignore_errors=True)
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            _restore_env(saved)
         raise

@@ -204,9 +204,10 @@ class DemoRunner:
             self._pipes.put(pipe)
 
         images, masks = [], []
+        recorded = self.parameters(request, references, seed, scheduler, result.images[0])
         for i, image in enumerate(result.images):
             path = folder / f"face-diffuser-{seed}-{i}.png"
-            parameters = {**self.parameters(request, references, seed, scheduler, image), "image_index": i}
+            parameters = {**recorded, "image_index": i}
             text = {PARAMETERS_KEY: parameters_text(parameters), "prompt": request.prompt}
             images.append(write_png(image, path, text=text))
             strip = wrap_strip(mask_strip(result.fusion_trace, i, image), len(result.fusion_trace.stages) + 1)
