@@ -151,6 +151,14 @@ def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys, no_model_load):
     assert "needs CUDA" in err and "Use the device cpu" in err and "Traceback" not in err
 
 
+def test_a_cuda_index_beyond_the_machine_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"There is no device 'cuda:3': this machine has 1 CUDA device\(s\)"):
+        loading.resolve_device("cuda:3")
+    assert loading.resolve_device("cuda:0") == torch.device("cuda:0")
+
+
 @pytest.mark.parametrize("case", ["folder named x.png", "below a regular file", "unwritable place", "exists"])
 def test_bad_out_is_refused_before_any_model_loads(tmp_path, capsys, no_model_load, case):
     if case == "folder named x.png":
@@ -321,3 +329,19 @@ def test_flags_come_from_the_config_dataclass():
     assert args.guidance_scale == 3.0 and args.subject_guidance_base == "null"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "-p", "x", "--subject-guidance-base", "bogus"])
+
+
+def test_sampling_flags_come_from_sampling_settings():
+    from facediffuser.cli.generate import GenerateConfig
+    from facediffuser.configuration import build_config, config_to_dict
+    from facediffuser.settings import SamplingSettings
+
+    parser = build_parser("generate")
+    config = build_config(GenerateConfig, parser.parse_args(["generate", "-p", "x"]))
+    assert config.sampling == SamplingSettings()  # the defaults are SamplingSettings' own, not restated
+    config = build_config(GenerateConfig, parser.parse_args(["generate", "-p", "x", "--steps", "7", "--beta", "0.7"]))
+    assert config.sampling == SamplingSettings(num_inference_steps=7, beta=0.7)
+    flat = config_to_dict(config)
+    assert flat["num_inference_steps"] == 7 and "sampling" not in flat  # flat, as the flags are
+    rebuilt = build_config(GenerateConfig, base=flat)  # what a PNG records rebuilds the same config
+    assert rebuilt.sampling == config.sampling and rebuilt.prompt == "x"

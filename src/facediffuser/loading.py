@@ -119,6 +119,13 @@ def scheduler_name(scheduler: object) -> str | None:
     return next((name for name, cls in SCHEDULERS.items() if type(scheduler) is cls), None)
 
 
+def check_offload(offload: Offload | str, device: torch.device) -> None:
+    """Raises ``ValueError`` for offloading with no accelerator to offload to."""
+    offload = Offload(offload)
+    if offload is not Offload.NONE and device.type == "cpu":
+        raise ValueError(f"--offload {offload.value} moves models to an accelerator; it needs --device cuda (or mps).")
+
+
 class ModelSource(str, enum.Enum):
     TINY = "tiny"
     FOLDER = "folder"
@@ -152,13 +159,26 @@ def _load_from_hub(model: str, dtype: torch.dtype) -> FaceDiffuserPipeline:
     try:
         return FaceDiffuserPipeline.from_pretrained(model, use_safetensors=True, dtype=dtype)
     except (OSError, HFValidationError) as err:
-        reason = " ".join(str(err).split())
-        reason = reason if len(reason) <= 240 else reason[:240] + "..."
         raise FileNotFoundError(
-            f"{model!r} is not a folder here (no {Path(model).absolute()}), so it was tried as a model-hub id, and "
-            f"that failed: {reason} Give the path of a pipeline folder made by `facediffuser convert`, or a hub id "
+            f"{model!r} is not a folder here (no {Path(model).absolute()}), so it was tried as a model-hub id: "
+            f"{_hub_failure(err)}. Give the path of a pipeline folder made by `facediffuser convert`, or a hub id "
             "that is cached or reachable."
         ) from err
+
+
+def _hub_failure(err: Exception) -> str:
+    """Why a hub id did not load, in a few words (diffusers' own messages run to several lines)."""
+    from huggingface_hub.errors import HFValidationError
+
+    text = " ".join(str(err).split())
+    if isinstance(err, HFValidationError):
+        return "it is not a valid hub id either"
+    if "outgoing traffic has been disabled" in text or "connect" in text.lower() or "offline" in text.lower():
+        return "it is not in the local hub cache, and the hub could not be reached"
+    if "404" in text or "not found" in text.lower():
+        return "the hub has no such model (or it is private)"
+    first = text.split(". ")[0]
+    return "loading failed: " + (first if len(first) <= 160 else first[:160] + "...")
 
 
 def check_pipeline_folder(folder: Path) -> None:
@@ -246,8 +266,7 @@ def load_pipeline(
     offload = Offload(offload)
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
-    if offload is not Offload.NONE and device.type == "cpu":
-        raise ValueError(f"--offload {offload.value} moves models to an accelerator; it needs --device cuda (or mps).")
+    check_offload(offload, device)
     if device.type == "cpu" and dtype != torch.float32:
         logger.warning(
             "Running in %s on the CPU: PyTorch computes many %s operations slowly there, or not at all. float32 is "

@@ -102,7 +102,14 @@ def rerun_settings(parameters: dict[str, Any]) -> dict[str, Any]:
 def check_before_loading(config: GenerateConfig):
     """Every check that needs no model; returns ``(device, dtype, output paths, people)``."""
     from ..inputs import check_request
-    from ..loading import ModelSource, check_model_source, read_placeholder, resolve_device, resolve_dtype
+    from ..loading import (
+        ModelSource,
+        check_model_source,
+        check_offload,
+        read_placeholder,
+        resolve_device,
+        resolve_dtype,
+    )
     from ..outputs import check_output_file
     from ..prompting import DEFAULT_PLACEHOLDER
     from ..settings import check_image_size
@@ -115,10 +122,7 @@ def check_before_loading(config: GenerateConfig):
         raise ValueError(f"--num-images must be at least 1, got {config.num_images}.")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    if config.offload is not Offload.NONE and device.type == "cpu":
-        raise ValueError(
-            f"--offload {config.offload.value} moves models to an accelerator; it needs --device cuda (or mps)."
-        )
+    check_offload(config.offload, device)
     source = check_model_source(config.model)
     placeholder = read_placeholder(Path(config.model).expanduser()) if source is ModelSource.FOLDER else None
     paths = output_paths(config.out, config.num_images)
