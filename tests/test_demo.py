@@ -151,6 +151,31 @@ def test_runs_in_flight_never_exceed_the_concurrency_limit(tiny_pipe, tmp_path, 
     assert len(list(tmp_path.glob("run-*/face-diffuser-*-0.png"))) == 3
 
 
+def test_demo_without_gradio_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
+    assert main(["demo"]) == 2
+    assert 'pip install "facediffuser[demo]"' in capsys.readouterr().err
+
+
+def test_a_busy_port_is_a_readable_error_and_leaves_nothing(tiny_pipe):
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    import socket
+    import tempfile
+
+    from facediffuser.demo.app import serve
+
+    before = set(Path(tempfile.gettempdir()).glob("facediffuser-demo-*"))
+    env = os.environ.get("GRADIO_TEMP_DIR")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=f"Cannot listen on 127.0.0.1, port {port}"):
+            serve(lambda: tiny_pipe, model="tiny", port=port)
+    assert set(Path(tempfile.gettempdir()).glob("facediffuser-demo-*")) == before
+    assert os.environ.get("GRADIO_TEMP_DIR") == env
+
+
 def test_cli_demo_binds_to_localhost_by_default():
     args = build_parser().parse_args(["demo"])
     assert args.command == "demo" and not hasattr(args, "host")  # unset flags fall back to the dataclass

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..configuration import add_dataclass_arguments, build_config
-from ..demo.app import DEFAULT_HOST, DEFAULT_PORT
+from ..demo.app import DEFAULT_HOST, FIRST_PORT
 from ..loading import Offload
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,9 @@ class DemoConfig:
         default=DEFAULT_HOST,
         metadata={"help": "address to listen on; 0.0.0.0 lets every machine that can reach this one in"},
     )
-    port: int = field(default=DEFAULT_PORT, metadata={"help": "port to listen on (the next free one if taken)"})
+    port: int | None = field(
+        default=None, metadata={"help": f"port to listen on (default: the first free one from {FIRST_PORT})"}
+    )
     share: bool = field(default=False, metadata={"help": "also publish a public gradio.live link (anyone can use it)"})
     concurrency: int = field(
         default=1, metadata={"help": "runs at the same time; more queue behind them (each run holds its activations)"}
@@ -50,8 +52,8 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
 
 
 def demo(config: DemoConfig) -> int:
-    from ..demo.app import serve
-    from ..loading import check_model_source, dtype_name, load_pipeline, resolve_device, resolve_dtype
+    from ..demo.app import require_gradio, serve
+    from ..loading import check_model_source, check_offload, dtype_name, load_pipeline, resolve_device, resolve_dtype
 
     if config.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {config.concurrency}.")
@@ -59,8 +61,10 @@ def demo(config: DemoConfig) -> int:
         raise ValueError("--concurrency above 1 needs --offload none: offloading moves the shared models per run.")
     if config.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive, got {config.max_upload_mb}.")
+    require_gradio()
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    check_offload(config.offload, device)
     check_model_source(config.model)  # a missing folder fails here, before the server starts
     recorded = {
         "scene_model": None if config.scene_model is None else str(config.scene_model),

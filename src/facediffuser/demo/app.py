@@ -29,7 +29,7 @@ from .core import MAX_IMAGES, MAX_PEOPLE, DemoRequest, DemoRunner, default, pars
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7860
+FIRST_PORT = 7860  # Gradio's: with no port given, it takes the first free one from here
 MODEL_SCHEDULER = "model's own"
 MAX_SIDE = 1024
 # How the library's messages name a setting (`alpha`) is said on the page with the widget's name, as the command line
@@ -240,6 +240,16 @@ def build_app(runner: DemoRunner):
     return app
 
 
+def require_gradio() -> None:
+    """Raises ``ValueError`` with the install command when Gradio (the ``demo`` extra) is missing."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError as err:
+        raise ValueError(
+            f'The demo needs Gradio, which is not installed ({err}). Install it with: pip install "facediffuser[demo]"'
+        ) from err
+
+
 def _restore_env(saved: dict[str, str | None]) -> None:
     for key, value in saved.items():
         if value is None:
@@ -278,7 +288,7 @@ def serve(
     *,
     model: str,
     host: str = DEFAULT_HOST,
-    port: int | None = DEFAULT_PORT,
+    port: int | None = None,
     share: bool = False,
     concurrency: int = 1,
     max_queue: int = 16,
@@ -314,17 +324,24 @@ def serve(
         app = build_app(runner)
         app.queue(default_concurrency_limit=concurrency, max_size=max_queue)
         server = DemoServer(app=app, url="", runner=runner, tmpdir=tmpdir, _saved_env=saved)
-        _, url, _ = app.launch(
-            server_name=host,
-            server_port=port,
-            share=share,
-            prevent_thread_lock=True,
-            max_file_size=int(max_upload_mb * 1024 * 1024),
-            show_error=False,
-            quiet=True,
-            ssr_mode=False,
-            footer_links=["api"],
-        )
+        try:
+            _, url, _ = app.launch(
+                server_name=host,
+                server_port=port,
+                share=share,
+                prevent_thread_lock=True,
+                max_file_size=int(max_upload_mb * 1024 * 1024),
+                show_error=False,
+                quiet=True,
+                ssr_mode=False,
+                footer_links=["api"],
+            )
+        except OSError as err:  # Gradio's "Cannot find empty port": a busy port, or a host this machine is not
+            where = f"port {port}" if port is not None else f"any port from {FIRST_PORT}"
+            raise ValueError(
+                f"Cannot listen on {host}, {where}: {err}. Choose another --port (or leave it out), or a --host "
+                "address of this machine."
+            ) from err
         server.url = url
         return server
     except BaseException:
