@@ -1,6 +1,7 @@
 """The demo without a browser: its runner on the tiny pipeline, its page's wiring, and its queue under load."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -104,6 +105,40 @@ def test_request_errors_are_the_clis(runner, tmp_path, capsys):
     cli = cli_error(capsys, ["generate", "-p", "a man <|image|>", "--ref", str(bad), "-o", str(tmp_path / "x.png")])
     assert "cannot be read as an image" in cli
     assert not (tmp_path / "out").exists()  # nothing written for a refused request
+
+
+def huge_png(path: Path, side: int = 9000) -> Path:
+    """A PNG whose header claims ``side`` x ``side`` RGB pixels (about 300 MB decoded) in a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return path
+
+
+def test_page_names_an_oversized_or_faceless_photo_by_its_file_name(tiny_pipe, tmp_path, monkeypatch):
+    gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    from facediffuser.demo.app import make_handler
+
+    uploads = tmp_path / "uploads" / "0123abcd"  # where Gradio keeps an upload: <upload folder>/<hash>/<name>
+    uploads.mkdir(parents=True)
+    values = ("a man <|image|>", "", 4, 0.3, 0.6, 5.0, "text", "ddim", "1", 1, 64, 64)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    runner = DemoRunner(tiny_pipe, tmp_path / "out", model="tiny", face_check=True)
+    handler = make_handler(runner)
+    with pytest.raises(gr.Error) as err:
+        handler(*values, [str(huge_png(uploads / "huge.png"))], None, None, None)
+    assert err.value.message.startswith("huge.png is too large: 9000x9000 pixels"), err.value.message
+    if importlib.util.find_spec("dlib") is not None:  # the face check runs where dlib is installed
+        Image.new("RGB", (64, 64), (128, 128, 128)).save(uploads / "wall.png")
+        with pytest.raises(gr.Error, match=r"No face was found in person 1 \(wall.png\)"):
+            handler(*values, [str(uploads / "wall.png")], None, None, None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_alpha_above_beta_has_the_clis_words(capsys, tmp_path):
