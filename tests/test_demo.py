@@ -254,6 +254,14 @@ def test_page_handler_turns_request_errors_into_readable_messages(runner, tmp_pa
     images, masks, files, seed = handler(*{**values, "seed": "5"}.values(), [ASTRONAUT], None, None, None)
     assert seed == "5" and len(images) == len(masks) == len(files) == 1
 
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error at /home/someone/secret/path.py:12")
+
+    runner.run = broken  # an unexpected failure: one line on the page, the details only in the server's log
+    with pytest.raises(gr.Error) as err:
+        handler(*values.values(), [ASTRONAUT], None, None, None)
+    assert err.value.message == "The run failed (RuntimeError); the server's log has the details."
+
 
 # ---------------------------------------------------------------------------------------------------- the queue
 QUEUE_SIZE = 512  # px; 2 images per request: one run adds ~150 MB to the idle tiny server (mostly the VAE decode)
