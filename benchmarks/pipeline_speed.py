@@ -1,16 +1,18 @@
-"""Face-diffuser against plain Stable Diffusion: time, memory and the fast paths.
+"""Face-diffuser against plain Stable Diffusion: time and memory.
 
 Both pipelines run in one process on the same components (``StableDiffusionPipeline`` gets the TDM ``unet``, the
 text encoder, the VAE and the scheduler of the ``FaceDiffuserPipeline``), with the same seeds, in alternating
 rounds. For each configuration it prints:
 
 * median seconds per image of each pipeline, and the Face-diffuser / SD ratio beside the UNet-evaluation ratio of
-  the stage schedule (REFERENCE section 8: 1.30 with the official guidance base, 1.65 with paper eq. 2, at
-  T = 50, alpha 0.3, beta 0.6);
+  the stage schedule (``facediffuser.fusion.unet_evaluations_per_image``; REFERENCE section 8);
 * the fraction of the time spent outside the UNets (the UNet forwards are timed with hooks);
 * peak memory: the weights each pipeline needs (distinct tensors) plus the activation peak of a call;
-* the fast paths: UNet calls per step, encoder calls per call, host syncs, SDPA, VAE slicing/tiling, the float16
-  VAE upcast, CPU offloading (needs CUDA) and ``torch.compile`` (``--compile``).
+* what the switches cost or save: the noise fusion per step, SDPA against the classic attention processor, VAE
+  slicing and tiling, CPU offloading (needs CUDA) and ``torch.compile`` (``--compile``).
+
+Whether the fast paths work (one batched UNet call per model per step, no host syncs in the fusion, SDPA, the float16
+VAE upcast, offload wiring) is tested, not measured: ``tests/test_performance.py`` and ``tests/test_offload.py``.
 
 Examples::
 
@@ -26,28 +28,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import gc
+import re
+import resource
 import statistics
-import threading
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import psutil
 import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from facediffuser import FaceDiffuserPipeline
-from facediffuser.fusion import Stage, saliency_adaptive_noise_fusion, stage_schedule
+from facediffuser import FaceDiffuserPipeline, SubjectGuidanceBase
+from facediffuser.fusion import Stage, saliency_adaptive_noise_fusion, stage_schedule, unet_evaluations_per_image
+from facediffuser.settings import SamplingSettings
 from facediffuser.tiny import SD15_SHAPED, tiny_components
 
 PROMPT = "a photo of a man <|image|> riding a horse on the beach"
 SD_PROMPT = "a photo of a man riding a horse on the beach"
 GB = 1e9
+FD_RUNS = {f"FD {base.value}": base for base in SubjectGuidanceBase}  # "FD text" (release), "FD null" (eq. 2)
 
 
 def fmt_bytes(n: float) -> str:
@@ -55,11 +61,6 @@ def fmt_bytes(n: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- components
-def sd15_components(seed: int) -> dict:
-    """The SD1.5 architecture with random weights, and the CLIP ViT-L/14 image tower of Face-diffuser's SDM."""
-    return tiny_components(seed, SD15_SHAPED)
-
-
 def make_pipelines(components: dict, device: str, dtype: torch.dtype):
     fd = FaceDiffuserPipeline(**components)
     fd.to(device=device, dtype=dtype)
@@ -93,6 +94,11 @@ def clock(device: torch.device) -> float:
         torch.cuda.synchronize()
         return time.perf_counter()
     return time.process_time()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 class UnetTimer:
@@ -141,17 +147,35 @@ class UnetTimer:
             return [start.elapsed_time(end) / 1000 for start, end in self.spans]
         return [end - start for start, end in self.spans]
 
-    def seconds(self) -> float:
-        return sum(self.durations())
-
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
 
 
+_STATUS = Path("/proc/self/status")
+
+
+def _resident_peak() -> int:
+    """The process's peak resident set in bytes: ``VmHWM`` where Linux gives it, else ``getrusage``."""
+    if _STATUS.is_file():
+        return int(re.search(r"VmHWM:\s+(\d+) kB", _STATUS.read_text()).group(1)) * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, kB elsewhere
+
+
+def _reset_resident_peak() -> bool:
+    """Resets ``VmHWM`` to the current resident set (Linux: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 class PeakMemory:
-    """Peak memory of a block beyond what was allocated before it: CUDA allocator statistics on a GPU, else the
-    process's resident set sampled every 5 ms (psutil)."""
+    """Peak memory of a block beyond what was in use before it: CUDA allocator statistics on a GPU; on the CPU the
+    growth of the resident set's high-water mark, reset before the block on Linux (elsewhere the process's lifetime
+    peak, so a block that stays under an earlier peak reads 0)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -163,54 +187,16 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._before = torch.cuda.memory_allocated()
         else:
-            self._process = psutil.Process()
-            self._before = self._process.memory_info().rss
-            self._max = self._before
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
+            _reset_resident_peak()
+            self._before = _resident_peak()
         return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self._max = max(self._max, self._process.memory_info().rss)
-            time.sleep(0.005)
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             self.peak = torch.cuda.max_memory_allocated() - self._before
         else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = self._max - self._before
-
-
-class HostSyncCounter(TorchDispatchMode):
-    """Counts the aten ops that make the host wait for the device (``.item()``, ``bool(t)``, data-sized outputs)."""
-
-    SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_consecutive"}
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ in self.SYNC_OPS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def unet_evaluations(num_steps: int, alpha: float, beta: float, base: str) -> int:
-    """UNet evaluations of one image: 2 per TDM step, 2 (``text`` base) or 3 (``null``) per SDM step."""
-    subject = 2 if base == "text" else 3
-    stages = stage_schedule(num_steps, alpha, beta)
-    return sum(2 * s.uses_text_model + subject * s.uses_subject_model for s in stages)
+            self.peak = _resident_peak() - self._before
 
 
 # ------------------------------------------------------------------------------------------------------- the runs
@@ -228,38 +214,38 @@ class Run:
 @dataclass
 class Setup:
     size: int
-    steps: int
     images: int
-    alpha: float
-    beta: float
-    guidance_scale: float = 5.0
+    settings: SamplingSettings  # the guidance base is set per run: both are measured
+
+    @property
+    def steps(self) -> int:
+        return self.settings.num_inference_steps
+
+    @property
+    def stages(self) -> list[Stage]:
+        return stage_schedule(self.steps, self.settings.alpha, self.settings.beta)
 
 
-def make_runners(fd, sd, setup: Setup, reference: Image.Image, device: torch.device):
-    common = {
-        "height": setup.size,
-        "width": setup.size,
-        "num_inference_steps": setup.steps,
-        "guidance_scale": setup.guidance_scale,
-        "num_images_per_prompt": setup.images,
-        "output_type": "np",
-    }
+def make_runners(fd, sd, setup: Setup, reference: Image.Image):
+    common = {"height": setup.size, "width": setup.size, "num_images_per_prompt": setup.images, "output_type": "np"}
 
     def generator():
         return torch.Generator(device="cpu").manual_seed(0)
 
-    def face(base):
+    def face(base: SubjectGuidanceBase):
+        sampling = setup.settings.replace(subject_guidance_base=base).pipeline_kwargs()
+
         def run(**overrides):
-            kwargs = {**common, **overrides}
-            return fd(PROMPT, [reference], subject_guidance_base=base, alpha=setup.alpha, beta=setup.beta,
-                      generator=generator(), **kwargs)  # fmt: skip
+            kwargs = {**sampling, **common, **overrides}
+            return fd(PROMPT, [reference], generator=generator(), **kwargs)
 
         return run
 
     def plain(**overrides):
-        return sd(SD_PROMPT, generator=generator(), **{**common, **overrides})
+        kwargs = {"num_inference_steps": setup.steps, "guidance_scale": setup.settings.guidance_scale, **common}
+        return sd(SD_PROMPT, generator=generator(), **{**kwargs, **overrides})
 
-    return {"SD": plain, "FD text": face("text"), "FD null": face("null")}
+    return {"SD": plain, **{name: face(base) for name, base in FD_RUNS.items()}}
 
 
 def timed(run, timer: UnetTimer, device: torch.device, watched: dict[str, torch.nn.Module], **overrides) -> Run:
@@ -280,7 +266,7 @@ def timed(run, timer: UnetTimer, device: torch.device, watched: dict[str, torch.
 
 
 def compare(fd, sd, setup: Setup, reference, device, rounds: int) -> dict[str, list[Run]]:
-    runners = make_runners(fd, sd, setup, reference, device)
+    runners = make_runners(fd, sd, setup, reference)
     timer = UnetTimer([fd.unet, fd.subject_unet], device)
     watched = {**modules_of(fd), "vae decoder": fd.vae.decoder}
     for run in runners.values():  # warm-up: one step, so every model has run once
@@ -300,13 +286,13 @@ def compare(fd, sd, setup: Setup, reference, device, rounds: int) -> dict[str, l
 def report_comparison(results: dict[str, list[Run]], setup: Setup, fd, sd, device: torch.device) -> None:
     n = setup.images
     sd_runs = results["SD"]
-    sd_evals = 2 * setup.steps
+    sd_evals = 2 * setup.steps  # classifier-free guidance: (0, c) per step
     sd_unet = statistics.median(run.unet_seconds for run in sd_runs)
     print(f"\n  {'pipeline':<9} {'s/image':>8} {'ratio':>6} {'UNet evals':>10} {'expected':>8} {'off by':>7} "
           f"{'UNet-time ratio':>15} {'outside UNets':>13} {'wall s/image':>12} {'activations':>11}")  # fmt: skip
     for name, runs in results.items():
-        base = {"SD": None, "FD text": "text", "FD null": "null"}[name]
-        evals = sd_evals if base is None else unet_evaluations(setup.steps, setup.alpha, setup.beta, base)
+        evals = sd_evals if name == "SD" else unet_evaluations_per_image(setup.stages, FD_RUNS[name])
+        # The ratios below mean something only if the pipelines evaluated what the stage schedule says.
         if sum(b for _, b in runs[0].unet_batches) != evals * n:
             raise RuntimeError(f"{name}: the UNet hooks saw batches {runs[0].unet_batches}, not {evals} evaluations")
         expected = evals / sd_evals
@@ -337,7 +323,7 @@ def report_comparison(results: dict[str, list[Run]], setup: Setup, fd, sd, devic
     sd_seconds = statistics.median(run.seconds for run in sd_runs)
     sd_outside = statistics.median(run.seconds - run.unet_seconds for run in sd_runs)
     extra = []
-    for name in ("FD text", "FD null"):
+    for name in FD_RUNS:
         fd_outside = statistics.median(run.seconds - run.unet_seconds for run in results[name])
         share = (fd_outside - sd_outside) / sd_seconds
         extra.append(f"{name} {(fd_outside - sd_outside) / n:+.3f} s ({share * 100:+.1f}% of SD)")
@@ -356,45 +342,7 @@ def report_comparison(results: dict[str, list[Run]], setup: Setup, fd, sd, devic
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------------- fast paths
-def report_batching(results: dict[str, list[Run]], setup: Setup) -> None:
-    """Counts from the timed runs: one UNet call per model per step, the encoders once per call."""
-    stages = stage_schedule(setup.steps, setup.alpha, setup.beta)
-    model_steps = sum(s.uses_text_model for s in stages) + sum(s.uses_subject_model for s in stages)
-    for name, runs in results.items():
-        run = runs[0]
-        sizes = sorted({size for _, size in run.unet_batches})
-        steps = setup.steps if name == "SD" else model_steps
-        print(
-            f"  {name}: {len(run.unet_batches)} UNet calls for {steps} model-steps, batch sizes {sizes} for "
-            f"{setup.images} image(s); per call: text encoder x{run.calls['text_encoder']}, image encoder "
-            f"x{run.calls['image_encoder']}, fuser x{run.calls['subject_fuser']}, "
-            f"VAE decoder x{run.calls['vae decoder']}"
-        )
-
-
-def check_host_syncs(fd, sd, setup: Setup, reference, device) -> None:
-    runners = make_runners(fd, sd, setup, reference, device)
-    counts = {}
-    for name in ("SD", "FD text"):
-        per_steps = []
-        for steps in (2, 4):  # alpha 0.3 / beta 0.6 give stages II and III, then I, II and III
-            counter = HostSyncCounter()
-            with counter:
-                runners[name](num_inference_steps=steps, output_type="latent")
-            per_steps.append(counter.count)
-        counts[name] = (per_steps[1] - per_steps[0]) / 2
-    latent = setup.size // fd.vae_scale_factor
-    eps = [torch.randn(setup.images, 4, latent, latent, device=device) for _ in range(4)]
-    counter = HostSyncCounter()
-    with counter:
-        saliency_adaptive_noise_fusion(*eps)
-    print(
-        f"  host syncs per denoising step: FD {counts['FD text']:.0f}, SD {counts['SD']:.0f} (the scheduler and "
-        f"UNet timestep handling, shared); inside SNF: {counter.count}"
-    )
-
-
+# ------------------------------------------------------------------------------------- what the switches cost
 def time_fusion(fd, setup: Setup, device) -> None:
     latent = setup.size // fd.vae_scale_factor
     eps = [torch.randn(setup.images, 4, latent, latent, device=device, dtype=fd.unet.dtype) for _ in range(4)]
@@ -405,12 +353,11 @@ def time_fusion(fd, setup: Setup, device) -> None:
         saliency_adaptive_noise_fusion(*eps)
     synchronize(device)
     per_step = (time.perf_counter() - start) / 20
-    fusion_steps = stage_schedule(setup.steps, setup.alpha, setup.beta).count(Stage.FUSION)
+    fusion_steps = setup.stages.count(Stage.FUSION)
     print(f"  SNF: {per_step * 1e3:.2f} ms per stage-II step, {per_step * fusion_steps:.4f} s per call")
 
 
-def check_sdpa(fd, setup: Setup, device) -> None:
-    processors = {type(p).__name__ for unet in (fd.unet, fd.subject_unet) for p in unet.attn_processors.values()}
+def time_attention(fd, setup: Setup, device) -> None:
     latent = setup.size // fd.vae_scale_factor
     dtype = fd.unet.dtype
     x = torch.randn(2 * setup.images, 4, latent, latent, device=device, dtype=dtype)
@@ -428,12 +375,12 @@ def check_sdpa(fd, setup: Setup, device) -> None:
         seconds[name] = times[-1]
     fd.unet.set_attn_processor(AttnProcessor2_0())
     print(
-        f"  attention processors in both UNets: {sorted(processors)}; one TDM call (batch {2 * setup.images}): "
-        f"SDPA {seconds['SDPA']:.3f} s, classic {seconds['classic']:.3f} s"
+        f"  one TDM call (batch {2 * setup.images}): SDPA {seconds['SDPA']:.3f} s, "
+        f"classic attention {seconds['classic']:.3f} s"
     )
 
 
-def check_vae(fd, setup: Setup, device) -> None:
+def time_vae(fd, setup: Setup, device) -> None:
     vae = fd.vae
     latent = setup.size // fd.vae_scale_factor
     z = torch.randn(setup.images, 4, latent, latent, device=device, dtype=vae.dtype)
@@ -457,11 +404,9 @@ def check_vae(fd, setup: Setup, device) -> None:
     vae.disable_tiling()
     vae.tile_sample_min_size, vae.tile_latent_min_size = saved
     print(f"  VAE decode of {setup.images} image(s) at {setup.size} px (time / activation peak): {'; '.join(rows)}")
-    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
-    print(f"  VAE dtype {vae.dtype}, force_upcast={vae.config.force_upcast}: decode in float32 = {upcast}")
 
 
-def check_offload(components: dict, setup: Setup, reference, device: torch.device, dtype: torch.dtype) -> None:
+def measure_offload(components: dict, setup: Setup, reference, device: torch.device, dtype: torch.dtype) -> None:
     if device.type != "cuda":
         print("  CPU offload: skipped (it moves weights to an accelerator; run with --device cuda)")
         return
@@ -483,7 +428,7 @@ def check_offload(components: dict, setup: Setup, reference, device: torch.devic
                 pipe.enable_model_cpu_offload(device=device, one_model_at_a_time=mode == "model")
             else:
                 pipe.enable_model_cpu_offload(device=device)
-            run = make_runners(fd, sd, setup, reference, device)[name]
+            run = make_runners(fd, sd, setup, reference)[name]
             run(num_inference_steps=1)  # warm-up
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -500,14 +445,14 @@ def check_offload(components: dict, setup: Setup, reference, device: torch.devic
         torch.cuda.empty_cache()
 
 
-def check_compile(fd, sd, setup: Setup, reference, device) -> None:
-    runners = make_runners(fd, sd, setup, reference, device)
+def time_compile(fd, sd, setup: Setup, reference, device) -> None:
+    runners = make_runners(fd, sd, setup, reference)
     timer = UnetTimer([fd.unet, fd.subject_unet], device)
     before = {name: timed(runners[name], timer, device, {}).wall_seconds for name in ("SD", "FD text")}
     fd.compile_unets()  # also compiles SD's unet: it is the same module
     start = time.perf_counter()
-    for name in ("SD", "FD text", "FD null"):
-        runners[name](num_inference_steps=3)
+    for run in runners.values():
+        run(num_inference_steps=3)
     compile_seconds = time.perf_counter() - start
     after = {name: timed(runners[name], timer, device, {}).wall_seconds for name in ("SD", "FD text")}
     timer.remove()
@@ -519,8 +464,11 @@ def check_compile(fd, sd, setup: Setup, reference, device) -> None:
 
 # ---------------------------------------------------------------------------------------------------------- main
 def benchmark(name: str, components: dict, setup: Setup, args, device: torch.device, dtype: torch.dtype) -> None:
-    print(f"\n=== {name}: {setup.size} px, {setup.steps} steps, {setup.images} image(s) per call, alpha "
-          f"{setup.alpha} beta {setup.beta}, {args.rounds} rounds, {device.type} {dtype} ===")  # fmt: skip
+    s = setup.settings
+    print(
+        f"\n=== {name}: {setup.size} px, {setup.steps} steps, {setup.images} image(s) per call, alpha {s.alpha} "
+        f"beta {s.beta}, w {s.guidance_scale}, {args.rounds} rounds, {device.type} {dtype} ==="
+    )
     offload_components = copy.deepcopy(components) if device.type == "cuda" and not args.skip_extras else None
     fd, sd = make_pipelines(components, str(device), dtype)
     sizes = {k: weight_bytes(m) for k, m in modules_of(fd).items()}
@@ -531,35 +479,44 @@ def benchmark(name: str, components: dict, setup: Setup, args, device: torch.dev
     report_comparison(results, setup, fd, sd, device)
     if args.skip_extras:
         return
-    print("\n  Fast paths:")
-    report_batching(results, setup)
-    if not args.syncs_checked:  # the count does not depend on the model size: once, on the first configuration
-        check_host_syncs(fd, sd, setup, reference, device)
-        args.syncs_checked = True
+    print("\n  What the switches cost:")
     time_fusion(fd, setup, device)
-    check_sdpa(fd, setup, device)
-    check_vae(fd, setup, device)
+    time_attention(fd, setup, device)
+    time_vae(fd, setup, device)
     if offload_components is not None:
         fd.to("cpu")  # frees the GPU for the offload measurements
         del fd, sd
         gc.collect()
         torch.cuda.empty_cache()
-        check_offload(offload_components, setup, reference, device, dtype)
+        measure_offload(offload_components, setup, reference, device, dtype)
         fd, sd = make_pipelines(offload_components, str(device), dtype)
     else:
-        check_offload({}, setup, reference, device, dtype)
+        measure_offload({}, setup, reference, device, dtype)
     if args.compile:
-        check_compile(fd, sd, setup, reference, device)
+        time_compile(fd, sd, setup, reference, device)
 
 
-def main() -> None:
+def sampling_flag(parser: argparse.ArgumentParser, name: str) -> None:
+    """A flag for a field of :class:`SamplingSettings`, with its default and help text."""
+    field = {f.name: f for f in dataclasses.fields(SamplingSettings)}[name]
+    parser.add_argument(
+        "--" + name.replace("_", "-"),
+        type=type(field.default),
+        default=field.default,
+        help=f"{field.metadata['help']} (default: %(default)s)",
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", nargs="+", choices=["tiny", "sd15"], default=["tiny", "sd15"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps T (10 gives the T=50 stage split)")
-    parser.add_argument("--alpha", type=float, default=0.3)
-    parser.add_argument("--beta", type=float, default=0.6)
+    parser.add_argument(
+        "--steps", type=int, default=10, help="denoising steps T (default: 10, which splits the stages as T=50 does)"
+    )
+    for name in ("alpha", "beta", "guidance_scale"):
+        sampling_flag(parser, name)
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; medians are over these")
     parser.add_argument("--tiny-size", type=int, default=64)
     parser.add_argument("--sd15-size", type=int, default=128)
@@ -567,33 +524,47 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of both UNets")
     parser.add_argument("--skip-extras", action="store_true", help="only the side-by-side comparison")
-    args = parser.parse_args()
-    args.syncs_checked = False
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = SamplingSettings(
+        num_inference_steps=args.steps, alpha=args.alpha, beta=args.beta, guidance_scale=args.guidance_scale
+    )
     build_threads = torch.get_num_threads()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.set_grad_enabled(False)
+    verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # `to(dtype)` warns about modules to keep in float32; none here
     started = time.perf_counter()
     print(
         f"torch {torch.__version__}, {args.threads or build_threads} CPU threads, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     )
-    for config in args.configs:
-        build = time.perf_counter()
-        torch.set_num_threads(build_threads)  # random initialisation, on all cores
-        components = tiny_components(seed=0) if config == "tiny" else sd15_components(seed=0)
-        torch.set_num_threads(args.threads or build_threads)
-        size = args.tiny_size if config == "tiny" else args.sd15_size
-        setup = Setup(size=size, steps=args.steps, images=args.images, alpha=args.alpha, beta=args.beta)
-        print(f"\n[{config}: components built in {time.perf_counter() - build:.1f} s]")
-        benchmark({"tiny": "Tiny pipeline", "sd15": "SD1.5-shaped pipeline"}[config], components, setup, args,
-                  device, dtype)  # fmt: skip
-        del components
-        gc.collect()
+    try:
+        for config in args.configs:
+            build = time.perf_counter()
+            torch.set_num_threads(build_threads)  # random initialisation, on all cores
+            components = tiny_components(seed=0) if config == "tiny" else tiny_components(0, SD15_SHAPED)
+            torch.set_num_threads(args.threads or build_threads)
+            size = args.tiny_size if config == "tiny" else args.sd15_size
+            setup = Setup(size=size, images=args.images, settings=settings)
+            print(f"\n[{config}: components built in {time.perf_counter() - build:.1f} s]")
+            benchmark({"tiny": "Tiny pipeline", "sd15": "SD1.5-shaped pipeline"}[config], components, setup, args,
+                      device, dtype)  # fmt: skip
+            del components
+            gc.collect()
+    finally:  # as it was, for a caller in the same process (the smoke test)
+        torch.set_num_threads(build_threads)
+        torch.set_grad_enabled(True)
+        diffusers_logging.set_verbosity(verbosity)
+    paper = SamplingSettings()  # the paper's T, alpha and beta
+    stages = stage_schedule(paper.num_inference_steps, paper.alpha, paper.beta)
     ratios = ", ".join(
-        f"{base} {unet_evaluations(50, 0.3, 0.6, base) / 100:.2f}x" for base in ("text", "null")
-    )  # fmt: skip
-    print(f"\nUNet-evaluation ratios at T=50, alpha 0.3, beta 0.6: {ratios}")
+        f"{base.value} {unet_evaluations_per_image(stages, base) / (2 * len(stages)):.2f}x" for base in FD_RUNS.values()
+    )
+    print(f"\nUNet-evaluation ratios at T={paper.num_inference_steps}, alpha {paper.alpha} beta {paper.beta}: {ratios}")
     print(f"Total {time.perf_counter() - started:.0f} s")
 
 

@@ -1,4 +1,4 @@
-"""Training throughput (optimizer steps per second) of the Face-diffuser trainer.
+"""Training throughput (optimizer steps per second) and peak memory of the Face-diffuser trainer.
 
 Two model sizes, both with random weights and a synthetic FFHQ-wild data set written to a temporary folder:
 
@@ -7,8 +7,11 @@ Two model sizes, both with random weights and a synthetic FFHQ-wild data set wri
   vision tower, 768-d fuser). To fit a CPU machine's memory the TDM and SDM slots share one UNet object (only the
   trained one matters for throughput).
 
-Each measurement runs ``--warmup`` steps, then times ``--steps`` optimizer steps of :meth:`Trainer.train`'s inner
-work (data loading, VAE and text encoding, forward, backward, clipping, AdamW).
+Each (model, kind) runs in a fresh Python process, as ``facediffuser train`` would: it builds the trainer, runs
+``--warmup`` steps, then times ``--steps`` optimizer steps of :meth:`Trainer.train`'s inner work (data loading, VAE
+and text encoding, forward, backward, clipping, AdamW). Its peak resident memory is what the kernel reports for that
+process when it ends (``ru_maxrss`` from ``wait4``, including any data-loader workers): the "Maximum resident set
+size" of ``/usr/bin/time -v``, not a sample taken from inside. POSIX only.
 
     PYTHONPATH=src python benchmarks/train_throughput.py --models tiny sd15 --kinds sdm tdm --resolution 128
 """
@@ -16,7 +19,11 @@ work (data loading, VAE and text encoding, forward, backward, clipping, AdamW).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +82,20 @@ def measure(model: str, kind: ModelKind, args: argparse.Namespace, data: Path, w
     return args.steps / elapsed
 
 
+def run_isolated(model: str, kind: str, argv: list[str], data: Path, work: Path) -> tuple[float, int]:
+    """Measures one (model, kind) in a child process; returns its steps per second and its peak RSS in bytes."""
+    command = [sys.executable, __file__, *argv, "--child", model, kind, str(data), str(work)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    proc.stdout.close()
+    _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage, as /usr/bin/time reads it
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"The {model} {kind} measurement failed (exit status {proc.returncode}).")
+    rate = json.loads(out.strip().splitlines()[-1])["steps_per_s"]
+    return rate, usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes on macOS, KiB on Linux
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["tiny", "sd15"], choices=["tiny", "sd15"])
@@ -86,11 +107,19 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--child", nargs=4, default=None, help=argparse.SUPPRESS)  # model kind data work
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
 
+    if args.child:
+        model, kind, data, work = args.child
+        rate = measure(model, ModelKind(kind), args, Path(data), Path(work))
+        print(json.dumps({"steps_per_s": rate}), flush=True)
+        return
+
+    argv = sys.argv[1:]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         images = max(8, args.warmup + args.steps) * args.batch_size  # one epoch covers the whole measurement
@@ -100,11 +129,14 @@ def main() -> None:
             f"device {device}, resolution {args.resolution}, batch {args.batch_size}, "
             f"precision {args.mixed_precision}, gradient checkpointing {args.gradient_checkpointing}"
         )
-        print(f"{'model':<6} {'kind':<4} {'steps/s':>9} {'s/step':>8}")
+        print(f"{'model':<6} {'kind':<4} {'steps/s':>9} {'s/step':>8} {'peak RSS GiB':>12} {'max RSS kB':>11}")
         for model in args.models:
             for kind in args.kinds:
-                rate = measure(model, ModelKind(kind), args, data, work)
-                print(f"{model:<6} {kind:<4} {rate:>9.3f} {1 / rate:>8.2f}", flush=True)
+                rate, peak = run_isolated(model, kind, argv, data, work)
+                print(
+                    f"{model:<6} {kind:<4} {rate:>9.3f} {1 / rate:>8.2f} {peak / 2**30:>12.2f} {peak // 1024:>11d}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

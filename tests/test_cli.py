@@ -1,12 +1,21 @@
 """The command line end to end on the tiny pipeline."""
 
 import json
+import os
 import shutil
+import stat
+import subprocess
+import sys
 from importlib import resources
+from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import facediffuser
+from facediffuser import loading
 from facediffuser.cli.main import build_parser, main
 from facediffuser.loading import check_pipeline_folder
 
@@ -44,9 +53,16 @@ def test_generate_writes_png_with_parameters_and_masks(tmp_path):
     assert image.size == (48, 64)
     params = json.loads(image.text["parameters"])
     assert params["prompt"] == "a woman <|image|> on the moon" and params["seed"] == 7
-    assert params["alpha"] == 0.2 and params["ref"] == [ASTRONAUT] and params["scheduler"] == "DDIMScheduler"
+    assert params["alpha"] == 0.2 and params["num_inference_steps"] == 5
+    # What was used, in the form the flags take back (issue 11): not "DDIMScheduler", "auto" or null.
+    assert params["scheduler"] == "ddim" and params["device"] == "cpu" and params["dtype"] == "float32"
+    assert params["height"] == 64 and params["width"] == 48
+    # The reference by file name and pixel hash only: a shared image must not tell where its author keeps photos.
+    assert params["ref"] == ["astronaut.jpg"] and len(params["ref_sha256"][0]) == 16
+    assert str(Path(ASTRONAUT).parent) not in image.text["parameters"]
     masks = Image.open(tmp_path / "result-masks.png")
     assert masks.width > masks.height  # one column per step
+    assert json.loads(masks.text["parameters"]) == params and "5 steps" in masks.text["Description"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result-masks.png", "result.png"]
 
 
@@ -86,23 +102,206 @@ def test_a_folder_ref_and_several_images(tmp_path):
     assert (tmp_path / "img-0.png").is_file() and (tmp_path / "img-1.png").is_file()
 
 
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Makes loading a model fail loudly: a check that must come before the model load cannot pass by loading it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(loading, "load_pipeline", refuse)
+
+
+ONE = ["-p", "a man <|image|>", "--ref", ASTRONAUT]
+
+
 @pytest.mark.parametrize(
     "extra,message",
     [
         (["-p", "a man <|image|> and a woman <|image|>", "--ref", ASTRONAUT], "2 placeholder"),
+        (["-p", "a man <|image|><|image|>", "--ref", ASTRONAUT, "--ref", ASTRONAUT], "no word between them"),
+        (["-p", "a man <|image|> <|image|>", "--ref", ASTRONAUT, "--ref", ASTRONAUT], "no word between them"),
         (["-p", "a man <|image|>", "--ref", "/no/such/photo.jpg"], "not found"),
-        (["-p", "a man <|image|>", "--ref", ASTRONAUT, "--alpha", "0.9"], "must not exceed"),
-        (["-p", "a man <|image|>", "--ref", ASTRONAUT, "--steps", "0"], "at least 1"),
-        (["-p", "a man <|image|>", "--ref", ASTRONAUT, "--height", "100"], "multiple of 8"),
-        (["-p", "a man <|image|>", "--ref", ASTRONAUT, "--model", "/no/such/folder/x"], "Model folder not found"),
-        (["-p", "a man <|image|>", "--ref", ASTRONAUT, "--device", "cpu", "--offload", "model"], "needs --device"),
+        ([*ONE, "--alpha", "0.9"], "--alpha (0.9) must not exceed --beta"),
+        ([*ONE, "--steps", "0"], "positive integer"),
+        ([*ONE, "--guidance-scale", "nan"], "--guidance-scale must be a finite number"),
+        ([*ONE, "--guidance-scale", "inf"], "--guidance-scale must be a finite number"),
+        ([*ONE, "--subject-guidance-scale", "-1"], "--subject-guidance-scale must be a finite number"),
+        ([*ONE, "--height", "100"], "--height must be a positive multiple of 8"),
+        ([*ONE, "--model", "/no/such/folder/x"], "Model folder not found"),
+        ([*ONE, "--device", "cpu", "--offload", "model"], "needs --device"),
+        ([*ONE, "--device", "gpu"], "Unknown device 'gpu': use auto, cpu, cuda"),
+        ([*ONE, "--dtype", "float64"], "Unknown dtype"),
     ],
 )
-def test_generate_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys, extra, message):
+def test_generate_bad_input_is_a_clear_error_before_any_model_loads(tmp_path, capsys, no_model_load, extra, message):
     code = main(["generate", *extra, "-o", str(tmp_path / "x.png")])
-    assert code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("facediffuser generate: error:")
     assert not list(tmp_path.iterdir())
+
+
+def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys, no_model_load):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["generate", *ONE, "--device", "cuda", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "needs CUDA" in err and "Use the device cpu" in err and "Traceback" not in err
+
+
+def test_a_cuda_index_beyond_the_machine_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"There is no device 'cuda:3': this machine has 1 CUDA device\(s\)"):
+        loading.resolve_device("cuda:3")
+    assert loading.resolve_device("cuda:0") == torch.device("cuda:0")
+
+
+@pytest.mark.parametrize("case", ["folder named x.png", "below a regular file", "unwritable place", "exists"])
+def test_bad_out_is_refused_before_any_model_loads(tmp_path, capsys, no_model_load, case):
+    if case == "folder named x.png":
+        (tmp_path / "x.png").mkdir()
+        out, message = tmp_path / "x.png", "is a folder"
+    elif case == "below a regular file":
+        (tmp_path / "notes.txt").write_text("mine")
+        out, message = tmp_path / "notes.txt" / "x.png", "is a file, not a folder"
+    elif case == "unwritable place":
+        out, message = Path("/proc/facediffuser-test/x.png"), "does not accept new files"
+    else:
+        (tmp_path / "x.png").write_bytes(b"the user's own file")
+        out, message = tmp_path / "x.png", "already exists: choose another output name, or pass --overwrite"
+    assert main(["generate", *ONE, "--steps", "1", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    if case == "exists":
+        assert (tmp_path / "x.png").read_bytes() == b"the user's own file"
+
+
+def test_an_unwritable_folder_is_refused(tmp_path, capsys, no_model_load):
+    if os.geteuid() == 0:
+        pytest.skip("root may write anywhere; /proc stands for an unwritable place in the test above")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["generate", *ONE, "-o", str(locked / "x.png")]) == 2
+    assert "does not accept new files" in capsys.readouterr().err
+
+
+def test_a_missing_relative_model_path_says_what_was_tried(tmp_path, capsys, monkeypatch):
+    # The README's own example, run where the folder does not exist: it looks like a hub id, and may be one.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["generate", *ONE, "--steps", "1", "--model", "models/face-diffuser", "-o", "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "'models/face-diffuser' is not a folder here" in err and "tried as a model-hub id" in err
+    assert str(tmp_path / "models" / "face-diffuser") in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_overwrite_and_the_umask(tmp_path, capsys):
+    out = tmp_path / "x.png"
+    argv = ["generate", *ONE, "--steps", "1", "--height", "32", "--width", "32", "-o", str(out)]
+    old = os.umask(0o022)
+    try:
+        assert main(argv) == 0
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644  # was 0o600 whatever the umask
+        first = out.read_bytes()
+        assert main([*argv, "--seed", "1"]) == 2 and out.read_bytes() == first  # no silent overwrite
+        os.umask(0o077)
+        assert main([*argv, "--seed", "1", "--overwrite"]) == 0 and out.read_bytes() != first
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # no temporary file left behind
+
+
+def test_an_image_reruns_from_its_recorded_parameters(tmp_path):
+    first = tmp_path / "first.png"
+    argv = [
+        "generate",
+        "-p",
+        "a woman <|image|> on the moon",
+        "--ref",
+        ASTRONAUT,
+        "--steps",
+        "3",
+        "--alpha",
+        "0.34",
+        "--guidance-scale",
+        "3.5",
+        "--subject-guidance-base",
+        "null",
+        "--scheduler",
+        "ddim",
+        "--height",
+        "40",
+        "--width",
+        "56",
+        "--seed",
+        "11",
+    ]
+    assert main([*argv, "-o", str(first)]) == 0
+    again = tmp_path / "again.png"
+    assert main(["generate", "--parameters-from", str(first), "--ref", ASTRONAUT, "-o", str(again)]) == 0
+    a, b = Image.open(first), Image.open(again)
+    assert json.loads(a.text["parameters"]) == json.loads(b.text["parameters"])
+    # Same settings, same process and machine: the same pixels (1 grey level allowed for a different kernel choice).
+    diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+    assert a.size == (56, 40) and diff.max() <= 1
+    # Flags given win over the recorded ones.
+    other = tmp_path / "other.png"
+    rerun = ["generate", "--parameters-from", str(first), "--ref", ASTRONAUT]
+    assert main([*rerun, "--seed", "12", "-o", str(other)]) == 0
+    assert json.loads(Image.open(other).text["parameters"])["seed"] == 12
+
+
+def test_a_rerun_without_references_says_to_give_them(tmp_path, capsys):
+    first = tmp_path / "first.png"
+    assert main(["generate", *ONE, "--steps", "1", "--height", "32", "--width", "32", "-o", str(first)]) == 0
+    assert main(["generate", "--parameters-from", str(first), "-o", str(tmp_path / "b.png")]) == 2
+    assert "give them again with --ref" in capsys.readouterr().err
+
+
+def test_float16_on_the_cpu_is_said_once(tmp_path, capfd, caplog):
+    argv = ["generate", *ONE, "--steps", "1", "--height", "32", "--width", "32", "--dtype", "float16"]
+    assert main([*argv, "-o", str(tmp_path / "x.png")]) == 0
+    err = capfd.readouterr().err
+    assert "cannot run with `cpu` device" not in err and "should be kept in float32: []" not in err
+    assert (err + caplog.text).count("float16 on the CPU") == 1
+
+
+def test_importing_the_package_prints_no_torchvision_notice():
+    done = subprocess.run(
+        [sys.executable, "-c", "import facediffuser.pipeline"], capture_output=True, text=True, env=_env(), check=True
+    )
+    assert "torchvision" not in done.stderr
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(Path(facediffuser.__file__).parents[1])}
+
+
+def test_generate_help_imports_no_training_or_evaluation_module():
+    # Issue 8: the CLI imported every sub-command, and so the trainer and the evaluation harness.
+    script = (
+        "import sys\n"
+        "from facediffuser.cli.main import main\n"
+        "try:\n    main(['generate', '--help'])\nexcept SystemExit as exit:\n    assert exit.code == 0\n"
+        "print('\\n'.join(m for m in sys.modules if m.startswith('facediffuser')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), check=True)
+    modules = done.stdout.split()
+    assert "facediffuser.cli.generate" in modules
+    heavy = [m for m in modules if m.startswith(("facediffuser.training", "facediffuser.evaluation"))]
+    assert heavy == [] and "facediffuser.cli.train" not in modules and "facediffuser.cli.evaluate" not in modules
+
+
+@pytest.mark.parametrize("command", ["generate", "convert", "train", "evaluate"])
+def test_every_sub_command_still_has_its_help(command, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main([command, "--help"])
+    assert exit.value.code == 0 and f"usage: facediffuser {command}" in capsys.readouterr().out
 
 
 def test_a_reference_without_a_face_is_refused(tmp_path, capsys):
@@ -130,3 +329,19 @@ def test_flags_come_from_the_config_dataclass():
     assert args.guidance_scale == 3.0 and args.subject_guidance_base == "null"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "-p", "x", "--subject-guidance-base", "bogus"])
+
+
+def test_sampling_flags_come_from_sampling_settings():
+    from facediffuser.cli.generate import GenerateConfig
+    from facediffuser.configuration import build_config, config_to_dict
+    from facediffuser.settings import SamplingSettings
+
+    parser = build_parser("generate")
+    config = build_config(GenerateConfig, parser.parse_args(["generate", "-p", "x"]))
+    assert config.sampling == SamplingSettings()  # the defaults are SamplingSettings' own, not restated
+    config = build_config(GenerateConfig, parser.parse_args(["generate", "-p", "x", "--steps", "7", "--beta", "0.7"]))
+    assert config.sampling == SamplingSettings(num_inference_steps=7, beta=0.7)
+    flat = config_to_dict(config)
+    assert flat["num_inference_steps"] == 7 and "sampling" not in flat  # flat, as the flags are
+    rebuilt = build_config(GenerateConfig, base=flat)  # what a PNG records rebuilds the same config
+    assert rebuilt.sampling == config.sampling and rebuilt.prompt == "x"

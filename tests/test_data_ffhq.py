@@ -15,6 +15,7 @@ from facediffuser.ffhq_wild import insert_placeholders
 from facediffuser.images import CLIP_MEAN, CLIP_STD
 from facediffuser.prompting import tokenize_prompt
 from facediffuser.tokenizer import load_clip_tokenizer
+from facediffuser.training import data as data_module
 from facediffuser.training.augment import (
     ReferenceAugmentation,
     center_crop_or_pad,
@@ -187,6 +188,56 @@ def test_missing_and_corrupt_files_are_skipped_and_reported(tmp_path, tokenizer,
     assert sample["image_id"] == "00000_a"
     assert sample["skipped"] == ["00001_c", "00002_m"]
     assert "00001_c" in caplog.text and "00002_m" in caplog.text
+
+
+def test_people_that_cannot_be_placed_are_reported_and_counted(tmp_path, tokenizer, caplog, monkeypatch):
+    """A json without `segments`, or a person whose `end` lies beyond the caption, trains without those people: the
+    SDM reader says so once per image and marks the sample so the trainer counts it."""
+    two_people(tmp_path, "00000_a")  # sound
+    two_people(tmp_path, "00001_n")
+    two_people(tmp_path, "00002_e")
+    no_segments = tmp_path / "00001" / "00001_n.json"
+    no_segments.write_text(json.dumps({"caption": CAPTION}))
+    beyond = tmp_path / "00002" / "00002_e.json"
+    data = json.loads(beyond.read_text())
+    data["segments"][0]["end"] = len(CAPTION) + 5  # the woman
+    beyond.write_text(json.dumps(data))
+    write_split(tmp_path, ["00000_a", "00001_n", "00002_e"])
+    dataset = plain_dataset(tmp_path, tokenizer)
+    with caplog.at_level(logging.WARNING):
+        samples = [dataset[i] for i in range(3)]
+        again = dataset[(1, 1)]  # the next epoch reads the file again: counted, not warned again
+    assert [s["flawed"] for s in samples] == [[], ["00001_n"], ["00002_e"]]
+    assert again["flawed"] == ["00001_n"]
+    assert samples[1]["caption"] == CAPTION  # no placeholder: nobody to place
+    assert samples[2]["caption"] == "a man <|image|> and a woman at the beach"  # the man is still a subject
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert "00001_n" in warnings[0] and "no 'segments'" in warnings[0]
+    assert "00002_e" in warnings[1] and f"'end' {len(CAPTION) + 5}" in warnings[1]
+    assert collate(samples)["flawed"] == ["00001_n", "00002_e"]
+    # Past the first few ids, flaws are counted without a warning each; the last warning says so.
+    caplog.clear()
+    monkeypatch.setattr(data_module, "FLAW_WARNINGS", 1)
+    capped = plain_dataset(tmp_path, tokenizer)
+    with caplog.at_level(logging.WARNING):
+        flawed = [capped[i]["flawed"] for i in range(3)]
+    assert flawed == [[], ["00001_n"], ["00002_e"]]
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "00001_n" in warning and "not warned about one by one" in warning
+    # The TDM reads only the caption: nothing is left out, nothing is reported.
+    assert all(s["flawed"] == [] for s in (plain_dataset(tmp_path, tokenizer, with_subjects=False)[i] for i in (1, 2)))
+
+
+def test_segments_that_are_not_a_list_make_the_sample_unreadable(tmp_path, tokenizer, caplog):
+    two_people(tmp_path, "00000_a")
+    two_people(tmp_path, "00001_n")
+    (tmp_path / "00001" / "00001_n.json").write_text(json.dumps({"caption": CAPTION, "segments": None}))
+    write_split(tmp_path, ["00001_n", "00000_a"])
+    with caplog.at_level(logging.WARNING):
+        sample = plain_dataset(tmp_path, tokenizer)[0]
+    assert sample["image_id"] == "00000_a" and sample["skipped"] == ["00001_n"]
+    assert "'segments' of type NoneType" in caplog.text
 
 
 def test_root_not_in_format_says_what_is_missing(tmp_path, tokenizer):

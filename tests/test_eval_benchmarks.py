@@ -9,11 +9,13 @@ from PIL import Image
 from facediffuser.evaluation.benchmarks import (
     BENCHMARKS,
     load_benchmark,
+    load_prompt_file,
     load_subjects,
     read_benchmark_file,
 )
-from facediffuser.evaluation.methods import Method, parse_method, parse_methods
+from facediffuser.evaluation.methods import Method, ModelSpec, parse_method, parse_methods, parse_models, parse_variants
 from facediffuser.prompting import count_placeholders, strip_placeholders
+from facediffuser.settings import SamplingSettings
 
 
 def make_subjects(root, people, nouns=None):
@@ -153,7 +155,8 @@ def test_unknown_benchmark():
 def test_method_specs():
     assert parse_method("tdm") == Method("tdm", 1.0, 1.0)
     assert parse_method("sdm") == Method("sdm", 0.0, 0.0)
-    assert parse_method("face-diffuser", 0.3, 0.6).label == "face-diffuser_a0.3_b0.6"
+    assert parse_method("face-diffuser").label == "face-diffuser_a0.3_b0.6"  # SamplingSettings' defaults
+    assert parse_method("face-diffuser", SamplingSettings(alpha=0.2, beta=0.5)) == Method("face-diffuser", 0.2, 0.5)
     assert parse_method("Face-Diffuser:0.1:0.5") == Method("face-diffuser", 0.1, 0.5)
     assert [m.label for m in parse_methods(["tdm", "face-diffuser", "face-diffuser:0.3:0.6", "tdm"])] == [
         "tdm",
@@ -168,3 +171,74 @@ def test_method_specs():
     ]:
         with pytest.raises(ValueError, match=message):
             parse_method(bad)
+
+
+def test_models_and_method_at_model_specs():
+    models = parse_models(["fd=pipes/fd", "converted/fastcomposer/", "tiny", "fd=pipes/fd"])
+    assert models == [
+        ModelSpec("fd", "pipes/fd"),
+        ModelSpec("fastcomposer", "converted/fastcomposer/"),
+        ModelSpec("tiny", "tiny"),
+    ]
+    variants = parse_variants(["face-diffuser", "sdm@fastcomposer", "tdm@fd"], models[:2])
+    assert [v.label for v in variants] == [
+        "fd/face-diffuser_a0.3_b0.6",
+        "fd/tdm",
+        "fastcomposer/face-diffuser_a0.3_b0.6",
+        "fastcomposer/sdm",
+    ]
+    assert variants[-1].display_name == "SDM alone (alpha=beta=0) [fastcomposer]"
+    with pytest.raises(ValueError, match="Two models are named 'fd'"):
+        parse_models(["fd=a/", "fd=b/"])
+    with pytest.raises(ValueError, match="letters, digits"):
+        parse_models(["my model=a/"])
+    with pytest.raises(ValueError, match="names the model 'elite', which is not one of the --model names"):
+        parse_variants(["sdm@elite"], models)
+
+
+def test_prompt_files_text_and_json(tmp_path):
+    make_subjects(tmp_path / "people", {"ada": 1, "alan": 1}, {"ada": "woman", "alan": "man"})
+    text = tmp_path / "mine.txt"
+    text.write_text("# my prompts\na {subject} on a boat\n\n[indoor]\na {subject} cooking\na {subject} reading\n")
+    prompts = load_prompt_file(text)
+    assert prompts.groups == {
+        "mine": ("a {subject} on a boat",),
+        "indoor": ("a {subject} cooking", "a {subject} reading"),
+    }
+    benchmark = load_benchmark("single-subject", tmp_path / "people", prompts=prompts)
+    assert len(benchmark.cases) == 3 * 2 and benchmark.images_per_prompt == 4
+    assert benchmark.cases[0].prompt == "a woman <|image|> on a boat" and benchmark.cases[0].group == "mine"
+    assert {c.case_id for c in benchmark.cases} >= {"ada/indoor-01", "alan/mine-00"}
+
+    as_list = tmp_path / "list.json"
+    as_list.write_text(json.dumps(["a {subject1} and a {subject2} dancing"]))
+    pairs = load_benchmark("multi-subject", tmp_path / "people", prompts=load_prompt_file(as_list))
+    (case,) = pairs.cases
+    assert case.prompt == "a woman <|image|> and a man <|image|> dancing" and case.group == "list"
+    grouped = tmp_path / "grouped.json"
+    grouped.write_text(json.dumps({"groups": {"g": ["a {subject} at sea"]}, "images_per_prompt": 2}))
+    assert (
+        load_benchmark("single-subject", tmp_path / "people", prompts=load_prompt_file(grouped)).images_per_prompt == 2
+    )
+    assert load_prompt_file(grouped).sha256() != load_prompt_file(text).sha256()
+
+
+def test_bad_prompt_files_say_what_to_write(tmp_path):
+    make_subjects(tmp_path / "people", {"ada": 1, "alan": 1})
+    with pytest.raises(FileNotFoundError, match="Prompt file not found"):
+        load_prompt_file(tmp_path / "none.txt")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="holds no prompts"):
+        load_prompt_file(tmp_path / "empty.txt")
+    (tmp_path / "bad.json").write_text('{"prompts": "a {subject}"}')
+    with pytest.raises(ValueError, match="expected a list of prompt templates"):
+        load_prompt_file(tmp_path / "bad.json")
+    (tmp_path / "pairs.txt").write_text("a {subject1} and a {subject2}\n")
+    with pytest.raises(ValueError, match=r"must use \{subject\} once each"):
+        load_benchmark("single-subject", tmp_path / "people", prompts=load_prompt_file(tmp_path / "pairs.txt"))
+    (tmp_path / "twice.txt").write_text("a {subject} and a {subject}\n")
+    with pytest.raises(ValueError, match="once each"):
+        load_benchmark("single-subject", tmp_path / "people", prompts=load_prompt_file(tmp_path / "twice.txt"))
+    (tmp_path / "ok.txt").write_text("a {subject}\n")
+    with pytest.raises(ValueError, match="takes its prompts from its data; drop --prompts"):
+        load_benchmark("ffhq-wild", tmp_path, prompts=load_prompt_file(tmp_path / "ok.txt"))

@@ -1,5 +1,8 @@
 """Reading reference photos of every kind, and refusing the unreadable."""
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -30,9 +33,58 @@ def test_grayscale_and_16_bit(tmp_path):
 def test_large_photos_are_shrunk_and_absurd_ones_refused(tmp_path, monkeypatch):
     Image.new("RGB", (3000, 1000)).save(tmp_path / "big.png")
     assert max(load_image(tmp_path / "big.png").size) == images.MAX_REFERENCE_SIDE
-    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
-    with pytest.raises(ValueError, match="refusing to decode"):
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", 1000)
+    with pytest.raises(ValueError, match="too large"):
         load_image(tmp_path / "big.png")
+
+
+def png_header_only(width: int, height: int, bit_depth: int, colour_type: int) -> bytes:
+    """A PNG whose header claims ``width x height`` pixels, followed by a few bytes of image data: what a small,
+    highly compressed file looks like to a reader that has not decoded it yet."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+@pytest.mark.parametrize(
+    "width,height,bit_depth,colour_type",
+    [(10000, 10000, 16, 0), (12000, 12000, 8, 0), (6000, 6000, 8, 2)],  # 16-bit gray, 8-bit gray, RGB
+)
+def test_a_small_file_of_huge_dimensions_is_refused_from_its_header(tmp_path, width, height, bit_depth, colour_type):
+    # Issue 11: a 190 KB 16-bit 10000x10000 PNG took 3.2 GB. The header alone must decide: this file's pixel data is
+    # a stub, so an attempt to decode it would fail as "truncated" instead of "too large".
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header_only(width, height, bit_depth, colour_type))
+    with pytest.raises(ValueError, match="too large") as caught:
+        load_image(path)
+    assert "corrupt" not in str(caught.value) and f"{width}x{height}" in str(caught.value)
+
+
+def test_decoded_memory_counts_bytes_per_pixel():
+    limit = 1000 * 1000 * 2  # exactly a 1000x1000 16-bit image
+    images.check_decoded_size("a", (1000, 1000), "I;16", limit=limit)
+    images.check_decoded_size("a", (1000, 1000), "L", limit=limit)
+    with pytest.raises(ValueError, match="too large"):
+        images.check_decoded_size("a", (1000, 1000), "RGB", limit=limit)  # PIL keeps RGB at 4 bytes per pixel
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
+    # 4096x3072 RGB is 48 MB decoded at full scale; JPEG's draft mode decodes it at 1/2 (12 MB), within this limit.
+    Image.new("RGB", (4096, 3072), (200, 100, 50)).save(tmp_path / "camera.jpg", quality=80)
+    monkeypatch.setattr(images, "MAX_DECODED_BYTES", 16 * 2**20)
+    img = load_image(tmp_path / "camera.jpg")
+    assert img.size == (2048, 1536)
+    with pytest.raises(ValueError, match="too large"):
+        load_image(tmp_path / "camera.jpg", max_side=None)  # no downscaling asked: the full 48 MB would be needed
+
+
+def test_a_given_pil_image_is_not_modified(face_image):
+    big = face_image.resize((4000, 100))
+    out = load_image(big)
+    assert big.size == (4000, 100) and out.size == (images.MAX_REFERENCE_SIDE, 51)
 
 
 def test_truncated_file_is_refused(tmp_path):

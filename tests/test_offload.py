@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from facediffuser.pipeline import _OffloadOthers
+from facediffuser.offload import OffloadOthers
 from facediffuser.tiny import build_tiny_pipeline
 
 PROMPT = "a photo of a man <|image|> at the beach"
@@ -39,7 +39,9 @@ def test_model_cpu_offload_matches_plain_pipeline(face_image, reference_output, 
     pipe = build_tiny_pipeline(seed=0)
     pipe.enable_model_cpu_offload(device="cpu", one_model_at_a_time=one_model_at_a_time)
     assert pipe._all_hooks, "no offload hooks were installed"
-    np.testing.assert_array_equal(_run(pipe, face_image), reference_output)
+    # The hooks move nothing on the CPU, but the two pipelines are separate builds whose tensors may reach other
+    # kernels (float32 rounding, ~1e-6 on these pixels); a model run at the wrong step moves them by 1e-2 or more.
+    np.testing.assert_allclose(_run(pipe, face_image), reference_output, rtol=0, atol=1e-5)
 
 
 def _replay_residency(pipe, calls: list[str]) -> list[set[str]]:
@@ -54,7 +56,7 @@ def _replay_residency(pipe, calls: list[str]) -> list[set[str]]:
         prev = hook.hook.prev_module_hook
         if prev is None:
             models = []
-        elif isinstance(prev, _OffloadOthers):
+        elif isinstance(prev, OffloadOthers):
             models = prev.models
         else:
             models = [prev.model]
@@ -104,12 +106,12 @@ def test_offload_choice_survives_maybe_free_model_hooks():
     pipe = build_tiny_pipeline(seed=0)
     pipe.enable_model_cpu_offload(device="cpu", one_model_at_a_time=False)
     pipe.maybe_free_model_hooks()
-    assert not any(isinstance(h.hook.prev_module_hook, _OffloadOthers) for h in pipe._all_hooks)
+    assert not any(isinstance(h.hook.prev_module_hook, OffloadOthers) for h in pipe._all_hooks)
     pipe.enable_model_cpu_offload(device="cpu")  # None keeps the previous choice
-    assert not any(isinstance(h.hook.prev_module_hook, _OffloadOthers) for h in pipe._all_hooks)
+    assert not any(isinstance(h.hook.prev_module_hook, OffloadOthers) for h in pipe._all_hooks)
     pipe.enable_model_cpu_offload(device="cpu", one_model_at_a_time=True)
     pipe.maybe_free_model_hooks()
-    assert all(isinstance(h.hook.prev_module_hook, _OffloadOthers) for h in pipe._all_hooks)
+    assert all(isinstance(h.hook.prev_module_hook, OffloadOthers) for h in pipe._all_hooks)
 
 
 def test_shared_unet_is_hooked_once_without_evicting_itself():

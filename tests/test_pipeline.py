@@ -6,6 +6,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler
 
 from facediffuser import FaceDiffuserPipeline, Stage
+from facediffuser.fusion import stage_schedule, unet_evaluations, unet_evaluations_per_image
 from facediffuser.images import prepare_reference_pixels
 from facediffuser.prompting import tokenize_prompts
 
@@ -103,10 +104,13 @@ class CountingUNet(torch.nn.Module):
             return getattr(self.inner, name)
 
 
+# REFERENCE section 8: (TDM, SDM) UNet evaluations per image and step of each stage.
 @pytest.mark.parametrize(
     "base,per_step", [("text", {1: (2, 0), 2: (2, 2), 3: (0, 2)}), ("null", {1: (2, 0), 2: (2, 3), 3: (0, 3)})]
 )
 def test_unet_evaluations_per_stage(tiny_pipe, face_image, base, per_step):
+    # The one table the pipeline, the benchmark and the docs read holds the paper's counts...
+    assert {stage: unet_evaluations(stage, base) for stage in Stage} == per_step
     steps, alpha, beta = 10, 0.3, 0.6  # 3 / 3 / 4 steps
     tdm, sdm = CountingUNet(tiny_pipe.unet), CountingUNet(tiny_pipe.subject_unet)
     tiny_pipe.unet, tiny_pipe.subject_unet = tdm, sdm
@@ -130,6 +134,10 @@ def test_unet_evaluations_per_stage(tiny_pipe, face_image, base, per_step):
     # REFERENCE section 8 at T = 50: 130 (text) or 165 (null) evaluations.
     total_50 = sum(sum(per_step[s]) for s in [Stage.TEXT] * 15 + [Stage.FUSION] * 15 + [Stage.SUBJECT] * 20)
     assert total_50 == {"text": 130, "null": 165}[base]
+    # ... and the pipeline calls its UNets as often as that table says.
+    assert sum(rows for _, rows in tdm.calls + sdm.calls) == unet_evaluations_per_image(
+        stage_schedule(steps, alpha, beta), base
+    )
 
 
 def test_fusion_trace_shows_who_drew_what(tiny_pipe, face_image):
@@ -160,7 +168,7 @@ def test_references_change_only_the_subject_model(tiny_pipe, face_image):
     assert not np.allclose(a, b)
     a = run(tiny_pipe, "a man <|image|> on a boat", [face_image], alpha=1.0, beta=1.0).images
     b = run(tiny_pipe, "a man <|image|> on a boat", [other], alpha=1.0, beta=1.0).images
-    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, b)  # exact by construction: the same weights and inputs reach the same kernels
 
 
 def test_several_photos_of_one_person_are_averaged(tiny_pipe, face_image):
@@ -190,7 +198,11 @@ def test_save_and_load_round_trip(tiny_pipe, face_image, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     a = run(tiny_pipe, "a man <|image|> on a boat", [face_image]).images
     b = run(loaded, "a man <|image|> on a boat", [face_image]).images
-    np.testing.assert_array_equal(a, b)
+    # The weights are equal (above), but safetensors storages sit at other memory alignments, and some CPUs then run
+    # another matmul kernel: 6e-7 apart on an AMD EPYC, and one ulp on every weight moves these pixels by 1e-6. What
+    # the images protect is everything else the folder must carry: a lost scheduler setting, VAE scaling factor or
+    # a swapped model moves them by 1e-2 or more.
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
 def test_callback_can_replace_latents(tiny_pipe):
@@ -214,6 +226,10 @@ def test_callback_can_replace_latents(tiny_pipe):
         ({"alpha": 0.8, "beta": 0.5}, "must not exceed"),
         ({"beta": 1.2}, r"\[0, 1\]"),
         ({"guidance_scale": -1.0}, "non-negative"),
+        ({"guidance_scale": float("nan")}, "finite"),
+        ({"subject_guidance_scale": float("inf")}, "finite"),
+        ({"subject_guidance_base": "paper"}, "paper"),
+        ({"smoothing_kernel_size": 0}, "smoothing_kernel_size"),
         ({"output_type": "jpeg"}, "output_type"),
     ],
 )
@@ -253,4 +269,4 @@ def test_a_folder_is_several_photos_of_one_person(tiny_pipe, face_image, tmp_pat
     face_image.rotate(90).save(folder / "b.jpg")
     from_folder = run(tiny_pipe, "a man <|image|>", [folder]).images
     from_list = run(tiny_pipe, "a man <|image|>", [[folder / "a.png", folder / "b.jpg"]]).images
-    np.testing.assert_array_equal(from_folder, from_list)
+    np.testing.assert_array_equal(from_folder, from_list)  # exact by construction: the same files, pipeline, kernels

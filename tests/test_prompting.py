@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from facediffuser.prompting import strip_placeholders, tokenize_prompt
+from facediffuser.prompting import check_placeholders, strip_placeholders, tokenize_prompt
 from facediffuser.tokenizer import load_clip_tokenizer
 
 
@@ -59,3 +59,21 @@ def test_long_prompt_warns_with_the_cut_text(tokenizer, caplog):
 def test_placeholder_lost_to_truncation_is_an_error(tokenizer):
     with pytest.raises(ValueError, match="beyond the 77-token limit"):
         tokenize_prompt(tokenizer, "very " * 80 + "a man <|image|>")
+
+
+@pytest.mark.parametrize(
+    "prompt", ["a man <|image|><|image|>", "a man <|image|> <|image|>", "a man <|image|>, <|image|> at sea"]
+)
+def test_adjacent_placeholders_are_refused_with_what_to_write(tokenizer, prompt):
+    # Issue 11: both photos landed on "man", and the second overwrote the first, with exit 0.
+    with pytest.raises(ValueError, match="no word between them") as caught:
+        tokenize_prompt(tokenizer, prompt)
+    assert "a man <|image|> and a woman <|image|>" in str(caught.value)
+    with pytest.raises(ValueError, match="no word between them"):
+        check_placeholders(prompt)
+
+
+def test_check_placeholders_counts_well_placed_ones():
+    assert check_placeholders("a man <|image|> and a woman<|image|>, smiling") == 2
+    assert check_placeholders("a landscape") == 0
+    assert check_placeholders("un homme <|image|> et une femme <|image|>") == 2

@@ -6,6 +6,12 @@ file (``--config``), then the flags actually given.
 
 Field metadata understood: ``help``, ``flag`` (another flag name), ``short`` (e.g. ``"-p"``), ``repeat`` (a list field
 whose flag may be given several times, e.g. ``--ref a --ref b``).
+
+A field whose type is itself a dataclass (e.g. ``sampling: SamplingSettings``) is *flattened*: each of its fields
+becomes a flag of its own (``--alpha``), its help and default come from that dataclass, and ``metadata["flags"]`` on
+the outer field renames some of them (``{"num_inference_steps": "--steps"}``). The inner dataclass is built from the
+flags and validates itself; its error messages name the flags (a field written ```alpha``` becomes ``--alpha``).
+In a TOML file and in :func:`config_to_dict` its fields stand at the top level, beside the outer ones.
 """
 
 from __future__ import annotations
@@ -36,16 +42,54 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def _flag(field: dataclasses.Field) -> str:
+def _flag(field: dataclasses.Field, renames: dict[str, str] | None = None) -> str:
+    if renames and field.name in renames:
+        return renames[field.name]
     return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Adds one flag per field of ``cls``. Flags not given leave no attribute (so the layers can be merged)."""
+def _nested(cls: type) -> dict[str, tuple[type, dict[str, str]]]:
+    """``{field name: (dataclass type, flag renames)}`` of the fields of ``cls`` that are flattened dataclasses."""
     hints = typing.get_type_hints(cls)
+    out = {}
     for field in dataclasses.fields(cls):
         tp = _unwrap_optional(hints[field.name])
-        names = [_flag(field)] + ([field.metadata["short"]] if "short" in field.metadata else [])
+        if dataclasses.is_dataclass(tp):
+            out[field.name] = (tp, dict(field.metadata.get("flags", {})))
+    return out
+
+
+def flag_names(cls: type) -> dict[str, str]:
+    """``{destination: flag}`` of every flag that :func:`add_dataclass_arguments` adds for ``cls``."""
+    nested = _nested(cls)
+    out: dict[str, str] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in nested:
+            inner, renames = nested[field.name]
+            out.update({f.name: _flag(f, renames) for f in dataclasses.fields(inner)})
+        else:
+            out[field.name] = _flag(field)
+    return out
+
+
+def name_flags(message: str, flags: dict[str, str]) -> str:
+    """``message`` with each ```field``` (a library message's name for a setting) written as its flag."""
+    for name, flag in flags.items():
+        message = message.replace(f"`{name}`", flag)
+    return message
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, renames: dict[str, str] | None = None) -> None:
+    """Adds one flag per field of ``cls``. Flags not given leave no attribute (so the layers can be merged)."""
+    hints = typing.get_type_hints(cls)
+    nested = _nested(cls)
+    for field in dataclasses.fields(cls):
+        if field.name in nested:
+            inner, inner_renames = nested[field.name]
+            add_dataclass_arguments(parser, inner, inner_renames)
+            continue
+        tp = _unwrap_optional(hints[field.name])
+        names = [_flag(field, renames)] + ([field.metadata["short"]] if "short" in field.metadata else [])
         kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
         help_text = field.metadata.get("help", "")
         has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
@@ -102,30 +146,53 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             raise ValueError(f"{path} is not valid TOML: {err}") from err
 
 
-def build_config(cls: type[T], namespace: argparse.Namespace | None = None, config_file: str | Path | None = None) -> T:
-    """``cls`` from its defaults, then ``config_file`` (TOML, keys are field names), then the flags in ``namespace``.
+def build_config(
+    cls: type[T],
+    namespace: argparse.Namespace | None = None,
+    config_file: str | Path | None = None,
+    base: dict[str, Any] | None = None,
+) -> T:
+    """``cls`` from its defaults, then ``base`` (e.g. the settings recorded in an image), then ``config_file`` (TOML,
+    keys are field names), then the flags in ``namespace``.
 
-    Raises ``ValueError`` for unknown keys in the file and for required fields that were never given.
+    Raises ``ValueError`` for unknown keys in the file and for required fields that were never given; an invalid
+    value of a flattened dataclass raises its own ``ValueError``, with the flags named.
     """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(base or {})
     if config_file is not None:
         data = load_toml(config_file)
-        unknown = sorted(set(data) - names)
+        known = set(flag_names(cls))
+        unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown setting(s) {unknown} in {config_file}; known: {sorted(names)}.")
+            raise ValueError(f"Unknown setting(s) {unknown} in {config_file}; known: {sorted(known)}.")
         values.update(data)
     if namespace is not None:
-        values.update({k: v for k, v in vars(namespace).items() if k in names})
-    missing = [
-        _flag(f)
-        for f in dataclasses.fields(cls)
-        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
+        values.update(vars(namespace))
+    return _build(cls, values)
+
+
+def _build(cls: type[T], values: dict[str, Any], renames: dict[str, str] | None = None) -> T:
+    hints = typing.get_type_hints(cls)
+    nested = _nested(cls)
+    kwargs: dict[str, Any] = {}
+    missing = []
+    for field in dataclasses.fields(cls):
+        if field.name in nested:
+            inner, inner_renames = nested[field.name]
+            kwargs[field.name] = _build(inner, values, inner_renames)
+        elif field.name in values:
+            kwargs[field.name] = _coerce(values[field.name], hints[field.name])
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            missing.append(_flag(field, renames))
     if missing:
         raise ValueError(f"Missing required setting(s): {', '.join(missing)}.")
-    return cls(**{k: _coerce(v, hints[k]) for k, v in values.items()})
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        if renames is None:
+            raise
+        flags = {f.name: _flag(f, renames) for f in dataclasses.fields(cls)}
+        raise ValueError(name_flags(str(err), flags)) from err
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -140,4 +207,11 @@ def config_to_dict(config: Any) -> dict[str, Any]:
             return [plain(x) for x in v]
         return v
 
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            out.update(config_to_dict(value))  # flattened, as its flags are
+        else:
+            out[f.name] = plain(value)
+    return out

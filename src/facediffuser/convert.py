@@ -20,12 +20,14 @@ import logging
 import os
 import pickle
 import re
+import secrets
 import shutil
-import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -43,31 +45,125 @@ _OLD_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_att
 CLIP_VISION_HEAD_DIM = 64
 
 
-def load_state_dict(path: str | os.PathLike) -> StateDict:
-    """A flat ``{name: tensor}`` from ``.bin``/``.pt`` (``torch.load(weights_only=True)``) or ``.safetensors``.
+def _first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of an error message, shortened: a one-line error stays one line."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file holds pickled objects other than tensors, or is not a state dict.
-    """
+
+def _file_format(path: Path) -> str:
+    """What the first bytes say a checkpoint file is: ``empty``, ``safetensors``, ``zip`` (torch.save), ``pickle``
+    (older torch.save) or ``unknown``. The name does not decide: files get renamed."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(9)
+    except PermissionError as err:
+        raise ValueError(f"{path} cannot be read ({_first_line(err)}): check its permissions.") from err
+    if size == 0:
+        return "empty"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(b"\x80"):  # pickle protocol 2 and later
+        return "pickle"
+    return "unknown"
+
+
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """Reads only the header of a ``.safetensors`` file: a renamed ``.bin``, a truncated or a damaged file is a
+    ``ValueError`` that says which, before any model loads."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as err:
+    kind = _file_format(path)
+    if kind == "empty":
+        raise ValueError(f"{path} is empty (0 bytes): the download or copy did not finish. Download it again.")
+    if kind in ("zip", "pickle"):
         raise ValueError(
-            f"{path} is not a plain state dict of tensors, so it was not loaded: unpickling it could run code. "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+            f"{path} is a PyTorch pickle file (a .bin) named .safetensors. Rename it to .bin: a .bin is read with "
+            "torch.load(weights_only=True), which runs no code."
+        )
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({_first_line(err)}): it is damaged or truncated. "
+            "Download it again."
         ) from err
+
+
+def load_state_dict(path: str | os.PathLike) -> StateDict:
+    """A flat ``{name: tensor}`` from ``.bin``/``.pt`` (``torch.load(weights_only=True)``) or ``.safetensors``.
+
+    The file's first bytes decide how it is read, so a safetensors file named ``.bin`` loads; a pickle named
+    ``.safetensors`` is refused (its name promised no pickle).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is empty, truncated or damaged; holds pickled objects other than tensors (unpickling
+            them could run code); or is not a state dict. The message says which.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give the checkpoint file in it (e.g. {path / 'pytorch_model.bin'}).")
+    kind = _file_format(path)
+    if kind == "empty":
+        raise ValueError(f"{path} is empty (0 bytes): the download or copy did not finish. Download it again.")
+    if kind == "safetensors" or path.suffix == ".safetensors":
+        check_safetensors_file(path)
+        obj = load_file(path)
+    else:
+        damaged = (
+            f"{path} is damaged or truncated, so it was not loaded: download or copy it again. "
+            f"(The file is {path.stat().st_size} bytes"
+        )
+        if kind == "zip" and not zipfile.is_zipfile(path):
+            raise ValueError(damaged + "; its zip archive has no end.)")
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            if re.search(r"\bGLOBAL\b", str(err)):  # weights_only met a class or function: pickled code
+                raise ValueError(
+                    f"{path} holds pickled objects other than tensors, so it was not loaded: unpickling it could "
+                    f"run code. Use a plain state dict of tensors, or a .safetensors file. ({_first_global(err)})"
+                ) from err
+            if kind == "unknown":
+                raise ValueError(
+                    f"{path} is not a PyTorch or safetensors checkpoint (its first bytes are neither): is it the "
+                    "right file?"
+                ) from err
+            raise ValueError(damaged + f"; {_first_line(err, 100)})") from err
+        except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as err:
+            detail = f"{type(err).__name__}: {_first_line(err, 100)}" if str(err).strip() else type(err).__name__
+            raise ValueError(damaged + f"; {detail})") from err
     for wrapper in ("state_dict", "module", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors).")
     return obj
+
+
+def _first_global(err: pickle.UnpicklingError) -> str:
+    """The refused global as torch's weights-only message names it, e.g. ``pickled global: os.system``."""
+    m = re.search(r"GLOBAL\s+([\w.]+)", str(err))
+    return f"pickled global: {m.group(1)}" if m else "a pickled global"
+
+
+def check_finite(state: StateDict, source: str | os.PathLike) -> None:
+    """Refuses NaN or infinite weights, naming the first such tensor: they would make every image black or noise."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            what = "NaN" if bool(torch.isnan(tensor).any()) else "infinite values"
+            raise ValueError(
+                f"{source}: tensor {name} holds {what}, so it was not converted. The file is damaged or comes from "
+                "a diverged training run: use another copy."
+            )
 
 
 def strip_prefix(state: StateDict, prefix: str) -> StateDict:
@@ -88,17 +184,51 @@ def map_old_vae_attention(state: StateDict) -> StateDict:
     return out
 
 
-def _load_exact(model: torch.nn.Module, state: StateDict, what: str) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"The {what} weights do not fit the expected architecture: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})."
-        )
+def _count(items: list, one: str, many: str) -> str:
+    return f"{len(items)} {one if len(items) == 1 else many}"
 
 
-def image_encoder_config_from_state(state: StateDict) -> CLIPVisionConfig:
+def _load_exact(model: torch.nn.Module, state: StateDict, what: str, source: str | os.PathLike, hint: str) -> None:
+    """Loads ``state`` into ``model`` only if every name and shape fits; otherwise one sentence saying what differs."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        problems = []
+        if reshaped:
+            k = reshaped[0]
+            problems.append(
+                f"{_count(reshaped, 'tensor has', 'tensors have')} another shape "
+                f"(e.g. {k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} expected)"
+            )
+        if missing:
+            problems.append(f"{_count(missing, 'is', 'are')} missing (e.g. {missing[:2]})")
+        if unexpected:
+            problems.append(f"{_count(unexpected, 'is', 'are')} unexpected (e.g. {unexpected[:2]})")
+        raise ValueError(f"The {what} weights in {source} do not fit: {'; '.join(problems)}. {hint}")
+    model.load_state_dict(state)
+
+
+# The shapes the image encoder's configuration is read from (ViT-L/14 in the release).
+_VISION_SHAPE_KEYS = (
+    "vision_model.embeddings.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight",
+    "vision_model.embeddings.position_embedding.weight",
+    "vision_model.encoder.layers.0.mlp.fc1.weight",
+    "visual_projection.weight",
+)
+
+
+def image_encoder_config_from_state(state: StateDict, source: str | os.PathLike = "the checkpoint") -> CLIPVisionConfig:
     """Infers a CLIP vision config from ``vision_model.*`` / ``visual_projection.*`` shapes (64-wide heads)."""
+    missing = [k for k in _VISION_SHAPE_KEYS if k not in state]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(
+            f"{source} lacks image_encoder.{missing[0]}{more}, so the image encoder's shape cannot be read: the "
+            "checkpoint is incomplete or not the SDM (or FastComposer) one. Download it again."
+        )
     hidden = state["vision_model.embeddings.class_embedding"].shape[0]
     patch = state["vision_model.embeddings.patch_embedding.weight"].shape[-1]
     positions = state["vision_model.embeddings.position_embedding.weight"].shape[0]
@@ -120,14 +250,105 @@ def _read_config(path: str | os.PathLike) -> dict:
         path = path / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"Config not found: {path}")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({_first_line(err)}): copy it again.") from err
 
 
-def _check_sd_folder(folder: Path) -> None:
-    missing = [p for p in ("tokenizer", "scheduler", "unet", "text_encoder", "vae") if not (folder / p).is_dir()]
+_SD_PARTS = ("tokenizer", "scheduler", "unet", "text_encoder", "vae")
+_SD_CONFIGS = ("unet/config.json", "text_encoder/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+
+
+def _check_weights(folder: Path, stem: str, alternative: str = "") -> None:
+    """``folder`` must hold ``{stem}.safetensors`` (or its shards), readable: checked before any model loads."""
+    single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+    if single.is_file():
+        check_safetensors_file(single)
+        return
+    if index.is_file():
+        for shard in sorted(set(_read_config(index).get("weight_map", {}).values())):
+            check_safetensors_file(folder / shard)
+        return
+    held = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".ckpt", ".pt"))
+    if held:
+        raise ValueError(
+            f"{folder} holds {', '.join(held)} but no {single.name}: facediffuser reads only that file (no pickles, "
+            f"no variants). Download {single.name} into {folder}."
+        )
+    raise ValueError(f"{folder} holds no weights: download {single.name} into it{alternative}.")
+
+
+def _check_sd_folder(folder: Path, *, need_unet_weights: bool) -> None:
+    """Everything convert will read from the SD v1.5 folder, checked before any model loads."""
+    if not folder.exists():
+        raise FileNotFoundError(f"SD v1.5 folder not found: {folder}")
+    missing = [p for p in _SD_PARTS if not (folder / p).is_dir()]
     if missing:
         lacking = ", ".join(p + "/" for p in missing)
-        raise ValueError(f"{folder} is not an SD v1.5 diffusers folder: it lacks {lacking}.")
+        raise ValueError(
+            f"{folder} is not an SD v1.5 diffusers folder: it lacks {lacking}. Download the whole diffusers folder."
+        )
+    missing = [c for c in _SD_CONFIGS if not (folder / c).is_file()]
+    if missing:
+        raise ValueError(f"{folder} lacks {', '.join(missing)}: download the whole SD v1.5 diffusers folder again.")
+    tokenizer = folder / "tokenizer"
+    if not (tokenizer / "tokenizer.json").is_file() and not all(
+        (tokenizer / f).is_file() for f in ("vocab.json", "merges.txt")
+    ):
+        raise ValueError(
+            f"{tokenizer} holds no tokenizer (vocab.json and merges.txt, or tokenizer.json): copy SD v1.5's "
+            "tokenizer/ folder again."
+        )
+    if need_unet_weights:
+        _check_weights(folder / "unet", "diffusion_pytorch_model", " (or pass --tdm or --scene-model)")
+
+
+def _load_tokenizer(sd: Path) -> CLIPTokenizer:
+    """SD's tokenizer, refused unless its vocabulary is the text encoder's and its prompts fit its positions."""
+    folder = sd / "tokenizer"
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    except Exception as err:  # the tokenizers library raises its own, unexported exception types
+        raise ValueError(
+            f"{folder} could not be read as a CLIP tokenizer ({_first_line(err)}): copy SD v1.5's tokenizer/ again."
+        ) from err
+    _read_config(sd / "text_encoder")  # valid JSON, or a sentence naming the file
+    text = CLIPTextConfig.from_pretrained(sd / "text_encoder")
+    vocab, positions = text.vocab_size, text.max_position_embeddings
+    if len(tokenizer) != vocab:
+        raise ValueError(
+            f"{folder} has {len(tokenizer)} tokens but the text encoder embeds {vocab}: they do not belong "
+            "together. Copy SD v1.5's tokenizer/ folder again."
+        )
+    if tokenizer.model_max_length > positions:
+        raise ValueError(
+            f"{folder} allows {tokenizer.model_max_length} tokens per prompt but the text encoder has {positions} "
+            f"positions: set model_max_length to {positions} in its tokenizer_config.json."
+        )
+    return tokenizer
+
+
+def _check_scene_model(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"Scene model not found: {path}")
+    if path.is_dir():
+        folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
+        if (folder / "config.json").is_file():
+            _check_weights(folder, "diffusion_pytorch_model")
+    elif path.suffix == ".safetensors":
+        check_safetensors_file(path)
+
+
+def _check_release_file(path: str | os.PathLike, flag: str) -> None:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{flag} checkpoint not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a folder: give the pytorch_model.bin in it.")
+
+
+SDM_HINT = "Is --sdm the SDM (or FastComposer) checkpoint, and --sd15 the SD v1.x folder it was trained from?"
 
 
 def convert_release(
@@ -138,6 +359,9 @@ def convert_release(
     image_encoder_config: str | os.PathLike | None = None,
 ) -> FaceDiffuserPipeline:
     """Builds a :class:`FaceDiffuserPipeline` from the released files.
+
+    Every input is checked before any model loads, and every weight is checked to be finite; a bad input is a
+    ``ValueError`` (or ``FileNotFoundError``) that says what to do.
 
     Args:
         sd_folder: an SD v1.5 diffusers folder (tokenizer, scheduler, configs; its VAE/text encoder/UNet fill in what
@@ -151,9 +375,18 @@ def convert_release(
     if tdm_checkpoint is not None and scene_model is not None:
         raise ValueError("Give either a TDM checkpoint or a scene model, not both: both would be the TDM.")
     sd = Path(sd_folder)
-    _check_sd_folder(sd)
-    sdm_state = load_state_dict(sdm_checkpoint)
+    _check_sd_folder(sd, need_unet_weights=tdm_checkpoint is None and scene_model is None)
+    _check_release_file(sdm_checkpoint, "--sdm")
+    if tdm_checkpoint is not None:
+        _check_release_file(tdm_checkpoint, "--tdm")
+    if scene_model is not None:
+        _check_scene_model(Path(scene_model))
+    if image_encoder_config is not None and not Path(image_encoder_config).exists():
+        raise FileNotFoundError(f"Image encoder config not found: {image_encoder_config}")
+    tokenizer = _load_tokenizer(sd)
 
+    sdm_state = load_state_dict(sdm_checkpoint)
+    check_finite(sdm_state, sdm_checkpoint)
     prefixes = ("unet", "text_encoder", "image_encoder", "postfuse_module", "vae")
     parts = {p: strip_prefix(sdm_state, p + ".") for p in prefixes}
     for needed in ("unet", "image_encoder", "postfuse_module"):
@@ -162,52 +395,76 @@ def convert_release(
                 f"{sdm_checkpoint} holds no '{needed}.*' keys: is it the SDM (or FastComposer) checkpoint?"
             )
 
+    # The shapes the image encoder and the fuser are built from, read before any model is built.
+    if image_encoder_config is not None:
+        vision_config = CLIPVisionConfig.from_pretrained(image_encoder_config)
+        vision_hint = "Does --image-encoder-config describe the checkpoint's image encoder?"
+    else:
+        vision_config = image_encoder_config_from_state(parts["image_encoder"], sdm_checkpoint)
+        vision_hint = "Pass --image-encoder-config with the CLIP vision config.json it was trained with."
+    if "layer_norm.weight" not in parts["postfuse_module"]:
+        raise ValueError(
+            f"{sdm_checkpoint} lacks postfuse_module.layer_norm.weight, so the subject fuser's width cannot be read: "
+            "the checkpoint is incomplete. Download it again."
+        )
+
     unet_config = _read_config(sd / "unet")
     subject_unet = UNet2DConditionModel.from_config(unet_config)
-    _load_exact(subject_unet, parts["unet"], "SDM UNet")
+    _load_exact(subject_unet, parts["unet"], "SDM UNet", sdm_checkpoint, SDM_HINT)
 
     if scene_model is not None:
-        unet = load_scene_unet(scene_model, like=subject_unet)
+        try:
+            unet = load_scene_unet(scene_model, like=subject_unet)
+        except RuntimeError as err:  # a tensor of another shape; torch names it on a later line
+            lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line] or [str(err)]
+            raise ValueError(
+                f"{scene_model} does not fit an SD1.x UNet like the SDM's ({_first_line(lines[0], 200)}): give an "
+                "SD v1.x UNet."
+            ) from err
+        check_finite(unet.state_dict(), scene_model)
     elif tdm_checkpoint is not None:
-        tdm_unet = strip_prefix(load_state_dict(tdm_checkpoint), "unet.")
+        tdm_state = load_state_dict(tdm_checkpoint)
+        check_finite(tdm_state, tdm_checkpoint)
+        tdm_unet = strip_prefix(tdm_state, "unet.")
         if not tdm_unet:
             raise ValueError(f"{tdm_checkpoint} holds no 'unet.*' keys: is it the TDM checkpoint?")
         unet = UNet2DConditionModel.from_config(unet_config)
-        _load_exact(unet, tdm_unet, "TDM UNet")
+        hint = "Is --tdm the TDM checkpoint of the same SD v1.x model as --sdm?"
+        _load_exact(unet, tdm_unet, "TDM UNet", tdm_checkpoint, hint)
     else:
         logger.info("No TDM given: the SD v1.5 UNet of %s draws the scene.", sd)
         unet = UNet2DConditionModel.from_pretrained(sd / "unet", use_safetensors=True)
+        check_finite(unet.state_dict(), sd / "unet")
 
     if parts["text_encoder"]:
         text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(sd / "text_encoder"))
         # transformers 4 nests the CLIP text transformer under `text_model.`; transformers 5 does not.
         nested = any(k.startswith("text_model.") for k in text_encoder.state_dict())
         state = {("text_model." if nested else "") + k: v for k, v in parts["text_encoder"].items()}
-        _load_exact(text_encoder, state, "text encoder")
+        _load_exact(text_encoder, state, "text encoder", sdm_checkpoint, SDM_HINT)
     else:
+        _check_weights(sd / "text_encoder", "model")
         text_encoder = CLIPTextModel.from_pretrained(sd / "text_encoder", use_safetensors=True)
+        check_finite(text_encoder.state_dict(), sd / "text_encoder")
 
     if parts["vae"]:
         vae = AutoencoderKL.from_config(_read_config(sd / "vae"))
-        _load_exact(vae, map_old_vae_attention(parts["vae"]), "VAE")
+        _load_exact(vae, map_old_vae_attention(parts["vae"]), "VAE", sdm_checkpoint, SDM_HINT)
     else:
+        _check_weights(sd / "vae", "diffusion_pytorch_model")
         vae = AutoencoderKL.from_pretrained(sd / "vae", use_safetensors=True)
+        check_finite(vae.state_dict(), sd / "vae")
 
-    vision_config = (
-        CLIPVisionConfig.from_pretrained(image_encoder_config)
-        if image_encoder_config is not None
-        else image_encoder_config_from_state(parts["image_encoder"])
-    )
     image_encoder = CLIPVisionModelWithProjection(vision_config)
-    _load_exact(image_encoder, parts["image_encoder"], "image encoder")
+    _load_exact(image_encoder, parts["image_encoder"], "image encoder", sdm_checkpoint, vision_hint)
 
     fuser = SubjectFuser(embed_dim=parts["postfuse_module"]["layer_norm.weight"].shape[0])
-    _load_exact(fuser, parts["postfuse_module"], "subject fuser")
+    _load_exact(fuser, parts["postfuse_module"], "subject fuser", sdm_checkpoint, SDM_HINT)
 
     pipe = FaceDiffuserPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(sd / "tokenizer"),
+        tokenizer=tokenizer,
         unet=unet,
         subject_unet=subject_unet,
         image_encoder=image_encoder,
@@ -217,19 +474,109 @@ def convert_release(
     return pipe.to(torch.float32)
 
 
-def save_pipeline_atomically(pipe: FaceDiffuserPipeline, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Writes the pipeline folder under a temporary name beside ``out`` and renames it: never a half folder."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"{out} already exists; choose another output folder or pass --overwrite.")
+def _protected_reason(target: Path) -> str | None:
+    """Why ``--overwrite`` must never delete ``target`` (an absolute, resolved path), or None."""
+    if target == Path(target.anchor):
+        return "the root folder"
+    if target == Path.home().resolve():
+        return "your home folder"
+    cwd = Path.cwd().resolve()
+    if target == cwd:
+        return "the current folder"
+    if target in cwd.parents:
+        return "a folder above the current one"
+    return None
+
+
+def check_output_folder(
+    out: str | os.PathLike, *, overwrite: bool = False, inputs: tuple[str | os.PathLike, ...] | list = ()
+) -> Path:
+    """Checks ``out`` before any model loads and returns it as an absolute path.
+
+    ``out`` may be new (its nearest existing parent must be a folder this user can write to), or, with
+    ``overwrite``, an existing pipeline folder (one holding a ``model_index.json``) that is not the root, the home
+    folder, the current folder or one above it, and does not hold any of ``inputs``.
+    """
+    out = Path(os.path.abspath(Path(out).expanduser()))
+    if os.path.lexists(out):
+        if not overwrite:
+            raise ValueError(f"{out} already exists; choose another output folder or pass --overwrite.")
+        if out.is_symlink():
+            raise ValueError(f"{out} is a symbolic link; --overwrite replaces only a real pipeline folder.")
+        if not out.is_dir():
+            raise ValueError(f"{out} is a file, not a pipeline folder; choose another output folder.")
+        target = out.resolve()
+        reason = _protected_reason(target)
+        if reason:
+            raise ValueError(f"--overwrite would delete {out}, {reason}: choose a new folder for --out.")
+        for given in inputs:
+            path = Path(given).expanduser().resolve()
+            if path == target or target in path.parents:
+                which = "is" if path == target else "holds"
+                raise ValueError(
+                    f"--overwrite would delete {out}, which {which} the input {given}: choose another --out."
+                )
+        if not (out / "model_index.json").is_file():
+            raise ValueError(
+                f"{out} is not a pipeline folder (it has no model_index.json), so --overwrite does not replace it: "
+                "choose a new folder for --out."
+            )
+        return out
+    parent = out.parent
+    while not parent.exists():
+        if os.path.lexists(parent):  # a dangling symbolic link
+            raise ValueError(f"{parent} is a broken symbolic link: choose another --out.")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{out} lies below {parent}, which is a file, not a folder: choose another --out.")
+    probe = _sibling(parent / "probe", "write-test")
+    try:  # a real write, not os.access: root passes os.access on read-only file systems too
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise ValueError(
+            f"Cannot write in {parent} ({_first_line(err)}): choose an --out in a folder you can write to."
+        ) from err
+    return out
+
+
+def _sibling(out: Path, tag: str) -> Path:
+    return out.with_name(f".{out.name}.{tag}-{secrets.token_hex(4)}")
+
+
+def save_pipeline_atomically(
+    pipe: FaceDiffuserPipeline,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    inputs: tuple[str | os.PathLike, ...] | list = (),
+) -> Path:
+    """Writes the pipeline folder beside ``out`` and swaps it in only once it is complete.
+
+    A failed or interrupted save leaves no half folder and, with ``overwrite``, the old folder intact; the old one
+    is deleted only after the new one is in place. :func:`check_output_folder` decides what may be overwritten.
+    The folder follows the user's umask (no private temporary-folder mode).
+    """
+    out = check_output_folder(out, overwrite=overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    new = _sibling(out, "new")
+    new.mkdir()  # mode 0o777 less the umask, unlike tempfile.mkdtemp's 0o700
+    old = None
     try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        pipe.save_pretrained(new, safe_serialization=True)
+        check_output_folder(out, overwrite=overwrite, inputs=inputs)  # nothing changed while it was written
+        if os.path.lexists(out):
+            old = _sibling(out, "old")
+            out.rename(old)
+        new.rename(out)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not os.path.lexists(out):
+            old.rename(out)  # the swap failed half-way: the old folder goes back
+            old = None
+        if new.exists():
+            shutil.rmtree(new, ignore_errors=True)
+    if old is not None:
+        try:
+            shutil.rmtree(old)
+        except OSError as err:  # the new folder is in place: say what is left over rather than fail
+            logger.warning("Wrote %s, but could not delete the folder it replaced, %s: %s", out, old, err)
     return out

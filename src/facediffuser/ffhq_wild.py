@@ -96,8 +96,11 @@ def parse_annotation(data: Any, image_id: str) -> tuple[str, list[Segment]]:
     if not isinstance(data, dict) or not isinstance(data.get("caption"), str):
         raise ValueError(f"{image_id}.json has no 'caption' string.")
     caption = data["caption"]
+    listed = data.get("segments", [])
+    if not isinstance(listed, list):
+        raise ValueError(f"{image_id}.json has 'segments' of type {type(listed).__name__}, not a list.")
     segments = []
-    for k, seg in enumerate(data.get("segments", [])):
+    for k, seg in enumerate(listed):
         try:
             bbox = tuple(float(v) for v in seg["bbox"])
             segment = Segment(int(seg["id"]), bbox, str(seg["coco_label"]), int(seg["end"]))
@@ -113,6 +116,13 @@ def person_segments(caption: str, segments: Sequence[Segment]) -> list[Segment]:
     """The ``person`` segments whose ``end`` falls inside the caption (after a word), sorted by ``end``."""
     people = [s for s in segments if s.label == PERSON_LABEL and 0 < s.end <= len(caption) and caption[: s.end].strip()]
     return sorted(people, key=lambda s: s.end)
+
+
+def misplaced_people(caption: str, segments: Sequence[Segment]) -> list[Segment]:
+    """The ``person`` segments that :func:`person_segments` leaves out: ``end`` beyond the caption, or not after a
+    word of it. Such a person cannot get a placeholder and trains as no one."""
+    placed = set(person_segments(caption, segments))
+    return [s for s in segments if s.label == PERSON_LABEL and s not in placed]
 
 
 def box_inside(bbox: tuple[float, float, float, float], width: int, height: int) -> bool:

@@ -1,10 +1,11 @@
 """Guidance responses, three-stage schedule and Saliency-adaptive Noise Fusion (SNF).
 
-Pure, shape-generic tensor functions; the pipeline only calls them. Notation follows the paper
-("High-fidelity Person-centric Subject-to-Image Synthesis", Wang et al., CVPR 2024):
+Pure, shape-generic tensor functions and tables; the Face-diffuser step (:mod:`facediffuser.step`) and through it the
+pipeline only call them. Notation follows the paper ("High-fidelity Person-centric Subject-to-Image Synthesis", Wang et
+al., CVPR 2024):
 
 * ``eps(x | cond)`` is a UNet's noise prediction, ``w`` the guidance scale and ``0`` the empty prompt.
-* Sec. 3.2.3, guidance responses:
+* Sec. 3.2.3, guidance responses (:class:`Guidance`, :data:`TEXT_MODEL_GUIDANCE`, :data:`SUBJECT_MODEL_GUIDANCE`):
     - TDM (eq. 1):   ``R_T = eps_T(c) - eps_T(0)``,       ``eps_T = eps_T(0) + w * R_T``
     - SDM:           ``R_S = eps_S(c_aug) - eps_S(c)``    (the response to the reference images alone)
       - paper eq. 2 (:attr:`SubjectGuidanceBase.NULL`): ``eps_S = eps_S(0) + w * R_S``
@@ -25,11 +26,14 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 
+# ------------------------------------------------------------------ the three stages (Sec. 3.3)
 class Stage(enum.IntEnum):
     """The three sampling stages of the paper (Sec. 3.3, appendix algorithm)."""
 
@@ -47,10 +51,10 @@ class Stage(enum.IntEnum):
 
 
 class SubjectGuidanceBase(str, enum.Enum):
-    """What the SDM's guided prediction is anchored on (see the module docstring)."""
+    """What the SDM's guided prediction is anchored on; :data:`SUBJECT_MODEL_GUIDANCE` gives each one's rule."""
 
-    TEXT = "text"  # official release: eps_S(c) + w * R_S, 2 SDM evaluations per step
-    NULL = "null"  # paper eq. 2: eps_S(0) + w * R_S, 3 SDM evaluations per step
+    TEXT = "text"  # official release: eps_S(c) + w * R_S
+    NULL = "null"  # paper eq. 2: eps_S(0) + w * R_S
 
 
 class Smoothing(str, enum.Enum):
@@ -71,7 +75,8 @@ def stage_boundaries(num_steps: int, alpha: float, beta: float) -> tuple[int, in
 
     (``floor`` forgives float error: ``0.29 * 100`` counts as 29.)
 
-    Example: ``T = 50, alpha = 0.3, beta = 0.6`` gives 15 / 15 / 20 steps (REFERENCE section 8).
+    Example: ``T = 50`` with :class:`~facediffuser.settings.SamplingSettings`' default fractions (the paper's
+    Fig. 8) gives 15 / 15 / 20 steps (REFERENCE section 8).
     ``alpha = beta = 1`` is the TDM alone (plain Stable Diffusion); ``alpha = beta = 0`` the SDM alone.
     """
     check_stage_fractions(alpha, beta)
@@ -102,20 +107,105 @@ def stage_schedule(num_steps: int, alpha: float, beta: float) -> list[Stage]:
     return [Stage.TEXT if i < end_text else Stage.FUSION if i < end_fusion else Stage.SUBJECT for i in range(num_steps)]
 
 
+# ------------------------------------------------------------------ guidance responses, eqs. 1-2 (Sec. 3.2.3)
+class Condition(str, enum.Enum):
+    """The prompt embeddings a UNet is evaluated on (Sec. 3.2.3)."""
+
+    NULL = "0"  # the empty (or negative) prompt
+    TEXT = "c"  # the prompt with its placeholders removed
+    SUBJECT = "c_aug"  # the prompt with each class-noun token replaced by fuse(t, o)
+
+
 def guidance_response(eps_cond: torch.Tensor, eps_base: torch.Tensor) -> torch.Tensor:
     """``R = eps(cond) - eps(base)``: ``R_T`` with ``(c, 0)``, ``R_S`` with ``(c_aug, c)``."""
     return eps_cond - eps_base
 
 
-def guided_prediction(eps_base: torch.Tensor, response: torch.Tensor, guidance_scale: float) -> torch.Tensor:
-    """``eps = eps(base) + w * R`` (eqs. 1 and 2)."""
-    return eps_base + guidance_scale * response
+@dataclass(frozen=True)
+class Guidance:
+    """One model's guided prediction ``eps = eps(base) + w * R`` with ``R = eps(positive) - eps(negative)``.
+
+    ``conditions`` is the batch order of the model's one UNet call per step: its length is the number of UNet
+    evaluations the model costs per step and image.
+    """
+
+    conditions: tuple[Condition, ...]
+    base: Condition
+    positive: Condition
+    negative: Condition
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.conditions)
+
+    def __call__(self, predictions: Sequence[torch.Tensor], guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``predictions`` (one ``(B, C, H, W)`` chunk per condition, in order) -> ``(eps, w * R)``."""
+        if len(predictions) != len(self.conditions):
+            raise ValueError(
+                f"Got {len(predictions)} noise predictions for the {len(self.conditions)} conditions "
+                f"{[c.value for c in self.conditions]}: pass one chunk per condition, in that order."
+            )
+        eps = dict(zip(self.conditions, predictions))
+        scaled_response = guidance_scale * guidance_response(eps[self.positive], eps[self.negative])
+        return eps[self.base] + scaled_response, scaled_response
 
 
-def _gaussian_kernel1d(kernel_size: int, sigma: float, device, dtype) -> torch.Tensor:
-    x = torch.arange(kernel_size, device=device, dtype=dtype) - (kernel_size - 1) / 2
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
+# eq. 1: eps_T = eps_T(0) + w * (eps_T(c) - eps_T(0)), classifier-free guidance as in Stable Diffusion.
+TEXT_MODEL_GUIDANCE = Guidance(
+    conditions=(Condition.NULL, Condition.TEXT), base=Condition.NULL, positive=Condition.TEXT, negative=Condition.NULL
+)
+SUBJECT_MODEL_GUIDANCE: dict[SubjectGuidanceBase, Guidance] = {
+    # Official release: eps_S = eps_S(c) + w * (eps_S(c_aug) - eps_S(c)); the SDM never sees the empty prompt.
+    SubjectGuidanceBase.TEXT: Guidance(
+        conditions=(Condition.TEXT, Condition.SUBJECT),
+        base=Condition.TEXT,
+        positive=Condition.SUBJECT,
+        negative=Condition.TEXT,
+    ),
+    # Paper eq. 2: eps_S = eps_S(0) + w * (eps_S(c_aug) - eps_S(c)).
+    SubjectGuidanceBase.NULL: Guidance(
+        conditions=(Condition.NULL, Condition.TEXT, Condition.SUBJECT),
+        base=Condition.NULL,
+        positive=Condition.SUBJECT,
+        negative=Condition.TEXT,
+    ),
+}
+
+
+def stage_guidance(stage: Stage, base: SubjectGuidanceBase | str) -> tuple[Guidance | None, Guidance | None]:
+    """The guidance of the TDM and of the SDM at ``stage``; ``None`` for a model that the stage does not run."""
+    text = TEXT_MODEL_GUIDANCE if stage.uses_text_model else None
+    subject = SUBJECT_MODEL_GUIDANCE[SubjectGuidanceBase(base)] if stage.uses_subject_model else None
+    return text, subject
+
+
+def unet_evaluations(stage: Stage, base: SubjectGuidanceBase | str) -> tuple[int, int]:
+    """UNet evaluations per image of one step of ``stage``: ``(TDM, SDM)``."""
+    return tuple(0 if g is None else g.evaluations for g in stage_guidance(stage, base))
+
+
+def unet_evaluations_per_image(stages: Sequence[Stage], base: SubjectGuidanceBase | str) -> int:
+    """UNet evaluations of both models per image over a stage schedule (plain SD with CFG: ``2 * T``).
+
+    REFERENCE section 8: at ``T = 50`` with 15 / 15 / 20 steps, 130 with the release's base and 165 with eq. 2.
+    """
+    return sum(sum(unet_evaluations(stage, base)) for stage in stages)
+
+
+# ------------------------------------------------------------------ SNF, eqs. 3-5 (Sec. 3.3.1)
+def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float, padding_mode: str = "reflect") -> torch.Tensor:
+    """Separable gaussian blur of ``(B, C, H, W)``, same size out: ``kernel_size`` taps of standard deviation
+    ``sigma`` pixels, centred (an even kernel takes its extra tap on the right/bottom), borders padded with
+    ``padding_mode`` (``"reflect"`` or ``"replicate"``). Also the blur of the training augmentations."""
+    t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - (kernel_size - 1) / 2
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = x.shape[1]
+    left, right = (kernel_size - 1) // 2, kernel_size // 2
+    y = F.pad(x, (left, right, 0, 0), mode=padding_mode)
+    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, kernel_size), groups=c)
+    y = F.pad(y, (0, 0, left, right), mode=padding_mode)
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, kernel_size, 1), groups=c)
 
 
 def smooth(
@@ -150,14 +240,9 @@ def smooth(
     else:
         if sigma <= 0:
             raise ValueError(f"`smoothing_sigma` must be positive, got {sigma}.")
-        k = _gaussian_kernel1d(kernel_size, sigma, x.device, x.dtype)
-        c = x.shape[1]
-        left, right = (kernel_size - 1) // 2, kernel_size // 2
-        mode = "reflect" if min(h, w) > max(left, right) else "replicate"
-        y = F.pad(x, (left, right, 0, 0), mode=mode)
-        y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, kernel_size), groups=c)
-        y = F.pad(y, (0, 0, left, right), mode=mode)
-        y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, kernel_size, 1), groups=c)
+        # reflect padding needs more rows and columns than the kernel's half-width
+        mode = "reflect" if min(h, w) > kernel_size // 2 else "replicate"
+        y = gaussian_blur(x, kernel_size, sigma, mode)
     return y.mean(dim=1)
 
 

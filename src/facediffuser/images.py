@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,10 +21,33 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
-# Reference photos only feed a 224 px encoder: larger ones are shrunk on load to keep memory bounded.
+# Reference photos only feed a 224 px encoder: a few megapixels is plenty. Accepted photos are shrunk on load to
+# MAX_REFERENCE_SIDE; a file whose header promises more decoded pixel memory than MAX_DECODED_BYTES is refused before
+# any pixel is decoded (a small, well-compressed PNG can unpack to gigabytes).
 MAX_REFERENCE_SIDE = 2048
-# Refuse images whose header claims more pixels than this (PIL's decompression-bomb guard, made explicit).
-MAX_PIXELS = 200_000_000
+MAX_DECODED_BYTES = 100 * 2**20
+
+
+def decoded_bytes_per_pixel(mode: str) -> int:
+    """Memory per pixel of a decoded PIL image in ``mode``: PIL keeps every multi-band mode at 32 bits per pixel."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def check_decoded_size(name: str, size: tuple[int, int], mode: str, limit: int | None = None) -> None:
+    """Raises ``ValueError`` when an image of ``size`` and ``mode`` would take more than ``limit`` bytes decoded."""
+    limit = MAX_DECODED_BYTES if limit is None else limit
+    width, height = size
+    needed = width * height * decoded_bytes_per_pixel(mode)
+    if needed > limit:
+        raise ValueError(
+            f"{name} is too large: {width}x{height} pixels ({mode}) would take {needed / 2**20:,.0f} MB of memory "
+            f"once decoded, more than the {limit / 2**20:,.0f} MB allowed for a reference photo. The encoder sees "
+            "224x224 pixels, so a photo of about 1024 pixels on its longer side is plenty: downscale it first."
+        )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -44,12 +68,30 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# Modes that PIL resizes without losing information (palette and bi-level images are converted first).
+_RESIZABLE_MODES = ("L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F")
+
+
+def _shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """A new image at most ``max_side`` on its longer side (``image`` itself when it is small enough)."""
+    width, height = image.size
+    if max(width, height) <= max_side:
+        return image
+    scale = max_side / max(width, height)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
 def load_image(image: ImageInput, *, max_side: int | None = MAX_REFERENCE_SIDE) -> Image.Image:
     """Opens a path (or takes a PIL image) and returns an RGB image, honouring EXIF orientation.
 
+    The file's header is read first: an image that would take more than :data:`MAX_DECODED_BYTES` once decoded is
+    refused before decoding. A JPEG is decoded directly at a reduced scale when it is much larger than ``max_side``;
+    the image is shrunk to ``max_side`` on its longer side before it is converted to RGB.
+
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file is not a readable image, or is absurdly large.
+        ValueError: the file is not a readable image, or is too large.
     """
     if isinstance(image, Image.Image):
         img = image
@@ -60,22 +102,27 @@ def load_image(image: ImageInput, *, max_side: int | None = MAX_REFERENCE_SIDE) 
         if not path.is_file():
             raise FileNotFoundError(f"Reference image not found: {path}")
         try:
-            with Image.open(path) as opened:
-                if opened.width * opened.height > MAX_PIXELS:
-                    raise ValueError(
-                        f"{path} is {opened.width}x{opened.height} pixels, more than {MAX_PIXELS:,}: refusing to "
-                        "decode it. Downscale it first."
-                    )
+            with warnings.catch_warnings():  # PIL's bomb warning: the size check below decides, in words
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(path)
+            with opened:
+                if max_side is not None and opened.format == "JPEG" and max(opened.size) > max_side:
+                    scale = max_side / max(opened.size)
+                    opened.draft(None, (max(1, int(opened.width * scale)), max(1, int(opened.height * scale))))
+                check_decoded_size(name, opened.size, opened.mode)
                 opened.load()
-                img = ImageOps.exif_transpose(opened)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as err:
+                img = ImageOps.exif_transpose(opened, in_place=True) or opened
+        except Image.DecompressionBombError as err:
+            raise ValueError(f"{path} is too large to decode safely ({err}). Downscale it first.") from err
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
             raise ValueError(f"{path} cannot be read as an image ({err}). Is the file corrupt or truncated?") from err
     if img.width < 1 or img.height < 1:
         raise ValueError(f"{name} is empty ({img.width}x{img.height}).")
+    if max_side is not None and img.mode in _RESIZABLE_MODES:
+        img = _shrink(img, max_side)
     img = to_rgb(img)
-    if max_side is not None and max(img.size) > max_side:
-        img = img.copy()
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if max_side is not None:
+        img = _shrink(img, max_side)
     return img
 
 

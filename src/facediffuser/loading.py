@@ -64,15 +64,40 @@ PIPELINE_PARTS = (
 )
 
 
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (N counts from 0) or mps"
+
+
 def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: CUDA if present, else Apple MPS, else the CPU. Probed when called, never at import."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    """``"auto"``: CUDA if present, else Apple MPS, else the CPU. Probed when called, never at import.
+
+    Raises ``ValueError`` for a name PyTorch does not know (``"gpu"``) and for a device this machine does not have.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"Unknown device {name!r}: use {DEVICE_CHOICES}.") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA GPU on this machine"
+            raise ValueError(
+                f"The device {name!r} needs CUDA, but this PyTorch ({torch.__version__}) {why}. Use the device cpu, "
+                "or auto to take whatever this machine has."
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"There is no device {name!r}: this machine has {count} CUDA device(s), from cuda:0.")
+    elif device.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise ValueError(f"The device {name!r} (Apple's GPU) is not available here. Use cpu, or auto.")
+    elif device.type != "cpu":
+        raise ValueError(f"The device {name!r} is not supported: use {DEVICE_CHOICES}.")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -82,6 +107,78 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"Unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}.")
     return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name :func:`resolve_dtype` takes back, e.g. ``"float16"``."""
+    return next(name for name, value in DTYPES.items() if value == dtype)
+
+
+def scheduler_name(scheduler: object) -> str | None:
+    """The short name (``"ddim"``) under which :data:`SCHEDULERS` holds this scheduler's class, or ``None``."""
+    return next((name for name, cls in SCHEDULERS.items() if type(scheduler) is cls), None)
+
+
+def check_offload(offload: Offload | str, device: torch.device) -> None:
+    """Raises ``ValueError`` for offloading with no accelerator to offload to."""
+    offload = Offload(offload)
+    if offload is not Offload.NONE and device.type == "cpu":
+        raise ValueError(f"--offload {offload.value} moves models to an accelerator; it needs --device cuda (or mps).")
+
+
+class ModelSource(str, enum.Enum):
+    TINY = "tiny"
+    FOLDER = "folder"
+    HUB = "hub"
+
+
+def check_model_source(model: str | Path) -> ModelSource:
+    """Where ``model`` would load from, checked without loading anything.
+
+    ``"tiny"`` is the random test pipeline; an existing path must be a complete pipeline folder; a missing path that
+    is written as one (``/...``, ``./...``, ``~/...``, a Windows drive) raises ``FileNotFoundError``; anything else
+    is tried as a model-hub id when the pipeline loads (and :func:`load_pipeline` says so if that fails).
+    """
+    if str(model) == TINY_MODEL:
+        return ModelSource.TINY
+    local = Path(model).expanduser()
+    if local.exists():
+        check_pipeline_folder(local)
+        return ModelSource.FOLDER
+    if str(model).startswith(("/", ".", "~", "\\")) or Path(model).drive or str(model).count("/") > 1:
+        raise FileNotFoundError(
+            f"Model folder not found: {local.absolute()}. Give the path of a pipeline folder made by `facediffuser "
+            "convert`, or a model-hub id (owner/name)."
+        )
+    return ModelSource.HUB
+
+
+def _load_from_hub(model: str, dtype: torch.dtype) -> FaceDiffuserPipeline:
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return FaceDiffuserPipeline.from_pretrained(model, use_safetensors=True, dtype=dtype)
+    except (OSError, HFValidationError) as err:
+        raise FileNotFoundError(
+            f"{model!r} is not a folder here (no {Path(model).absolute()}), so it was tried as a model-hub id: "
+            f"{_hub_failure(err)}. Give the path of a pipeline folder made by `facediffuser convert`, or a hub id "
+            "that is cached or reachable."
+        ) from err
+
+
+def _hub_failure(err: Exception) -> str:
+    """Why a hub id did not load, in a few words (diffusers' own messages run to several lines)."""
+    from huggingface_hub.errors import HFValidationError
+
+    text = " ".join(str(err).split())
+    if isinstance(err, HFValidationError):
+        return "it is not a valid hub id either"
+    if "outgoing traffic has been disabled" in text or "connect" in text.lower() or "offline" in text.lower():
+        return "it is not in the local hub cache, and the hub could not be reached"
+    if "404" in text or "not found" in text.lower():
+        return "the hub has no such model (or it is private)"
+    first = text.split(". ")[0]
+    return "loading failed: " + (first if len(first) <= 160 else first[:160] + "...")
 
 
 def check_pipeline_folder(folder: Path) -> None:
@@ -99,6 +196,15 @@ def check_pipeline_folder(folder: Path) -> None:
     missing = [p for p in PIPELINE_PARTS if p not in declared or not (folder / p).is_dir()]
     if missing:
         raise ValueError(f"The model folder {folder} is missing: {', '.join(p + '/' for p in missing)}.")
+
+
+def read_placeholder(folder: Path) -> str:
+    """The placeholder a pipeline folder's prompts use (``model_index.json``), read without loading the pipeline."""
+    from .prompting import DEFAULT_PLACEHOLDER
+
+    declared = json.loads((folder / "model_index.json").read_text())
+    placeholder = declared.get("placeholder", DEFAULT_PLACEHOLDER)
+    return placeholder if isinstance(placeholder, str) and placeholder else DEFAULT_PLACEHOLDER
 
 
 def swap_scheduler(pipe: FaceDiffuserPipeline, name: str) -> None:
@@ -160,32 +266,36 @@ def load_pipeline(
     offload = Offload(offload)
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
-    if str(model) == TINY_MODEL:
+    check_offload(offload, device)
+    if device.type == "cpu" and dtype != torch.float32:
+        logger.warning(
+            "Running in %s on the CPU: PyTorch computes many %s operations slowly there, or not at all. float32 is "
+            "the CPU's default (dtype auto).",
+            dtype_name(dtype),
+            dtype_name(dtype),
+        )
+    source = check_model_source(model)
+    if source is ModelSource.TINY:
         from .tiny import build_tiny_pipeline
 
         logger.warning("Using the tiny random pipeline: its images are noise. Pass --model for real weights.")
         pipe = build_tiny_pipeline()
         pipe.set_progress_bar_config(disable=False)
+    elif source is ModelSource.FOLDER:
+        pipe = FaceDiffuserPipeline.from_pretrained(Path(model).expanduser(), use_safetensors=True, dtype=dtype)
     else:
-        local = Path(model).expanduser()
-        if local.exists():
-            check_pipeline_folder(local)
-        elif str(model).startswith(("/", ".", "~")):
-            raise FileNotFoundError(f"Model folder not found: {local}")
-        pipe = FaceDiffuserPipeline.from_pretrained(model, use_safetensors=True)
+        pipe = _load_from_hub(str(model), dtype)
     if scene_model is not None:
         pipe.unet = load_scene_unet(scene_model, like=pipe.unet)
     if scheduler is not None:
         swap_scheduler(pipe, scheduler)
     if pipe.unet.dtype != dtype:
         pipe.to(dtype=dtype)
-    if offload is not Offload.NONE and device.type == "cpu":
-        raise ValueError(f"--offload {offload.value} moves models to an accelerator; it needs --device cuda (or mps).")
     if offload is Offload.MODEL:
         pipe.enable_model_cpu_offload(device=device)
     elif offload is Offload.SEQUENTIAL:
         pipe.enable_sequential_cpu_offload(device=device)
-    else:
+    elif pipe.device != device:  # moving to where it already is only repeats diffusers' warnings
         pipe.to(device)
     if compile_unets:
         pipe.compile_unets()

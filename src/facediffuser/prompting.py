@@ -37,6 +37,33 @@ def count_placeholders(prompt: str, placeholder: str = DEFAULT_PLACEHOLDER) -> i
     return prompt.count(placeholder)
 
 
+def check_placeholders(prompt: str, placeholder: str = DEFAULT_PLACEHOLDER) -> int:
+    """Checks where the placeholders stand and returns how many there are.
+
+    Each placeholder must follow a word of its own (the person's class noun). Raises ``ValueError`` for a placeholder
+    at the very start of the prompt, and for two placeholders with no word between them (``"a man <|image|>
+    <|image|>"``), which would put both people on the same token.
+    """
+    if not placeholder:
+        raise ValueError("The placeholder string must not be empty.")
+    segments = prompt.split(placeholder)
+    for k, before in enumerate(segments[:-1]):
+        if any(ch.isalnum() for ch in before):
+            continue
+        if k == 0:
+            raise ValueError(
+                f"Placeholder 1 in {prompt!r} has no word before it. Put it right after the person's class noun, "
+                f"e.g. 'a man {placeholder} riding a horse'."
+            )
+        raise ValueError(
+            f"Placeholders {k} and {k + 1} in {prompt!r} have no word between them, so both people would be drawn "
+            f"on the same word. Give each person a class noun of their own, e.g. 'a man {placeholder} and a woman "
+            f"{placeholder}'; for several photos of one person, write one placeholder and give a folder (or a list) "
+            "of photos as that person's reference."
+        )
+    return len(segments) - 1
+
+
 def strip_placeholders(prompt: str, placeholder: str = DEFAULT_PLACEHOLDER) -> str:
     """The prompt without placeholders, white space folded: ``"a man <|image|> at sea" -> "a man at sea"``."""
     return " ".join(prompt.replace(placeholder, " ").split())
@@ -51,12 +78,12 @@ def tokenize_prompt(
     """Tokenizes ``prompt``, removing each ``placeholder`` and marking the token before it.
 
     Raises:
-        ValueError: a placeholder with no word before it, or a class noun lost to truncation.
+        ValueError: a placeholder with no word before it (see :func:`check_placeholders`), or a class noun lost to
+            truncation.
 
     Logs a warning that quotes the cut text when the prompt is longer than the tokenizer's limit.
     """
-    if not placeholder:
-        raise ValueError("The placeholder string must not be empty.")
+    check_placeholders(prompt, placeholder)
     max_length = max_length or tokenizer.model_max_length
     segments = prompt.split(placeholder)
     body: list[int] = []

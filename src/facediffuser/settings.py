@@ -73,8 +73,12 @@ class SamplingSettings:
 
     def __post_init__(self) -> None:
         # Enums may be given by value ("null"); store the members.
-        object.__setattr__(self, "subject_guidance_base", SubjectGuidanceBase(self.subject_guidance_base))
-        object.__setattr__(self, "smoothing", Smoothing(self.smoothing))
+        for name, kind in (("subject_guidance_base", SubjectGuidanceBase), ("smoothing", Smoothing)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, kind(value))
+            except ValueError:
+                raise ValueError(f"`{name}` must be one of {[m.value for m in kind]}, got {value!r}.") from None
         steps = self.num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"The number of denoising steps must be a positive integer, got {steps!r}.")
@@ -84,7 +88,7 @@ class SamplingSettings:
             if value is None and name == "subject_guidance_scale":
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+                raise ValueError(f"`{name}` must be a finite number >= 0 (non-negative), got {value!r}.")
         size = self.smoothing_kernel_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"`smoothing_kernel_size` must be a positive integer, got {size!r}.")

@@ -21,17 +21,20 @@ class ConvertConfig:
     image_encoder_config: Path | None = field(
         default=None, metadata={"help": "CLIP vision config.json or folder (default: inferred, ViT-L/14 heads)"}
     )
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing output folder"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace an existing pipeline folder (one with a model_index.json)"}
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import convert_release, save_pipeline_atomically
+    from ..convert import check_output_folder, convert_release, save_pipeline_atomically
 
     config = build_config(ConvertConfig, args)
-    if config.out.exists() and not config.overwrite:
-        raise ValueError(f"{config.out} already exists; choose another output folder or pass --overwrite.")
+    inputs = [config.sd15, config.sdm, config.tdm, config.scene_model, config.image_encoder_config]
+    inputs = [path for path in inputs if path is not None]
+    check_output_folder(config.out, overwrite=config.overwrite, inputs=inputs)  # before any model loads
     pipe = convert_release(config.sd15, config.sdm, config.tdm, config.scene_model, config.image_encoder_config)
-    out = save_pipeline_atomically(pipe, config.out, overwrite=config.overwrite)
+    out = save_pipeline_atomically(pipe, config.out, overwrite=config.overwrite, inputs=inputs)
     print(f"Wrote {out}. Generate with: facediffuser generate --model {out} --prompt ... --ref ...")
     return 0
 

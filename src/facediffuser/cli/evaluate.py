@@ -18,10 +18,10 @@ from ..configuration import add_dataclass_arguments, build_config
 logger = logging.getLogger(__name__)
 
 DESCRIPTION = (
-    "Generate a benchmark's cases with each method (tdm, sdm, face-diffuser), score identity preservation (IP) and "
-    "prompt consistency (PC), and write scores.csv, summary.json, table.md (the paper's Table 1), sweep.png (Fig. 8) "
-    "and fusion_masks/ (Fig. 9). Images already in --out are reused. Under `accelerate launch` the work is split "
-    "between the processes."
+    "Generate a benchmark's cases with each method (tdm, sdm, face-diffuser) and each --model, score identity "
+    "preservation (IP) and prompt consistency (PC), and write scores.csv, summary.json, table.md (the paper's Table 1 "
+    "with 95% intervals, per prompt group and per subject), sweep.png (Fig. 8) and fusion_masks/ (Fig. 9). Images "
+    "and scores already in --out are reused. Under `accelerate launch` the work is split between the processes."
 )
 
 
@@ -34,8 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="+",
         metavar="RUN",
-        help="instead of evaluating, merge the summary.json of a single- and a multi-subject run folder into one "
-        "Table 1, written to --out/table1.md",
+        help="instead of evaluating, merge the summary.json of finished runs (single- and multi-subject, any models) "
+        "into one Table 1, written to --out/table1.md; runs must agree on everything that changes a score",
     )
     add_dataclass_arguments(parser, EvaluationConfig)
 

@@ -1,20 +1,28 @@
-"""``facediffuser generate``: one prompt, one reference per placeholder, images out."""
+"""``facediffuser generate``: one prompt, one reference per placeholder, images out.
+
+Everything that can be checked is checked before the models load: the sampling settings, the size, the device, the
+model path, the output files, the placeholders and the reference photos. An existing output is never replaced
+without ``--overwrite``. Each PNG records how it was made (``parameters``, JSON) in the form these flags take back:
+``--parameters-from image.png --ref photo.jpg`` makes it again.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from ..configuration import add_dataclass_arguments, build_config, config_to_dict
-from ..fusion import Smoothing, SubjectGuidanceBase
-from ..loading import Offload, load_pipeline
+from ..configuration import add_dataclass_arguments, build_config, flag_names, name_flags
+from ..loading import Offload
+from ..settings import SamplingSettings
 
 logger = logging.getLogger(__name__)
+
+# Settings recorded in a PNG that a rerun does not take from it: the references are recorded by name only (never a
+# path), and where and how to write is the rerun's own business.
+NOT_RERUN = ("ref", "out", "overwrite", "parameters_from", "save_masks")
 
 
 @dataclass
@@ -33,21 +41,22 @@ class GenerateConfig:
             "several photos of the same person",
         },
     )
-    model: str = field(default="tiny", metadata={"help": "pipeline folder or hub id; 'tiny' is a random test model"})
+    model: str = field(
+        default="tiny",
+        metadata={"help": "pipeline folder (made by `facediffuser convert`) or hub id; 'tiny' is a random test model"},
+    )
     scene_model: Path | None = field(
         default=None, metadata={"help": "any SD1.x UNet (diffusers folder or .safetensors) to draw the scene"}
     )
     out: Path = field(default=Path("outputs/face-diffuser.png"), metadata={"short": "-o", "help": "output PNG"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace existing output files (without it, an existing file is an error)"}
+    )
     negative_prompt: str = field(default="", metadata={"help": "negative prompt (the empty condition)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    steps: int = field(default=50, metadata={"help": "denoising steps T"})
-    alpha: float = field(default=0.3, metadata={"help": "stage I (TDM only) ends at alpha*T"})
-    beta: float = field(default=0.6, metadata={"help": "stage III (SDM only) starts at beta*T"})
-    guidance_scale: float = field(default=5.0, metadata={"help": "guidance scale w of both models"})
-    subject_guidance_base: SubjectGuidanceBase = field(
-        default=SubjectGuidanceBase.TEXT, metadata={"help": "'text': official release; 'null': paper eq. 2"}
+    sampling: SamplingSettings = field(
+        default_factory=SamplingSettings, metadata={"flags": {"num_inference_steps": "--steps"}}
     )
-    smoothing: Smoothing = field(default=Smoothing.BOX, metadata={"help": "saliency smoothing"})
     height: int | None = field(default=None, metadata={"help": "height in pixels, a multiple of 8"})
     width: int | None = field(default=None, metadata={"help": "width in pixels, a multiple of 8"})
     num_images: int = field(default=1, metadata={"help": "images to generate"})
@@ -61,13 +70,19 @@ class GenerateConfig:
     save_masks: bool = field(default=False, metadata={"help": "also write a picture of the fusion masks per step"})
     face_check: bool = field(
         default=True,
+        metadata={"help": "refuse reference photos in which dlib finds no face (when dlib is installed)"},
+    )
+    parameters_from: Path | None = field(
+        default=None,
         metadata={
-            "help": "refuse reference photos in which dlib finds no face (when dlib, from the eval extra, is installed)"
+            "help": "take every setting recorded in this PNG (written by generate); flags given win, and the "
+            "references must be given again with --ref"
         },
     )
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
+    """``out`` for one image; ``out-0.png``, ``out-1.png``, ... for several."""
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must name a .png file, got {out}.")
     if count == 1:
@@ -75,116 +90,141 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(count)]
 
 
-def save_png_atomically(image, path: Path, pnginfo=None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+def mask_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}-masks.png")
+
+
+def rerun_settings(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a PNG's ``parameters`` that a rerun takes (see :data:`NOT_RERUN`)."""
+    return {k: v for k, v in parameters.items() if k not in NOT_RERUN}
+
+
+def check_before_loading(config: GenerateConfig):
+    """Every check that needs no model; returns ``(device, dtype, output paths, people)``."""
+    from ..inputs import check_request
+    from ..loading import (
+        ModelSource,
+        check_model_source,
+        check_offload,
+        read_placeholder,
+        resolve_device,
+        resolve_dtype,
+    )
+    from ..outputs import check_output_file
+    from ..prompting import DEFAULT_PLACEHOLDER
+    from ..settings import check_image_size
+
     try:
-        image.save(tmp, format="PNG", pnginfo=pnginfo)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def check_faces(refs: list[str], people: list[list]) -> None:
-    """Raises ``ValueError`` for a reference photo without a detectable face; skipped when dlib is absent."""
-    try:
-        from ..evaluation.dlib_backend import DlibBackend
-
-        detector = DlibBackend(upsample=1, center=False)
-    except (ImportError, ValueError) as err:
-        logger.info("Reference photos are not checked for faces (%s).", err)
-        return
-    for ref, photos in zip(refs, people):
-        for k, photo in enumerate(photos):
-            if detector.count_faces(photo) == 0:
-                which = f"photo {k + 1} of " if len(photos) > 1 else ""
-                raise ValueError(
-                    f"No face was found in {which}--ref {ref}. Give a photo in which the face is clearly visible "
-                    "(a frontal face crop works best), or pass --no-face-check to use it anyway."
-                )
-
-
-def generate(config: GenerateConfig) -> list[Path]:
-    import torch
-    from PIL.PngImagePlugin import PngInfo
-
-    from .. import __version__
-    from ..fusion import check_stage_fractions
-    from ..images import load_person
-    from ..prompting import DEFAULT_PLACEHOLDER, count_placeholders
-    from ..visualize import mask_strip
-
-    # Check everything that can be checked before the (slow) model load.
-    check_stage_fractions(config.alpha, config.beta)
-    if config.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {config.steps}.")
+        check_image_size(config.height, config.width)
+    except ValueError as err:
+        raise ValueError(name_flags(str(err), flag_names(GenerateConfig))) from err
     if config.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {config.num_images}.")
-    for name in ("height", "width"):
-        value = getattr(config, name)
-        if value is not None and (value <= 0 or value % 8):
-            raise ValueError(f"--{name} must be a positive multiple of 8, got {value}.")
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    check_offload(config.offload, device)
+    source = check_model_source(config.model)
+    placeholder = read_placeholder(Path(config.model).expanduser()) if source is ModelSource.FOLDER else None
     paths = output_paths(config.out, config.num_images)
+    for path in paths + ([mask_path(p) for p in paths] if config.save_masks else []):
+        check_output_file(path, overwrite=config.overwrite, overwrite_hint="pass --overwrite to replace it")
+    if config.parameters_from is not None and not config.ref:
+        raise ValueError(
+            f"{config.parameters_from} records its reference photos by file name only: give them again with --ref."
+        )
+    people = check_request(
+        config.prompt,
+        config.ref,
+        placeholder=placeholder or DEFAULT_PLACEHOLDER,
+        face_check=config.face_check,
+        reference_term="--ref",
+        names=[f"--ref {r}" for r in config.ref],
+        skip_hint=", or pass --no-face-check to use it anyway",
+    )
+    return device, dtype, paths, people
+
+
+def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> list[Path]:
+    """Runs ``config`` and returns the paths written. ``recorded``: the parameters of a PNG being rerun, whose
+    reference hashes are compared with the photos given now."""
+    import torch
+
+    from ..inputs import check_prompt, reference_name
+    from ..loading import dtype_name, load_pipeline, scheduler_name
+    from ..outputs import PARAMETERS_KEY, generation_parameters, parameters_text, photos_fingerprint, write_png
+    from ..visualize import mask_strip, mask_strip_description
+
+    # 1. Check everything that can be checked before the (slow) model load.
+    device, dtype, paths, people = check_before_loading(config)
+    if recorded and recorded.get("ref_sha256") and recorded["ref_sha256"] != [photos_fingerprint(p) for p in people]:
+        logger.warning(
+            "The reference photos differ from those %s was made with: the result will differ.", config.parameters_from
+        )
+
+    # 2. Load the models.
     pipe = load_pipeline(
         config.model,
-        device=config.device,
-        dtype=config.dtype,
+        device=device,
+        dtype=dtype,
         scheduler=config.scheduler,
         scene_model=config.scene_model,
         offload=config.offload,
         compile_unets=config.compile,
     )
-    placeholders = count_placeholders(config.prompt, pipe.placeholder)
-    if placeholders != len(config.ref):
-        raise ValueError(
-            f"The prompt has {placeholders} placeholder(s) {pipe.placeholder!r} but {len(config.ref)} --ref were "
-            f"given: pass one --ref per person, in order (e.g. 'a man {DEFAULT_PLACEHOLDER} ...' --ref photo.jpg)."
-        )
-    references = [load_person(r) for r in config.ref]
-    if config.face_check:
-        check_faces(config.ref, references)
+    check_prompt(config.prompt, len(people), placeholder=pipe.placeholder, reference_term="--ref")
 
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
+    # 3. Generate.
     result = pipe(
         config.prompt,
-        reference_images=references,
+        reference_images=people,
         negative_prompt=config.negative_prompt,
         height=config.height,
         width=config.width,
-        num_inference_steps=config.steps,
-        guidance_scale=config.guidance_scale,
-        alpha=config.alpha,
-        beta=config.beta,
-        subject_guidance_base=config.subject_guidance_base,
-        smoothing=config.smoothing,
         num_images_per_prompt=config.num_images,
-        generator=generator,
+        generator=torch.Generator(device="cpu").manual_seed(config.seed),
         return_masks=config.save_masks,
+        **config.sampling.pipeline_kwargs(),
     )
-    parameters = {
-        **config_to_dict(config),
-        "scheduler": type(pipe.scheduler).__name__,
-        "placeholder": pipe.placeholder,
-        "facediffuser_version": __version__,
-    }
+
+    # 4. Write each image with what it was made from, in the form the flags take back.
     for i, (image, path) in enumerate(zip(result.images, paths)):
-        info = PngInfo()
-        info.add_text("parameters", json.dumps({**parameters, "image_index": i}))
-        info.add_text("prompt", config.prompt)
-        save_png_atomically(image, path, info)
+        parameters = generation_parameters(
+            prompt=config.prompt,
+            reference_names=[reference_name(r, k) for k, r in enumerate(config.ref)],
+            people=people,
+            settings=config.sampling,
+            seed=config.seed,
+            height=image.height,
+            width=image.width,
+            negative_prompt=config.negative_prompt,
+            model=config.model,
+            scene_model=None if config.scene_model is None else str(config.scene_model),
+            scheduler=config.scheduler or scheduler_name(pipe.scheduler),
+            device=str(device),
+            dtype=dtype_name(dtype),
+            num_images=config.num_images,
+            image_index=i,
+            placeholder=pipe.placeholder,
+        )
+        text = {PARAMETERS_KEY: parameters_text(parameters), "prompt": config.prompt}
+        write_png(image, path, text=text, overwrite=config.overwrite)
         logger.info("Wrote %s", path)
         if config.save_masks:
-            mask_path = path.with_name(f"{path.stem}-masks.png")
-            save_png_atomically(mask_strip(result.fusion_trace, i, image), mask_path)
-            logger.info("Wrote %s", mask_path)
+            strip = mask_strip(result.fusion_trace, i, image)
+            text["Description"] = mask_strip_description(result.fusion_trace, path.name)
+            write_png(strip, mask_path(path), text=text, overwrite=config.overwrite)
+            logger.info("Wrote %s", mask_path(path))
     return paths
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = generate(build_config(GenerateConfig, args))
-    for path in paths:
+    from ..outputs import read_parameters
+
+    recorded = None
+    if getattr(args, "parameters_from", None) is not None:
+        recorded = read_parameters(args.parameters_from)
+    config = build_config(GenerateConfig, args, base=rerun_settings(recorded) if recorded else None)
+    for path in generate(config, recorded):
         print(path)
     return 0
 

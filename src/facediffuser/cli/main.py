@@ -7,11 +7,26 @@ import importlib
 import logging
 import sys
 
+<<<<<<< HEAD
 # Sub-command modules of this package; each defines register(subparsers) and sets `func` on its parser.
 COMMANDS = ("generate", "convert", "train", "evaluate", "world")
+=======
+# Sub-command modules of this package; each defines register(subparsers) and sets `func` on its parser. A module is
+# imported only when its sub-command runs (all of them only for `facediffuser --help`), so that `generate` does not
+# pay for importing the trainer or the evaluation harness.
+COMMANDS = ("generate", "convert", "train", "evaluate")
+>>>>>>> main
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_command(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv`` (its first word that is not an option), or ``None``."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every sub-command; with ``command``, only that sub-command's module is imported (the others
+    get a bare parser that is never used)."""
     parser = argparse.ArgumentParser(
         prog="facediffuser",
         description="Face-diffuser: person-centric subject-to-image generation with two collaborating models.",
@@ -19,12 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"facediffuser.cli.{name}").register(subparsers)
+        if command is None or name == command:
+            importlib.import_module(f"facediffuser.cli.{name}").register(subparsers)
+        else:
+            subparsers.add_parser(name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(chosen_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.trainer import train  # heavy imports only when training
+    # The trainer (accelerate, the data reader, the losses) loads here, when a run starts: importing this module, or
+    # facediffuser.training, loads only the settings.
+    from ..training.trainer import train
 
     config = build_config(TrainConfig, args, args.config)
     out = train(ModelKind(args.model), config)

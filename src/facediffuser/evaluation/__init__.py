@@ -1,11 +1,22 @@
 """Evaluation: the paper's identity-preservation (IP) and prompt-consistency (PC) scores, its benchmarks, and a
 harness that compares the TDM, the SDM and Face-diffuser on them (REFERENCE section 6, ``docs/evaluation.md``)."""
 
-from .benchmarks import BENCHMARKS, Benchmark, Case, Person, Photo, load_benchmark, load_subjects, register_benchmark
+from .benchmarks import (
+    BENCHMARKS,
+    Benchmark,
+    Case,
+    Person,
+    Photo,
+    PromptSet,
+    load_benchmark,
+    load_prompt_file,
+    load_subjects,
+    register_benchmark,
+)
 from .clip_score import DEFAULT_CLIP_MODEL, ClipScorer, clip_pixels
 from .harness import EvaluationConfig, EvaluationResult, evaluate
 from .identity import IP_BACKENDS, Face, IdentityBackend, build_ip_backend, register_ip_backend
-from .methods import Method, parse_method, parse_methods
+from .methods import Method, ModelSpec, Variant, parse_method, parse_methods, parse_models, parse_variants
 from .metrics import (
     cosine_similarity_matrix,
     greedy_match,
@@ -26,8 +37,10 @@ __all__ = [
     "Face",
     "IdentityBackend",
     "Method",
+    "ModelSpec",
     "Person",
     "Photo",
+    "PromptSet",
     "build_ip_backend",
     "clip_pixels",
     "cosine_similarity_matrix",
@@ -36,10 +49,14 @@ __all__ = [
     "identity_score",
     "identity_similarity_matrix",
     "load_benchmark",
+    "load_prompt_file",
     "load_subjects",
     "parse_method",
     "parse_methods",
+    "parse_models",
+    "parse_variants",
     "prompt_consistency",
     "register_benchmark",
     "register_ip_backend",
+    "Variant",
 ]

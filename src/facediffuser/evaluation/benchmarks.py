@@ -14,11 +14,15 @@ optional ``subjects.json`` maps names to class nouns (``{"ada": "woman", "alan":
 is a ``person``. Photos should be roughly square crops of the head and shoulders.
 
 A new benchmark is a function ``loader(source, placeholder) -> Benchmark`` decorated with
-:func:`register_benchmark`.
+:func:`register_benchmark`. A loader that also takes ``prompts`` (a :class:`PromptSet`) accepts ``--prompts FILE``:
+prompt templates where ``{subject}`` (one person) or ``{subject1}``, ``{subject2}``... (several) stand for each
+person's class noun and placeholder. :func:`load_prompt_file` reads them from JSON or text.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import itertools
 import json
 import logging
@@ -91,7 +95,107 @@ class Benchmark:
     images_per_prompt: int = 4
 
 
-BenchmarkLoader = Callable[[Path, str], Benchmark]
+@dataclass(frozen=True)
+class PromptSet:
+    """Prompt templates by group, e.g. ``{"style": ("a watercolor painting of a {subject}", ...)}``.
+
+    Attributes:
+        groups: group name -> templates; the group is the row of the per-group results.
+        images_per_prompt: the file's own count, when it gives one.
+        source: where the templates came from (for messages).
+    """
+
+    groups: dict[str, tuple[str, ...]]
+    images_per_prompt: int | None = None
+    source: str = ""
+
+    def sha256(self) -> str:
+        """Of the templates by group: recorded in ``run.json``, so that new prompts never reuse old images."""
+        return hashlib.sha256(json.dumps(self.groups, sort_keys=True).encode()).hexdigest()
+
+    def check(self, fields: set[str]) -> None:
+        """Raises ``ValueError`` unless every template uses exactly ``fields`` (each once)."""
+        for templates in self.groups.values():
+            for template in templates:
+                _check_template(template, fields, self.source)
+
+
+def prompt_set_from_json(data: Any, source: str) -> PromptSet:
+    """``{"groups": {name: [templates]}}``, ``{"prompts": [templates]}`` (one group, named after the file) or a
+    plain list of templates; either object may give ``images_per_prompt``."""
+    name = Path(source).stem or "prompts"
+    count = None
+    if isinstance(data, dict):
+        count = data.get("images_per_prompt")
+        if "groups" in data:
+            groups = data["groups"]
+        elif "prompts" in data:
+            groups = {data.get("group", name): data["prompts"]}
+        else:
+            groups = None
+    else:
+        groups = {name: data}
+    ok = (
+        isinstance(groups, dict)
+        and groups
+        and all(
+            isinstance(ts, list) and ts and all(isinstance(t, str) and t.strip() for t in ts) for ts in groups.values()
+        )
+    )
+    if not ok:
+        raise ValueError(
+            f'{source}: expected a list of prompt templates, {{"prompts": [...]}} or {{"groups": {{"name": '
+            '[...]}}, each template a non-empty string such as "a photo of a {subject} at the beach".'
+        )
+    if count is not None and (not isinstance(count, int) or count < 1):
+        raise ValueError(f"{source}: images_per_prompt must be a positive integer, got {count!r}.")
+    return PromptSet({str(g): tuple(t.strip() for t in ts) for g, ts in groups.items()}, count, source)
+
+
+def prompt_set_from_text(text: str, source: str) -> PromptSet:
+    """One template per line; ``# ...`` lines and blank lines are skipped; a ``[name]`` line starts a group (lines
+    before any group go to a group named after the file)."""
+    groups: dict[str, list[str]] = {}
+    group = Path(source).stem or "prompts"
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            group = line[1:-1].strip()
+            continue
+        groups.setdefault(group, []).append(line)
+    if not groups:
+        raise ValueError(f"{source} holds no prompts: write one template per line, e.g. a photo of a {{subject}}.")
+    return PromptSet({g: tuple(ts) for g, ts in groups.items()}, None, source)
+
+
+def load_prompt_file(path: str | Path) -> PromptSet:
+    """A ``--prompts`` file: JSON (``.json``) or text (anything else); see :func:`prompt_set_from_json` and
+    :func:`prompt_set_from_text`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a file that holds no usable templates.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Prompt file not found: {path}. Give a .json or .txt file of prompt templates.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json":
+        try:
+            return prompt_set_from_json(json.loads(text), str(path))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}).") from err
+    return prompt_set_from_text(text, str(path))
+
+
+def shipped_prompts(filename: str) -> PromptSet:
+    """A prompt file shipped in ``facediffuser/data/benchmarks``."""
+    return prompt_set_from_json(read_benchmark_file(filename), filename)
+
+
+BenchmarkLoader = Callable[..., Benchmark]
 BENCHMARKS: dict[str, BenchmarkLoader] = {}
 
 
@@ -105,8 +209,16 @@ def register_benchmark(name: str) -> Callable[[BenchmarkLoader], BenchmarkLoader
     return decorate
 
 
-def load_benchmark(name: str, source: str | Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
-    """The benchmark ``name`` over ``source`` (a subject folder, or a dataset root for ``ffhq-wild``).
+def takes_prompts(name: str) -> bool:
+    """Whether the benchmark ``name`` accepts ``--prompts`` (its loader has a ``prompts`` parameter)."""
+    return name in BENCHMARKS and "prompts" in inspect.signature(BENCHMARKS[name]).parameters
+
+
+def load_benchmark(
+    name: str, source: str | Path, placeholder: str = DEFAULT_PLACEHOLDER, prompts: PromptSet | None = None
+) -> Benchmark:
+    """The benchmark ``name`` over ``source`` (a subject folder, or a dataset root for ``ffhq-wild``), with its own
+    prompts or ``prompts``.
 
     Raises:
         ValueError: an unknown benchmark, or a source that does not fit it.
@@ -114,10 +226,13 @@ def load_benchmark(name: str, source: str | Path, placeholder: str = DEFAULT_PLA
     """
     if name not in BENCHMARKS:
         raise ValueError(f"Unknown benchmark {name!r}; choose from {', '.join(sorted(BENCHMARKS))}.")
+    if prompts is not None and not takes_prompts(name):
+        raise ValueError(f"Benchmark {name!r} takes its prompts from its data; drop --prompts.")
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"The data folder of benchmark {name!r} does not exist: {source}")
-    benchmark = BENCHMARKS[name](source, placeholder)
+    extra = {"prompts": prompts} if prompts is not None else {}
+    benchmark = BENCHMARKS[name](source, placeholder, **extra)
     if not benchmark.cases:
         raise ValueError(f"Benchmark {name!r} found no cases in {source}.")
     return benchmark
@@ -129,10 +244,17 @@ def read_benchmark_file(filename: str) -> dict[str, Any]:
     return json.loads(text)
 
 
-def _check_template(template: str, fields: set[str]) -> None:
-    used = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    if used != fields:
-        raise ValueError(f"The prompt template {template!r} must use exactly {sorted(fields)}, it uses {sorted(used)}.")
+def _check_template(template: str, fields: set[str], source: str = "") -> None:
+    try:
+        used = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        raise ValueError(f"{source}: the prompt template {template!r} is not a valid template ({err}).") from err
+    if set(used) != fields or len(used) != len(fields):
+        wanted = ", ".join("{" + f + "}" for f in sorted(fields))
+        raise ValueError(
+            f"{source + ': ' if source else ''}the prompt template {template!r} must use {wanted} once each, where "
+            "each person's class noun and placeholder go (e.g. 'a photo of a {subject} at the beach')."
+        )
 
 
 def _subject_phrase(person: Person, placeholder: str) -> str:
@@ -183,18 +305,18 @@ def load_subjects(folder: str | Path) -> list[Person]:
 
 
 @register_benchmark("single-subject")
-def single_subject_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
-    """Every prompt of ``single_subject.json`` for every person of the subject folder ``source``.
+def single_subject_benchmark(
+    source: Path, placeholder: str = DEFAULT_PLACEHOLDER, prompts: PromptSet | None = None
+) -> Benchmark:
+    """Every prompt of ``single_subject.json`` (or of ``prompts``) for every person of the subject folder ``source``.
 
     Cases are ordered prompt index first, then group, then person, so that ``--limit`` takes a spread of groups:
     with one person, the first 4 cases are prompt 0 of accessory, style, action and context.
     """
-    spec = read_benchmark_file("single_subject.json")
+    prompts = prompts or shipped_prompts("single_subject.json")
+    prompts.check({"subject"})
     people = load_subjects(source)
-    groups: dict[str, list[str]] = spec["groups"]
-    for templates in groups.values():
-        for template in templates:
-            _check_template(template, {"subject"})
+    groups = prompts.groups
     cases = []
     for index in range(max(len(t) for t in groups.values())):
         for group, templates in groups.items():
@@ -203,7 +325,7 @@ def single_subject_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDE
             for person in people:
                 prompt = templates[index].format(subject=_subject_phrase(person, placeholder))
                 cases.append(Case(f"{person.name}/{group}-{index:02d}", prompt, (person,), group))
-    return Benchmark("single-subject", "single", tuple(cases), int(spec.get("images_per_prompt", 4)))
+    return Benchmark("single-subject", "single", tuple(cases), prompts.images_per_prompt or 4)
 
 
 def subject_pairs(folder: Path, people: list[Person]) -> list[tuple[Person, Person]]:
@@ -228,23 +350,30 @@ def subject_pairs(folder: Path, people: list[Person]) -> list[tuple[Person, Pers
 
 
 @register_benchmark("multi-subject")
-def multi_subject_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
-    """Every prompt of ``multi_subject.json`` for every pair of people of the subject folder ``source``."""
-    spec = read_benchmark_file("multi_subject.json")
+def multi_subject_benchmark(
+    source: Path, placeholder: str = DEFAULT_PLACEHOLDER, prompts: PromptSet | None = None
+) -> Benchmark:
+    """Every prompt of ``multi_subject.json`` (or of ``prompts``) for every pair of people of the subject folder
+    ``source``. The shipped prompts form one group, ``pair``."""
+    if prompts is None:
+        shipped = read_benchmark_file("multi_subject.json")
+        prompts = PromptSet({"pair": tuple(shipped["prompts"])}, shipped.get("images_per_prompt"), "multi_subject")
+    prompts.check({"subject1", "subject2"})
     people = load_subjects(source)
     if len(people) < 2:
         raise ValueError(f"The multi-subject benchmark needs at least two people in {source}, found {len(people)}.")
     pairs = subject_pairs(source, people)
-    for template in spec["prompts"]:
-        _check_template(template, {"subject1", "subject2"})
+    several_groups = len(prompts.groups) > 1
     cases = []
-    for index, template in enumerate(spec["prompts"]):
-        for first, second in pairs:
-            prompt = template.format(
-                subject1=_subject_phrase(first, placeholder), subject2=_subject_phrase(second, placeholder)
-            )
-            cases.append(Case(f"{first.name}+{second.name}/{index:02d}", prompt, (first, second), "pair"))
-    return Benchmark("multi-subject", "multi", tuple(cases), int(spec.get("images_per_prompt", 4)))
+    for group, templates in prompts.groups.items():
+        for index, template in enumerate(templates):
+            for first, second in pairs:
+                prompt = template.format(
+                    subject1=_subject_phrase(first, placeholder), subject2=_subject_phrase(second, placeholder)
+                )
+                local = f"{group}-{index:02d}" if several_groups else f"{index:02d}"
+                cases.append(Case(f"{first.name}+{second.name}/{local}", prompt, (first, second), group))
+    return Benchmark("multi-subject", "multi", tuple(cases), prompts.images_per_prompt or 4)
 
 
 # ---------------------------------------------------------------------------------------------------- FFHQ-wild

@@ -14,6 +14,7 @@ use into ``$TORCH_HOME/checkpoints``; without a network, copy that file over and
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,10 @@ class FacenetBackend(IdentityBackend):
         self.weights = weights
         self._mtcnn = mtcnn_cls(device=self.device, **MTCNN_SETTINGS)
         self._embedder = _load_embedder(inception_cls, weights, self.device)
+
+    @classmethod
+    def from_options(cls, device: torch.device, options: Mapping[str, Any]) -> FacenetBackend:
+        return cls(device=device, weights=options.get("facenet_weights"))
 
     def settings(self) -> dict[str, Any]:
         return {

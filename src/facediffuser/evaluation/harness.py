@@ -1,79 +1,57 @@
-"""The evaluation harness: generate every benchmark case with every method, score the images, write the reports.
+"""The evaluation harness: generate every benchmark case with every method and model, score the images, write the
+reports. It orchestrates; each step lives in its own module:
 
-One call of :func:`evaluate` runs on one process. Under ``accelerate launch`` every process runs it. The
-``(method, case)`` work units still missing on disk are dealt round-robin by process index, so the shares are
-disjoint, together cover every missing unit, and stay balanced when resuming. After a barrier every process scores
-every N-th unit; after another, the main process merges the scores and writes the reports.
+* :mod:`.work`: units, their files, the share of each process (accelerate), ``run.json``;
+* :mod:`.generation`: the pipeline calls;
+* :mod:`.scoring`: IP and PC with the per-image score cache;
+* :mod:`.reports` and :mod:`.figures`: ``scores.csv``, ``summary.json``, ``table.md``, ``sweep.png``, Fig. 9.
 
-Generation is resumable: a unit whose images are all on disk is not generated again (files are written under a
-temporary name and renamed, so a killed run leaves no half-written image behind). ``run.json`` records the generation
-settings; resuming into the same ``--out`` with different settings is refused rather than mixing images.
+One call of :func:`evaluate` runs on one process; under ``accelerate launch`` every process runs it. Every process
+lists the units still missing on disk and generates its slice of them; after a barrier every process scores its slice
+of all units; the main process gathers the rows and writes the reports.
 
 Layout of ``out``::
 
-    run.json                         generation settings of the images below
-    images/<method>/<case_id>/<k>.png
-    masks/<method>/<case_id>.npz     per-stage mean SNF masks and saliency maps of the unit's images
-    scores.csv                       one row per image (method, case, prompt, IP, faces found, PC, backends, rank)
-    summary.json                     per-method and per-group means, the backends and settings
-    table.md                         Table 1 of the paper, for this benchmark
-    sweep.png                        Fig. 8: IP and PC against alpha and beta
-    fusion_masks/<method>/*.png      Fig. 9: mean masks and saliency per stage
+    run.json                                 generation settings of the images below
+    images/<model>/<method>/<case_id>/<k>.png
+    masks/<model>/<method>/<case_id>.npz     per-stage mean SNF masks and saliency maps of the unit's images
+    score_cache/{ip,pc}-<scorer>-<rank>.jsonl  scores by image content and scorer settings
+    scores.csv                               one row per image
+    summary.json                             per-variant, per-group and per-subject means with 95% intervals
+    table.md                                 Table 1 of the paper for this benchmark, with intervals
+    sweep.png                                Fig. 8: IP and PC against alpha and beta
+    fusion_masks/<model>/<method>/*.png      Fig. 9: mean masks and saliency per stage
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import PIL.Image
-import torch
-from tqdm.auto import tqdm
-
 from ..fusion import SubjectGuidanceBase
-from ..prompting import DEFAULT_PLACEHOLDER, strip_placeholders
-from .benchmarks import BENCHMARKS, Case, load_benchmark
+from ..settings import SamplingSettings
+from .benchmarks import BENCHMARKS, PromptSet, load_benchmark, load_prompt_file, takes_prompts
 from .clip_score import DEFAULT_CLIP_MODEL, ClipScorer
+from .figures import MaskAccumulator, load_mask_arrays, sweep_plot, write_mask_images
+from .generation import GenerationSettings, generate_units
 from .identity import IP_BACKENDS, IdentityBackend, build_ip_backend
-from .methods import Method, parse_methods
-from .reports import (
-    MaskAccumulator,
-    ScoreRow,
-    load_mask_arrays,
-    markdown_table,
-    mask_arrays,
-    read_scores,
-    save_mask_arrays,
-    summarize,
-    sweep_plot,
-    write_json,
-    write_mask_images,
-    write_scores,
-)
+from .methods import ModelSpec, Variant, parse_models, parse_variants
+from .reports import METRICS, ScoreRow, markdown_table, summarize, write_json, write_scores
+from .scoring import Scorers, score_units
+from .work import WorkUnit, check_run_settings, distributed_state, process_share
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("ip", "pc")
-# Settings that decide the generated images: resuming into an `out` made with other values is refused.
-GENERATION_KEYS = (
-    "benchmark",
-    "data",
-    "model",
-    "seed",
-    "steps",
-    "guidance_scale",
-    "subject_guidance_base",
-    "height",
-    "width",
-    "scheduler",
-    "dtype",
-    "images_per_prompt",
-)
+_SAMPLING = {f.name: f for f in dataclasses.fields(SamplingSettings)}
+
+
+def _sampling_field(name: str, note: str = "") -> Any:
+    """A config field whose default and help come from :class:`SamplingSettings` (the one home of the defaults)."""
+    source = _SAMPLING[name]
+    return field(default=source.default, metadata={"help": source.metadata["help"] + note})
 
 
 @dataclass
@@ -83,17 +61,34 @@ class EvaluationConfig:
     data: Path = field(
         metadata={"help": "subject folder (one sub-folder of photos per person) or, for ffhq-wild, the dataset root"}
     )
-    model: str = field(metadata={"help": "Face-diffuser pipeline folder or hub id, or 'tiny' for a random test model"})
+    model: list[str] = field(
+        metadata={
+            "help": "pipeline folder, hub id or 'tiny'; NAME=FOLDER names it in the tables; repeat the flag to "
+            "compare models (e.g. --model fd=face-diffuser/ --model fastcomposer=converted/)",
+            "repeat": True,
+        }
+    )
     out: Path = field(default=Path("outputs/evaluation"), metadata={"help": "output folder (resumable)"})
     benchmark: str = field(default="single-subject", metadata={"help": f"one of {', '.join(sorted(BENCHMARKS))}"})
+    prompts: Path | None = field(
+        default=None,
+        metadata={
+            "help": "prompt templates instead of the benchmark's own: .json ({'groups': {name: [...]}}, "
+            "{'prompts': [...]} or a list) or text (one per line, [group] lines); {subject} or {subject1}, "
+            "{subject2} stand for each person"
+        },
+    )
     methods: list[str] = field(
         default_factory=lambda: ["tdm", "sdm", "face-diffuser"],
-        metadata={"help": "methods to compare: tdm, sdm, face-diffuser (with --alpha/--beta) or face-diffuser:A:B"},
+        metadata={
+            "help": "methods to compare: tdm, sdm, face-diffuser (with --alpha/--beta) or face-diffuser:A:B; "
+            "METHOD@MODEL runs it with that model only (e.g. sdm@fastcomposer)"
+        },
     )
-    alpha: float = field(default=0.3, metadata={"help": "end of stage I for 'face-diffuser', a fraction of steps"})
-    beta: float = field(default=0.6, metadata={"help": "end of stage II for 'face-diffuser', a fraction of steps"})
+    alpha: float = _sampling_field("alpha", " (for 'face-diffuser' without :A:B)")
+    beta: float = _sampling_field("beta", " (for 'face-diffuser' without :A:B)")
     ip_backend: str = field(
-        default="dlib", metadata={"help": "identity backend: dlib (offline) or facenet (the paper's, needs weights)"}
+        default="dlib", metadata={"help": f"identity backend: {', '.join(IP_BACKENDS)} (dlib works offline)"}
     )
     clip_model: str = field(default=DEFAULT_CLIP_MODEL, metadata={"help": "CLIP model id or folder for PC"})
     metrics: list[str] = field(default_factory=lambda: list(METRICS), metadata={"help": "scores to compute: ip pc"})
@@ -102,11 +97,10 @@ class EvaluationConfig:
     images_per_prompt: int | None = field(
         default=None, metadata={"help": "images per case (default: the benchmark's, 4 for the subject benchmarks)"}
     )
-    steps: int = field(default=50, metadata={"help": "denoising steps T"})
-    guidance_scale: float = field(default=5.0, metadata={"help": "w, for both models"})
-    subject_guidance_base: SubjectGuidanceBase = field(
-        default=SubjectGuidanceBase.TEXT, metadata={"help": "SDM guidance: text (release) or null (paper eq. 2)"}
-    )
+    steps: int = _sampling_field("num_inference_steps")
+    guidance_scale: float = _sampling_field("guidance_scale", " (the SDM's too, unless --subject-guidance-scale)")
+    subject_guidance_scale: float | None = _sampling_field("subject_guidance_scale")
+    subject_guidance_base: SubjectGuidanceBase = _sampling_field("subject_guidance_base")
     height: int | None = field(default=None, metadata={"help": "image height (default: the model's, 512 for SD1.x)"})
     width: int | None = field(default=None, metadata={"help": "image width (default: the model's)"})
     scheduler: str | None = field(default="ddim", metadata={"help": "scheduler name; the paper samples with DDIM"})
@@ -114,13 +108,35 @@ class EvaluationConfig:
     dtype: str = field(default="auto", metadata={"help": "auto, float32, float16 or bfloat16"})
     batch_size: int = field(default=16, metadata={"help": "images per CLIP forward pass"})
     save_masks: bool = field(default=True, metadata={"help": "keep the per-stage fusion masks (Fig. 9)"})
+    score_cache: bool = field(
+        default=True, metadata={"help": "reuse scores from OUT/score_cache (keyed by image content and scorer)"}
+    )
     dlib_upsample: int = field(default=1, metadata={"help": "dlib backend: detector upsampling (0 is faster)"})
     facenet_weights: Path | None = field(
         default=None, metadata={"help": "facenet backend: a local copy of 20180402-114759-vggface2.pt"}
     )
 
-    def check(self) -> None:
-        """Raises ``ValueError`` for settings that cannot work, before anything heavy is loaded."""
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):  # one model given from Python as a plain string
+            self.model = [self.model]
+
+    def sampling(self) -> SamplingSettings:
+        """The sampling settings shared by every method (each method replaces alpha and beta)."""
+        return SamplingSettings(
+            num_inference_steps=self.steps,
+            alpha=self.alpha,
+            beta=self.beta,
+            guidance_scale=self.guidance_scale,
+            subject_guidance_scale=self.subject_guidance_scale,
+            subject_guidance_base=self.subject_guidance_base,
+        )
+
+    def prompt_set(self) -> PromptSet | None:
+        return None if self.prompts is None else load_prompt_file(self.prompts)
+
+    def check(self) -> tuple[list[ModelSpec], list[Variant], PromptSet | None]:
+        """Raises ``ValueError`` (or ``FileNotFoundError``) for settings that cannot work, before anything heavy is
+        loaded; returns the parsed models, variants and prompts."""
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"Unknown benchmark {self.benchmark!r}; choose from {', '.join(sorted(BENCHMARKS))}.")
         unknown = sorted(set(self.metrics) - set(METRICS))
@@ -135,63 +151,38 @@ class EvaluationConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
-        parse_methods(self.methods, self.alpha, self.beta)
+        if self.prompts is not None and not takes_prompts(self.benchmark):
+            raise ValueError(f"Benchmark {self.benchmark!r} takes its prompts from its data; drop --prompts.")
+        models = parse_models(self.model)
+        for model in models:
+            if model.source.startswith(("/", ".", "~")) and not Path(model.source).expanduser().exists():
+                raise FileNotFoundError(f"Model folder not found: {model.source} (from --model).")
+        variants = parse_variants(self.methods, models, self.sampling())
+        return models, variants, self.prompt_set()
 
-    def generation_settings(self, images_per_prompt: int) -> dict[str, Any]:
-        values = {k: getattr(self, k) for k in GENERATION_KEYS if k != "images_per_prompt"}
-        values["images_per_prompt"] = images_per_prompt
-        values["data"] = str(Path(values["data"]).resolve())
-        values["subject_guidance_base"] = SubjectGuidanceBase(values["subject_guidance_base"]).value
-        return values
+    def generation_settings(
+        self, images_per_prompt: int, models: list[ModelSpec], prompts: PromptSet | None
+    ) -> dict[str, Any]:
+        """What ``run.json`` records: every setting that decides the images (alpha and beta are per method)."""
+        sampling = self.sampling().to_dict()
+        for name in ("alpha", "beta"):
+            sampling.pop(name)
+        return {
+            "benchmark": self.benchmark,
+            "data": str(Path(self.data).resolve()),
+            "prompts_sha256": prompts.sha256() if prompts is not None else None,
+            "models": {m.name: m.source for m in models},
+            "seed": self.seed,
+            "sampling": sampling,
+            "height": self.height,
+            "width": self.width,
+            "scheduler": self.scheduler,
+            "dtype": self.dtype,
+            "images_per_prompt": images_per_prompt,
+        }
 
     def backend_options(self) -> dict[str, Any]:
         return {"dlib_upsample": self.dlib_upsample, "facenet_weights": self.facenet_weights}
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    """One method on one case: ``images_per_prompt`` images from one pipeline call."""
-
-    method: Method
-    case: Case
-
-    def image_paths(self, out: Path, count: int) -> list[Path]:
-        folder = out / "images" / self.method.label / self.case.case_id
-        return [folder / f"{k}.png" for k in range(count)]
-
-    def mask_path(self, out: Path) -> Path:
-        return out / "masks" / self.method.label / f"{self.case.case_id}.npz"
-
-
-def shard(units: list[WorkUnit], index: int, count: int) -> list[WorkUnit]:
-    """The units of process ``index`` of ``count``: every ``count``-th unit from ``index`` (disjoint, complete)."""
-    if not 0 <= index < count:
-        raise ValueError(f"Process index {index} is outside 0..{count - 1}.")
-    return units[index::count]
-
-
-def check_run_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Refuses to resume into ``out`` when its ``run.json`` records other generation settings."""
-    path = out / "run.json"
-    if not path.is_file():
-        return
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it to reuse the images there.") from err
-    changed = [f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.get(k) != v]
-    if changed:
-        raise ValueError(
-            f"{out} holds images generated with other settings ({'; '.join(changed)}). Use another --out, or delete "
-            "the folder to start over."
-        )
-
-
-def _save_image(image: PIL.Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    image.save(tmp)
-    tmp.replace(path)
 
 
 @dataclass
@@ -202,6 +193,7 @@ class EvaluationResult:
         units: the units whose images this process scored.
         generated: the units whose images this process generated in this run.
         rows: this process's score rows.
+        cache: this process's ``{"ip"|"pc": {"cached": n, "computed": m}}``.
         summary: the summary (main process only, else ``None``).
         files: the reports written (main process only).
     """
@@ -209,63 +201,43 @@ class EvaluationResult:
     units: list[WorkUnit]
     generated: list[WorkUnit]
     rows: list[ScoreRow]
+    cache: dict[str, dict[str, int]]
     summary: dict[str, Any] | None
     files: list[Path]
-
-
-def distributed_state(device: str = "auto"):
-    """accelerate's :class:`~accelerate.PartialState` for this process.
-
-    Without CUDA, the processes of ``accelerate launch --multi_gpu --num_processes N`` (torchrun underneath) only see
-    each other when the state is made in CPU mode, so CPU mode is chosen whenever there is no CUDA device. A launch
-    whose processes still cannot see each other is refused: each would evaluate everything.
-    """
-    from accelerate import PartialState
-
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    cpu = device == "cpu" or use_cpu or (device == "auto" and not torch.cuda.is_available())
-    state = PartialState(cpu=cpu)
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched != state.num_processes:
-        raise ValueError(
-            f"{launched} processes were launched but accelerate sees {state.num_processes}: every process would "
-            "evaluate everything. Launch with `accelerate launch --multi_gpu --num_processes N` (on CPUs too) or "
-            "torchrun."
-        )
-    return state
 
 
 def evaluate(
     config: EvaluationConfig,
     *,
-    pipeline=None,
+    pipelines: dict[str, Any] | None = None,
     ip_backend: IdentityBackend | None = None,
     clip_scorer: ClipScorer | None = None,
 ) -> EvaluationResult:
     """Runs the evaluation described by ``config`` on this process (see the module docstring).
 
-    ``pipeline``, ``ip_backend`` and ``clip_scorer`` replace what ``config`` would load; leave them ``None`` to load
-    from ``config.model``, ``config.ip_backend`` and ``config.clip_model``.
+    ``pipelines`` (model name -> pipeline), ``ip_backend`` and ``clip_scorer`` replace what ``config`` would load;
+    leave them ``None`` to load from ``config.model``, ``config.ip_backend`` and ``config.clip_model``.
     """
+    from accelerate.utils import gather_object
+
     from ..loading import load_pipeline, resolve_device, resolve_dtype
 
-    config.check()
+    models, variants, prompts = config.check()
     state = distributed_state(config.device)
-    methods = parse_methods(config.methods, config.alpha, config.beta)
-    benchmark = load_benchmark(config.benchmark, config.data)
+    benchmark = load_benchmark(config.benchmark, config.data, prompts=prompts)
     images_per_prompt = config.images_per_prompt or benchmark.images_per_prompt
     out = Path(config.out)
-    settings = config.generation_settings(images_per_prompt)
-    check_run_settings(out, settings)
+    settings = check_run_settings(out, config.generation_settings(images_per_prompt, models, prompts))
     device = state.device if config.device == "auto" else resolve_device(config.device)
 
     cases = list(benchmark.cases[: config.limit] if config.limit else benchmark.cases)
-    units = [WorkUnit(m, c) for m in methods for c in cases]
+    units = [WorkUnit(v, c) for v in variants for c in cases]
     logger.info(
-        "%s: %d cases x %d methods = %d units of %d images; process %d of %d.",
+        "%s: %d cases x %d variants (%d models) = %d units of %d images; process %d of %d.",
         benchmark.name,
         len(cases),
-        len(methods),
+        len(variants),
+        len(models),
         len(units),
         images_per_prompt,
         state.process_index,
@@ -277,31 +249,28 @@ def evaluate(
         ip_backend = build_ip_backend(config.ip_backend, device, config.backend_options())
     if "pc" in config.metrics and clip_scorer is None:
         clip_scorer = ClipScorer.from_pretrained(
-            config.clip_model,
-            device=device,
-            dtype=resolve_dtype(config.dtype, device),
-            batch_size=config.batch_size,
+            config.clip_model, device=device, dtype=resolve_dtype(config.dtype, device), batch_size=config.batch_size
         )
-
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", settings)
 
-    # 1. Generate what is not on disk yet. Every process lists the missing units before any of them writes, then
-    #    takes every N-th one: the shares are disjoint, complete and balanced even when resuming.
+    # 1. Generate what is not on disk yet: every process lists the missing units before any of them writes.
     missing = [u for u in units if not all(p.is_file() for p in u.image_paths(out, images_per_prompt))]
     state.wait_for_everyone()
-    todo = shard(missing, state.process_index, state.num_processes)
-    if todo:
-        if pipeline is None:
-            pipeline = load_pipeline(config.model, device=device, dtype=config.dtype, scheduler=config.scheduler)
-        pipeline.set_progress_bar_config(disable=True)
-        if pipeline.placeholder != DEFAULT_PLACEHOLDER:
-            benchmark = load_benchmark(config.benchmark, config.data, pipeline.placeholder)
-            by_id = {c.case_id: c for c in benchmark.cases}
-            todo = [WorkUnit(u.method, by_id[u.case.case_id]) for u in todo]
-        for unit in tqdm(todo, desc=f"generate [{state.process_index}]", position=state.process_index, leave=True):
-            generate_unit(pipeline, unit, config, out, images_per_prompt)
+    todo = process_share(state, missing)
+    generation = GenerationSettings(
+        config.sampling(), config.seed, images_per_prompt, config.height, config.width, config.save_masks
+    )
+    generate_units(
+        todo,
+        generation,
+        out,
+        lambda source: load_pipeline(source, device=device, dtype=config.dtype, scheduler=config.scheduler),
+        lambda placeholder: load_benchmark(config.benchmark, config.data, placeholder, prompts),
+        pipelines=pipelines,
+        rank=state.process_index,
+    )
     logger.info(
         "Process %d generated %d units; %d of %d were already on disk.",
         state.process_index,
@@ -309,170 +278,86 @@ def evaluate(
         len(units) - len(missing),
         len(units),
     )
-    pipeline = None
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    state.wait_for_everyone()  # every image exists before anyone scores
 
-    # 2. Score this process's images.
-    mine = shard(units, state.process_index, state.num_processes)
-    generated_ids = {(u.method.label, u.case.case_id) for u in missing}
-    rows = score_units(
-        mine,
-        out,
-        images_per_prompt,
+    # 2. Score this process's slice. Every process reads the caches before any of them appends to its own.
+    scorers = Scorers(
         ip_backend if "ip" in config.metrics else None,
         clip_scorer if "pc" in config.metrics else None,
-        rank=state.process_index,
-        generated=generated_ids,
+        out / "score_cache" if config.score_cache else None,
+        state.process_index,
     )
-    shard_path = out / "_shards" / f"scores-{state.process_index}-of-{state.num_processes}.csv"
-    shard_path.parent.mkdir(parents=True, exist_ok=True)
-    write_scores(shard_path, rows)
+    state.wait_for_everyone()  # every image exists, every cache is read
+    mine = process_share(state, units)
+    rows = score_units(mine, out, images_per_prompt, scorers, generated={u.key for u in missing})
+    cache = scorers.cache_counts()
+    logger.info(
+        "Process %d scores: IP %d from the cache, %d computed; PC %d from the cache, %d computed.",
+        state.process_index,
+        cache["ip"]["cached"],
+        cache["ip"]["computed"],
+        cache["pc"]["cached"],
+        cache["pc"]["computed"],
+    )
 
-    # 3. Merge and report on the main process.
-    state.wait_for_everyone()
+    # 3. Gather and report on the main process.
+    all_rows = gather_object(rows)
+    all_cache = gather_object([cache])
     summary, files = None, []
     if state.is_main_process:
-        shard_paths = [out / "_shards" / f"scores-{i}-of-{state.num_processes}.csv" for i in range(state.num_processes)]
-        all_rows = [row for p in shard_paths for row in read_scores(p)]
+        totals = {m: {k: sum(c[m][k] for c in all_cache) for k in ("cached", "computed")} for m in METRICS}
         header = {
             "benchmark": benchmark.name,
             "kind": benchmark.kind,
             "cases": len(cases),
             "images_per_prompt": images_per_prompt,
-            "ip_backend": config.ip_backend if "ip" in config.metrics else None,
-            "ip_backend_settings": ip_backend.settings() if ip_backend is not None else {},
-            "clip_model": clip_scorer.name if clip_scorer is not None else None,
+            "prompts": str(config.prompts) if config.prompts else None,
+            "ip_backend": ip_backend.name if scorers.ip_backend is not None else None,
+            "ip_backend_settings": scorers.ip_backend.settings() if scorers.ip_backend is not None else {},
+            "clip_model": scorers.clip_scorer.name if scorers.clip_scorer is not None else None,
             "processes": state.num_processes,
             "generated_this_run": sum(1 for r in all_rows if r.generated),
+            "scores_from_cache": totals,
             "settings": settings,
         }
-        summary, files = write_reports(out, all_rows, methods, units, header, config.save_masks)
-        for p in shard_paths:
-            p.unlink()
-        logger.info("Wrote %s", ", ".join(str(f) for f in files))
+        summary, files = write_reports(out, all_rows, variants, units, header, config.save_masks)
+        logger.info(
+            "Scores from the cache: IP %d of %d, PC %d of %d. Wrote %s",
+            totals["ip"]["cached"],
+            totals["ip"]["cached"] + totals["ip"]["computed"],
+            totals["pc"]["cached"],
+            totals["pc"]["cached"] + totals["pc"]["computed"],
+            ", ".join(str(f) for f in files),
+        )
     state.wait_for_everyone()
-    return EvaluationResult(units=mine, generated=todo, rows=rows, summary=summary, files=files)
-
-
-def generate_unit(pipeline, unit: WorkUnit, config: EvaluationConfig, out: Path, images_per_prompt: int) -> None:
-    """Generates one unit's images (and masks), seeded with ``config.seed`` whatever the process or device."""
-    references = [[photo.load() for photo in person.photos] for person in unit.case.people]
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    result = pipeline(
-        prompt=unit.case.prompt,
-        reference_images=references,
-        alpha=unit.method.alpha,
-        beta=unit.method.beta,
-        guidance_scale=config.guidance_scale,
-        subject_guidance_base=config.subject_guidance_base,
-        num_inference_steps=config.steps,
-        num_images_per_prompt=images_per_prompt,
-        height=config.height,
-        width=config.width,
-        generator=generator,
-        return_masks=config.save_masks,
-    )
-    if config.save_masks:  # written first: complete images imply complete masks
-        mask_path = unit.mask_path(out)
-        mask_path.parent.mkdir(parents=True, exist_ok=True)
-        save_mask_arrays(mask_path, mask_arrays(result.fusion_trace))
-    for image, path in zip(result.images, unit.image_paths(out, images_per_prompt)):
-        _save_image(image, path)
-
-
-def score_units(
-    units: list[WorkUnit],
-    out: Path,
-    images_per_prompt: int,
-    ip_backend: IdentityBackend | None,
-    clip_scorer: ClipScorer | None,
-    *,
-    rank: int = 0,
-    generated: set[tuple[str, str]] | None = None,
-) -> list[ScoreRow]:
-    """One :class:`ScoreRow` per image of ``units``; a metric whose scorer is ``None`` is NaN."""
-    references: dict[str, torch.Tensor | None] = {}
-    rows = []
-    for unit in tqdm(units, desc=f"score [{rank}]", position=rank, leave=True):
-        case = unit.case
-        text = strip_placeholders(case.prompt)
-        paths = unit.image_paths(out, images_per_prompt)
-        images = [PIL.Image.open(p).convert("RGB") for p in paths]
-        ip_values, face_counts = [math.nan] * len(images), [0] * len(images)
-        if ip_backend is not None:
-            identities = []
-            for person in case.people:
-                if person.name not in references:
-                    references[person.name] = ip_backend.embed_reference([photo.load() for photo in person.photos])
-                    if references[person.name] is None:
-                        logger.warning(
-                            "No face found in any reference photo of %r: its images get no IP score. Use photos "
-                            "where the face is clearly visible.",
-                            person.name,
-                        )
-                identities.append(references[person.name])
-            scorable = all(identity is not None for identity in identities)
-            for k, image in enumerate(images):
-                if scorable:
-                    ip_values[k], face_counts[k] = ip_backend.score(image, torch.stack(identities))
-                else:
-                    face_counts[k] = len(ip_backend.faces(image))
-        pc_values = [math.nan] * len(images)
-        if clip_scorer is not None:
-            pc_values = clip_scorer.score(images, [text] * len(images))
-        for k, path in enumerate(paths):
-            rows.append(
-                ScoreRow(
-                    method=unit.method.label,
-                    alpha=unit.method.alpha,
-                    beta=unit.method.beta,
-                    case_id=case.case_id,
-                    group=case.group,
-                    subjects=";".join(p.name for p in case.people),
-                    prompt=case.prompt,
-                    text=text,
-                    image_index=k,
-                    image=str(path.relative_to(out)),
-                    ip=ip_values[k],
-                    faces=face_counts[k],
-                    pc=pc_values[k],
-                    ip_backend=ip_backend.name if ip_backend is not None else "",
-                    clip_model=clip_scorer.name if clip_scorer is not None else "",
-                    rank=rank,
-                    generated=(unit.method.label, case.case_id) in (generated or set()),
-                )
-            )
-    return rows
+    return EvaluationResult(units=mine, generated=todo, rows=rows, cache=cache, summary=summary, files=files)
 
 
 def write_reports(
     out: Path,
     rows: list[ScoreRow],
-    methods: list[Method],
+    variants: list[Variant],
     units: list[WorkUnit],
     header: dict[str, Any],
     save_masks: bool,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Writes ``scores.csv``, ``summary.json``, ``table.md``, ``sweep.png`` and ``fusion_masks/``."""
-    order = {(u.method.label, u.case.case_id): i for i, u in enumerate(units)}
+    order = {u.key: i for i, u in enumerate(units)}
     rows = sorted(rows, key=lambda r: (order[(r.method, r.case_id)], r.image_index))
     files = [out / "scores.csv", out / "summary.json", out / "table.md"]
     write_scores(files[0], rows)
-    summary = summarize(rows, methods, header)
+    summary = summarize(rows, variants, header)
     if sweep_plot(summary, out / "sweep.png"):
         files.append(out / "sweep.png")
     if save_masks:
-        for method in methods:
+        for variant in variants:
             accumulator = MaskAccumulator()
             for unit in units:
                 path = unit.mask_path(out)
-                if unit.method.label == method.label and path.is_file():
+                if unit.variant == variant and path.is_file():
                     accumulator.add(load_mask_arrays(path))
             means = accumulator.means()
             if means:
-                files += write_mask_images(means, out / "fusion_masks" / method.label, method.display_name)
+                files += write_mask_images(means, out / "fusion_masks" / variant.label, variant.display_name)
     summary["files"] = [str(f.relative_to(out)) for f in files]
     write_json(files[1], summary)
     files[2].write_text(markdown_table(summary), encoding="utf-8")

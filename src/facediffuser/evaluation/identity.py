@@ -1,9 +1,9 @@
 """Identity-preservation (IP) backends: find the faces in an image and embed each one.
 
 A backend turns a PIL image into :class:`Face` records; :func:`facediffuser.evaluation.metrics.identity_score` turns
-their embeddings into the IP score. Backends are registered by name (``dlib``, ``facenet``) and built with
-:func:`build_ip_backend`; a new one is a class with :meth:`IdentityBackend.faces` plus one
-:func:`register_ip_backend` call.
+their embeddings into the IP score. Backends are registered by name in :data:`IP_BACKENDS` as lazy
+``"module:Class"`` paths and built with :func:`build_ip_backend`; a new one is a class with
+:meth:`IdentityBackend.faces` (and :meth:`IdentityBackend.from_options` if it takes settings) plus one line there.
 
 Scores of different backends live on different scales (FaceNet is the paper's; dlib is an offline stand-in): the
 harness records the backend with every score and never puts two backends in one table.
@@ -12,8 +12,9 @@ harness records the backend with every score and never puts two backends in one 
 from __future__ import annotations
 
 import abc
+import importlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,8 +51,15 @@ class IdentityBackend(abc.ABC):
     def faces(self, image: PIL.Image.Image) -> list[Face]:
         """Every face found in ``image`` (RGB), the largest first; an empty list when there is none."""
 
+    @classmethod
+    def from_options(cls, device: torch.device, options: Mapping[str, Any]) -> IdentityBackend:
+        """The backend for the harness's ``options`` (its ``backend_options()``: each backend reads the keys it
+        knows). The default takes none."""
+        return cls()
+
     def settings(self) -> dict[str, Any]:
-        """What, besides the name, decides this backend's numbers (written to the summary)."""
+        """What, besides the name, decides this backend's numbers: written to the summary and part of the score
+        cache's key, so a change here rescores every image."""
         return {}
 
     def embed_generated(self, image: PIL.Image.Image) -> torch.Tensor:
@@ -80,25 +88,27 @@ class IdentityBackend(abc.ABC):
         return identity_score(generated, references), int(generated.shape[0])
 
 
-# name -> factory(device, options); options are the harness's settings, each factory reads the keys it knows.
-BackendFactory = Callable[[torch.device, Mapping[str, Any]], IdentityBackend]
-IP_BACKENDS: dict[str, BackendFactory] = {}
+# name -> "module:Class" of an IdentityBackend subclass, imported only when that backend is built, so that this base
+# module knows no implementation (imports flow one way: the backends import this module, never the reverse). A new
+# backend is one more line here, or a register_ip_backend call from its own package.
+IP_BACKENDS: dict[str, str] = {
+    "dlib": "facediffuser.evaluation.dlib_backend:DlibBackend",
+    "facenet": "facediffuser.evaluation.facenet_backend:FacenetBackend",
+    "mini": "facediffuser.world.face_backend:MiniFaceBackend",
+}
 
 
-def register_ip_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
-    """Decorator that registers ``factory(device, options) -> IdentityBackend`` under ``name``."""
-
-    def decorate(factory: BackendFactory) -> BackendFactory:
-        IP_BACKENDS[name] = factory
-        return factory
-
-    return decorate
+def register_ip_backend(name: str, target: str) -> None:
+    """Registers the backend class at ``target`` (``"package.module:Class"``) under ``name``."""
+    if ":" not in target:
+        raise ValueError(f"Register a backend as 'package.module:Class', got {target!r}.")
+    IP_BACKENDS[name] = target
 
 
 def build_ip_backend(
     name: str, device: torch.device | str = "cpu", options: Mapping[str, Any] | None = None
 ) -> IdentityBackend:
-    """The backend registered as ``name``.
+    """The backend registered as ``name``, built by its :meth:`IdentityBackend.from_options`.
 
     Raises:
         ValueError: an unknown name, or a backend whose package or weights cannot be had (the message says how to
@@ -108,23 +118,6 @@ def build_ip_backend(
         raise ValueError(
             f"Unknown IP backend {name!r}; choose from {', '.join(sorted(IP_BACKENDS))} (dlib works offline)."
         )
-    return IP_BACKENDS[name](torch.device(device), dict(options or {}))
-
-
-@register_ip_backend("dlib")
-def _build_dlib(device: torch.device, options: Mapping[str, Any]) -> IdentityBackend:
-    from .dlib_backend import DlibBackend
-
-    return DlibBackend(upsample=int(options.get("dlib_upsample", 1)), center=bool(options.get("dlib_center", True)))
-
-
-@register_ip_backend("facenet")
-def _build_facenet(device: torch.device, options: Mapping[str, Any]) -> IdentityBackend:
-    from .facenet_backend import FacenetBackend
-
-    return FacenetBackend(device=device, weights=options.get("facenet_weights"))
-
-
-IP_BACKENDS["mini"] = lambda device, options: __import__("facediffuser.world.face_backend", fromlist=["build"]).build(
-    device, options
-)
+    module_name, class_name = IP_BACKENDS[name].split(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class.from_options(torch.device(device), dict(options or {}))

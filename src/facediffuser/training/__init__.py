@@ -1,23 +1,41 @@
 """Training the two models of Face-diffuser on FFHQ-wild data (REFERENCE section 5).
 
-Install the extra for TensorBoard logging: ``pip install 'facediffuser[train]'`` (without it, metrics go to CSV).
+Importing this package loads only the settings (:mod:`.config`); the trainer, the data reader and the losses load
+on first use (``from facediffuser.training import Trainer``), so a command that only parses flags never pays for
+them. Install the extra for TensorBoard logging: ``pip install 'facediffuser[train]'`` (without it, metrics go to
+CSV).
+
+Modules, one job each: :mod:`.config` (settings), :mod:`.data` and :mod:`.augment` (FFHQ-wild samples),
+:mod:`.model` (what is trained), :mod:`.losses` and :mod:`.attention` (the loss terms), :mod:`.trainer` (the loop),
+:mod:`.checkpoints`, :mod:`.tracking`, :mod:`.validation`, :mod:`.export`, :mod:`.launch` (processes).
 """
 
-from .config import LogBackend, MixedPrecision, ModelKind, TrainConfig
-from .data import FFHQWild, collate
-from .losses import denoising_loss, localization_loss, subject_union_masks
-from .trainer import Trainer, train
+from __future__ import annotations
 
-__all__ = [
-    "FFHQWild",
-    "LogBackend",
-    "MixedPrecision",
-    "ModelKind",
-    "TrainConfig",
-    "Trainer",
-    "collate",
-    "denoising_loss",
-    "localization_loss",
-    "subject_union_masks",
-    "train",
-]
+import importlib
+from typing import Any
+
+from .config import LogBackend, MixedPrecision, ModelKind, TrainConfig
+
+# Public names that live in heavier modules, imported on first access (PEP 562).
+_LAZY = {
+    "FFHQWild": ".data",
+    "collate": ".data",
+    "denoising_loss": ".losses",
+    "localization_loss": ".losses",
+    "subject_union_masks": ".losses",
+    "Trainer": ".trainer",
+    "train": ".trainer",
+}
+
+__all__ = ["LogBackend", "MixedPrecision", "ModelKind", "TrainConfig", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..fusion import gaussian_blur as blur
 from ..images import pil_to_tensor
 
 # ITU-R BT.601 luma weights, as PIL's "L" conversion uses.
@@ -167,24 +168,10 @@ def color_jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -
     return x
 
 
-def gaussian_kernel1d(sigma: float) -> torch.Tensor:
-    radius = max(1, math.ceil(3 * sigma))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
-
-
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable gaussian blur of ``(C, H, W)`` with reflected borders."""
-    k = gaussian_kernel1d(sigma)
-    c = x.shape[0]
-    r = k.numel() // 2
-    y = x[None]
-    y = F.pad(y, (r, r, 0, 0), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    y = F.pad(y, (0, 0, r, r), mode="replicate")
-    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return y[0]
+    """Separable gaussian blur of ``(C, H, W)`` with replicated borders, 3 sigma (at least 1 pixel) each side."""
+    radius = max(1, math.ceil(3 * sigma))
+    return blur(x[None], 2 * radius + 1, sigma, "replicate")[0]
 
 
 def elastic(x: torch.Tensor, alpha: float, sigma: float, generator: torch.Generator) -> torch.Tensor:

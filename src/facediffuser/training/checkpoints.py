@@ -4,6 +4,9 @@ A checkpoint is a folder ``checkpoint-<step>`` holding accelerate's state (model
 registered objects such as the EMA) and ``training_state.json`` (the step and the settings a resume must match).
 It is first written under a temporary name, then renamed, so a crash never leaves a half-written
 ``checkpoint-*`` behind.
+
+Why not accelerate's ``ProjectConfiguration(automatic_checkpoint_naming=True, total_limit=K)``: it removes the oldest
+checkpoint before writing the new one into its final folder, and names checkpoints by save count, not by step.
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..settings import SamplingSettings
+
+# The sampling defaults (guidance scale, ...) the validation images start from: written once, in SamplingSettings.
+_SAMPLING = SamplingSettings()
+
 
 class ModelKind(str, enum.Enum):
     """Which of the two models is trained."""
@@ -82,8 +87,11 @@ class TrainConfig:
     validation_steps: int = field(default=500, metadata=_f("write a validation grid every M steps (0: never)"))
     num_validation_samples: int = field(default=4, metadata=_f("validation samples, from the test split"))
     validation_split: str = field(default="test", metadata=_f("split the validation samples come from"))
+    # Fewer steps than a real sample (SamplingSettings' default) to keep validation cheap during training.
     validation_inference_steps: int = field(default=25, metadata=_f("DDIM steps of the validation images"))
-    validation_guidance_scale: float = field(default=5.0, metadata=_f("guidance scale of the validation images"))
+    validation_guidance_scale: float = field(
+        default=_SAMPLING.guidance_scale, metadata=_f("guidance scale w of the validation images")
+    )
     logging_steps: int = field(default=10, metadata=_f("log the losses every N steps"))
     log_with: LogBackend = field(default=LogBackend.AUTO, metadata=_f("log to TensorBoard or CSV"))
 
@@ -117,3 +125,22 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be within [0, 1], got {getattr(self, name)}.")
         if self.checkpoints_total_limit < 1:
             raise ValueError(f"`checkpoints_total_limit` must be at least 1, got {self.checkpoints_total_limit}.")
+        try:
+            self.validation_settings(ModelKind.SDM)
+        except ValueError as err:
+            raise ValueError(
+                f"The validation settings are not valid (validation_inference_steps = {self.validation_inference_steps}"
+                f", validation_guidance_scale = {self.validation_guidance_scale}): {err}"
+            ) from err
+
+    def validation_settings(self, kind: ModelKind) -> SamplingSettings:
+        """How validation images are drawn: the trained model alone (the SDM with ``alpha = beta = 0``, the TDM with
+        ``alpha = beta = 1``), with ``validation_inference_steps`` and ``validation_guidance_scale``; every other
+        setting is :class:`~facediffuser.settings.SamplingSettings`' default."""
+        only = 0.0 if ModelKind(kind) is ModelKind.SDM else 1.0
+        return SamplingSettings(
+            num_inference_steps=self.validation_inference_steps,
+            guidance_scale=self.validation_guidance_scale,
+            alpha=only,
+            beta=only,
+        )

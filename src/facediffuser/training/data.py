@@ -10,14 +10,17 @@ used as it is.
 Every sample is a pure function of ``(seed, epoch, index)``: the keep/drop decisions and the augmentations draw
 from a generator seeded with those three numbers, so resuming, changing the number of data-loader workers or of
 processes never changes what a given step sees. A missing or corrupt file is skipped (with a logged warning) and
-replaced by the next readable sample; the skipped ids travel with the batch so the trainer can count them.
+replaced by the next readable sample; the skipped ids travel with the batch so the trainer can count them. For the
+SDM, a readable annotation whose people cannot be placed (no ``segments`` list, or a ``person`` segment whose
+``end`` is not after a word of the caption) trains without them; it is warned about once per image id (for the first
+:data:`FLAW_WARNINGS` ids), and its id travels with the batch (``flawed``) to be counted every time.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from ..ffhq_wild import (
     Segment,
     box_inside,
     insert_placeholders,
+    misplaced_people,
     parse_annotation,
     person_segments,
     read_split,
@@ -45,10 +49,29 @@ logger = logging.getLogger(__name__)
 
 # How many captions are read up front to check that the data set has people in it at all.
 PERSON_SCAN_LIMIT = 512
+# Image ids warned about one by one for people that cannot be placed; further ones are only counted.
+FLAW_WARNINGS = 20
 
 
 class SampleUnreadable(Exception):
     """A sample's files are missing or corrupt."""
+
+
+def seeded_generator(values: Sequence[int], device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded from a tuple of integers (e.g. seed, epoch, index) through numpy's ``SeedSequence``, so
+    that nearby tuples give unrelated streams."""
+    seed = int(np.random.SeedSequence(list(values)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def annotation_flaws(data: Any, caption: str, segments: Sequence[Segment]) -> list[str]:
+    """What in a readable annotation leaves people out of SDM training, in words (``[]`` when nothing does)."""
+    if isinstance(data, dict) and "segments" not in data:
+        return ["it has no 'segments' list, so no person in it can be a subject"]
+    return [
+        f"person segment {s.id} has 'end' {s.end}, which is not after a word of its {len(caption)}-character caption"
+        for s in misplaced_people(caption, segments)
+    ]
 
 
 @dataclass
@@ -64,7 +87,9 @@ class FFHQWild(Dataset):
     - ``subject_pixels``: ``(K, 3, S, S)`` CLIP-normalized reference crops;
     - ``subject_masks``: ``(K, R, R)`` float 0/1 masks of those people in the target geometry;
     - ``pixel_values``: ``(3, R, R)`` the target in ``[-1, 1]``;
-    - ``skipped``: ids that were unreadable and skipped to reach this sample.
+    - ``skipped``: ids that were unreadable and skipped to reach this sample;
+    - ``flawed``: ``[image_id]`` when the SDM reads an annotation whose people cannot be placed (see
+      :func:`annotation_flaws`), else ``[]``.
 
     Args:
         root, split: the data root and ``"train"`` or ``"test"``.
@@ -94,6 +119,7 @@ class FFHQWild(Dataset):
     seed: int = 0
     placeholder: str = DEFAULT_PLACEHOLDER
     augmentation: ReferenceAugmentation = field(default_factory=ReferenceAugmentation)
+    _warned: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -152,13 +178,15 @@ class FFHQWild(Dataset):
             return sample
         raise ValueError(f"No sample of the {self.split} split of {self.root} is readable.")
 
-    def load_files(self, image_id: str) -> tuple[Image.Image, np.ndarray, str, list[Segment]]:
+    def load_files(self, image_id: str) -> tuple[Image.Image, np.ndarray, str, list[Segment], list[str]]:
+        """The image, the segmentation map, the caption, its segments and the annotation's flaws."""
         jpg, npy, js = sample_paths(self.root, image_id)
         try:
             with Image.open(jpg) as opened:
                 image = opened.convert("RGB")
             segmap = np.load(npy, allow_pickle=False)
-            caption, segments = parse_annotation(json.loads(js.read_text(encoding="utf-8")), image_id)
+            annotation = json.loads(js.read_text(encoding="utf-8"))
+            caption, segments = parse_annotation(annotation, image_id)
         except FileNotFoundError as err:
             raise SampleUnreadable(f"missing file {err.filename}") from err
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
@@ -169,14 +197,22 @@ class FFHQWild(Dataset):
             raise SampleUnreadable(
                 f"the segmentation map is {segmap.shape[0]}x{segmap.shape[1]}, the image {image.height}x{image.width}"
             )
-        return image, segmap, caption, segments
+        flaws = annotation_flaws(annotation, caption, segments) if self.with_subjects else []
+        return image, segmap, caption, segments, flaws
 
     def generator(self, epoch: int, index: int) -> torch.Generator:
-        seq = np.random.SeedSequence([self.seed, epoch, index])
-        return torch.Generator().manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> 1))
+        return seeded_generator([self.seed, epoch, index])
 
     def read_sample(self, image_id: str, epoch: int, index: int) -> dict[str, Any]:
-        image, segmap, caption, segments = self.load_files(image_id)
+        image, segmap, caption, segments, flaws = self.load_files(image_id)
+        if flaws and image_id not in self._warned and len(self._warned) < FLAW_WARNINGS:
+            self._warned.add(image_id)  # once per id: the same file is read again every epoch
+            more = (
+                " (further such samples are counted as data/flawed_annotations, not warned about one by one)"
+                if len(self._warned) == FLAW_WARNINGS
+                else ""
+            )
+            logger.warning("FFHQ-wild sample %s trains without its people: %s.%s", image_id, "; ".join(flaws), more)
         g = self.generator(epoch, index)
 
         # 1. Caption and people: unconditional, or the kept person segments with their placeholders.
@@ -226,6 +262,7 @@ class FFHQWild(Dataset):
             "subject_pixels": subject_pixels,
             "subject_masks": torch.stack(masks) if masks else torch.zeros(0, res, res),
             "pixel_values": pixel_values,
+            "flawed": [image_id] if flaws else [],
         }
 
     def tokenize(self, text: str, num_people: int) -> TokenizedPrompt:
@@ -259,6 +296,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "captions": [s["caption"] for s in samples],
         "image_ids": [s["image_id"] for s in samples],
         "skipped": [i for s in samples for i in s["skipped"]],
+        "flawed": [i for s in samples for i in s["flawed"]],
     }
 
 

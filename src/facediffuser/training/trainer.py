@@ -1,31 +1,21 @@
-"""One training loop for both models of Face-diffuser (REFERENCE section 5).
+"""The training loop of Face-diffuser, one loop for both models (REFERENCE section 5).
 
 ``sdm`` and ``tdm`` are two configurations of the same loop; they differ only in what is trained and what
-conditions the UNet:
+conditions the UNet (see :mod:`facediffuser.training.model`). Everything else (VAE, text encoder, the rest of the
+vision tower) is frozen and cast to the training precision. The loss is the denoising MSE (masked to the people with
+probability ``mask_loss_prob`` per batch) plus ``localization_weight`` times the cross-attention localization loss;
+without people the last two vanish, which is what the TDM sees.
 
-=========  ====================================================  ===========================================
-kind       trained                                               condition of the UNet
-=========  ====================================================  ===========================================
-``sdm``    ``subject_unet``, ``subject_fuser``, the last           ``c_aug``: the caption's embedding with each
-           ``vision_trainable_layers`` layers of the vision tower  person's class noun fused with their crop
-``tdm``    ``unet``                                              ``c``: the caption's embedding
-=========  ====================================================  ===========================================
-
-Everything else (VAE, text encoder, the rest of the vision tower) is frozen and cast to the training precision.
-The loss is the denoising MSE (masked to the people with probability ``mask_loss_prob`` per batch) plus
-``localization_weight`` times the cross-attention localization loss; without people the last two vanish, which is
-what the TDM sees.
-
-accelerate runs the loop on one device or many (data parallel, DeepSpeed), with mixed precision and gradient
-accumulation. All randomness of a step (data order, augmentations, noise, timesteps, the mask-loss coin) is a pure
-function of the seed, the step and the process, so a resumed run continues exactly where the saved one was.
+accelerate runs the loop on one device or many (data parallel, DeepSpeed), with mixed precision, gradient
+accumulation and its trackers. All randomness of a step (data order, augmentations, noise, timesteps, the mask-loss
+coin) is a pure function of the seed, the step and the process, so a resumed run continues exactly where the saved
+one was.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,136 +24,29 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, ProjectConfiguration
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..configuration import config_to_dict
-from ..ffhq_wild import split_file
-from ..images import CLIP_MEAN, CLIP_STD
-from ..loading import check_pipeline_folder
 from ..pipeline import FaceDiffuserPipeline
-from ..tiny import TinyConfig, build_tiny_pipeline
-from . import checkpoints
+from ..tiny import TinyConfig
+from . import checkpoints, tracking
 from .attention import AttentionStore, install_attention_capture
 from .config import MixedPrecision, ModelKind, TrainConfig
-from .data import EpochSampler, FFHQWild, collate
+from .data import EpochSampler, FFHQWild, collate, seeded_generator
+from .export import export_pipeline, trained_tensors
+from .launch import launched_without_accelerator, process_count_mismatch
 from .losses import denoising_loss, localization_loss, subject_union_masks
-from .tracking import MetricsLogger, make_logger
+from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline
+from .validation import draw_validation_grid, pick_validation_samples, write_validation_grid
 
 logger = logging.getLogger(__name__)
 
-TINY = "tiny"
 
-
-# ----------------------------------------------------------------------------- the trained module
-class Denoiser(nn.Module):
-    """The module that is trained: a UNet, and for the SDM the fuser and the vision tower that build ``c_aug``.
-
-    One module, so data parallelism wraps (and synchronizes) everything trained at once.
-    """
-
-    def __init__(
-        self,
-        unet: UNet2DConditionModel,
-        subject_fuser: nn.Module | None = None,
-        image_encoder: nn.Module | None = None,
-    ):
-        super().__init__()
-        self.unet = unet
-        self.subject_fuser = subject_fuser
-        self.image_encoder = image_encoder
-
-    def condition(
-        self, text_embeds: torch.Tensor, subject_pixels: torch.Tensor, subject_positions: torch.Tensor
-    ) -> torch.Tensor:
-        """``c`` for the TDM; ``c_aug`` for the SDM: ``(B, L, D)``."""
-        if self.subject_fuser is None:
-            return text_embeds
-        if subject_positions.shape[0]:
-            subject_embeds = self.image_encoder(pixel_values=subject_pixels).image_embeds  # (N, D)
-        else:
-            subject_embeds = text_embeds.new_zeros(0, text_embeds.shape[-1])
-        return self.subject_fuser(text_embeds, subject_embeds, subject_positions)
-
-    def forward(
-        self,
-        noisy_latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        text_embeds: torch.Tensor,
-        subject_pixels: torch.Tensor,
-        subject_positions: torch.Tensor,
-    ) -> torch.Tensor:
-        cond = self.condition(text_embeds, subject_pixels, subject_positions)
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond).sample
-
-
-def load_base_pipeline(pretrained: str, tiny_config: TinyConfig | None = None) -> FaceDiffuserPipeline:
-    """The base pipeline in float32 on the CPU: ``tiny`` (seeded random components) or a pipeline folder."""
-    if pretrained == TINY:
-        return build_tiny_pipeline(seed=0, config=tiny_config or TinyConfig())
-    folder = Path(pretrained)
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"The base model {folder} does not exist. Give a Face-diffuser pipeline folder (see `facediffuser "
-            "convert`) or 'tiny'."
-        )
-    check_pipeline_folder(folder)
-    pipe = FaceDiffuserPipeline.from_pretrained(folder, use_safetensors=True)
-    return pipe.to(torch.float32)
-
-
-def freeze_and_list_trainable(kind: ModelKind, denoiser: Denoiser, vision_layers: int) -> list[str]:
-    """Sets ``requires_grad`` exactly as the recipe says and returns the trained parameters' names."""
-    denoiser.requires_grad_(False)
-    denoiser.unet.requires_grad_(True)
-    if kind is ModelKind.SDM:
-        denoiser.subject_fuser.requires_grad_(True)
-        layers = denoiser.image_encoder.vision_model.encoder.layers
-        if vision_layers > len(layers):
-            raise ValueError(f"`vision_trainable_layers` is {vision_layers} but the vision tower has {len(layers)}.")
-        for layer in layers[len(layers) - vision_layers :]:
-            layer.requires_grad_(True)
-    return [name for name, p in denoiser.named_parameters() if p.requires_grad]
-
-
-def launched_without_accelerator() -> bool:
-    """True for a multi-process launch (torchrun, ``accelerate launch --multi_gpu``) on a machine with no GPU: the
-    processes then train on the CPU and talk over gloo (accelerate alone would not start them distributed)."""
-    if os.environ.get("LOCAL_RANK") is None:
-        return False
-    probe = getattr(torch, "accelerator", None)
-    return not (probe.is_available() if probe is not None else torch.cuda.is_available())
-
-
-def _seeded(values: list[int], device: torch.device) -> torch.Generator:
-    seed = int(np.random.SeedSequence(values).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def make_grid(rows: list[list[Image.Image]], cell: int) -> Image.Image:
-    """Rows of images, each resized into a ``cell x cell`` square, on a white canvas."""
-    cols = max(len(r) for r in rows)
-    grid = Image.new("RGB", (cols * cell, len(rows) * cell), "white")
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            grid.paste(img.convert("RGB").resize((cell, cell), Image.Resampling.BICUBIC), (j * cell, i * cell))
-    return grid
-
-
-def _clip_pixels_to_pil(pixels: torch.Tensor) -> Image.Image:
-    """Undoes CLIP normalization of one ``(3, S, S)`` reference."""
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    arr = ((pixels.float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(arr)
-
-
-# ----------------------------------------------------------------------------- the trainer
 class Trainer:
     """Trains the SDM or the TDM of Face-diffuser and writes a loadable pipeline folder.
 
@@ -197,7 +80,10 @@ class Trainer:
         self.checkpoint_dir = self.output_dir / "checkpoints"
         c = config
 
-        # 1. accelerate: devices, processes, precision, accumulation (counted across epochs, see train()).
+        # 1. accelerate: devices, processes, precision, accumulation (counted across epochs, see train()), trackers.
+        # Checkpoints are named and rotated by .checkpoints, not by ProjectConfiguration(automatic_checkpoint_naming):
+        # accelerate deletes the oldest checkpoint before the new one is written and numbers them by save count, where
+        # ours renames a finished folder into place first, so a crash never costs a checkpoint nor leaves a half one.
         ddp = DistributedDataParallelKwargs(find_unused_parameters=self.kind is ModelKind.SDM)
         self.accelerator = Accelerator(
             cpu=launched_without_accelerator(),
@@ -205,9 +91,13 @@ class Trainer:
             gradient_accumulation_plugin=GradientAccumulationPlugin(
                 num_steps=c.gradient_accumulation_steps, sync_with_dataloader=False
             ),
-            project_config=ProjectConfiguration(project_dir=str(self.output_dir)),
+            log_with=tracking.trackers(c.log_with, self.output_dir),
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
             kwargs_handlers=[ddp],
         )
+        mismatch = process_count_mismatch(self.accelerator.num_processes)
+        if mismatch:
+            logger.warning(mismatch)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
             str(self.accelerator.mixed_precision), torch.float32
         )
@@ -226,12 +116,10 @@ class Trainer:
             self.vae.to(dtype=self.weight_dtype)
             self.text_encoder.to(dtype=self.weight_dtype)
         self.noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
-        if self.kind is ModelKind.SDM:
-            denoiser = Denoiser(base.subject_unet, base.subject_fuser, base.image_encoder)
-            self.idle_parts: dict[str, nn.Module] = {}
-        else:
-            denoiser = Denoiser(base.unet)
-            # Validation prompts have no people, so these are passed to the pipeline but never run.
+        denoiser = build_denoiser(self.kind, base)
+        # TDM validation prompts have no people: these fill the pipeline's slots but never run.
+        self.idle_parts: dict[str, nn.Module] = {}
+        if self.kind is ModelKind.TDM:
             self.idle_parts = {"image_encoder": base.image_encoder, "subject_fuser": base.subject_fuser}
         del base
         self.trainable_names = freeze_and_list_trainable(self.kind, denoiser, c.vision_trainable_layers)
@@ -247,10 +135,12 @@ class Trainer:
 
         # 3. Data.
         self.train_dataset = self.make_dataset(c.split, augment=True)
+        # Kept to set its epoch directly: accelerate's set_epoch does not reach it through every wrapper (train()).
+        self.epoch_sampler = EpochSampler(len(self.train_dataset), seed=c.seed)
         loader = DataLoader(
             self.train_dataset,
             batch_size=c.train_batch_size,
-            sampler=EpochSampler(len(self.train_dataset), seed=c.seed),
+            sampler=self.epoch_sampler,
             collate_fn=collate,
             drop_last=True,
             num_workers=c.dataloader_num_workers,
@@ -287,7 +177,7 @@ class Trainer:
             self.accelerator.register_for_checkpointing(self.ema)
         self.global_step = 0
         self.skipped_total = 0
-        self.metrics: MetricsLogger | None = None
+        self.flawed_total = 0
         self.last_logged: dict[str, float] = {}
         self.validation_samples: list[dict[str, Any]] = []
 
@@ -341,7 +231,7 @@ class Trainer:
         """
         c, acc = self.config, self.accelerator
         device = acc.device
-        g = _seeded([c.seed, micro_step, acc.process_index, 1], device)
+        g = seeded_generator([c.seed, micro_step, acc.process_index, 1], device)
         pixels = batch["pixel_values"].to(device, self.weight_dtype)
         positions = batch["subject_positions"].to(device)
         masks = batch["subject_masks"].to(device)
@@ -375,12 +265,11 @@ class Trainer:
     def train(self) -> Path:
         """Runs (or resumes) training up to ``max_train_steps`` and writes the pipeline folder; returns its path."""
         c, acc = self.config, self.accelerator
+        settings = {"model": self.kind.value, **config_to_dict(c)}
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "train_config.json").write_text(
-                json.dumps({"model": self.kind.value, **config_to_dict(c)}, indent=2) + "\n", encoding="utf-8"
-            )
-            self.metrics = make_logger(c.log_with, self.output_dir / "logs")
+            (self.output_dir / "train_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        acc.init_trackers(tracking.RUN_NAME, config=tracking.hyperparameters(settings))  # the main process only
         if c.resume:
             self.resume(c.resume)
         elif checkpoints.list_checkpoints(self.checkpoint_dir):
@@ -416,9 +305,15 @@ class Trainer:
         while self.global_step < c.max_train_steps:
             skip = micro - epoch * per_epoch
             loader = acc.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
-            loader.set_epoch(epoch)  # accelerate's loaders pass it on to the sampler (its own count restarts at 0)
+            # accelerate's set_epoch passes the epoch on to the sampler through its own wrappers, except after
+            # skip_first_batches with several processes (SkipBatchSampler > BatchSamplerShard > BatchSampler): the
+            # resumed epoch would replay epoch 0's order and augmentations. Setting it on the sampler itself holds
+            # under any wrapping.
+            loader.set_epoch(epoch)
+            self.epoch_sampler.set_epoch(epoch)
             for batch in loader:
                 self.skipped_total += len(batch["skipped"])
+                self.flawed_total += len(batch["flawed"])
                 with acc.accumulate(self.model):
                     losses = self.compute_loss(batch, micro)
                     acc.backward(losses["loss"])
@@ -461,25 +356,29 @@ class Trainer:
             self.validate()
         if self.skipped_total:
             logger.warning("%d unreadable sample(s) were skipped on this process.", self.skipped_total)
+        if self.flawed_total:
+            logger.warning(
+                "%d sample read(s) on this process trained without their people: the annotation had no 'segments' "
+                "list, or a person segment's 'end' was not after a word of the caption (the ids were warned about).",
+                self.flawed_total,
+            )
         out = self.export()
-        if self.metrics is not None:
-            self.metrics.close()
         acc.end_training()
         return out
 
     def log_metrics(self, running: dict[str, torch.Tensor], counted: int) -> None:
         """Averages the running losses over micro-batches and processes (a collective: every process calls it)."""
         acc = self.accelerator
-        skipped = torch.tensor(float(self.skipped_total), device=acc.device)
-        values = torch.stack([running[k] / max(counted, 1) for k in running] + [skipped])
+        counts = torch.tensor([float(self.skipped_total), float(self.flawed_total)], device=acc.device)
+        values = torch.cat([torch.stack([running[k] / max(counted, 1) for k in running]), counts])
         values = acc.reduce(values, reduction="sum").tolist()
         n = acc.num_processes
         logged = {f"train/{k}": values[i] / n for i, k in enumerate(running)}
         logged["train/lr"] = self.lr_scheduler.get_last_lr()[0]
-        logged["data/skipped_samples"] = values[-1]
+        logged["data/skipped_samples"] = values[-2]
+        logged["data/flawed_annotations"] = values[-1]
         self.last_logged = logged
-        if self.metrics is not None:
-            self.metrics.log_scalars(logged, self.global_step)
+        acc.log(logged, step=self.global_step)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -512,31 +411,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation and export
     def pick_validation_samples(self) -> list[dict[str, Any]]:
-        c = self.config
-        split = c.validation_split
-        if not split_file(c.data_root, split).is_file():
-            logger.warning("No %s split in %s: validation samples come from %s.", split, c.data_root, c.split)
-            split = c.split
-        picked: list[dict[str, Any]] = []
-        try:
-            dataset = self.make_dataset(split, augment=False)
-            for i in range(min(len(dataset), 16 * max(1, c.num_validation_samples))):
-                if len(picked) >= c.num_validation_samples:
-                    break
-                sample = dataset[i]
-                if self.kind is ModelKind.TDM or len(sample["subject_token_indices"]):
-                    picked.append(sample)
-        except ValueError as err:
-            logger.warning("Validation grids are off: the %s split cannot serve (%s)", split, err)
-            return []
-        if not picked:
-            logger.warning("No validation sample with a person was found; validation grids are off.")
-        return picked
+        return pick_validation_samples(self.kind, self.config, lambda split: self.make_dataset(split, augment=False))
 
     @torch.no_grad()
     def validate(self) -> Path | None:
-        """Draws the validation samples with the real pipeline: the SDM alone (``alpha = beta = 0``) for SDM
-        training, the TDM alone (``alpha = beta = 1``) for TDM training. Writes ``validation/step-N.png``."""
+        """Draws the validation samples with the real pipeline (the trained model alone, with the EMA weights when
+        enabled; see :mod:`facediffuser.training.validation`). Writes ``validation/step-N.png``."""
         acc, c = self.accelerator, self.config
         if not acc.is_main_process or not self.validation_samples:
             acc.wait_for_everyone()
@@ -561,41 +441,26 @@ class Trainer:
             placeholder=self.placeholder,
         )
         pipe.set_progress_bar_config(disable=True)
-        rows = []
         try:
-            for k, sample in enumerate(self.validation_samples):
-                refs = [_clip_pixels_to_pil(p) for p in sample["subject_pixels"]]
-                with acc.autocast():
-                    image = pipe(
-                        sample["caption"],
-                        reference_images=refs if refs else None,
-                        height=c.resolution,
-                        width=c.resolution,
-                        num_inference_steps=c.validation_inference_steps,
-                        guidance_scale=c.validation_guidance_scale,
-                        alpha=0.0 if sdm else 1.0,
-                        beta=0.0 if sdm else 1.0,
-                        generator=torch.Generator(device=acc.device).manual_seed(c.seed + k),
-                    ).images[0]
-                target = Image.fromarray(
-                    ((sample["pixel_values"].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
-                )
-                rows.append([target, *refs, image])
+            grid = draw_validation_grid(
+                pipe,
+                self.validation_samples,
+                c.validation_settings(self.kind),
+                resolution=c.resolution,
+                seed=c.seed,
+                device=acc.device,
+                autocast=acc.autocast,
+            )
         finally:
             if ema_params is not None:
                 self.ema.restore(ema_params)
             self.attention_store.enabled = True
             model.train()
-        grid = make_grid(rows, cell=min(c.resolution, 256))
-        folder = self.output_dir / "validation"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"step-{self.global_step:07d}.png"
-        grid.save(path)
-        (folder / f"step-{self.global_step:07d}.txt").write_text(
-            "\n".join(s["caption"] for s in self.validation_samples) + "\n", encoding="utf-8"
-        )
-        if self.metrics is not None:
-            self.metrics.log_image("validation", grid, self.global_step)
+        captions = [s["caption"] for s in self.validation_samples]
+        path = write_validation_grid(self.output_dir / "validation", self.global_step, grid, captions)
+        for tracker in acc.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({"validation": np.asarray(grid)[None]}, step=self.global_step, dataformats="NHWC")
         logger.info("Wrote validation grid %s", path)
         acc.wait_for_everyone()
         return path
@@ -606,14 +471,11 @@ class Trainer:
         if self.ema is not None:
             self.ema.store(params)
             self.ema.copy_to(params)
-        state: dict[str, dict[str, torch.Tensor]] = {}
-        for name, p in self.denoiser.named_parameters():
-            if p.requires_grad:
-                part, _, key = name.partition(".")
-                state.setdefault(part, {})[key] = p.detach().float().cpu().clone()
-        if self.ema is not None:
-            self.ema.restore(params)
-        return state
+        try:
+            return trained_tensors(self.denoiser)
+        finally:
+            if self.ema is not None:
+                self.ema.restore(params)
 
     def export(self) -> Path:
         """Writes the pipeline folder: a fresh float32 base with the trained parameters loaded into it."""
@@ -622,17 +484,10 @@ class Trainer:
         state = self.trained_state()
         if acc.is_main_process:
             if self.given_base is not None:
-                pipe = self.given_base.to("cpu", torch.float32)
+                base = self.given_base.to("cpu", torch.float32)
             else:
-                pipe = load_base_pipeline(self.config.pretrained, self.tiny_config)
-            targets = {"unet": "subject_unet" if self.kind is ModelKind.SDM else "unet"}
-            for part, tensors in state.items():
-                module = getattr(pipe, targets.get(part, part))
-                unexpected = module.load_state_dict(tensors, strict=False).unexpected_keys
-                if unexpected:
-                    raise RuntimeError(f"The trained {part} does not fit the base model: {unexpected[:3]} ...")
-            pipe.save_pretrained(self.output_dir, safe_serialization=True)
-            logger.info("Wrote the trained pipeline to %s", self.output_dir)
+                base = load_base_pipeline(self.config.pretrained, self.tiny_config)
+            export_pipeline(self.kind, state, base, self.output_dir)
         acc.wait_for_everyone()
         return self.output_dir
 

@@ -66,6 +66,10 @@ class MiniFaceBackend(IdentityBackend):
         self.embedder = FaceEmbedder.from_pretrained(self.folder / "embedder").to(self.device).eval()
         self.threshold = float(self.detector.config.threshold if threshold is None else threshold)
 
+    @classmethod
+    def from_options(cls, device: torch.device, options: Mapping[str, Any]) -> MiniFaceBackend:
+        return build(device, options)
+
     def settings(self) -> dict[str, Any]:
         return {"weights": str(self.folder.resolve()), "threshold": self.threshold}
 

@@ -1,0 +1,146 @@
+"""The Face-diffuser step: from the two models' noise predictions at one denoising step to the one the scheduler takes.
+
+:func:`face_diffuser_step` is the body of the paper's sampling loop (Sec. 3.3 and its appendix algorithm) as a pure
+function over tensors, in the manner of k-diffusion's samplers: the stage of the step, the chunks of each model's one
+batched UNet call, and the :class:`~facediffuser.settings.SamplingSettings` go in; the noise prediction and, when
+asked, a :class:`StepTrace` (the mask ``M`` and both normalised saliency maps) come out. It knows nothing of UNets,
+schedulers or prompts: the pipeline evaluates each model on the conditions :func:`~facediffuser.fusion.stage_guidance`
+names for the stage, in that order, and passes the chunks here.
+
+* stage I: ``eps = eps_T`` (eq. 1);
+* stage II: ``eps = M * eps_S + (1 - M) * eps_T`` (SNF, eqs. 3-5);
+* stage III: ``eps = eps_S`` (eq. 2, or the release's base).
+
+:class:`FusionTrace` stacks the traces of all steps of a call (paper Fig. 9).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from .fusion import Stage, normalize_saliency, saliency_adaptive_noise_fusion, saliency_map, stage_guidance
+from .settings import SamplingSettings
+
+
+class StepTrace(NamedTuple):
+    """Who drew what at one step.
+
+    Attributes:
+        mask: ``(B, 1, h, w)`` bool ``M``, ``True`` where the SDM's prediction was taken (all ``False`` in stage I,
+            all ``True`` in stage III).
+        saliency_text: ``(B, h, w)`` ``softmax(Omega_T)``, or ``None`` when the TDM was not evaluated.
+        saliency_subject: ``(B, h, w)`` ``softmax(Omega_S)``, or ``None`` when the SDM was not evaluated.
+    """
+
+    mask: torch.Tensor
+    saliency_text: torch.Tensor | None
+    saliency_subject: torch.Tensor | None
+
+
+def face_diffuser_step(
+    stage: Stage,
+    text_predictions: Sequence[torch.Tensor] | None,
+    subject_predictions: Sequence[torch.Tensor] | None,
+    settings: SamplingSettings,
+    *,
+    trace: bool = False,
+) -> tuple[torch.Tensor, StepTrace | None]:
+    """One step's noise prediction from both models' predictions.
+
+    Args:
+        stage: the stage of this step (:func:`~facediffuser.fusion.stage_schedule`).
+        text_predictions: the TDM's ``(B, C, h, w)`` predictions, one per condition of
+            :data:`~facediffuser.fusion.TEXT_MODEL_GUIDANCE`, in its order (``eps_T(0), eps_T(c)``); ``None`` in
+            stage III.
+        subject_predictions: the SDM's, one per condition of ``SUBJECT_MODEL_GUIDANCE[settings.subject_guidance_base]``
+            (``eps_S(c), eps_S(c_aug)``, or ``eps_S(0), eps_S(c), eps_S(c_aug)`` for eq. 2); ``None`` in stage I.
+        settings: the guidance scales, the SDM's guidance base and the SNF smoothing.
+        trace: also return the :class:`StepTrace` (in stages I and III this computes saliency maps the step itself
+            does not need).
+
+    Returns:
+        ``(eps, trace)``: the ``(B, C, h, w)`` noise prediction for the scheduler, and the trace or ``None``.
+    """
+    text_guidance, subject_guidance = stage_guidance(stage, settings.subject_guidance_base)
+    eps_text = eps_subject = scaled_text = scaled_subject = None
+    if text_guidance is not None:
+        eps_text, scaled_text = text_guidance(
+            _given(text_predictions, "text_predictions", stage), settings.guidance_scale
+        )
+    if subject_guidance is not None:
+        predictions = _given(subject_predictions, "subject_predictions", stage)
+        eps_subject, scaled_subject = subject_guidance(predictions, settings.effective_subject_guidance_scale)
+    smooth_kwargs = {
+        "smoothing": settings.smoothing,
+        "kernel_size": settings.smoothing_kernel_size,
+        "sigma": settings.smoothing_sigma,
+    }
+
+    if stage is Stage.FUSION:
+        eps, mask, norm_text, norm_subject = saliency_adaptive_noise_fusion(
+            eps_text, eps_subject, scaled_text, scaled_subject, **smooth_kwargs
+        )
+        return eps, StepTrace(mask, norm_text, norm_subject) if trace else None
+
+    eps = eps_text if stage is Stage.TEXT else eps_subject
+    if not trace:
+        return eps, None
+    mask = torch.full_like(eps[:, :1], stage is Stage.SUBJECT, dtype=torch.bool)
+
+    def normalized(scaled: torch.Tensor | None) -> torch.Tensor | None:
+        return None if scaled is None else normalize_saliency(saliency_map(scaled, **smooth_kwargs))
+
+    return eps, StepTrace(mask, normalized(scaled_text), normalized(scaled_subject))
+
+
+def _given(predictions: Sequence[torch.Tensor] | None, name: str, stage: Stage) -> Sequence[torch.Tensor]:
+    if predictions is None:
+        raise ValueError(f"Stage {stage.name} evaluates this model: pass its noise predictions as `{name}`.")
+    return predictions
+
+
+@dataclass
+class FusionTrace:
+    """Who drew what, step by step (paper Fig. 9).
+
+    Attributes:
+        stages: the stage of each denoising step.
+        timesteps: ``(T,)`` the scheduler's timesteps.
+        masks: ``(T, B, h, w)`` float, 1 where the SDM's prediction was used (all 0 in stage I, all 1 in stage III).
+        saliency_text: ``(T, B, h, w)`` ``softmax(Omega_T)``, NaN at steps where the TDM was not evaluated.
+        saliency_subject: ``(T, B, h, w)`` ``softmax(Omega_S)``, NaN at steps where the SDM was not evaluated.
+    """
+
+    stages: list[Stage]
+    timesteps: torch.Tensor
+    masks: torch.Tensor
+    saliency_text: torch.Tensor
+    saliency_subject: torch.Tensor
+
+    @classmethod
+    def from_steps(cls, stages: list[Stage], timesteps: torch.Tensor, steps: Sequence[StepTrace]) -> FusionTrace:
+        """Stacks the :class:`StepTrace` of every step, on the CPU."""
+
+        def stack(maps: list[torch.Tensor | None], like: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack([torch.full_like(m, float("nan")) if s is None else s for s, m in zip(maps, like)]).cpu()
+
+        masks = [step.mask[:, 0].float() for step in steps]
+        return cls(
+            stages=list(stages),
+            timesteps=timesteps.detach().cpu(),
+            masks=torch.stack(masks).cpu(),
+            saliency_text=stack([step.saliency_text for step in steps], masks),
+            saliency_subject=stack([step.saliency_subject for step in steps], masks),
+        )
+
+    def stage_mean(self, stage: Stage, what: str = "masks") -> torch.Tensor:
+        """``(B, h, w)`` mean of ``masks``, ``saliency_text`` or ``saliency_subject`` over the steps of ``stage``."""
+        steps = [i for i, s in enumerate(self.stages) if s == stage]
+        values: torch.Tensor = getattr(self, what)
+        if not steps:
+            return torch.full(values.shape[1:], float("nan"))
+        return torch.nanmean(values[steps], dim=0)

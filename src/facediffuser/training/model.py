@@ -1,0 +1,103 @@
+"""What is trained: the base pipeline loaded, the trained module assembled, and ``requires_grad`` set per the recipe.
+
+=========  ====================================================  ===========================================
+kind       trained                                               condition of the UNet
+=========  ====================================================  ===========================================
+``sdm``    ``subject_unet``, ``subject_fuser``, the last           ``c_aug``: the caption's embedding with each
+           ``vision_trainable_layers`` layers of the vision tower  person's class noun fused with their crop
+``tdm``    ``unet``                                              ``c``: the caption's embedding
+=========  ====================================================  ===========================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from torch import nn
+
+from ..loading import check_pipeline_folder
+from ..pipeline import FaceDiffuserPipeline
+from ..tiny import TinyConfig, build_tiny_pipeline
+from .config import ModelKind
+
+TINY = "tiny"
+
+
+class Denoiser(nn.Module):
+    """The module that is trained: a UNet, and for the SDM the fuser and the vision tower that build ``c_aug``.
+
+    One module, so data parallelism wraps (and synchronizes) everything trained at once.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        subject_fuser: nn.Module | None = None,
+        image_encoder: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.unet = unet
+        self.subject_fuser = subject_fuser
+        self.image_encoder = image_encoder
+
+    def condition(
+        self, text_embeds: torch.Tensor, subject_pixels: torch.Tensor, subject_positions: torch.Tensor
+    ) -> torch.Tensor:
+        """``c`` for the TDM; ``c_aug`` for the SDM: ``(B, L, D)``."""
+        if self.subject_fuser is None:
+            return text_embeds
+        if subject_positions.shape[0]:
+            subject_embeds = self.image_encoder(pixel_values=subject_pixels).image_embeds  # (N, D)
+        else:
+            subject_embeds = text_embeds.new_zeros(0, text_embeds.shape[-1])
+        return self.subject_fuser(text_embeds, subject_embeds, subject_positions)
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_embeds: torch.Tensor,
+        subject_pixels: torch.Tensor,
+        subject_positions: torch.Tensor,
+    ) -> torch.Tensor:
+        cond = self.condition(text_embeds, subject_pixels, subject_positions)
+        return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond).sample
+
+
+def load_base_pipeline(pretrained: str, tiny_config: TinyConfig | None = None) -> FaceDiffuserPipeline:
+    """The base pipeline in float32 on the CPU: ``tiny`` (seeded random components) or a pipeline folder."""
+    if pretrained == TINY:
+        return build_tiny_pipeline(seed=0, config=tiny_config or TinyConfig())
+    folder = Path(pretrained)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"The base model {folder} does not exist. Give a Face-diffuser pipeline folder (see `facediffuser "
+            "convert`) or 'tiny'."
+        )
+    check_pipeline_folder(folder)
+    pipe = FaceDiffuserPipeline.from_pretrained(folder, use_safetensors=True)
+    return pipe.to(torch.float32)
+
+
+def build_denoiser(kind: ModelKind, base: FaceDiffuserPipeline) -> Denoiser:
+    """The trained module over ``base``'s own components (no copies): the subject UNet, fuser and vision tower for
+    the SDM, the scene UNet for the TDM."""
+    if kind is ModelKind.SDM:
+        return Denoiser(base.subject_unet, base.subject_fuser, base.image_encoder)
+    return Denoiser(base.unet)
+
+
+def freeze_and_list_trainable(kind: ModelKind, denoiser: Denoiser, vision_layers: int) -> list[str]:
+    """Sets ``requires_grad`` exactly as the recipe says and returns the trained parameters' names."""
+    denoiser.requires_grad_(False)
+    denoiser.unet.requires_grad_(True)
+    if kind is ModelKind.SDM:
+        denoiser.subject_fuser.requires_grad_(True)
+        layers = denoiser.image_encoder.vision_model.encoder.layers
+        if vision_layers > len(layers):
+            raise ValueError(f"`vision_trainable_layers` is {vision_layers} but the vision tower has {len(layers)}.")
+        for layer in layers[len(layers) - vision_layers :]:
+            layer.requires_grad_(True)
+    return [name for name, p in denoiser.named_parameters() if p.requires_grad]
