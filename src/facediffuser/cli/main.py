@@ -7,15 +7,10 @@ import importlib
 import logging
 import sys
 
-<<<<<<< HEAD
-# Sub-command modules of this package; each defines register(subparsers) and sets `func` on its parser.
-COMMANDS = ("generate", "convert", "train", "evaluate", "world")
-=======
 # Sub-command modules of this package; each defines register(subparsers) and sets `func` on its parser. A module is
 # imported only when its sub-command runs (all of them only for `facediffuser --help`), so that `generate` does not
 # pay for importing the trainer or the evaluation harness.
-COMMANDS = ("generate", "convert", "train", "evaluate")
->>>>>>> main
+COMMANDS = ("generate", "convert", "train", "evaluate", "world")
 
 
 def chosen_command(argv: list[str]) -> str | None:
