@@ -179,8 +179,11 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint_and_from_needs_earlier
         B.run_stages(mini_config(tmp_path / "fresh", world, recipe, from_stage="tdm"))
 
     reset_accelerate()
-    whole = mini_config(tmp_path / "whole", world, recipe, from_stage=None)
-    B.run_stages(whole)
+    whole = mini_config(tmp_path / "whole", world, recipe, to_stage="tdm")
+    assert list(B.run_stages(whole)) == ["vae", "tdm"]  # --to stops after the stage named
+    assert not B.marker_path(whole.out, "sdm").exists()
+    reset_accelerate()
+    assert list(B.run_stages(mini_config(whole.out, world, recipe))) == ["sdm"]
 
     original = Trainer.save_checkpoint
 
@@ -207,6 +210,8 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint_and_from_needs_earlier
 def test_bad_input_is_refused_before_anything_loads(world, tmp_path):
     with pytest.raises(ValueError, match="--from"):
         B.MiniConfig(out=tmp_path, from_stage="unet")
+    with pytest.raises(ValueError, match="no stage to run"):
+        B.MiniConfig(out=tmp_path, from_stage="sdm", to_stage="tdm")
     recipe = recipes(tmp_path / "recipes")
     with pytest.raises(FileNotFoundError, match="world build"):
         B.run_stages(mini_config(tmp_path / "out", tmp_path / "nowhere", recipe))

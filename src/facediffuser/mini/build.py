@@ -55,6 +55,9 @@ class MiniConfig:
         default=None,
         metadata=_f(f"start at this stage ({', '.join(STAGES)}); the stages before it must be built", flag="--from"),
     )
+    to_stage: str | None = field(
+        default=None, metadata=_f(f"stop after this stage ({', '.join(STAGES)}); default: the last", flag="--to")
+    )
     resolution: int = field(default=32, metadata=_f("side of the training images (the world's renders are resized)"))
     vae_config: Path = field(default=Path("configs/mini_vae.toml"), metadata=_f("recipe of the VAE stage"))
     tdm_config: Path = field(default=Path("configs/mini_tdm.toml"), metadata=_f("recipe of the TDM stage"))
@@ -63,8 +66,11 @@ class MiniConfig:
 
     def __post_init__(self) -> None:
         self.out, self.world = Path(self.out), Path(self.world)
-        if self.from_stage is not None and self.from_stage not in STAGES:
-            raise ValueError(f"Unknown stage {self.from_stage!r} for --from; the stages are {', '.join(STAGES)}.")
+        for flag, stage in (("--from", self.from_stage), ("--to", self.to_stage)):
+            if stage is not None and stage not in STAGES:
+                raise ValueError(f"Unknown stage {stage!r} for {flag}; the stages are {', '.join(STAGES)}.")
+        if self.stages == ():
+            raise ValueError(f"--from {self.from_stage} comes after --to {self.to_stage}: no stage to run.")
         if self.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {self.threads}.")
         if self.resolution < 8 or self.resolution % 8:
@@ -72,7 +78,9 @@ class MiniConfig:
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return STAGES[STAGES.index(self.from_stage) :] if self.from_stage else STAGES
+        first = STAGES.index(self.from_stage) if self.from_stage else 0
+        last = STAGES.index(self.to_stage) if self.to_stage else len(STAGES) - 1
+        return STAGES[first : last + 1]
 
 
 @dataclass(frozen=True)
