@@ -146,7 +146,7 @@ def test_written_data_trains_through_the_trainer(world, tmp_path):
 
 
 def test_clip_trains_saves_and_loads_as_a_transformers_folder(world, tmp_path):
-    from transformers import CLIPModel
+    from transformers import CLIPModel, CLIPTextModel, CLIPVisionModelWithProjection
 
     from facediffuser.evaluation.clip_score import ClipScorer
     from facediffuser.world.clip import ClipSettings, evaluate_clip, images_to_pixels, train_clip
@@ -169,6 +169,17 @@ def test_clip_trains_saves_and_loads_as_a_transformers_folder(world, tmp_path):
         direct = model.get_image_features(pixel_values=images_to_pixels(samples[0].image[None], 64))
     direct = getattr(direct, "pooler_output", direct)
     torch.testing.assert_close(feats, direct, atol=1e-5, rtol=1e-4)  # same pixels; float32 summation order only
+    # the mini models take the towers from the same folder: the text encoder and the SDM's image encoder
+    text = CLIPTextModel.from_pretrained(out)
+    vision = CLIPVisionModelWithProjection.from_pretrained(out)
+    pixels = images_to_pixels(samples[0].image[None], 64)
+    ids = scorer.tokenizer(["a man on a beach"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(vision(pixel_values=pixels).image_embeds, direct, atol=1e-5, rtol=1e-4)
+        whole = model.text_model(input_ids=ids).last_hidden_state
+        torch.testing.assert_close(
+            text(input_ids=ids).last_hidden_state, whole, atol=0, rtol=0
+        )  # same weights, same op
     results = evaluate_clip(out, read_samples(world["root"] / "scenes", "test"))
     assert set(results["zero_shot"]) == {"place", "time", "weather", "clothing", "object"}
     assert 0.0 <= results["recall_at_1"] <= 1.0
@@ -242,6 +253,10 @@ def test_cli_renders_resumes_and_refuses_other_settings(tmp_path, capsys):
     other = [*counts[:-1], "3"]
     assert main(["world", "render", "--out", str(tmp_path / "w"), *common, *other]) == 2
     assert "--redo portraits" in capsys.readouterr().err
+    before = digest(tmp_path / "w" / "scenes")
+    assert main(["world", "render", "--out", str(tmp_path / "w"), *common, *counts, "--redo", "identities"]) == 0
+    assert (tmp_path / "w" / "scenes" / "image_ids_train.txt").stat().st_mtime_ns != stamp  # its input was rebuilt
+    assert digest(tmp_path / "w" / "scenes") == before  # and the same seed gave the same bytes
     assert sorted(p.name for p in (tmp_path / "w" / "references").iterdir() if p.is_dir()) == sorted(
         f"id{i:04d}" for i in A.split_identities(20, 4, 0)["heldout"]
     )

@@ -10,8 +10,8 @@ Stages, in order (each writes under ``--out`` and a marker ``stages/<stage>.json
 - ``faces``: the face detector and identity embedder (``faces/detector``, ``faces/embedder``);
 - ``report``: the held-out figures (``report/metrics.json`` and plots).
 
-A stage whose marker holds the same settings is skipped; one built with other settings is refused unless it is
-named in ``redo``.
+A stage whose marker holds the same settings, and whose input stages were not rebuilt after it, is skipped; one
+built with other settings is refused unless it is named in ``redo``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class WorldConfig:
     portraits_train: int = field(default=6000, metadata=_f("training images of the `portraits` data set (SDM)"))
     portraits_test: int = field(default=600, metadata=_f("test images of `portraits` (held-out people)"))
     references_per_person: int = field(default=3, metadata=_f("reference photos per held-out person"))
-    clip_steps: int = field(default=1000, metadata=_f("training steps of the world's CLIP"))
+    clip_steps: int = field(default=1200, metadata=_f("training steps of the world's CLIP"))
     clip_batch: int = field(default=64, metadata=_f("images per CLIP step"))
     detector_steps: int = field(default=1000, metadata=_f("training steps of the face detector"))
     embedder_steps: int = field(default=1000, metadata=_f("training steps of the identity embedder"))
@@ -91,6 +91,27 @@ STAGE_KEYS["report"] = tuple(dict.fromkeys(k for keys in STAGE_KEYS.values() for
 )
 
 
+# stage -> the stages whose output it reads; a stage is rebuilt when one of them was rebuilt after it
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "identities": (),
+    "scenes": ("identities",),
+    "portraits": ("identities",),
+    "references": ("identities",),
+    "clip": ("scenes", "portraits"),
+    "faces": ("scenes", "portraits"),
+    "report": ("references", "clip", "faces"),
+}
+
+
+def stage_inputs(out: Path, stage: str) -> dict[str, int | None]:
+    """The modification stamps of the markers of the stages ``stage`` reads (``None`` for one not built)."""
+    stamps = {}
+    for dep in DEPENDS[stage]:
+        path = marker_path(out, dep)
+        stamps[dep] = path.stat().st_mtime_ns if path.is_file() else None
+    return stamps
+
+
 def stage_settings(config: WorldConfig, stage: str) -> dict[str, Any]:
     return {k: getattr(config, k) for k in STAGE_KEYS[stage]}
 
@@ -104,7 +125,8 @@ def stage_done(config: WorldConfig, stage: str) -> bool:
     path = marker_path(config.out, stage)
     if stage in config.redo or not path.is_file():
         return False
-    recorded = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    marker = json.loads(path.read_text(encoding="utf-8"))
+    recorded = marker["settings"]
     wanted = stage_settings(config, stage)
     if recorded != wanted:
         changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
@@ -112,6 +134,9 @@ def stage_done(config: WorldConfig, stage: str) -> bool:
             f"Stage {stage!r} of {config.out} was built with other settings ({', '.join(changed)}). Rebuild it with "
             f"--redo {stage} (its files are overwritten), or build into another --out."
         )
+    if marker.get("inputs", stage_inputs(config.out, stage)) != stage_inputs(config.out, stage):
+        logger.info("world %s: a stage it reads was rebuilt since, rebuilding", stage)
+        return False
     return True
 
 
@@ -239,7 +264,11 @@ def run_stages(config: WorldConfig, stages: Sequence[str] = STAGES) -> dict[str,
         times[stage] = time.perf_counter() - start
         path = marker_path(config.out, stage)
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"settings": stage_settings(config, stage), "seconds": round(times[stage], 1)}
+        record = {
+            "settings": stage_settings(config, stage),
+            "seconds": round(times[stage], 1),
+            "inputs": stage_inputs(config.out, stage),
+        }
         path.write_text(json.dumps(record, indent=1), encoding="utf-8")
         logger.info("world %s: done in %.0f s", stage, times[stage])
     return times

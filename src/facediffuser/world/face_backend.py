@@ -68,7 +68,15 @@ class MiniFaceBackend(IdentityBackend):
 
     @classmethod
     def from_options(cls, device: torch.device, options: Mapping[str, Any]) -> MiniFaceBackend:
-        return build(device, options)
+        """The harness's constructor: the folder from ``options["mini_weights"]``, ``$FACEDIFFUSER_MINI_FACES`` or
+        the package."""
+        folder = options.get("mini_weights") or os.environ.get(ENV_VAR) or default_faces_folder()
+        if folder is None:
+            raise ValueError(
+                "The mini IP backend needs the world's face recognizer: run `facediffuser world build --out DIR` (or "
+                f"`facediffuser world faces --out DIR`), then set {ENV_VAR}=DIR/faces."
+            )
+        return cls(folder, device=device)
 
     def settings(self) -> dict[str, Any]:
         return {"weights": str(self.folder.resolve()), "threshold": self.threshold}
@@ -88,15 +96,3 @@ class MiniFaceBackend(IdentityBackend):
         embeddings = self.embedder(to_input(torch.from_numpy(crops)).to(self.device)).cpu()
         faces = [Face(e, box, score) for e, box, (_, score) in zip(embeddings, boxes, found)]
         return sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-
-
-def build(device: torch.device, options: Mapping[str, Any]) -> MiniFaceBackend:
-    """The harness's factory: the folder from ``options["mini_weights"]``, ``$FACEDIFFUSER_MINI_FACES`` or the
-    package."""
-    folder = options.get("mini_weights") or os.environ.get(ENV_VAR) or default_faces_folder()
-    if folder is None:
-        raise ValueError(
-            "The mini IP backend needs the world's face recognizer: run `facediffuser world build --out DIR` (or "
-            f"`facediffuser world faces --out DIR`), then set {ENV_VAR}=DIR/faces."
-        )
-    return MiniFaceBackend(folder, device=device)

@@ -246,6 +246,18 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def distinct_people(people: list[Identity], count: int) -> list[Identity]:
+    """The first person, then each time the one whose features differ most from those already picked."""
+    picked = [people[0]]
+    while len(picked) < count:
+
+        def distance(p: Identity) -> int:
+            return min(sum(a != b for a, b in zip(p.features().values(), q.features().values())) for q in picked)
+
+        picked.append(max((p for p in people if p not in picked), key=distance))
+    return picked
+
+
 def write_report(out: Path) -> Path:
     """Measures everything on the test splits and writes ``out/report``."""
     from .clip import evaluate_clip
@@ -269,8 +281,8 @@ def write_report(out: Path) -> Path:
     p_two = [s for s in portraits if len(s.data["attributes"]["people"]) == 2]
     sample_grid(one[:8] + two[:8] + p_one[:8] + p_two[:8], report / "renders.png")
     world = json.loads((out / "world.json").read_text(encoding="utf-8"))
-    heldout = [Identity.from_dict(world["people"][i]) for i in world["split"]["heldout"][:3]]
-    for k, identity in enumerate(heldout):
+    heldout = [Identity.from_dict(world["people"][i]) for i in world["split"]["heldout"]]
+    for k, identity in enumerate(distinct_people(heldout, 3)):
         identity_sheet(identity, report / f"identity_{k}.png", size=s_size(scenes))
     (report / "tables.md").write_text(attribute_tables() + "\n", encoding="utf-8")
     (report / "report.md").write_text(metrics_markdown(metrics) + "\n", encoding="utf-8")
