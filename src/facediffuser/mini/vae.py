@@ -107,7 +107,8 @@ def make_vae(settings: VaeSettings, sample_size: int = 64):
 
 def to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float()
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.array(images))  # a writable copy
+    x = x.permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0
 
 
