@@ -52,7 +52,7 @@ class WorldConfig:
     portraits_train: int = field(default=6000, metadata=_f("training images of the `portraits` data set (SDM)"))
     portraits_test: int = field(default=600, metadata=_f("test images of `portraits` (held-out people)"))
     references_per_person: int = field(default=3, metadata=_f("reference photos per held-out person"))
-    clip_steps: int = field(default=1200, metadata=_f("training steps of the world's CLIP"))
+    clip_steps: int = field(default=4000, metadata=_f("training steps of the world's CLIP"))
     clip_batch: int = field(default=64, metadata=_f("images per CLIP step"))
     detector_steps: int = field(default=1000, metadata=_f("training steps of the face detector"))
     embedder_steps: int = field(default=1000, metadata=_f("training steps of the identity embedder"))

@@ -131,7 +131,12 @@ def face_figures(out: Path, samples) -> tuple[dict[str, Any], np.ndarray, np.nda
 
 
 def score_histogram(same: np.ndarray, different: np.ndarray, path: Path) -> None:
-    import matplotlib
+    """The same/different score histograms as a PNG (skipped, with a warning, without matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'facediffuser[eval]'): %s is not drawn.", path)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -217,6 +222,10 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
             z = clip[name]["zero_shot"][attribute]
             cells.append(f"{z['accuracy']:.1%} (n={z['n']})")
         lines.append(f"| zero-shot {attribute} | {cells[0]} | {cells[1]} |")
+        if attribute != "clothing":
+            split = [clip[name]["zero_shot"][attribute]["by_people"] for name in ("scenes", "portraits")]
+            cells = [" / ".join(f"{b[n]:.1%}" for n in ("one", "two") if n in b) for b in split]
+            lines.append(f"| ... on one / two-person images | {cells[0]} | {cells[1]} |")
     lines.append(
         "| image-to-text recall@1 | "
         + " | ".join(f"{clip[n]['recall_at_1']:.1%} ({clip[n]['distinct_captions']} captions)" for n in clip)
@@ -268,7 +277,7 @@ def write_report(out: Path) -> Path:
     scenes = read_samples(out / "scenes", "test")
     portraits = read_samples(out / "portraits", "test")
     metrics: dict[str, Any] = {
-        "clip": {"scenes": evaluate_clip(out / "clip", scenes), "portraits": evaluate_clip(out / "clip", portraits)}
+        "clip": {"scenes": evaluate_clip(out / "clip", scenes), "portraits": evaluate_clip(out / "clip", portraits)},
     }
     faces, same, different = face_figures(out, scenes + portraits)
     metrics["faces"] = faces
