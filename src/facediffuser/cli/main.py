@@ -10,7 +10,7 @@ import sys
 # Sub-command modules of this package; each defines register(subparsers) and sets `func` on its parser. A module is
 # imported only when its sub-command runs (all of them only for `facediffuser --help`), so that `generate` does not
 # pay for importing the trainer or the evaluation harness.
-COMMANDS = ("generate", "convert", "train", "evaluate", "demo")
+COMMANDS = ("generate", "convert", "train", "evaluate", "demo", "world", "mini")
 
 
 def chosen_command(argv: list[str]) -> str | None:

@@ -1,0 +1,284 @@
+"""``facediffuser world build``: the whole world in stages, seeded and resumable per stage.
+
+Stages, in order (each writes under ``--out`` and a marker ``stages/<stage>.json`` with its settings and wall time):
+
+- ``identities``: ``world.json``, the people, their features and the split into training and held-out people;
+- ``scenes``, ``portraits``: the two data sets in the FFHQ-wild layout (train split: training people only; test
+  split: held-out people only);
+- ``references``: subject folders of the held-out people (``facediffuser evaluate --data``);
+- ``clip``: the world's CLIP (``clip/``, a transformers folder), trained on both train splits;
+- ``faces``: the face detector and identity embedder (``faces/detector``, ``faces/embedder``);
+- ``report``: the held-out figures (``report/metrics.json`` and plots).
+
+A stage whose marker holds the same settings, and whose input stages were not rebuilt after it, is skipped; one
+built with other settings is refused unless it is named in ``redo``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .attributes import Identity, make_identities, split_identities
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("identities", "scenes", "portraits", "references", "clip", "faces", "report")
+
+
+def _f(help_text: str) -> dict:
+    return {"help": help_text}
+
+
+@dataclass
+class WorldConfig:
+    """Settings of ``facediffuser world``: one dataclass, the source of the flags."""
+
+    out: Path = field(metadata=_f("folder of the world (data sets, references, networks, figures)"))
+    seed: int = field(default=0, metadata=_f("seed of everything: people, renders, training"))
+    size: int = field(default=64, metadata=_f("side of the rendered images in pixels"))
+    identities: int = field(default=1200, metadata=_f("people in the world (at most 1296)"))
+    heldout: int = field(default=200, metadata=_f("people held out of every training set"))
+    scenes_train: int = field(default=12000, metadata=_f("training images of the `scenes` data set (TDM)"))
+    scenes_test: int = field(default=600, metadata=_f("test images of `scenes` (held-out people)"))
+    portraits_train: int = field(default=6000, metadata=_f("training images of the `portraits` data set (SDM)"))
+    portraits_test: int = field(default=600, metadata=_f("test images of `portraits` (held-out people)"))
+    references_per_person: int = field(default=3, metadata=_f("reference photos per held-out person"))
+    clip_steps: int = field(default=4000, metadata=_f("training steps of the world's CLIP"))
+    clip_batch: int = field(default=64, metadata=_f("images per CLIP step"))
+    detector_steps: int = field(default=1000, metadata=_f("training steps of the face detector"))
+    embedder_steps: int = field(default=1000, metadata=_f("training steps of the identity embedder"))
+    threads: int = field(default=1, metadata=_f("torch threads (the machine may be shared)"))
+    redo: list[str] = field(default_factory=list, metadata=_f("stages to rebuild even when already built"))
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        for name in ("scenes_train", "portraits_train", "clip_steps", "clip_batch", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        for name in ("scenes_test", "portraits_test", "references_per_person", "detector_steps", "embedder_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}.")
+        unknown = sorted(set(self.redo) - set(STAGES))
+        if unknown:
+            raise ValueError(f"Unknown stage(s) {unknown} in --redo; the stages are {', '.join(STAGES)}.")
+        split_identities(self.identities, self.heldout, self.seed)  # validates the counts
+        if self.identities > 1296:
+            raise ValueError(f"The world has at most 1296 distinct people, got --identities {self.identities}.")
+
+
+DATA_KEYS = ("seed", "identities", "heldout", "size")
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "identities": ("seed", "identities", "heldout"),
+    "scenes": (*DATA_KEYS, "scenes_train", "scenes_test"),
+    "portraits": (*DATA_KEYS, "portraits_train", "portraits_test"),
+    "references": (*DATA_KEYS, "references_per_person"),
+    "clip": (*DATA_KEYS, "scenes_train", "portraits_train", "clip_steps", "clip_batch"),
+    "faces": (*DATA_KEYS, "scenes_train", "portraits_train", "detector_steps", "embedder_steps"),
+}
+STAGE_KEYS["report"] = tuple(dict.fromkeys(k for keys in STAGE_KEYS.values() for k in keys)) + (
+    "scenes_test",
+    "portraits_test",
+    "references_per_person",
+)
+
+
+# stage -> the stages whose output it reads; a stage is rebuilt when one of them was rebuilt after it
+DEPENDS: dict[str, tuple[str, ...]] = {
+    "identities": (),
+    "scenes": ("identities",),
+    "portraits": ("identities",),
+    "references": ("identities",),
+    "clip": ("scenes", "portraits"),
+    "faces": ("scenes", "portraits"),
+    "report": ("references", "clip", "faces"),
+}
+
+
+def stage_inputs(out: Path, stage: str) -> dict[str, int | None]:
+    """The modification stamps of the markers of the stages ``stage`` reads (``None`` for one not built)."""
+    stamps = {}
+    for dep in DEPENDS[stage]:
+        path = marker_path(out, dep)
+        stamps[dep] = path.stat().st_mtime_ns if path.is_file() else None
+    return stamps
+
+
+def stage_settings(config: WorldConfig, stage: str) -> dict[str, Any]:
+    return {k: getattr(config, k) for k in STAGE_KEYS[stage]}
+
+
+def marker_path(out: Path, stage: str) -> Path:
+    return out / "stages" / f"{stage}.json"
+
+
+def stage_done(config: WorldConfig, stage: str) -> bool:
+    """Whether ``stage`` is built with these settings; ``ValueError`` when it was built with others."""
+    path = marker_path(config.out, stage)
+    if stage in config.redo or not path.is_file():
+        return False
+    marker = json.loads(path.read_text(encoding="utf-8"))
+    recorded = marker["settings"]
+    wanted = stage_settings(config, stage)
+    if recorded != wanted:
+        changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+        raise ValueError(
+            f"Stage {stage!r} of {config.out} was built with other settings ({', '.join(changed)}). Rebuild it with "
+            f"--redo {stage} (its files are overwritten), or build into another --out."
+        )
+    if marker.get("inputs", stage_inputs(config.out, stage)) != stage_inputs(config.out, stage):
+        logger.info("world %s: a stage it reads was rebuilt since, rebuilding", stage)
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------ people
+def load_people(out: Path) -> tuple[list[Identity], dict[str, list[int]]]:
+    data = json.loads((out / "world.json").read_text(encoding="utf-8"))
+    return [Identity.from_dict(p) for p in data["people"]], data["split"]
+
+
+def build_identities(config: WorldConfig) -> None:
+    people = make_identities(config.identities, config.seed)
+    split = split_identities(config.identities, config.heldout, config.seed)
+    data = {"seed": config.seed, "split": split, "people": [p.to_dict() for p in people]}
+    config.out.mkdir(parents=True, exist_ok=True)
+    (config.out / "world.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+
+
+def split_people(config: WorldConfig) -> dict[str, list[Identity]]:
+    people, split = load_people(config.out)
+    return {"train": [people[i] for i in split["train"]], "test": [people[i] for i in split["heldout"]]}
+
+
+def build_data(config: WorldConfig, name: str) -> None:
+    from .data import write_dataset
+
+    counts = {"train": getattr(config, f"{name}_train"), "test": getattr(config, f"{name}_test")}
+    write_dataset(config.out / name, name, split_people(config), counts, seed=config.seed, size=config.size)
+
+
+def build_references(config: WorldConfig) -> None:
+    from .data import write_references
+
+    heldout = split_people(config)["test"]
+    write_references(
+        config.out / "references", heldout, seed=config.seed, size=config.size, per_person=config.references_per_person
+    )
+
+
+# -------------------------------------------------------------------------------------------------- networks
+def read_train(config: WorldConfig) -> list:
+    from .data import read_samples
+
+    samples = []
+    for name in ("scenes", "portraits"):
+        samples += read_samples(config.out / name, "train", progress=True)
+    return samples
+
+
+def build_clip_stage(config: WorldConfig) -> None:
+    from .clip import ClipSettings, train_clip
+
+    samples = read_train(config)
+    images = np.stack([s.image for s in samples])
+    settings = ClipSettings(steps=config.clip_steps, batch_size=config.clip_batch, seed=config.seed)
+    train_clip(images, [s.data["attributes"] for s in samples], config.out / "clip", settings)
+
+
+def at_detector_size(samples: Sequence[Any]) -> tuple[np.ndarray, list[list[list[float]]]]:
+    """Images at the detector's side and their face boxes scaled to it."""
+    from .faces import DETECTOR_SIZE
+
+    images, boxes = [], []
+    for s in samples:
+        scale = DETECTOR_SIZE / s.image.shape[1]
+        image = s.image
+        if scale != 1:
+            image = np.asarray(Image.fromarray(image).resize((DETECTOR_SIZE, DETECTOR_SIZE), Image.Resampling.BICUBIC))
+        images.append(image)
+        boxes.append([[v * scale for v in p["face_box"]] for p in s.data["attributes"]["people"]])
+    return np.stack(images), boxes
+
+
+def build_faces_stage(config: WorldConfig) -> None:
+    from .faces import FaceSettings, train_detector, train_embedder
+
+    samples = read_train(config)
+    settings = FaceSettings(
+        detector_steps=config.detector_steps, embedder_steps=config.embedder_steps, seed=config.seed
+    )
+    images, boxes = at_detector_size(samples)
+    train_detector(images, boxes, config.out / "faces" / "detector", settings)
+    faces, identities = [], []
+    for k, s in enumerate(samples):
+        for p in s.data["attributes"]["people"]:
+            faces.append((k, p["face_box"]))
+            identities.append(int(p["identity"]))
+    train_embedder([s.image for s in samples], faces, identities, config.out / "faces" / "embedder", settings)
+
+
+def build_report(config: WorldConfig) -> None:
+    from .report import write_report
+
+    write_report(config.out)
+
+
+BUILDERS: dict[str, Callable[[WorldConfig], None]] = {
+    "identities": build_identities,
+    "scenes": lambda c: build_data(c, "scenes"),
+    "portraits": lambda c: build_data(c, "portraits"),
+    "references": build_references,
+    "clip": build_clip_stage,
+    "faces": build_faces_stage,
+    "report": build_report,
+}
+
+
+def run_stages(config: WorldConfig, stages: Sequence[str] = STAGES) -> dict[str, float]:
+    """Runs the named stages in order (skipping those already built); returns the wall seconds of each run."""
+    import torch
+
+    torch.set_num_threads(config.threads)
+    times = {}
+    for stage in stages:
+        if stage_done(config, stage):
+            logger.info("world %s: already built in %s, skipping", stage, config.out)
+            continue
+        if stage != "identities" and not (config.out / "world.json").is_file():
+            raise FileNotFoundError(
+                f"{config.out} has no world.json: run `facediffuser world build --out {config.out}` (or the "
+                "`identities` stage) first."
+            )
+        logger.info("world %s: building", stage)
+        start = time.perf_counter()
+        BUILDERS[stage](config)
+        times[stage] = time.perf_counter() - start
+        path = marker_path(config.out, stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "settings": stage_settings(config, stage),
+            "seconds": round(times[stage], 1),
+            "inputs": stage_inputs(config.out, stage),
+        }
+        path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        logger.info("world %s: done in %.0f s", stage, times[stage])
+    return times
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(WorldConfig)]
+
+
+def config_dict(config: WorldConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["out"] = str(config.out)
+    return data

@@ -1,0 +1,98 @@
+"""``--ip-backend mini``: the world's face detector and identity embedder as an identity-preservation backend.
+
+It follows the protocol of :mod:`facediffuser.evaluation.identity` (the harness does the greedy matching and scores
+a missing face as zero). The weights are a folder with ``detector/`` and ``embedder/`` (written by
+``facediffuser world faces``), found in this order: the ``mini_weights`` option, the ``FACEDIFFUSER_MINI_FACES``
+environment variable, the copy shipped in the package (``facediffuser/data/world/faces``) when there is one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+from ..evaluation.identity import Face, IdentityBackend
+from ..images import to_rgb
+from .faces import DETECTOR_SIZE, FaceDetector, FaceEmbedder, crop_face, to_input
+
+ENV_VAR = "FACEDIFFUSER_MINI_FACES"
+
+
+def check_faces_folder(folder: str | Path) -> Path:
+    """``folder`` as a Path when it holds ``detector/`` and ``embedder/`` model folders, else a clear error."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"The mini face-recognizer folder {folder} does not exist. Build it with `facediffuser world build --out "
+            "DIR` (it is DIR/faces) or `facediffuser world faces --out DIR`."
+        )
+    missing = [p for p in ("detector/config.json", "embedder/config.json") if not (folder / p).is_file()]
+    if missing:
+        raise ValueError(
+            f"{folder} is not a mini face-recognizer folder: it lacks {', '.join(missing)}. Pass the faces/ folder "
+            "written by `facediffuser world faces`."
+        )
+    return folder
+
+
+def default_faces_folder() -> Path | None:
+    shipped = resources.files("facediffuser") / "data" / "world" / "faces"
+    return Path(str(shipped)) if shipped.is_dir() else None
+
+
+class MiniFaceBackend(IdentityBackend):
+    """The world's detector finds faces on a 64 px copy of the image; the embedder embeds a square crop around each
+    box, taken from the image at its own size.
+
+    Args:
+        folder: the faces folder (``detector/``, ``embedder/``).
+        device: where the two networks run.
+        threshold: the detector's centre-score threshold (default: the one saved with the detector).
+    """
+
+    name = "mini"
+
+    def __init__(self, folder: str | Path, device: torch.device | str = "cpu", threshold: float | None = None):
+        self.folder = check_faces_folder(folder)
+        self.device = torch.device(device)
+        self.detector = FaceDetector.from_pretrained(self.folder / "detector").to(self.device).eval()
+        self.embedder = FaceEmbedder.from_pretrained(self.folder / "embedder").to(self.device).eval()
+        self.threshold = float(self.detector.config.threshold if threshold is None else threshold)
+
+    @classmethod
+    def from_options(cls, device: torch.device, options: Mapping[str, Any]) -> MiniFaceBackend:
+        """The harness's constructor: the folder from ``options["mini_weights"]``, ``$FACEDIFFUSER_MINI_FACES`` or
+        the package."""
+        folder = options.get("mini_weights") or os.environ.get(ENV_VAR) or default_faces_folder()
+        if folder is None:
+            raise ValueError(
+                "The mini IP backend needs the world's face recognizer: run `facediffuser world build --out DIR` (or "
+                f"`facediffuser world faces --out DIR`), then set {ENV_VAR}=DIR/faces."
+            )
+        return cls(folder, device=device)
+
+    def settings(self) -> dict[str, Any]:
+        return {"weights": str(self.folder.resolve()), "threshold": self.threshold}
+
+    @torch.no_grad()
+    def faces(self, image: PIL.Image.Image) -> list[Face]:
+        image = to_rgb(image)
+        width, height = image.size
+        small = np.asarray(image.resize((DETECTOR_SIZE, DETECTOR_SIZE), PIL.Image.Resampling.BICUBIC))
+        x = to_input(torch.from_numpy(small[None].copy())).to(self.device)
+        found = self.detector.detect(x, self.threshold)[0]
+        if not found:
+            return []
+        sx, sy = width / DETECTOR_SIZE, height / DETECTOR_SIZE
+        boxes = [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b, _ in found]
+        crops = np.stack([crop_face(image, box) for box in boxes])
+        embeddings = self.embedder(to_input(torch.from_numpy(crops)).to(self.device)).cpu()
+        faces = [Face(e, box, score) for e, box, (_, score) in zip(embeddings, boxes, found)]
+        return sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
