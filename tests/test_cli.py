@@ -345,3 +345,68 @@ def test_sampling_flags_come_from_sampling_settings():
     assert flat["num_inference_steps"] == 7 and "sampling" not in flat  # flat, as the flags are
     rebuilt = build_config(GenerateConfig, base=flat)  # what a PNG records rebuilds the same config
     assert rebuilt.sampling == config.sampling and rebuilt.prompt == "x"
+
+
+def _scene_models(root: Path) -> dict[str, tuple[Path, str]]:
+    """Broken scene models, each with the words generate must answer with."""
+    pickle_named_safetensors = root / "pickle.safetensors"
+    torch.save({"w": torch.zeros(1)}, pickle_named_safetensors)
+    empty = root / "empty.safetensors"
+    empty.write_bytes(b"")
+    no_config = root / "no-config"
+    no_config.mkdir()
+    no_weights = root / "no-weights" / "unet"
+    no_weights.mkdir(parents=True)
+    (no_weights / "config.json").write_text("{}")
+    return {
+        "missing": (root / "nope.safetensors", "Scene model not found"),
+        "pickle named .safetensors": (pickle_named_safetensors, "named .safetensors. Rename it to .bin"),
+        "empty file": (empty, "is empty (0 bytes)"),
+        "a .ckpt": (root / "nope.ckpt", "Scene model not found"),
+        "folder without a config": (no_config, "holds neither a unet/ folder nor a UNet config.json"),
+        "unet/ without weights": (no_weights.parent, "holds no weights"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing", "pickle named .safetensors", "empty file", "folder without a config", "unet/ without weights"],
+)
+def test_a_broken_scene_model_is_refused_before_any_model_loads(tmp_path, capsys, no_model_load, case):
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    inputs.mkdir()
+    path, words = _scene_models(inputs)[case]
+    code = main(["generate", *ONE, "--scene-model", str(path), "-o", str(out / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_a_scene_model_of_another_shape_is_one_sentence(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from facediffuser.tiny import TinyConfig, tiny_unet
+
+    # A UNet whose blocks are twice as wide: every file check passes, and only loading it can tell.
+    other = tiny_unet(TinyConfig(unet_channels=(16, 16, 32, 32)))
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, tmp_path / "wide.safetensors")
+    code = main(["generate", *ONE, "--scene-model", str(tmp_path / "wide.safetensors"), "--steps", "1",
+                 "-o", str(tmp_path / "x.png")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "does not fit an SD1.x UNet" in err and "size mismatch" in err and "Traceback" not in err, err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_system_error_is_one_line_too(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from facediffuser import outputs
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x.png"))
+
+    monkeypatch.setattr(outputs, "atomic_write", disk_full)
+    code = main(["generate", *ONE, "--steps", "1", "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "Traceback" not in err, err
+    assert not (tmp_path / "x.png").exists()

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from .loading import load_scene_unet
+from .loading import check_scene_model, load_scene_unet
 from .models import SubjectFuser
 from .pipeline import FaceDiffuserPipeline
+from .weight_files import check_safetensors_file, check_weights_folder, file_format, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -43,56 +43,6 @@ StateDict = dict[str, torch.Tensor]
 _OLD_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 # ViT-L/14 has 64-wide attention heads; a state dict does not record the head count.
 CLIP_VISION_HEAD_DIM = 64
-
-
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    """The first line of an error message, shortened: a one-line error stays one line."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _file_format(path: Path) -> str:
-    """What the first bytes say a checkpoint file is: ``empty``, ``safetensors``, ``zip`` (torch.save), ``pickle``
-    (older torch.save) or ``unknown``. The name does not decide: files get renamed."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            head = f.read(9)
-    except PermissionError as err:
-        raise ValueError(f"{path} cannot be read ({_first_line(err)}): check its permissions.") from err
-    if size == 0:
-        return "empty"
-    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
-        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
-    if head.startswith(b"PK\x03\x04"):
-        return "zip"
-    if head.startswith(b"\x80"):  # pickle protocol 2 and later
-        return "pickle"
-    return "unknown"
-
-
-def check_safetensors_file(path: str | os.PathLike) -> None:
-    """Reads only the header of a ``.safetensors`` file: a renamed ``.bin``, a truncated or a damaged file is a
-    ``ValueError`` that says which, before any model loads."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
-    kind = _file_format(path)
-    if kind == "empty":
-        raise ValueError(f"{path} is empty (0 bytes): the download or copy did not finish. Download it again.")
-    if kind in ("zip", "pickle"):
-        raise ValueError(
-            f"{path} is a PyTorch pickle file (a .bin) named .safetensors. Rename it to .bin: a .bin is read with "
-            "torch.load(weights_only=True), which runs no code."
-        )
-    try:
-        with safe_open(path, framework="pt"):
-            pass
-    except SafetensorError as err:
-        raise ValueError(
-            f"{path} is not a readable safetensors file ({_first_line(err)}): it is damaged or truncated. "
-            "Download it again."
-        ) from err
 
 
 def load_state_dict(path: str | os.PathLike) -> StateDict:
@@ -111,7 +61,7 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give the checkpoint file in it (e.g. {path / 'pytorch_model.bin'}).")
-    kind = _file_format(path)
+    kind = file_format(path)
     if kind == "empty":
         raise ValueError(f"{path} is empty (0 bytes): the download or copy did not finish. Download it again.")
     if kind == "safetensors" or path.suffix == ".safetensors":
@@ -137,9 +87,9 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
                     f"{path} is not a PyTorch or safetensors checkpoint (its first bytes are neither): is it the "
                     "right file?"
                 ) from err
-            raise ValueError(damaged + f"; {_first_line(err, 100)})") from err
+            raise ValueError(damaged + f"; {first_line(err, 100)})") from err
         except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as err:
-            detail = f"{type(err).__name__}: {_first_line(err, 100)}" if str(err).strip() else type(err).__name__
+            detail = f"{type(err).__name__}: {first_line(err, 100)}" if str(err).strip() else type(err).__name__
             raise ValueError(damaged + f"; {detail})") from err
     for wrapper in ("state_dict", "module", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -253,30 +203,11 @@ def _read_config(path: str | os.PathLike) -> dict:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({_first_line(err)}): copy it again.") from err
+        raise ValueError(f"{path} is not valid JSON ({first_line(err)}): copy it again.") from err
 
 
 _SD_PARTS = ("tokenizer", "scheduler", "unet", "text_encoder", "vae")
 _SD_CONFIGS = ("unet/config.json", "text_encoder/config.json", "vae/config.json", "scheduler/scheduler_config.json")
-
-
-def _check_weights(folder: Path, stem: str, alternative: str = "") -> None:
-    """``folder`` must hold ``{stem}.safetensors`` (or its shards), readable: checked before any model loads."""
-    single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
-    if single.is_file():
-        check_safetensors_file(single)
-        return
-    if index.is_file():
-        for shard in sorted(set(_read_config(index).get("weight_map", {}).values())):
-            check_safetensors_file(folder / shard)
-        return
-    held = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".ckpt", ".pt"))
-    if held:
-        raise ValueError(
-            f"{folder} holds {', '.join(held)} but no {single.name}: facediffuser reads only that file (no pickles, "
-            f"no variants). Download {single.name} into {folder}."
-        )
-    raise ValueError(f"{folder} holds no weights: download {single.name} into it{alternative}.")
 
 
 def _check_sd_folder(folder: Path, *, need_unet_weights: bool) -> None:
@@ -301,7 +232,7 @@ def _check_sd_folder(folder: Path, *, need_unet_weights: bool) -> None:
             "tokenizer/ folder again."
         )
     if need_unet_weights:
-        _check_weights(folder / "unet", "diffusion_pytorch_model", " (or pass --tdm or --scene-model)")
+        check_weights_folder(folder / "unet", "diffusion_pytorch_model", " (or pass --tdm or --scene-model)")
 
 
 def _load_tokenizer(sd: Path) -> CLIPTokenizer:
@@ -311,7 +242,7 @@ def _load_tokenizer(sd: Path) -> CLIPTokenizer:
         tokenizer = CLIPTokenizer.from_pretrained(folder)
     except Exception as err:  # the tokenizers library raises its own, unexported exception types
         raise ValueError(
-            f"{folder} could not be read as a CLIP tokenizer ({_first_line(err)}): copy SD v1.5's tokenizer/ again."
+            f"{folder} could not be read as a CLIP tokenizer ({first_line(err)}): copy SD v1.5's tokenizer/ again."
         ) from err
     _read_config(sd / "text_encoder")  # valid JSON, or a sentence naming the file
     text = CLIPTextConfig.from_pretrained(sd / "text_encoder")
@@ -327,17 +258,6 @@ def _load_tokenizer(sd: Path) -> CLIPTokenizer:
             f"positions: set model_max_length to {positions} in its tokenizer_config.json."
         )
     return tokenizer
-
-
-def _check_scene_model(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"Scene model not found: {path}")
-    if path.is_dir():
-        folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
-        if (folder / "config.json").is_file():
-            _check_weights(folder, "diffusion_pytorch_model")
-    elif path.suffix == ".safetensors":
-        check_safetensors_file(path)
 
 
 def _check_release_file(path: str | os.PathLike, flag: str) -> None:
@@ -380,7 +300,7 @@ def convert_release(
     if tdm_checkpoint is not None:
         _check_release_file(tdm_checkpoint, "--tdm")
     if scene_model is not None:
-        _check_scene_model(Path(scene_model))
+        check_scene_model(Path(scene_model))
     if image_encoder_config is not None and not Path(image_encoder_config).exists():
         raise FileNotFoundError(f"Image encoder config not found: {image_encoder_config}")
     tokenizer = _load_tokenizer(sd)
@@ -413,14 +333,7 @@ def convert_release(
     _load_exact(subject_unet, parts["unet"], "SDM UNet", sdm_checkpoint, SDM_HINT)
 
     if scene_model is not None:
-        try:
-            unet = load_scene_unet(scene_model, like=subject_unet)
-        except RuntimeError as err:  # a tensor of another shape; torch names it on a later line
-            lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line] or [str(err)]
-            raise ValueError(
-                f"{scene_model} does not fit an SD1.x UNet like the SDM's ({_first_line(lines[0], 200)}): give an "
-                "SD v1.x UNet."
-            ) from err
+        unet = load_scene_unet(scene_model, like=subject_unet, like_name="the SDM's")
         check_finite(unet.state_dict(), scene_model)
     elif tdm_checkpoint is not None:
         tdm_state = load_state_dict(tdm_checkpoint)
@@ -443,7 +356,7 @@ def convert_release(
         state = {("text_model." if nested else "") + k: v for k, v in parts["text_encoder"].items()}
         _load_exact(text_encoder, state, "text encoder", sdm_checkpoint, SDM_HINT)
     else:
-        _check_weights(sd / "text_encoder", "model")
+        check_weights_folder(sd / "text_encoder", "model")
         text_encoder = CLIPTextModel.from_pretrained(sd / "text_encoder", use_safetensors=True)
         check_finite(text_encoder.state_dict(), sd / "text_encoder")
 
@@ -451,7 +364,7 @@ def convert_release(
         vae = AutoencoderKL.from_config(_read_config(sd / "vae"))
         _load_exact(vae, map_old_vae_attention(parts["vae"]), "VAE", sdm_checkpoint, SDM_HINT)
     else:
-        _check_weights(sd / "vae", "diffusion_pytorch_model")
+        check_weights_folder(sd / "vae", "diffusion_pytorch_model")
         vae = AutoencoderKL.from_pretrained(sd / "vae", use_safetensors=True)
         check_finite(vae.state_dict(), sd / "vae")
 
@@ -535,7 +448,7 @@ def check_output_folder(
         probe.rmdir()
     except OSError as err:
         raise ValueError(
-            f"Cannot write in {parent} ({_first_line(err)}): choose an --out in a folder you can write to."
+            f"Cannot write in {parent} ({first_line(err)}): choose an --out in a folder you can write to."
         ) from err
     return out
 

@@ -213,25 +213,52 @@ def swap_scheduler(pipe: FaceDiffuserPipeline, name: str) -> None:
     pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
 
 
-def load_scene_unet(path: str | Path, like: UNet2DConditionModel) -> UNet2DConditionModel:
-    """An SD1.x UNet to use as the TDM, from a diffusers folder (a pipeline or a bare ``unet/``) or a single
-    ``.safetensors`` file (original LDM keys ``model.diffusion_model.*`` or diffusers keys, optionally under
-    ``unet.``). ``like`` supplies the architecture config for single files."""
-    from safetensors.torch import load_file
+def check_scene_model(path: str | Path) -> None:
+    """Everything about a scene model that can be known before it loads: it exists, a folder holds a UNet config and
+    its safetensors weights, a single file is a readable ``.safetensors``. Raises ``FileNotFoundError`` or
+    ``ValueError`` with a sentence."""
+    from .weight_files import check_safetensors_file, check_weights_folder
 
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Scene model not found: {path}")
     if path.is_dir():
         folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
         if not (folder / "config.json").is_file():
             raise ValueError(f"{path} holds neither a unet/ folder nor a UNet config.json.")
-        return UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
-    if not path.is_file():
-        raise FileNotFoundError(f"Scene model not found: {path}")
+        check_weights_folder(folder, "diffusion_pytorch_model")
+        return
     if path.suffix != ".safetensors":
         raise ValueError(
             f"{path}: a single-file scene model must be .safetensors (pickled .ckpt/.bin files can run code on load)."
         )
-    state = load_file(path)
+    check_safetensors_file(path)
+
+
+def load_scene_unet(
+    path: str | Path, like: UNet2DConditionModel, like_name: str = "the pipeline's TDM"
+) -> UNet2DConditionModel:
+    """An SD1.x UNet to use as the TDM, from a diffusers folder (a pipeline or a bare ``unet/``) or a single
+    ``.safetensors`` file (original LDM keys ``model.diffusion_model.*`` or diffusers keys, optionally under
+    ``unet.``). ``like`` (called ``like_name`` in messages) supplies the architecture config for single files. A file
+    that does not fit is a ``ValueError`` naming the tensor."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    check_scene_model(path)
+    try:
+        if path.is_dir():
+            folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
+            return UNet2DConditionModel.from_pretrained(folder, use_safetensors=True)
+        return _scene_unet_from_file(path, like, load_file(path))
+    except RuntimeError as err:  # a tensor of another shape; torch names it on a later line
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line] or [str(err)]
+        raise ValueError(
+            f"{path} does not fit an SD1.x UNet like {like_name} ({lines[0][:200]}): give an SD v1.x UNet."
+        ) from err
+
+
+def _scene_unet_from_file(path: Path, like: UNet2DConditionModel, state: dict) -> UNet2DConditionModel:
     if any(k.startswith("model.diffusion_model.") for k in state):
         from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 

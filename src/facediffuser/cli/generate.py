@@ -106,6 +106,7 @@ def check_before_loading(config: GenerateConfig):
         ModelSource,
         check_model_source,
         check_offload,
+        check_scene_model,
         read_placeholder,
         resolve_device,
         resolve_dtype,
@@ -124,6 +125,8 @@ def check_before_loading(config: GenerateConfig):
     dtype = resolve_dtype(config.dtype, device)
     check_offload(config.offload, device)
     source = check_model_source(config.model)
+    if config.scene_model is not None:
+        check_scene_model(config.scene_model)
     placeholder = read_placeholder(Path(config.model).expanduser()) if source is ModelSource.FOLDER else None
     paths = output_paths(config.out, config.num_images)
     for path in paths + ([mask_path(p) for p in paths] if config.save_masks else []):

@@ -10,7 +10,7 @@ import sys
 # Sub-command modules of this package; each defines register(subparsers) and sets `func` on its parser. A module is
 # imported only when its sub-command runs (all of them only for `facediffuser --help`), so that `generate` does not
 # pay for importing the trainer or the evaluation harness.
-COMMANDS = ("generate", "convert", "train", "evaluate", "world")
+COMMANDS = ("generate", "convert", "train", "evaluate", "demo", "world", "mini")
 
 
 def chosen_command(argv: list[str]) -> str | None:
@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"facediffuser {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the system refused (a full disk, a lost mount): not the user's input, but no traceback
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"facediffuser {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"facediffuser {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,284 @@
+"""One demo request, start to finish, without Gradio: check it, run the pipeline, write the PNGs and mask strips.
+
+The checks, the pipeline and the PNG chunk are ``facediffuser generate``'s: a request is turned into the same
+:class:`~facediffuser.settings.SamplingSettings` (so alpha > beta fails with the same words), its photos go through
+the same reference checks, and each PNG carries the same ``parameters`` chunk.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import queue
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..loading import dtype_name
+from ..settings import SamplingSettings, check_image_size
+
+logger = logging.getLogger(__name__)
+
+MAX_PEOPLE = 4
+MAX_IMAGES = 4
+# Seeds drawn for an empty seed box: below 2**31 so that they are easy to read back and type in again.
+SEED_LIMIT = 2**31
+
+StepCallback = Callable[[int, int], None]
+
+
+def slider_range(name: str) -> tuple[float, float]:
+    """The ``(min, max)`` a slider offers for a :class:`SamplingSettings` field (its ``ui_range`` metadata)."""
+    return SAMPLING_FIELDS[name].metadata["ui_range"]
+
+
+def default(name: str) -> Any:
+    """The default of a :class:`SamplingSettings` field, as a plain value (enums as their values)."""
+    value = SAMPLING_FIELDS[name].default
+    return getattr(value, "value", value)
+
+
+SAMPLING_FIELDS = {f.name: f for f in dataclasses.fields(SamplingSettings)}
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    """What the page sends: a prompt, the photos of each person (placeholder order) and the sampling settings."""
+
+    prompt: str
+    people: Sequence[Sequence[str | Path]]
+    settings: SamplingSettings = field(default_factory=SamplingSettings)
+    negative_prompt: str = ""
+    seed: int | None = None
+    num_images: int = 1
+    scheduler: str | None = None
+    height: int | None = None
+    width: int | None = None
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """The PNGs of one run (each with its ``parameters`` chunk), one mask strip per image, and the seed used."""
+
+    images: list[Path]
+    masks: list[Path]
+    seed: int
+
+
+class DemoRunner:
+    """Holds the loaded pipeline and runs requests on it, at most ``concurrency`` at a time.
+
+    The pipeline's scheduler keeps the state of a run (its timesteps), so two runs cannot share one pipeline object.
+    With ``concurrency > 1`` the runner makes that many pipeline objects over the same weights, each with its own
+    scheduler; memory then grows with the activations of the runs in flight, not with copies of the models.
+
+    Args:
+        pipe: the pipeline, as :func:`facediffuser.loading.load_pipeline` returns it.
+        workdir: where the PNGs go; the caller owns it (the app removes it on exit).
+        model: the model's name as given to ``--model``, recorded in each PNG.
+        concurrency: runs allowed at the same time.
+        face_check: refuse reference photos without a detectable face (when dlib is installed), as ``generate`` does.
+        recorded: what else each PNG records of how the model was loaded, in ``generate``'s words (``scene_model``,
+            ``device``, ``dtype``); by default the pipeline's own device and dtype.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        workdir: str | Path,
+        *,
+        model: str,
+        concurrency: int = 1,
+        face_check: bool = True,
+        recorded: dict[str, Any] | None = None,
+    ):
+        if concurrency < 1:
+            raise ValueError(f"The concurrency limit must be at least 1, got {concurrency}.")
+        self.pipe = pipe
+        self.workdir = Path(workdir)
+        self.model = model
+        self.concurrency = concurrency
+        self.face_check = face_check
+        self.recorded = {"scene_model": None, "device": str(pipe.device), "dtype": dtype_name(pipe.dtype)}
+        self.recorded.update(recorded or {})
+        self._scheduler = copy.deepcopy(pipe.scheduler)
+        self._pipes: queue.Queue = queue.Queue()
+        self._pipes.put(pipe)
+        for _ in range(concurrency - 1):
+            self._pipes.put(type(pipe)(**{**pipe.components, "scheduler": copy.deepcopy(pipe.scheduler)}))
+        self._count_lock = threading.Lock()
+        self._runs = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+
+    # ------------------------------------------------------------------ the page's facts
+    @property
+    def placeholder(self) -> str:
+        return self.pipe.placeholder
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        """``(height, width)`` the model draws when no size is given."""
+        side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        return side, side
+
+    @property
+    def scheduler_name(self) -> str:
+        return type(self._scheduler).__name__
+
+    # ------------------------------------------------------------------ checks
+    def check(self, request: DemoRequest) -> list[list]:
+        """All checks that need no model run; returns the loaded reference photos, one list per person.
+
+        The request checks are :func:`facediffuser.inputs.check_request`, ``generate``'s own; a person is named by
+        the file names of their photos. Raises ``ValueError`` / ``FileNotFoundError``.
+        """
+        from ..inputs import check_request
+        from ..loading import SCHEDULERS
+
+        if not 1 <= request.num_images <= MAX_IMAGES:
+            raise ValueError(f"The number of images must be between 1 and {MAX_IMAGES}, got {request.num_images}.")
+        if request.scheduler is not None and request.scheduler not in SCHEDULERS:
+            raise ValueError(f"Unknown scheduler {request.scheduler!r}; choose from {', '.join(SCHEDULERS)}.")
+        check_image_size(request.height, request.width, self.pipe.vae_scale_factor)
+        refs = [[str(p) for p in person] for person in request.people]
+        return check_request(
+            request.prompt,
+            refs,
+            placeholder=self.placeholder,
+            face_check=self.face_check,
+            reference_term="person slot",
+            names=[f"person {k + 1} ({photo_names(person)})" for k, person in enumerate(refs)],
+        )
+
+    # ------------------------------------------------------------------ running
+    def run(self, request: DemoRequest, on_step: StepCallback | None = None) -> DemoResult:
+        """Checks ``request``, waits for a free pipeline, draws the images, and writes them (PNG with parameters)
+        and their mask strips under :attr:`workdir`."""
+        import torch
+
+        from ..loading import scheduler_name, swap_scheduler
+        from ..outputs import PARAMETERS_KEY, parameters_text, write_png
+        from ..visualize import mask_strip, mask_strip_description
+
+        references = self.check(request)
+        seed = request.seed if request.seed is not None else random.SystemRandom().randrange(SEED_LIMIT)
+        pipe = self._pipes.get()
+        with self._count_lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self._runs += 1
+            folder = self.workdir / f"run-{self._runs:05d}"
+        try:
+            pipe.scheduler = copy.deepcopy(self._scheduler)
+            if request.scheduler is not None:
+                swap_scheduler(pipe, request.scheduler)
+            total = request.settings.num_inference_steps
+
+            def step_end(_pipe, step: int, _timestep, tensors: dict) -> dict:
+                if on_step is not None:
+                    on_step(step + 1, total)
+                return {}
+
+            result = pipe(
+                request.prompt,
+                reference_images=references,
+                negative_prompt=request.negative_prompt,
+                height=request.height,
+                width=request.width,
+                num_images_per_prompt=request.num_images,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                return_masks=True,
+                callback_on_step_end=step_end,
+                **request.settings.pipeline_kwargs(),
+            )
+            scheduler = request.scheduler or scheduler_name(pipe.scheduler)
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+            self._pipes.put(pipe)
+
+        images, masks = [], []
+        recorded = self.parameters(request, references, seed, scheduler, result.images[0])
+        for i, image in enumerate(result.images):
+            path = folder / f"face-diffuser-{seed}-{i}.png"
+            parameters = {**recorded, "image_index": i}
+            text = {PARAMETERS_KEY: parameters_text(parameters), "prompt": request.prompt}
+            images.append(write_png(image, path, text=text))
+            strip = wrap_strip(mask_strip(result.fusion_trace, i, image), len(result.fusion_trace.stages) + 1)
+            text["Description"] = (
+                mask_strip_description(result.fusion_trace, path.name) + " (Read left to right, row by row.)"
+            )
+            masks.append(write_png(strip, folder / f"face-diffuser-{seed}-{i}-masks.png", text=text))
+        logger.info("Run %s: %d image(s), seed %d.", folder.name, len(images), seed)
+        return DemoResult(images=images, masks=masks, seed=seed)
+
+    def parameters(self, request: DemoRequest, people: list[list], seed: int, scheduler: str | None, image) -> dict:
+        """The ``parameters`` chunk of one image, as ``generate`` writes it (the same keys, the same words)."""
+        from ..outputs import generation_parameters
+
+        return generation_parameters(
+            prompt=request.prompt,
+            reference_names=[photo_names(person) for person in request.people],
+            people=people,
+            settings=request.settings,
+            seed=seed,
+            height=image.height,
+            width=image.width,
+            negative_prompt=request.negative_prompt,
+            model=self.model,
+            scene_model=self.recorded["scene_model"],
+            scheduler=scheduler,
+            device=self.recorded["device"],
+            dtype=self.recorded["dtype"],
+            num_images=request.num_images,
+            placeholder=self.placeholder,
+        )
+
+
+def photo_names(photos: Sequence[str | Path]) -> str:
+    """One person's photos by file name (never a full path): ``"a.jpg"``, or ``"a.jpg + b.jpg"`` for several."""
+    return " + ".join(Path(p).name for p in photos)
+
+
+def parse_seed(text: str | int | None) -> int | None:
+    """The seed box's value: empty means a random seed (``None``); anything else must be a whole number >= 0."""
+    if text is None or isinstance(text, int):
+        value = text
+    else:
+        text = str(text).strip()
+        if not text:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"The seed must be a whole number, or empty for a random one; got {text!r}.") from None
+    if value is not None and not 0 <= value < 2**64:
+        raise ValueError(f"The seed must be between 0 and 2**64 - 1, got {value}.")
+    return value
+
+
+def wrap_strip(strip, tiles: int, per_row: int | None = None):
+    """``mask_strip``'s one row of ``tiles`` equal columns, cut into rows of ``per_row`` columns (default:
+    ``ceil(sqrt(tiles))``) and centred on a white square, so that a 50-step strip reads on a page beside its image
+    (the page's galleries show square thumbnails)."""
+    from PIL import Image
+
+    per_row = per_row or math.ceil(math.sqrt(tiles))
+    if tiles <= per_row:
+        return strip
+    column = strip.width // tiles
+    rows = -(-tiles // per_row)
+    width, height = column * per_row, strip.height * rows
+    side = max(width, height)
+    left, top = (side - width) // 2, (side - height) // 2
+    out = Image.new("RGB", (side, side), (255, 255, 255))
+    for r in range(rows):
+        row = strip.crop((r * per_row * column, 0, min(tiles, (r + 1) * per_row) * column, strip.height))
+        out.paste(row, (left, top + r * strip.height))
+    return out

@@ -1,0 +1,5 @@
+"""The mini Face-diffuser: small models trained on the procedural world (:mod:`facediffuser.world`).
+
+:mod:`.build` runs the staged recipe (``facediffuser mini build``), :mod:`.vae` trains the small VAE, :mod:`.data`
+reads the world's renders. Importing this package loads nothing heavy.
+"""

@@ -1,0 +1,359 @@
+"""``facediffuser mini build``: the mini Face-diffuser, trained on the world in stages, seeded and resumable.
+
+Stages, in order (each under ``--out``, each ending with a marker ``stages/<stage>.json``: its settings, wall time):
+
+- ``vae``: a small ``AutoencoderKL`` on the world's renders (:mod:`facediffuser.mini.vae`); ``vae/vae`` is the model;
+- ``tdm``: a pipeline folder is assembled (``tdm/base``: the VAE, the world CLIP's text tower and tokenizer, its
+  vision tower, a fresh UNet of the ``[unet]`` settings, a fresh fuser), then the project's trainer
+  (``facediffuser train tdm``) trains its scene UNet on the world's ``scenes`` data set into ``tdm/train``;
+- ``sdm``: the trained TDM pipeline with the TDM's UNet copied into the subject slot (``sdm/base``), then
+  ``facediffuser train sdm`` on the world's ``portraits`` into ``sdm/train``: the mini model.
+
+The recipes are TOML files (``configs/mini_vae.toml``, ``configs/mini_tdm.toml``, ``configs/mini_sdm.toml``): the
+VAE's keys are :class:`~facediffuser.mini.vae.VaeSettings` fields, the TDM's and SDM's are ``facediffuser train``
+settings (``TrainConfig`` fields) plus, for the TDM, an ``[unet]`` table (:class:`UNetSettings`). The build sets the
+data root, output folder, base model and seed itself.
+
+A stage whose marker holds the same settings is skipped. A stage that was started writes its settings first
+(``<stage>/settings.json``), so an interrupted stage continues from its last checkpoint (the trainers' exact resume)
+only with the same settings; a stage built or started with other settings is refused, never mixed. Each stage's
+settings include those of the stages before it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..configuration import config_to_dict, load_toml
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("vae", "tdm", "sdm")
+# Set by the build, never by a recipe file.
+MANAGED_KEYS = ("data_root", "output_dir", "pretrained", "seed", "resume")
+
+
+def _f(help_text: str, **extra: Any) -> dict:
+    return {"help": help_text, **extra}
+
+
+@dataclass
+class MiniConfig:
+    """Settings of ``facediffuser mini build``: one dataclass, the source of the flags."""
+
+    out: Path = field(metadata=_f("folder of the build (one sub-folder per stage)"))
+    world: Path = field(default=Path("world"), metadata=_f("folder of `facediffuser world build` (data sets, clip/)"))
+    seed: int = field(default=0, metadata=_f("seed of every stage"))
+    from_stage: str | None = field(
+        default=None,
+        metadata=_f(f"start at this stage ({', '.join(STAGES)}); the stages before it must be built", flag="--from"),
+    )
+    to_stage: str | None = field(
+        default=None, metadata=_f(f"stop after this stage ({', '.join(STAGES)}); default: the last", flag="--to")
+    )
+    resolution: int = field(default=32, metadata=_f("side of the training images (the world's renders are resized)"))
+    vae_config: Path = field(default=Path("configs/mini_vae.toml"), metadata=_f("recipe of the VAE stage"))
+    tdm_config: Path = field(default=Path("configs/mini_tdm.toml"), metadata=_f("recipe of the TDM stage"))
+    sdm_config: Path = field(default=Path("configs/mini_sdm.toml"), metadata=_f("recipe of the SDM stage"))
+    threads: int = field(default=1, metadata=_f("torch threads (the machine may be shared)"))
+
+    def __post_init__(self) -> None:
+        self.out, self.world = Path(self.out), Path(self.world)
+        for flag, stage in (("--from", self.from_stage), ("--to", self.to_stage)):
+            if stage is not None and stage not in STAGES:
+                raise ValueError(f"Unknown stage {stage!r} for {flag}; the stages are {', '.join(STAGES)}.")
+        if self.stages == ():
+            raise ValueError(f"--from {self.from_stage} comes after --to {self.to_stage}: no stage to run.")
+        if self.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {self.threads}.")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ValueError(f"--resolution must be a positive multiple of 8, got {self.resolution}.")
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        first = STAGES.index(self.from_stage) if self.from_stage else 0
+        last = STAGES.index(self.to_stage) if self.to_stage else len(STAGES) - 1
+        return STAGES[first : last + 1]
+
+
+@dataclass(frozen=True)
+class UNetSettings:
+    """The mini UNets (TDM and SDM share them): an SD1.x-shaped ``UNet2DConditionModel`` at any width. Cross-attention
+    sits where the trainer's localization loss reads it (``down_blocks.1-2``, ``mid_block``, ``up_blocks.1-2``), not
+    in the first down block and the first up block."""
+
+    channels: tuple[int, ...] = (64, 128, 192)
+    layers_per_block: int = 1
+    head_dim: int = 8  # diffusers' `attention_head_dim` (the head count, for SD1.x)
+    norm_groups: int = 32
+
+    def __post_init__(self) -> None:
+        if len(self.channels) < 3 or any(c % self.norm_groups for c in self.channels):
+            raise ValueError(
+                f"[unet] channels {self.channels} need at least 3 levels, each a multiple of norm_groups "
+                f"{self.norm_groups} (the localization loss reads down_blocks.2 and up_blocks.2)."
+            )
+
+    def build(self, cross_attention_dim: int, sample_size: int):
+        from diffusers import UNet2DConditionModel
+
+        levels = len(self.channels)
+        return UNet2DConditionModel(
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=tuple(self.channels),
+            layers_per_block=self.layers_per_block,
+            down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+            cross_attention_dim=cross_attention_dim,
+            attention_head_dim=self.head_dim,
+            norm_num_groups=self.norm_groups,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ recipes
+def read_vae_recipe(config: MiniConfig):
+    from .vae import VaeSettings
+
+    data = load_toml(config.vae_config)
+    known = {f.name for f in fields(VaeSettings)} - {"seed"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown VAE setting(s) {unknown} in {config.vae_config}; known: {sorted(known)}.")
+    if "channels" in data:
+        data["channels"] = tuple(data["channels"])
+    return VaeSettings(**data, seed=config.seed)
+
+
+def read_train_recipe(config: MiniConfig, stage: str) -> tuple[dict[str, Any], UNetSettings | None]:
+    """The ``TrainConfig`` values of a stage's TOML (without the keys the build sets) and its ``[unet]`` table."""
+    from ..configuration import flag_names
+    from ..training.config import TrainConfig
+
+    path = config.tdm_config if stage == "tdm" else config.sdm_config
+    data = load_toml(path)
+    unet = data.pop("unet", None)
+    if unet is not None and stage != "tdm":
+        raise ValueError(f"{path} has a [unet] table: the SDM starts from the TDM's UNet, set it in the TDM recipe.")
+    managed = sorted(set(data) & set(MANAGED_KEYS))
+    unknown = sorted(set(data) - set(flag_names(TrainConfig)))
+    if managed or unknown:
+        raise ValueError(
+            f"{path}: the build sets {', '.join(MANAGED_KEYS)} itself ({managed} given); unknown key(s) {unknown}."
+        )
+    if "resolution" in data and data["resolution"] != config.resolution:
+        raise ValueError(f"{path} sets resolution {data['resolution']}, the build --resolution {config.resolution}.")
+    data["resolution"] = config.resolution
+    settings = None
+    if stage == "tdm":
+        unet = dict(unet or {})
+        if "channels" in unet:
+            unet["channels"] = tuple(unet["channels"])
+        settings = UNetSettings(**unet)
+    return data, settings
+
+
+def stage_settings(config: MiniConfig, stage: str) -> dict[str, Any]:
+    """What a stage's result depends on: its recipe, the seed, the data, and the settings of the stages before it."""
+    common = {"seed": config.seed, "world": str(config.world.resolve()), "resolution": config.resolution}
+    if stage == "vae":
+        return {**common, "vae": read_vae_recipe(config).to_dict()}
+    before = stage_settings(config, STAGES[STAGES.index(stage) - 1])
+    train, unet = read_train_recipe(config, stage)
+    out = {**before, stage: train}
+    if unet is not None:
+        out["unet"] = {**asdict(unet), "channels": list(unet.channels)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ markers
+def marker_path(out: Path, stage: str) -> Path:
+    return out / "stages" / f"{stage}.json"
+
+
+def started_path(out: Path, stage: str) -> Path:
+    return out / stage / "settings.json"
+
+
+def _refuse_if_changed(recorded: dict[str, Any], wanted: dict[str, Any], stage: str, config: MiniConfig, what: str):
+    if recorded != wanted:
+        changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+        raise ValueError(
+            f"Stage {stage!r} of {config.out} was {what} with other settings (changed: {', '.join(changed)}). Build "
+            "into another --out, or move its folder away to rebuild it: stages are never mixed or overwritten."
+        )
+
+
+def stage_state(config: MiniConfig, stage: str, wanted: dict[str, Any]) -> str:
+    """``"done"``, ``"started"`` (resumable) or ``"new"``; ``ValueError`` when built or started with other settings."""
+    done = marker_path(config.out, stage)
+    if done.is_file():
+        _refuse_if_changed(json.loads(done.read_text(encoding="utf-8"))["settings"], wanted, stage, config, "built")
+        return "done"
+    started = started_path(config.out, stage)
+    if started.is_file():
+        _refuse_if_changed(json.loads(started.read_text(encoding="utf-8")), wanted, stage, config, "started")
+        return "started"
+    return "new"
+
+
+# ------------------------------------------------------------------------------------------------ stages
+def build_vae(config: MiniConfig, settings: dict[str, Any]) -> None:
+    from .data import world_images
+    from .vae import train_vae
+
+    recipe = read_vae_recipe(config)
+    train = world_images(config.world, "train", config.resolution)
+    heldout = world_images(config.world, "test", config.resolution)
+    result = train_vae(train, heldout, config.out / "vae", recipe)
+    logger.info(
+        "mini vae: held-out PSNR %.2f dB on %d images of held-out people",
+        result["heldout"]["psnr"],
+        result["heldout"]["images"],
+    )
+
+
+def assemble_tdm_base(config: MiniConfig, unet_settings: UNetSettings, folder: Path) -> None:
+    """The TDM's starting pipeline: the trained VAE, the world CLIP's towers and tokenizer, fresh seeded UNets (both
+    slots) and fuser, the SD scheduler."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    from ..models.fuser import SubjectFuser
+    from ..pipeline import FaceDiffuserPipeline
+    from ..tiny import SD_SCHEDULER_CONFIG
+
+    clip = config.world / "clip"
+    if not (clip / "config.json").is_file():
+        raise FileNotFoundError(f"{clip} holds no CLIP: run `facediffuser world build --out {config.world}` first.")
+    vae = AutoencoderKL.from_pretrained(config.out / "vae" / "vae")
+    text_encoder = CLIPTextModel.from_pretrained(clip)
+    image_encoder = CLIPVisionModelWithProjection.from_pretrained(clip)
+    width = text_encoder.config.hidden_size
+    if image_encoder.config.projection_dim != width:
+        raise ValueError(
+            f"The world CLIP's text width ({width}) and image projection ({image_encoder.config.projection_dim}) "
+            "differ; the fuser needs them equal."
+        )
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    torch.manual_seed(config.seed)
+    unet = unet_settings.build(cross_attention_dim=width, sample_size=config.resolution // scale)
+    torch.manual_seed(config.seed + 1)
+    fuser = SubjectFuser(embed_dim=width)
+    pipe = FaceDiffuserPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(clip),
+        unet=unet,
+        subject_unet=copy.deepcopy(unet),
+        image_encoder=image_encoder,
+        subject_fuser=fuser,
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def assemble_sdm_base(tdm: Path, folder: Path) -> None:
+    """The SDM's starting pipeline: the trained TDM pipeline with its scene UNet copied into the subject slot."""
+    from ..pipeline import FaceDiffuserPipeline
+
+    pipe = FaceDiffuserPipeline.from_pretrained(tdm, use_safetensors=True)
+    pipe.subject_unet.load_state_dict(pipe.unet.state_dict())
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def run_trainer(config: MiniConfig, stage: str, base: Path) -> Path:
+    """``facediffuser train <stage>``'s Python entry on the world's data, resuming the stage's latest checkpoint."""
+    from ..configuration import build_config
+    from ..training import checkpoints
+    from ..training.config import ModelKind, TrainConfig
+    from ..training.trainer import train
+
+    values, _ = read_train_recipe(config, stage)
+    data = config.world / ("scenes" if stage == "tdm" else "portraits")
+    output = config.out / stage / "train"
+    resume = "latest" if checkpoints.list_checkpoints(output / "checkpoints") else None
+    managed = {"data_root": data, "output_dir": output, "pretrained": str(base), "seed": config.seed, "resume": resume}
+    train_config = build_config(TrainConfig, base={**values, **managed})
+    logger.info("mini %s: %s", stage, json.dumps(config_to_dict(train_config)))
+    return train(ModelKind(stage), train_config)
+
+
+def build_tdm(config: MiniConfig, settings: dict[str, Any]) -> None:
+    _, unet = read_train_recipe(config, "tdm")
+    base = config.out / "tdm" / "base"
+    if not (base / "model_index.json").is_file():
+        assemble_tdm_base(config, unet, base)
+    run_trainer(config, "tdm", base)
+
+
+def build_sdm(config: MiniConfig, settings: dict[str, Any]) -> None:
+    base = config.out / "sdm" / "base"
+    if not (base / "model_index.json").is_file():
+        assemble_sdm_base(config.out / "tdm" / "train", base)
+    run_trainer(config, "sdm", base)
+
+
+BUILDERS: dict[str, Callable[[MiniConfig, dict[str, Any]], None]] = {
+    "vae": build_vae,
+    "tdm": build_tdm,
+    "sdm": build_sdm,
+}
+
+
+def check_inputs(config: MiniConfig) -> None:
+    """Everything a user can get wrong, before any model loads."""
+    for path in (config.vae_config, config.tdm_config, config.sdm_config):
+        if not path.is_file():
+            raise FileNotFoundError(f"Recipe {path} not found: run from the repository root or pass its path.")
+    for name in ("scenes", "portraits"):
+        if not (config.world / name / "image_ids_train.txt").is_file():
+            raise FileNotFoundError(
+                f"{config.world / name} is not a world data set: run `facediffuser world build --out {config.world}` "
+                "first, or pass --world."
+            )
+    for stage in STAGES[: STAGES.index(config.stages[0])]:
+        if not marker_path(config.out, stage).is_file():
+            raise FileNotFoundError(
+                f"--from {config.stages[0]} needs the {stage!r} stage built in {config.out}; build it first."
+            )
+
+
+def run_stages(config: MiniConfig) -> dict[str, float]:
+    """Runs the stages from ``--from`` on (skipping those built with the same settings); returns wall seconds."""
+    import torch
+
+    check_inputs(config)
+    wanted = {stage: stage_settings(config, stage) for stage in STAGES}
+    for stage in STAGES[: STAGES.index(config.stages[0])]:
+        stage_state(config, stage, wanted[stage])  # a skipped earlier stage must still match
+    torch.set_num_threads(config.threads)
+    times = {}
+    for stage in config.stages:
+        state = stage_state(config, stage, wanted[stage])
+        if state == "done":
+            logger.info("mini %s: already built in %s, skipping", stage, config.out)
+            continue
+        logger.info("mini %s: %s", stage, "resuming" if state == "started" else "building")
+        started = started_path(config.out, stage)
+        started.parent.mkdir(parents=True, exist_ok=True)
+        started.write_text(json.dumps(wanted[stage], indent=1), encoding="utf-8")
+        start = time.perf_counter()
+        torch.manual_seed(config.seed)
+        BUILDERS[stage](config, wanted[stage])
+        times[stage] = time.perf_counter() - start
+        marker = marker_path(config.out, stage)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        record = {"settings": wanted[stage], "seconds": round(times[stage], 1)}
+        marker.write_text(json.dumps(record, indent=1), encoding="utf-8")
+        logger.info("mini %s: done in %.0f s", stage, times[stage])
+    return times

@@ -1,0 +1,86 @@
+"""Reading weight files safely: what a file is by its first bytes, and a sentence for a damaged one.
+
+Shared by ``convert`` (the released checkpoints, the SD v1.5 folder) and ``loading`` (a scene model for ``generate``),
+so that a renamed, empty or truncated file gets the same words wherever it is given, before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of an error message, shortened: a one-line error stays one line."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def file_format(path: Path) -> str:
+    """What the first bytes say a checkpoint file is: ``empty``, ``safetensors``, ``zip`` (torch.save), ``pickle``
+    (older torch.save) or ``unknown``. The name does not decide: files get renamed."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(9)
+    except PermissionError as err:
+        raise ValueError(f"{path} cannot be read ({first_line(err)}): check its permissions.") from err
+    if size == 0:
+        return "empty"
+    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"  # an 8-byte little-endian header length, then the JSON header
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith(b"\x80"):  # pickle protocol 2 and later
+        return "pickle"
+    return "unknown"
+
+
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """Reads only the header of a ``.safetensors`` file: a renamed ``.bin``, a truncated or a damaged file is a
+    ``ValueError`` that says which, before any model loads."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    kind = file_format(path)
+    if kind == "empty":
+        raise ValueError(f"{path} is empty (0 bytes): the download or copy did not finish. Download it again.")
+    if kind in ("zip", "pickle"):
+        raise ValueError(
+            f"{path} is a PyTorch pickle file (a .bin) named .safetensors. Rename it to .bin: a .bin is read with "
+            "torch.load(weights_only=True), which runs no code."
+        )
+    try:
+        with safe_open(path, framework="pt"):
+            pass
+    except SafetensorError as err:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({first_line(err)}): it is damaged or truncated. "
+            "Download it again."
+        ) from err
+
+
+def check_weights_folder(folder: Path, stem: str, alternative: str = "") -> None:
+    """``folder`` must hold ``{stem}.safetensors`` (or its shards), readable: checked before any model loads."""
+    single, index = folder / f"{stem}.safetensors", folder / f"{stem}.safetensors.index.json"
+    if single.is_file():
+        check_safetensors_file(single)
+        return
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{index} is not valid JSON ({first_line(err)}): download it again.") from err
+        for shard in sorted(set(weight_map.values())):
+            check_safetensors_file(folder / shard)
+        return
+    held = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".ckpt", ".pt"))
+    if held:
+        raise ValueError(
+            f"{folder} holds {', '.join(held)} but no {single.name}: facediffuser reads only that file (no pickles, "
+            f"no variants). Download {single.name} into {folder}."
+        )
+    raise ValueError(f"{folder} holds no weights: download {single.name} into it{alternative}.")

@@ -1,0 +1,175 @@
+"""The demo page in a real headless browser: Debian's ``chromium`` driven by Playwright, against a local server.
+
+Needs the ``demo`` extra, Playwright (``pip install playwright``) and Chromium at ``/usr/bin/chromium`` (``apt-get
+install chromium``; another path via ``FACEDIFFUSER_CHROMIUM``). Where one is missing the tests are skipped with the
+reason, or fail when ``FACEDIFFUSER_REQUIRE_BROWSER=1`` (CI sets it: there, a missing browser is a broken setup).
+
+Screenshots of the page at rest and after a generation are always taken; with ``FACEDIFFUSER_DEMO_SCREENSHOTS=DIR``
+they are written to ``DIR`` (the README's come from ``FACEDIFFUSER_DEMO_SCREENSHOTS=docs``), else to a temp folder.
+"""
+
+import os
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from facediffuser.outputs import read_parameters
+from facediffuser.tiny import build_tiny_pipeline
+
+ASTRONAUT = str(resources.files("facediffuser") / "data" / "examples" / "astronaut.jpg")
+CHROMIUM = os.environ.get("FACEDIFFUSER_CHROMIUM", "/usr/bin/chromium")
+PROMPT = "a woman <|image|> on the moon"
+TIMEOUT_MS = 120_000  # one generation of 8 tiny steps takes about a second; the rest is a busy shared machine
+
+
+def unavailable(reason: str):
+    if os.environ.get("FACEDIFFUSER_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason} (FACEDIFFUSER_REQUIRE_BROWSER=1: this machine must run the browser tests)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("Playwright is not installed: pip install playwright")
+    if not Path(CHROMIUM).is_file():
+        unavailable(f"no Chromium at {CHROMIUM}: apt-get install chromium (or set FACEDIFFUSER_CHROMIUM)")
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        except Exception as err:  # a browser that does not start is reported, not hidden
+            unavailable(f"Chromium at {CHROMIUM} did not start: {err}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        unavailable("the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    from facediffuser.demo.app import serve
+
+    demo = serve(lambda: build_tiny_pipeline(seed=0), model="tiny", port=None)
+    yield demo
+    demo.close()
+    assert not demo.tmpdir.exists(), "the server's temporary folder is removed on exit"
+
+
+@pytest.fixture
+def page(browser, server):
+    page = browser.new_page(viewport={"width": 1280, "height": 1100}, accept_downloads=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server.url)
+    page.wait_for_selector("#generate")
+    yield page
+    page.close()
+
+
+def screenshot(page, name: str, tmp_path: Path, full_page: bool = True) -> Path:
+    folder = Path(os.environ.get("FACEDIFFUSER_DEMO_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    page.screenshot(path=str(path), full_page=full_page)
+    assert Image.open(path).size[0] >= 1000
+    return path
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Types into a slider's number box and leaves it, as a person would."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Tab")
+
+
+def upload(page, slot: int, *paths: str) -> None:
+    page.set_input_files(f"#person-{slot} input[type=file]", list(paths))
+    for path in paths:  # the upload finished when the slot lists the file
+        page.locator(f"#person-{slot}").get_by_text(Path(path).name[:3]).first.wait_for()
+
+
+def error_text(page) -> str:
+    toast = page.locator(".toast-body").first
+    toast.wait_for()
+    return toast.inner_text()
+
+
+def test_generate_in_the_browser(page, server, tmp_path):
+    screenshot(page, "demo-at-rest.png", tmp_path)
+    page.fill("#prompt textarea", PROMPT)
+    upload(page, 1, ASTRONAUT)
+    set_number(page, "steps", 8)
+    page.click("#generate")
+
+    page.locator("#images img").first.wait_for()
+    page.locator("#masks img").first.wait_for()
+    seed = page.locator("#seed-used textarea").input_value()
+    assert seed.isdigit(), "an empty seed box draws a seed and shows it"
+    for elem_id in ("images", "masks"):  # both pictures really loaded in the browser
+        width = page.locator(f"#{elem_id} img").first.evaluate("img => img.complete && img.naturalWidth")
+        assert width > 0, elem_id
+    assert "Traceback" not in page.content()
+    screenshot(page, "demo-after-generation.png", tmp_path)
+
+    with page.expect_download() as download:
+        page.locator("#downloads a").first.click()
+    png = tmp_path / "downloaded.png"
+    download.value.save_as(png)
+    parameters = read_parameters(png)
+    assert parameters["prompt"] == PROMPT and parameters["seed"] == int(seed)
+    assert parameters["num_inference_steps"] == 8 and parameters["ref"] == ["astronaut.jpg"]
+    assert parameters["model"] == "tiny" and parameters["scheduler"] == "ddim"
+    assert Image.open(png).size == server.runner.default_size[::-1]
+
+
+def test_a_bad_upload_shows_a_readable_error(page, tmp_path):
+    notes = tmp_path / "notes.png"
+    notes.write_text("These are notes, not a photo.")
+    page.fill("#prompt textarea", "a man <|image|> at sea")
+    upload(page, 1, str(notes))
+    page.click("#generate")
+    text = error_text(page)
+    assert "notes.png cannot be read as an image" in text, text
+    assert "Traceback" not in page.content() and str(tmp_path) not in text  # the file by its name, not a path
+    page.wait_for_timeout(800)  # the message slides in
+    screenshot(page, "demo-error.png", tmp_path, full_page=False)  # it floats over the visible part
+
+
+def test_a_placeholder_mismatch_shows_a_readable_error(page):
+    page.fill("#prompt textarea", "a man <|image|> and a woman <|image|> at a cafe")
+    upload(page, 1, ASTRONAUT)
+    page.click("#generate")
+    text = error_text(page)
+    assert "The prompt has 2 placeholder(s) '<|image|>' but 1 person slot were given" in text, text
+
+
+def test_alpha_above_beta_shows_the_settings_words(page):
+    page.fill("#prompt textarea", PROMPT)
+    upload(page, 1, ASTRONAUT)
+    set_number(page, "alpha", 0.9)
+    set_number(page, "beta", 0.2)
+    page.click("#generate")
+    text = error_text(page)
+    assert "alpha (0.9) must not exceed beta (0.2)" in text, text
+
+
+def test_an_example_fills_the_prompt_and_the_person_slot(page):
+    from playwright.sync_api import expect
+
+    page.get_by_text("on the moon, photo").first.click()
+    expect(page.locator("#prompt textarea")).to_have_value("a woman <|image|> on the moon, photo")
+    page.locator("#person-1").get_by_text("astronaut").first.wait_for()
+
+
+def test_an_upload_over_the_size_cap_is_refused_on_the_page(page, server, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(os.urandom(int(10.5 * 2**20)))  # over the default 10 MB cap (--max-upload-mb)
+    page.set_input_files("#person-1 input[type=file]", str(big))
+    text = error_text(page)
+    assert 'exceed the maximum allowed size of 10.0 Mb: "big.png"' in text, text  # Gradio's check, before ours
+    assert not list(Path(server.tmpdir).rglob("big.png")), "the refused upload was not kept"

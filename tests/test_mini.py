@@ -1,0 +1,242 @@
+"""The mini Face-diffuser's build: the VAE trainer (exact resume), the stage machinery (skip, resume, refuse changed
+settings, --from) and the TDM and SDM stages through the project's real trainer, on a tiny world rendered here."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.state import AcceleratorState, GradientState
+from PIL import Image
+
+from facediffuser.mini import build as B
+from facediffuser.mini.vae import VaeSettings, lr_factor, psnr, train_vae
+from facediffuser.world import attributes as A
+from facediffuser.world.data import write_dataset
+
+TINY_VAE = {
+    "channels": [8, 16],
+    "norm_groups": 8,
+    "steps": 4,
+    "batch_size": 4,
+    "crop": 16,
+    "warmup_steps": 2,
+    "checkpoint_every": 2,
+    "eval_every": 2,
+    "eval_images": 4,
+}
+TINY_TRAIN = """
+train_batch_size = 2
+max_train_steps = 2
+learning_rate = 1e-3
+mixed_precision = "no"
+checkpointing_steps = 1
+validation_steps = 0
+logging_steps = 1
+log_with = "csv"
+"""
+TINY_UNET = "\n[unet]\nchannels = [8, 16, 16]\nhead_dim = 2\nnorm_groups = 8\n"
+
+
+def reset_accelerate() -> None:
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def vae_settings(**changes) -> VaeSettings:
+    data = {**TINY_VAE, **changes}
+    data["channels"] = tuple(data["channels"])
+    return VaeSettings(**data)
+
+
+def images(n: int = 12, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ the VAE
+def test_psnr_and_learning_rate_schedule_on_known_values():
+    target = torch.zeros(1, 3, 4, 4)  # 0.5 grey on [0, 1]
+    # An error of 0.1 on [0, 1] (0.2 on [-1, 1]) everywhere: MSE 0.01, 20 dB.
+    assert psnr(target + 0.2, target).item() == pytest.approx(20.0, abs=1e-4)  # float32 log10 of 0.01
+    s = vae_settings(steps=10, warmup_steps=2, min_lr_ratio=0.1)
+    assert lr_factor(0, s) == pytest.approx(0.5) and lr_factor(1, s) == pytest.approx(1.0)
+    assert lr_factor(2, s) == pytest.approx(1.0) and lr_factor(10, s) == pytest.approx(0.1)
+
+
+def test_vae_trains_and_resumes_exactly_in_one_process(tmp_path):
+    train, heldout = images(), images(4, seed=1)
+    settings = vae_settings()
+    whole = train_vae(train, heldout, tmp_path / "whole", settings, progress=False)
+    assert whole["done"] and math.isfinite(whole["heldout"]["psnr"]) and whole["scaling_factor"] > 0
+    reset_accelerate()
+    half = train_vae(train, heldout, tmp_path / "split", settings, max_steps=2, progress=False)
+    assert half == {"step": 2, "done": False}
+    reset_accelerate()
+    rest = train_vae(train, heldout, tmp_path / "split", settings, progress=False)
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["model"]
+    for name in a:  # one process, same ops in the same order, same generator state: exact by construction
+        assert torch.equal(a[name], b[name]), name
+    assert rest["heldout"]["psnr"] == whole["heldout"]["psnr"]
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(tmp_path / "split" / "vae")
+    assert vae.config.scaling_factor == pytest.approx(whole["scaling_factor"])
+    reset_accelerate()
+    with pytest.raises(ValueError, match="kl_weight"):
+        train_vae(train, heldout, tmp_path / "split", vae_settings(kl_weight=1e-3), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------ the build
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """A tiny world: both data sets (training and held-out people) and a tiny world CLIP saved as the build reads it."""
+    from facediffuser.tokenizer import load_clip_tokenizer
+    from facediffuser.world.clip import ClipSettings, build_clip
+
+    root = tmp_path_factory.mktemp("world")
+    people = A.make_identities(30, 0)
+    split = A.split_identities(30, 6, 0)
+    people = {"train": [people[i] for i in split["train"]], "test": [people[i] for i in split["heldout"]]}
+    for name in ("scenes", "portraits"):
+        write_dataset(root / name, name, people, {"train": 8, "test": 2}, seed=1, size=64, progress=False)
+    clip = build_clip(
+        ClipSettings(
+            embed_dim=16, text_layers=1, text_heads=2, vision_hidden=16, vision_layers=2, vision_heads=2,
+            image_size=64, patch_size=16,
+        )
+    )  # fmt: skip
+    clip.save_pretrained(root / "clip")
+    load_clip_tokenizer().save_pretrained(root / "clip")
+    return root
+
+
+def recipes(folder: Path, tdm_extra: str = "") -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    vae = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY_VAE.items())
+    files = {"vae_config": vae, "tdm_config": TINY_TRAIN + tdm_extra + TINY_UNET, "sdm_config": TINY_TRAIN}
+    out = {}
+    for key, text in files.items():
+        (folder / f"{key}.toml").write_text(text, encoding="utf-8")
+        out[key] = folder / f"{key}.toml"
+    return out
+
+
+def mini_config(out: Path, world: Path, recipe: dict[str, Path], **extra) -> B.MiniConfig:
+    return B.MiniConfig(out=out, world=world, resolution=32, **recipe, **extra)
+
+
+def unet_state(folder: Path, slot: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(next((folder / slot).glob("*.safetensors")))
+
+
+def test_build_runs_every_stage_through_the_trainer_and_skips_what_is_built(world, tmp_path):
+    reset_accelerate()
+    config = mini_config(tmp_path / "out", world, recipes(tmp_path / "recipes"))
+    times = B.run_stages(config)
+    assert list(times) == ["vae", "tdm", "sdm"]
+    out = config.out
+    for stage in B.STAGES:
+        record = json.loads(B.marker_path(out, stage).read_text())
+        assert record["settings"]["seed"] == 0
+    # The TDM trained its scene UNet on `scenes` for the recipe's steps; the SDM started from that UNet.
+    tdm_log = json.loads((out / "tdm" / "train" / "train_config.json").read_text())
+    assert tdm_log["model"] == "tdm" and tdm_log["data_root"] == str(world / "scenes")
+    assert tdm_log["pretrained"] == str(out / "tdm" / "base")
+    tdm_unet, sdm_start = unet_state(out / "tdm" / "train", "unet"), unet_state(out / "sdm" / "base", "subject_unet")
+    base_unet = unet_state(out / "tdm" / "base", "unet")
+    assert any(not torch.equal(tdm_unet[k], base_unet[k]) for k in tdm_unet)  # the TDM stage trained it
+    for k in tdm_unet:
+        assert torch.equal(tdm_unet[k], sdm_start[k]), k
+    sdm_log = json.loads((out / "sdm" / "train" / "train_config.json").read_text())
+    assert sdm_log["model"] == "sdm" and sdm_log["data_root"] == str(world / "portraits")
+    from facediffuser.pipeline import FaceDiffuserPipeline
+
+    pipe = FaceDiffuserPipeline.from_pretrained(out / "sdm" / "train")
+    assert pipe.text_encoder.config.hidden_size == 16 and pipe.vae_scale_factor == 2
+    # Built stages are skipped.
+    reset_accelerate()
+    assert B.run_stages(config) == {}
+    # A changed setting is refused, before anything runs, and the built stage is left as it was.
+    changed = mini_config(out, world, recipes(tmp_path / "changed", tdm_extra="adam_weight_decay = 0.0\n"))
+    with pytest.raises(ValueError, match="'tdm'.*other settings"):
+        B.run_stages(changed)
+    assert torch.equal(unet_state(out / "tdm" / "train", "unet")[k], tdm_unet[k])
+    with pytest.raises(ValueError, match="seed"):
+        B.run_stages(mini_config(out, world, recipes(tmp_path / "recipes"), seed=1))
+
+
+def test_an_interrupted_stage_resumes_from_its_checkpoint_and_from_needs_earlier_stages(world, tmp_path, monkeypatch):
+    from facediffuser.training.trainer import Trainer
+
+    recipe = recipes(tmp_path / "recipes")
+    with pytest.raises(FileNotFoundError, match="needs the 'vae' stage"):
+        B.run_stages(mini_config(tmp_path / "fresh", world, recipe, from_stage="tdm"))
+
+    reset_accelerate()
+    whole = mini_config(tmp_path / "whole", world, recipe, to_stage="tdm")
+    assert list(B.run_stages(whole)) == ["vae", "tdm"]  # --to stops after the stage named
+    assert not B.marker_path(whole.out, "sdm").exists()
+    reset_accelerate()
+    assert list(B.run_stages(mini_config(whole.out, world, recipe))) == ["sdm"]
+
+    original = Trainer.save_checkpoint
+
+    def save_then_stop(self):
+        original(self)
+        raise KeyboardInterrupt  # the session ends right after the first checkpoint of the TDM
+
+    reset_accelerate()
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_stop)
+    cut = mini_config(tmp_path / "cut", world, recipe)
+    with pytest.raises(KeyboardInterrupt):
+        B.run_stages(cut)
+    assert B.marker_path(cut.out, "vae").is_file() and not B.marker_path(cut.out, "tdm").is_file()
+    monkeypatch.setattr(Trainer, "save_checkpoint", original)
+    reset_accelerate()
+    times = B.run_stages(mini_config(tmp_path / "cut", world, recipe, from_stage="tdm"))
+    assert list(times) == ["tdm", "sdm"]
+    a = unet_state(tmp_path / "whole" / "sdm" / "train", "subject_unet")
+    b = unet_state(cut.out / "sdm" / "train", "subject_unet")
+    for k in a:  # the trainer's resume is exact in one process: same weights as the uninterrupted build
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_bad_input_is_refused_before_anything_loads(world, tmp_path):
+    with pytest.raises(ValueError, match="--from"):
+        B.MiniConfig(out=tmp_path, from_stage="unet")
+    with pytest.raises(ValueError, match="no stage to run"):
+        B.MiniConfig(out=tmp_path, from_stage="sdm", to_stage="tdm")
+    recipe = recipes(tmp_path / "recipes")
+    with pytest.raises(FileNotFoundError, match="world build"):
+        B.run_stages(mini_config(tmp_path / "out", tmp_path / "nowhere", recipe))
+    (tmp_path / "bad.toml").write_text(TINY_TRAIN + 'output_dir = "x"\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="sets data_root"):
+        B.run_stages(mini_config(tmp_path / "out", world, {**recipe, "sdm_config": tmp_path / "bad.toml"}))
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_vae_loads_in_float32_and_reconstructs_a_render_of_a_heldout_person():
+    from importlib.resources import files
+
+    from diffusers import AutoencoderKL
+
+    from facediffuser.mini.vae import reconstruct, to_pixels
+    from facediffuser.world.data import reference_scene
+    from facediffuser.world.render import render
+
+    vae = AutoencoderKL.from_pretrained(str(files("facediffuser") / "data" / "mini" / "vae"))
+    assert next(vae.parameters()).dtype == torch.float32 and vae.config.block_out_channels == [32, 64]
+    person = A.make_identities(1200, 0)[A.split_identities(1200, 200, 0)["heldout"][0]]
+    rendered = Image.fromarray(np.asarray(render(reference_scene(person, seed=0, index=0, size=64)).image))
+    image = np.asarray(rendered.resize((32, 32), Image.Resampling.BILINEAR))  # as the build resizes the renders
+    rec = reconstruct(vae.eval(), image[None])
+    # 35.8 dB on average over the held-out renders (docs/mini.md); 28 dB leaves room for one image and other kernels,
+    # while an untrained or wrongly loaded VAE scores below 15 dB.
+    assert psnr(rec, to_pixels(image[None])).item() > 28.0
