@@ -7,7 +7,13 @@ import torch
 
 from facediffuser.tiny import TinyConfig, tiny_unet
 from facediffuser.training.attention import LOCALIZATION_LAYERS, AttentionStore, install_attention_capture
-from facediffuser.training.losses import attention_grid, denoising_loss, localization_loss, subject_union_masks
+from facediffuser.training.losses import (
+    attention_grid,
+    denoising_loss,
+    localization_loss,
+    min_snr_weights,
+    subject_union_masks,
+)
 
 
 def test_denoising_loss_plain_and_masked():
@@ -18,6 +24,20 @@ def test_denoising_loss_plain_and_masked():
     # Masked positions count as zeros in the mean: (1 + 16) / 4.
     assert denoising_loss(pred, target, mask).item() == pytest.approx(17 / 4)
     assert denoising_loss(pred, target, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_min_snr_weights_and_weighted_loss():
+    snr = torch.tensor([0.5, 5.0, 20.0])
+    # min(SNR, 5) / SNR for noise targets: 1 below gamma, gamma / SNR above it.
+    assert torch.allclose(min_snr_weights(snr, 5.0, "epsilon"), torch.tensor([1.0, 1.0, 0.25]))
+    # min(SNR, 5) / (SNR + 1) for velocity targets.
+    assert torch.allclose(min_snr_weights(snr, 5.0, "v_prediction"), torch.tensor([0.5 / 1.5, 5 / 6, 5 / 21]))
+    with pytest.raises(ValueError, match="sample"):
+        min_snr_weights(snr, 5.0, "sample")
+    pred = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 3.0)])  # per-sample MSE 1 and 9
+    target = torch.zeros_like(pred)
+    assert denoising_loss(pred, target, weights=torch.tensor([1.0, 1.0])).item() == pytest.approx(5.0)
+    assert denoising_loss(pred, target, weights=torch.tensor([2.0, 0.5])).item() == pytest.approx((2 + 4.5) / 2)
 
 
 def test_subject_union_masks():

@@ -196,6 +196,30 @@ def test_tdm_run_exports_the_scene_unet_and_keeps_the_base_subject_model(data_ro
     assert all(torch.equal(p, subject[n]) for n, p in base.subject_unet.named_parameters())
 
 
+def test_min_snr_weighting_changes_the_loss_by_the_timesteps_weights(data_root, tmp_path, monkeypatch):
+    """With ``snr_gamma`` the denoising loss is the per-sample MSE weighted by min(SNR, gamma) / SNR."""
+    import facediffuser.training.trainer as trainer_module
+
+    seen = {}
+    weighted = trainer_module.denoising_loss
+
+    def spy(pred, target, mask=None, weights=None):
+        seen["plain"] = weighted(pred, target, mask).item()
+        seen["weights"] = weights
+        return weighted(pred, target, mask, weights)
+
+    monkeypatch.setattr(trainer_module, "denoising_loss", spy)
+    trainer = Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "snr", snr_gamma=1.0, train_batch_size=4))
+    batch = next(iter(trainer.train_loader))
+    losses = trainer.compute_loss(batch, micro_step=0)
+    w = seen["weights"]
+    assert w is not None and w.shape == (4,) and bool((w > 0).all()) and bool((w <= 1).all())
+    assert bool((w < 1).any()), "gamma 1 must down-weight some of the sampled low-noise timesteps"
+    assert losses["denoising"].item() != pytest.approx(seen["plain"], rel=1e-6)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        tiny_config(data_root, tmp_path / "bad", snr_gamma=0.0)
+
+
 def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
     out = tmp_path / "run"
     Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=1, checkpointing_steps=1)).train()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,10 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata=_f("recompute UNet activations to save memory"))
     use_ema: bool = field(default=False, metadata=_f("keep an exponential moving average of the trained weights"))
     ema_decay: float = field(default=0.9999, metadata=_f("EMA decay"))
+    snr_gamma: float | None = field(
+        default=None,
+        metadata=_f("min-SNR loss weighting (Hang et al. 2023): clip each timestep's SNR at this gamma (5 is usual); off by default"),
+    )
     seed: int = field(default=0, metadata=_f("seed of the data order, augmentations and noise"))
     max_subjects: int = field(default=4, metadata=_f("SDM: at most this many people per image"))
     subject_keep_prob: float = field(default=0.9, metadata=_f("SDM: probability of keeping each person"))
@@ -123,6 +128,8 @@ class TrainConfig:
         for name in ("subject_keep_prob", "uncondition_prob", "mask_loss_prob", "ema_decay"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be within [0, 1], got {getattr(self, name)}.")
+        if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
+            raise ValueError(f"`snr_gamma` must be a positive number, got {self.snr_gamma}.")
         if self.checkpoints_total_limit < 1:
             raise ValueError(f"`checkpoints_total_limit` must be at least 1, got {self.checkpoints_total_limit}.")
         try:

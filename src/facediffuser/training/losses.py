@@ -16,16 +16,40 @@ import torch
 import torch.nn.functional as F
 
 
-def denoising_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+def denoising_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``mean((pred - target)^2)``, or ``mean((mask * pred - mask * target)^2)`` with a ``(B, 1, h, w)`` mask.
 
     Both are averaged over every element (masked-out positions count as zeros), as FastComposer's mask loss does.
+    ``weights`` (``(B,)``, e.g. :func:`min_snr_weights`) scales each sample's mean before the batch mean.
     """
     pred, target = pred.float(), target.float()
     if mask is not None:
         mask = mask.to(pred.dtype)
         pred, target = pred * mask, target * mask
-    return F.mse_loss(pred, target, reduction="mean")
+    if weights is None:
+        return F.mse_loss(pred, target, reduction="mean")
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    return (per_sample * weights.to(per_sample)).mean()
+
+
+def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al., ICCV 2023) for a batch of timesteps' signal-to-noise ratios.
+
+    The weight of a timestep is ``min(SNR, gamma) / SNR`` for an epsilon target and ``min(SNR, gamma) / (SNR + 1)``
+    for a velocity target: the low-noise steps, whose loss is easy and whose gradients otherwise dominate, are
+    down-weighted. (``diffusers.training_utils.compute_snr`` gives ``snr``.)
+    """
+    clipped = torch.clamp(snr, max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr
+    if prediction_type == "v_prediction":
+        return clipped / (snr + 1)
+    raise ValueError(f"min-SNR weighting supports 'epsilon' and 'v_prediction' targets, not {prediction_type!r}.")
 
 
 def subject_union_masks(

@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin, ProjectConfiguration
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -40,7 +40,7 @@ from .config import MixedPrecision, ModelKind, TrainConfig
 from .data import EpochSampler, FFHQWild, collate, seeded_generator
 from .export import export_pipeline, trained_tensors
 from .launch import launched_without_accelerator, process_count_mismatch
-from .losses import denoising_loss, localization_loss, subject_union_masks
+from .losses import denoising_loss, localization_loss, min_snr_weights, subject_union_masks
 from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline
 from .validation import draw_validation_grid, pick_validation_samples, write_validation_grid
 
@@ -255,7 +255,11 @@ class Trainer:
             pred = self.model(noisy, timesteps, text_embeds.float(), batch["subject_pixels"].to(device), positions)
         use_mask = self.kind is ModelKind.SDM and torch.rand((), generator=g, device=device).item() < c.mask_loss_prob
         mask = subject_union_masks(masks, positions, latents.shape[0], latents.shape[-2:]) if use_mask else None
-        denoising = denoising_loss(pred, target, mask)
+        weights = None
+        if c.snr_gamma is not None:
+            snr = compute_snr(self.noise_scheduler, timesteps)
+            weights = min_snr_weights(snr, c.snr_gamma, self.noise_scheduler.config.prediction_type)
+        denoising = denoising_loss(pred, target, mask, weights)
         localization = localization_loss(self.attention_store.maps(), masks, positions, tuple(latents.shape[-2:]))
         self.attention_store.reset()
         loss = denoising + c.localization_weight * localization.to(denoising.device)
