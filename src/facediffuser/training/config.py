@@ -74,7 +74,9 @@ class TrainConfig:
     ema_decay: float = field(default=0.9999, metadata=_f("EMA decay"))
     snr_gamma: float | None = field(
         default=None,
-        metadata=_f("min-SNR loss weighting (Hang et al. 2023): clip each timestep's SNR at this gamma (5 is usual); off by default"),
+        metadata=_f(
+            "min-SNR loss weighting (Hang et al. 2023): each timestep's SNR clipped at this gamma (5 is usual)"
+        ),
     )
     seed: int = field(default=0, metadata=_f("seed of the data order, augmentations and noise"))
     max_subjects: int = field(default=4, metadata=_f("SDM: at most this many people per image"))
