@@ -27,6 +27,8 @@ def test_generate_writes_png_with_parameters_and_masks(tmp_path):
     code = main(
         [
             "generate",
+            "--model",
+            "tiny",
             "-p",
             "a woman <|image|> on the moon",
             "--ref",
@@ -67,7 +69,7 @@ def test_generate_writes_png_with_parameters_and_masks(tmp_path):
 
 
 def test_generate_is_reproducible_and_seeded(tmp_path):
-    argv = ["generate", "-p", "a man <|image|>", "--ref", ASTRONAUT, "--steps", "2"]
+    argv = ["generate", "--model", "tiny", "-p", "a man <|image|>", "--ref", ASTRONAUT, "--steps", "2"]
     main([*argv, "-o", str(tmp_path / "a.png")])
     main([*argv, "-o", str(tmp_path / "b.png")])
     main([*argv, "--seed", "1", "-o", str(tmp_path / "c.png")])
@@ -85,6 +87,8 @@ def test_a_folder_ref_and_several_images(tmp_path):
         main(
             [
                 "generate",
+                "--model",
+                "tiny",
                 "-p",
                 "a woman <|image|>",
                 "--ref",
@@ -112,7 +116,7 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(loading, "load_pipeline", refuse)
 
 
-ONE = ["-p", "a man <|image|>", "--ref", ASTRONAUT]
+ONE = ["--model", "tiny", "-p", "a man <|image|>", "--ref", ASTRONAUT]
 
 
 @pytest.mark.parametrize(
@@ -135,7 +139,7 @@ ONE = ["-p", "a man <|image|>", "--ref", ASTRONAUT]
     ],
 )
 def test_generate_bad_input_is_a_clear_error_before_any_model_loads(tmp_path, capsys, no_model_load, extra, message):
-    code = main(["generate", *extra, "-o", str(tmp_path / "x.png")])
+    code = main(["generate", "--model", "tiny", *extra, "-o", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err and "Traceback" not in err
@@ -220,6 +224,8 @@ def test_an_image_reruns_from_its_recorded_parameters(tmp_path):
     first = tmp_path / "first.png"
     argv = [
         "generate",
+        "--model",
+        "tiny",
         "-p",
         "a woman <|image|> on the moon",
         "--ref",
@@ -307,7 +313,7 @@ def test_every_sub_command_still_has_its_help(command, capsys):
 def test_a_reference_without_a_face_is_refused(tmp_path, capsys):
     pytest.importorskip("dlib")
     Image.new("RGB", (128, 128), (120, 130, 140)).save(tmp_path / "wall.png")
-    argv = ["generate", "-p", "a man <|image|>", "--ref", str(tmp_path / "wall.png"), "--steps", "1"]
+    argv = ["generate", "--model", "tiny", "-p", "a man <|image|>", "--ref", str(tmp_path / "wall.png"), "--steps", "1"]
     assert main([*argv, "-o", str(tmp_path / "x.png")]) == 2
     assert "No face was found in --ref" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
     assert main([*argv, "--no-face-check", "-o", str(tmp_path / "y.png")]) == 0
@@ -324,11 +330,11 @@ def test_model_folder_with_missing_parts(tmp_path, tiny_pipe):
 
 def test_flags_come_from_the_config_dataclass():
     args = build_parser().parse_args(
-        ["generate", "-p", "x", "--guidance-scale", "3", "--subject-guidance-base", "null"]
+        ["generate", "--model", "tiny", "-p", "x", "--guidance-scale", "3", "--subject-guidance-base", "null"]
     )
     assert args.guidance_scale == 3.0 and args.subject_guidance_base == "null"
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["generate", "-p", "x", "--subject-guidance-base", "bogus"])
+        build_parser().parse_args(["generate", "--model", "tiny", "-p", "x", "--subject-guidance-base", "bogus"])
 
 
 def test_sampling_flags_come_from_sampling_settings():

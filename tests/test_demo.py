@@ -41,7 +41,19 @@ def test_png_carries_the_same_parameters_chunk_as_the_cli(runner, tmp_path, caps
     ours = json.loads(Image.open(result.images[0]).text["parameters"])
 
     out = tmp_path / "cli.png"
-    argv = ["generate", "-p", "a woman <|image|> on the moon", "--ref", ASTRONAUT, "--steps", "4", "--alpha", "0.25"]
+    argv = [
+        "generate",
+        "--model",
+        "tiny",
+        "-p",
+        "a woman <|image|> on the moon",
+        "--ref",
+        ASTRONAUT,
+        "--steps",
+        "4",
+        "--alpha",
+        "0.25",
+    ]
     assert main([*argv, "--beta", "0.75", "--seed", "7", "--no-face-check", "-o", str(out)]) == 0
     theirs = json.loads(Image.open(out).text["parameters"])
     assert ours == theirs  # every key and value, the reference's file name and pixel hash included
@@ -95,14 +107,20 @@ def test_request_errors_are_the_clis(runner, tmp_path, capsys):
     mismatch = DemoRequest(prompt="a man <|image|> and a woman <|image|>", people=[[ASTRONAUT]], settings=FAST)
     with pytest.raises(ValueError, match="2 placeholder") as err:
         runner.run(mismatch)
-    cli = cli_error(capsys, ["generate", "-p", mismatch.prompt, "--ref", ASTRONAUT, "-o", str(tmp_path / "x.png")])
+    cli = cli_error(
+        capsys,
+        ["generate", "--model", "tiny", "-p", mismatch.prompt, "--ref", ASTRONAUT, "-o", str(tmp_path / "x.png")],
+    )
     assert str(err.value) == cli.replace("--ref", "person slot")  # inputs.check_prompt, in each one's own words
 
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     with pytest.raises(ValueError, match="cannot be read as an image"):
         runner.run(DemoRequest(prompt="a man <|image|>", people=[[str(bad)]], settings=FAST))
-    cli = cli_error(capsys, ["generate", "-p", "a man <|image|>", "--ref", str(bad), "-o", str(tmp_path / "x.png")])
+    cli = cli_error(
+        capsys,
+        ["generate", "--model", "tiny", "-p", "a man <|image|>", "--ref", str(bad), "-o", str(tmp_path / "x.png")],
+    )
     assert "cannot be read as an image" in cli
     assert not (tmp_path / "out").exists()  # nothing written for a refused request
 
@@ -149,7 +167,19 @@ def test_alpha_above_beta_has_the_clis_words(capsys, tmp_path):
 
     with pytest.raises(ValueError) as err:
         SamplingSettings(alpha=0.8, beta=0.2)  # what both build from their inputs
-    argv = ["generate", "-p", "a man <|image|>", "--ref", ASTRONAUT, "--alpha", "0.8", "--beta", "0.2"]
+    argv = [
+        "generate",
+        "--model",
+        "tiny",
+        "-p",
+        "a man <|image|>",
+        "--ref",
+        ASTRONAUT,
+        "--alpha",
+        "0.8",
+        "--beta",
+        "0.2",
+    ]
     cli = cli_error(capsys, [*argv, "-o", str(tmp_path / "x.png")])
     assert cli == name_flags(str(err.value), flag_names(GenerateConfig)) and cli.startswith("--alpha (0.8)")
     with pytest.raises(gr.Error) as page:
@@ -305,7 +335,7 @@ def test_four_requests_at_once_complete_in_queue_order_within_a_memory_bound(tmp
     # One malloc arena: otherwise each of Gradio's worker threads gets its own, and the blocks one run frees are not
     # reused by the next run on another thread; that slack (up to ~100 MB here) is the allocator's, not the runs'.
     server = subprocess.Popen(
-        [sys.executable, "-m", "facediffuser.cli.main", "demo", "--port", "7870", "--no-face-check"],
+        [sys.executable, "-m", "facediffuser.cli.main", "demo", "--model", "tiny", "--port", "7870", "--no-face-check"],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

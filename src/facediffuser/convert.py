@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -471,12 +472,29 @@ def save_pipeline_atomically(
     """
     out = check_output_folder(out, overwrite=overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
+    return write_folder_atomically(
+        out,
+        lambda new: pipe.save_pretrained(new, safe_serialization=True),
+        recheck=lambda: check_output_folder(out, overwrite=overwrite, inputs=inputs),  # nothing changed meanwhile
+    )
+
+
+def write_folder_atomically(
+    out: Path, write: Callable[[Path], None], *, recheck: Callable[[], object] | None = None
+) -> Path:
+    """Calls ``write(folder)`` on a new folder beside ``out``, then swaps it in for ``out`` (which may exist).
+
+    A failed ``write`` (or ``recheck``, called just before the swap) leaves no half folder and ``out`` as it was; an
+    existing ``out`` is set aside, put back if the swap fails half-way, and deleted only once the new folder is in
+    place. The caller decides whether ``out`` may be replaced at all. The new folder follows the user's umask.
+    """
     new = _sibling(out, "new")
     new.mkdir()  # mode 0o777 less the umask, unlike tempfile.mkdtemp's 0o700
     old = None
     try:
-        pipe.save_pretrained(new, safe_serialization=True)
-        check_output_folder(out, overwrite=overwrite, inputs=inputs)  # nothing changed while it was written
+        write(new)
+        if recheck is not None:
+            recheck()
         if os.path.lexists(out):
             old = _sibling(out, "old")
             out.rename(old)

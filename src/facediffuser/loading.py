@@ -30,6 +30,7 @@ from .pipeline import FaceDiffuserPipeline
 logger = logging.getLogger(__name__)
 
 TINY_MODEL = "tiny"
+MINI_MODEL = "mini"  # the mini Face-diffuser shipped in the package (facediffuser mini ship), the default model
 
 
 class Offload(str, enum.Enum):
@@ -128,6 +129,7 @@ def check_offload(offload: Offload | str, device: torch.device) -> None:
 
 class ModelSource(str, enum.Enum):
     TINY = "tiny"
+    MINI = "mini"
     FOLDER = "folder"
     HUB = "hub"
 
@@ -135,12 +137,17 @@ class ModelSource(str, enum.Enum):
 def check_model_source(model: str | Path) -> ModelSource:
     """Where ``model`` would load from, checked without loading anything.
 
-    ``"tiny"`` is the random test pipeline; an existing path must be a complete pipeline folder; a missing path that
-    is written as one (``/...``, ``./...``, ``~/...``, a Windows drive) raises ``FileNotFoundError``; anything else
-    is tried as a model-hub id when the pipeline loads (and :func:`load_pipeline` says so if that fails).
+    ``"tiny"`` is the random test pipeline; ``"mini"`` the mini model shipped in the package (a ``ValueError`` when
+    this installation has none); an existing path must be a complete pipeline folder; a missing path that is written
+    as one (``/...``, ``./...``, ``~/...``, a Windows drive) raises ``FileNotFoundError``; anything else is tried as a
+    model-hub id when the pipeline loads (and :func:`load_pipeline` says so if that fails). A folder called ``tiny``
+    or ``mini`` is given as ``./tiny``.
     """
     if str(model) == TINY_MODEL:
         return ModelSource.TINY
+    if str(model) == MINI_MODEL:
+        check_pipeline_folder(packaged_mini_pipeline())
+        return ModelSource.MINI
     local = Path(model).expanduser()
     if local.exists():
         check_pipeline_folder(local)
@@ -151,6 +158,22 @@ def check_model_source(model: str | Path) -> ModelSource:
             "convert`, or a model-hub id (owner/name)."
         )
     return ModelSource.HUB
+
+
+def packaged_mini_pipeline() -> Path:
+    """The folder of the shipped mini pipeline (``facediffuser/data/mini/pipeline``), whether or not it exists."""
+    from .package_data import MINI_PIPELINE, packaged
+
+    return packaged(MINI_PIPELINE)
+
+
+def model_folder(model: str | Path) -> Path | None:
+    """The local pipeline folder ``model`` names (the shipped one for ``"mini"``), or ``None`` (``tiny``, a hub id).
+    Call :func:`check_model_source` first."""
+    source = check_model_source(model)
+    if source is ModelSource.MINI:
+        return packaged_mini_pipeline()
+    return Path(model).expanduser() if source is ModelSource.FOLDER else None
 
 
 def _load_from_hub(model: str, dtype: torch.dtype) -> FaceDiffuserPipeline:
@@ -184,6 +207,12 @@ def _hub_failure(err: Exception) -> str:
 def check_pipeline_folder(folder: Path) -> None:
     """Raises a ``ValueError`` naming every missing part of a pipeline folder."""
     index = folder / "model_index.json"
+    if not index.is_file() and folder == packaged_mini_pipeline():
+        raise ValueError(
+            f"This installation has no shipped mini model ({folder} has no model_index.json): install a release that "
+            "ships it, put one there with `facediffuser mini ship`, or pass --model with a pipeline folder (or "
+            "--model tiny, the random test model)."
+        )
     if not index.is_file():
         raise ValueError(
             f"{folder} is not a Face-diffuser pipeline folder: it has no model_index.json. Make one with "
@@ -285,7 +314,8 @@ def load_pipeline(
     offload: Offload | str = "none",
     compile_unets: bool = False,
 ) -> FaceDiffuserPipeline:
-    """A ready pipeline from ``"tiny"``, a local folder or a hub id, on ``device`` in ``dtype``.
+    """A ready pipeline from ``"tiny"``, ``"mini"`` (the shipped model), a local folder or a hub id, on ``device`` in
+    ``dtype``. The shipped model is stored in float16 and loads in ``dtype`` (float32 on the CPU for ``"auto"``).
 
     ``offload="model"`` keeps the models on the CPU and moves each to the accelerator only while it runs (one at a
     time); ``"sequential"`` goes layer by layer (slowest, least memory). Both need an accelerator.
@@ -308,8 +338,8 @@ def load_pipeline(
         logger.warning("Using the tiny random pipeline: its images are noise. Pass --model for real weights.")
         pipe = build_tiny_pipeline()
         pipe.set_progress_bar_config(disable=False)
-    elif source is ModelSource.FOLDER:
-        pipe = FaceDiffuserPipeline.from_pretrained(Path(model).expanduser(), use_safetensors=True, dtype=dtype)
+    elif source in (ModelSource.MINI, ModelSource.FOLDER):
+        pipe = FaceDiffuserPipeline.from_pretrained(model_folder(model), use_safetensors=True, dtype=dtype)
     else:
         pipe = _load_from_hub(str(model), dtype)
     if scene_model is not None:

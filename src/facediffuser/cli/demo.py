@@ -17,7 +17,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class DemoConfig:
-    model: str = field(default="tiny", metadata={"help": "pipeline folder or hub id; 'tiny' is a random test model"})
+    model: str = field(
+        default="mini",
+        metadata={
+            "help": "'mini' (the small model shipped in the package: 32 px images of the procedural world's people), "
+            "a pipeline folder or hub id; 'tiny' is a random test model"
+        },
+    )
     scene_model: Path | None = field(
         default=None, metadata={"help": "any SD1.x UNet (diffusers folder or .safetensors) to draw the scene"}
     )
@@ -42,7 +48,8 @@ class DemoConfig:
     face_check: bool = field(
         default=True,
         metadata={
-            "help": "refuse reference photos in which dlib finds no face (when dlib, from the eval extra, is installed)"
+            "help": "refuse reference photos in which dlib finds no face (when dlib, from the eval extra, is "
+            "installed; for mini, the world's face detector)"
         },
     )
 

@@ -42,8 +42,11 @@ class GenerateConfig:
         },
     )
     model: str = field(
-        default="tiny",
-        metadata={"help": "pipeline folder (made by `facediffuser convert`) or hub id; 'tiny' is a random test model"},
+        default="mini",
+        metadata={
+            "help": "'mini' (the small model shipped in the package: 32 px images of the procedural world's people), "
+            "a pipeline folder (made by `facediffuser convert`) or hub id; 'tiny' is a random test model"
+        },
     )
     scene_model: Path | None = field(
         default=None, metadata={"help": "any SD1.x UNet (diffusers folder or .safetensors) to draw the scene"}
@@ -57,8 +60,12 @@ class GenerateConfig:
     sampling: SamplingSettings = field(
         default_factory=SamplingSettings, metadata={"flags": {"num_inference_steps": "--steps"}}
     )
-    height: int | None = field(default=None, metadata={"help": "height in pixels, a multiple of 8"})
-    width: int | None = field(default=None, metadata={"help": "width in pixels, a multiple of 8"})
+    height: int | None = field(
+        default=None, metadata={"help": "height in pixels, a multiple of 8 (default: the model's, 32 for mini)"}
+    )
+    width: int | None = field(
+        default=None, metadata={"help": "width in pixels, a multiple of 8 (default: the model's)"}
+    )
     num_images: int = field(default=1, metadata={"help": "images to generate"})
     scheduler: str | None = field(default=None, metadata={"help": "ddim, pndm, dpm++, unipc, euler, euler-a, ..."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
@@ -70,7 +77,10 @@ class GenerateConfig:
     save_masks: bool = field(default=False, metadata={"help": "also write a picture of the fusion masks per step"})
     face_check: bool = field(
         default=True,
-        metadata={"help": "refuse reference photos in which dlib finds no face (when dlib is installed)"},
+        metadata={
+            "help": "refuse reference photos in which dlib finds no face (when dlib is installed; for mini, the "
+            "world's face detector)"
+        },
     )
     parameters_from: Path | None = field(
         default=None,
@@ -103,10 +113,11 @@ def check_before_loading(config: GenerateConfig):
     """Every check that needs no model; returns ``(device, dtype, output paths, people)``."""
     from ..inputs import check_request
     from ..loading import (
-        ModelSource,
+        MINI_MODEL,
         check_model_source,
         check_offload,
         check_scene_model,
+        model_folder,
         read_placeholder,
         resolve_device,
         resolve_dtype,
@@ -124,10 +135,11 @@ def check_before_loading(config: GenerateConfig):
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     check_offload(config.offload, device)
-    source = check_model_source(config.model)
+    check_model_source(config.model)
     if config.scene_model is not None:
         check_scene_model(config.scene_model)
-    placeholder = read_placeholder(Path(config.model).expanduser()) if source is ModelSource.FOLDER else None
+    folder = model_folder(config.model)  # None for tiny and hub ids
+    placeholder = read_placeholder(folder) if folder is not None else None
     paths = output_paths(config.out, config.num_images)
     for path in paths + ([mask_path(p) for p in paths] if config.save_masks else []):
         check_output_file(path, overwrite=config.overwrite, overwrite_hint="pass --overwrite to replace it")
@@ -135,11 +147,17 @@ def check_before_loading(config: GenerateConfig):
         raise ValueError(
             f"{config.parameters_from} records its reference photos by file name only: give them again with --ref."
         )
+    face_check, detector = config.face_check, None
+    if config.model == MINI_MODEL:  # its references are world renders: the world's detector checks them
+        from ..world.face_backend import reference_face_check
+
+        face_check, detector = reference_face_check(config.model, config.face_check)
     people = check_request(
         config.prompt,
         config.ref,
         placeholder=placeholder or DEFAULT_PLACEHOLDER,
-        face_check=config.face_check,
+        face_check=face_check,
+        detector=detector,
         reference_term="--ref",
         names=[f"--ref {r}" for r in config.ref],
         skip_hint=", or pass --no-face-check to use it anyway",

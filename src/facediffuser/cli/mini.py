@@ -1,4 +1,6 @@
 """``facediffuser mini build``: train the mini Face-diffuser on the procedural world (VAE, then TDM, then SDM).
+``facediffuser mini ship``: put a finished build, the world's CLIP and face recognizer and example references into
+the package (see :mod:`facediffuser.mini.ship`).
 
 Run it after ``facediffuser world build``. Every stage is seeded, resumes where it was interrupted, and is skipped
 when already built with the same settings (see :mod:`facediffuser.mini.build`).
@@ -30,11 +32,35 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+SHIP_DESCRIPTION = (
+    "Ship a finished mini build into the package's data folder: the pipeline in float16 (at most --max-mib), the "
+    "world's CLIP and face recognizer, and example references of held-out people. Each folder is replaced as a whole."
+)
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    from ..mini.ship import ShipConfig, ship
+
+    report = ship(build_config(ShipConfig, args))
+    print("mini pipeline, float16, per component:")
+    print(report.size_table())
+    for name, folder in report.folders.items():
+        print(f"{name:<9} {folder}")
+    print(f"examples: {', '.join(report.people)}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..mini.build import MiniConfig
+    from ..mini.ship import ShipConfig
 
-    parser = subparsers.add_parser("mini", help="train the mini Face-diffuser on the world", description=DESCRIPTION)
+    parser = subparsers.add_parser(
+        "mini", help="train the mini Face-diffuser on the world, and ship it", description=DESCRIPTION
+    )
     parts = parser.add_subparsers(dest="part", required=True, metavar="PART")
     sub = parts.add_parser("build", help="the whole recipe: vae, tdm, sdm", description=DESCRIPTION)
     add_dataclass_arguments(sub, MiniConfig)
     sub.set_defaults(func=run)
+    sub = parts.add_parser("ship", help="put a finished build into the package", description=SHIP_DESCRIPTION)
+    add_dataclass_arguments(sub, ShipConfig)
+    sub.set_defaults(func=run_ship)

@@ -132,10 +132,15 @@ def make_handler(runner: DemoRunner):
 
 
 def model_note(model: str) -> str:
-    from ..loading import TINY_MODEL
+    from ..loading import MINI_MODEL, TINY_MODEL
 
     if model == TINY_MODEL:
         return "**Model: `tiny`**, random weights: it draws noise. Start the demo with `--model` for real weights."
+    if model == MINI_MODEL:
+        return (
+            "**Model: `mini`**, the small model shipped in the package: trained on the project's procedural world, "
+            "it draws 32 px images of that world's people (example references: `facediffuser/data/examples/mini`)."
+        )
     return f"**Model:** `{model}`"
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..loading import dtype_name
+from ..loading import MINI_MODEL, dtype_name
 from ..settings import SamplingSettings, check_image_size
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,11 @@ class DemoRunner:
         self.workdir = Path(workdir)
         self.model = model
         self.concurrency = concurrency
-        self.face_check = face_check
+        self.face_check, self._face_detector = face_check, None
+        if model == MINI_MODEL:  # its references are world renders: the world's detector checks them, not dlib
+            from ..world.face_backend import reference_face_check
+
+            self.face_check, self._face_detector = reference_face_check(model, face_check)
         self.recorded = {"scene_model": None, "device": str(pipe.device), "dtype": dtype_name(pipe.dtype)}
         self.recorded.update(recorded or {})
         self._scheduler = copy.deepcopy(pipe.scheduler)
@@ -152,6 +156,7 @@ class DemoRunner:
             refs,
             placeholder=self.placeholder,
             face_check=self.face_check,
+            detector=self._face_detector,
             reference_term="person slot",
             names=[f"person {k + 1} ({photo_names(person)})" for k, person in enumerate(refs)],
         )

@@ -22,6 +22,27 @@ from .metrics import prompt_consistency
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
+MINI_CLIP_MODEL = "mini"  # the world's CLIP shipped in the package (facediffuser/data/world/clip)
+
+
+def packaged_world_clip() -> Path:
+    """The folder of the shipped world CLIP, whether or not this installation has it."""
+    from ..package_data import WORLD_CLIP, packaged
+
+    return packaged(WORLD_CLIP)
+
+
+def resolve_clip_model(name_or_path: str | Path) -> str | Path:
+    """``"mini"`` -> the shipped world CLIP's folder (a ``ValueError`` when it is not there); anything else as given."""
+    if str(name_or_path) != MINI_CLIP_MODEL:
+        return name_or_path
+    folder = packaged_world_clip()
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"This installation has no shipped world CLIP ({folder}): put one there with `facediffuser mini ship`, "
+            "or pass --clip-model DIR/clip, the CLIP of `facediffuser world build --out DIR`."
+        )
+    return folder
 
 
 def resize_center_crop(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
@@ -76,18 +97,28 @@ class ClipScorer:
         dtype: torch.dtype = torch.float32,
         batch_size: int = 16,
     ) -> ClipScorer:
-        """Loads a CLIP model and tokenizer from a hub id or a local folder.
+        """Loads a CLIP model and tokenizer from a hub id, a local folder or ``"mini"`` (the world's CLIP shipped in
+        the package, :func:`packaged_world_clip`), in ``dtype`` whatever the stored precision.
+
+        A local folder without tokenizer files takes the project's CLIP tokenizer
+        (:func:`facediffuser.tokenizer.load_clip_tokenizer`, the vocabulary of every OpenAI CLIP and of the world's).
 
         Raises:
             ValueError: the weights cannot be had (no network and no local copy); the message says how to get them.
         """
         name = str(name_or_path)
-        local = Path(name)
+        local = Path(resolve_clip_model(name))
         if local.exists() and not (local / "config.json").is_file():
             raise ValueError(f"{local} is not a CLIP model folder: it has no config.json.")
+        source = str(local) if local.exists() else name
         try:
-            model = CLIPModel.from_pretrained(name)
-            tokenizer = CLIPTokenizer.from_pretrained(name)
+            model = CLIPModel.from_pretrained(source, dtype=dtype)
+            if local.is_dir() and not any((local / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+                from ..tokenizer import load_clip_tokenizer
+
+                tokenizer = load_clip_tokenizer(model_max_length=model.config.text_config.max_position_embeddings)
+            else:
+                tokenizer = CLIPTokenizer.from_pretrained(source)
         except OSError as err:
             raise ValueError(
                 f"Could not load the CLIP model {name!r} for prompt consistency ({err}). On a machine with a network, "

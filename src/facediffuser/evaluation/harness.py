@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from ..fusion import SubjectGuidanceBase
+from ..loading import MINI_MODEL
 from ..settings import SamplingSettings
 from .benchmarks import BENCHMARKS, PromptSet, load_benchmark, load_prompt_file, takes_prompts
-from .clip_score import DEFAULT_CLIP_MODEL, ClipScorer
+from .clip_score import DEFAULT_CLIP_MODEL, MINI_CLIP_MODEL, ClipScorer
 from .figures import MaskAccumulator, load_mask_arrays, sweep_plot, write_mask_images
 from .generation import GenerationSettings, generate_units
 from .identity import IP_BACKENDS, IdentityBackend, build_ip_backend
@@ -62,11 +63,13 @@ class EvaluationConfig:
         metadata={"help": "subject folder (one sub-folder of photos per person) or, for ffhq-wild, the dataset root"}
     )
     model: list[str] = field(
+        default_factory=lambda: [MINI_MODEL],
         metadata={
-            "help": "pipeline folder, hub id or 'tiny'; NAME=FOLDER names it in the tables; repeat the flag to "
-            "compare models (e.g. --model fd=face-diffuser/ --model fastcomposer=converted/)",
+            "help": "pipeline folder, hub id, 'mini' (the shipped model) or 'tiny'; NAME=FOLDER names it in the "
+            "tables; repeat the flag to compare models (e.g. --model fd=face-diffuser/ --model fc=converted/) "
+            f"(default: {MINI_MODEL})",
             "repeat": True,
-        }
+        },
     )
     out: Path = field(default=Path("outputs/evaluation"), metadata={"help": "output folder (resumable)"})
     benchmark: str = field(default="single-subject", metadata={"help": f"one of {', '.join(sorted(BENCHMARKS))}"})
@@ -90,7 +93,12 @@ class EvaluationConfig:
     ip_backend: str = field(
         default="dlib", metadata={"help": f"identity backend: {', '.join(IP_BACKENDS)} (dlib works offline)"}
     )
-    clip_model: str = field(default=DEFAULT_CLIP_MODEL, metadata={"help": "CLIP model id or folder for PC"})
+    clip_model: str = field(
+        default=DEFAULT_CLIP_MODEL,
+        metadata={
+            "help": f"CLIP model id or folder for PC; '{MINI_CLIP_MODEL}': the world's CLIP, shipped in the package"
+        },
+    )
     metrics: list[str] = field(default_factory=lambda: list(METRICS), metadata={"help": "scores to compute: ip pc"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N cases of the benchmark"})
     seed: int = field(default=42, metadata={"help": "seed of every case's initial noise (shared by all methods)"})
@@ -101,7 +109,9 @@ class EvaluationConfig:
     guidance_scale: float = _sampling_field("guidance_scale", " (the SDM's too, unless --subject-guidance-scale)")
     subject_guidance_scale: float | None = _sampling_field("subject_guidance_scale")
     subject_guidance_base: SubjectGuidanceBase = _sampling_field("subject_guidance_base")
-    height: int | None = field(default=None, metadata={"help": "image height (default: the model's, 512 for SD1.x)"})
+    height: int | None = field(
+        default=None, metadata={"help": "image height (default: the model's: 512 for SD1.x, 32 for mini)"}
+    )
     width: int | None = field(default=None, metadata={"help": "image width (default: the model's)"})
     scheduler: str | None = field(default="ddim", metadata={"help": "scheduler name; the paper samples with DDIM"})
     device: str = field(default="auto", metadata={"help": "device; 'auto' takes this process's accelerator"})

@@ -3,7 +3,7 @@ run with one of the models of the evaluation.
 
 All three methods are the same :class:`~facediffuser.FaceDiffuserPipeline` with different stage fractions
 (REFERENCE section 3): ``alpha = beta = 1`` leaves only stage I (the TDM, plain Stable Diffusion), ``alpha = beta = 0``
-only stage III (the SDM). A model is a pipeline folder (or hub id, or ``tiny``) with a short name; a FastComposer
+only stage III (the SDM). A model is a pipeline folder (or hub id, ``mini``, ``tiny``) with a short name; a FastComposer
 checkpoint converted to a pipeline and run as ``sdm`` is FastComposer's row of Table 1.
 
 Method specs: ``tdm``, ``sdm``, ``face-diffuser`` (the default ``alpha``/``beta`` of
@@ -85,7 +85,7 @@ def parse_model(spec: str) -> ModelSpec:
         source = spec
         name = PurePath(spec.rstrip("/\\")).name or spec
     if not source.strip():
-        raise ValueError(f"Model {spec!r}: give NAME=FOLDER, or a folder, hub id or 'tiny'.")
+        raise ValueError(f"Model {spec!r}: give NAME=FOLDER, or a folder, hub id, 'mini' or 'tiny'.")
     if not MODEL_NAME.match(name):
         raise ValueError(
             f"Model name {name!r} (from {spec!r}) must be letters, digits, '.', '_' or '-': write NAME=FOLDER, "
@@ -106,7 +106,7 @@ def parse_models(specs: list[str]) -> list[ModelSpec]:
             )
         models[model.name] = model
     if not models:
-        raise ValueError("Give at least one --model: a pipeline folder, a hub id, 'tiny', or NAME=FOLDER.")
+        raise ValueError("Give at least one --model: a pipeline folder, a hub id, 'mini', 'tiny', or NAME=FOLDER.")
     return list(models.values())
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 
 from ..evaluation.identity import Face, IdentityBackend
 from ..images import to_rgb
+from ..package_data import WORLD_FACES, packaged
 from .faces import DETECTOR_SIZE, FaceDetector, FaceEmbedder, crop_face, to_input
 
 ENV_VAR = "FACEDIFFUSER_MINI_FACES"
@@ -43,8 +43,22 @@ def check_faces_folder(folder: str | Path) -> Path:
 
 
 def default_faces_folder() -> Path | None:
-    shipped = resources.files("facediffuser") / "data" / "world" / "faces"
-    return Path(str(shipped)) if shipped.is_dir() else None
+    shipped = packaged(WORLD_FACES)
+    return shipped if shipped.is_dir() else None
+
+
+def reference_face_check(model: str, face_check: bool) -> tuple[bool, MiniFaceBackend | None]:
+    """``(face_check, detector)`` for checking the reference photos of a request to ``model``.
+
+    The mini model's references are renders of the world, in which dlib finds no face: for ``model == "mini"`` the
+    world's own detector checks them when the package ships it, and nothing does when it does not. Any other model
+    keeps the default check (dlib, ``detector`` ``None``)."""
+    from ..loading import MINI_MODEL
+
+    if model != MINI_MODEL or not face_check:
+        return face_check, None
+    folder = default_faces_folder()
+    return (True, MiniFaceBackend(folder)) if folder is not None else (False, None)
 
 
 class MiniFaceBackend(IdentityBackend):
@@ -80,6 +94,10 @@ class MiniFaceBackend(IdentityBackend):
 
     def settings(self) -> dict[str, Any]:
         return {"weights": str(self.folder.resolve()), "threshold": self.threshold}
+
+    def count_faces(self, image: PIL.Image.Image) -> int:
+        """How many faces the detector finds (the reference check of ``generate`` and the demo)."""
+        return len(self.faces(image))
 
     @torch.no_grad()
     def faces(self, image: PIL.Image.Image) -> list[Face]:

@@ -1,0 +1,429 @@
+"""``facediffuser mini ship``: put a finished mini build and its world into the package's data folder.
+
+What it writes (:mod:`facediffuser.package_data` names the places), each folder replaced as a whole, atomically:
+
+- ``mini/pipeline``: the mini Face-diffuser (the build's ``sdm/train``) with every weight in float16 safetensors and
+  the tokenizer as ``vocab.json`` + ``merges.txt``; at most ``max_mib`` (40 MiB, issue 13) in all, else refused;
+- ``world/clip``: the world's CLIP in float16 safetensors (``--clip-model mini``); without tokenizer files when its
+  tokenizer is the project's (:func:`facediffuser.tokenizer.load_clip_tokenizer`), which the scorer then uses;
+- ``world/faces``: the world's face detector and embedder (``--ip-backend mini``), copied as they are (float32,
+  0.7 MB: their held-out figures were measured so);
+- ``examples/mini``: 3 renders each of a few held-out people of the world (never seen in training), chosen
+  deterministically for varied looks, with ``subjects.json`` (name -> class noun) and a README: a subject folder.
+
+Float16 is storage only: the loaders ask for float32 on the CPU (``load_pipeline``'s ``dtype="auto"``), and each
+weight then equals the trained float32 weight rounded to float16 (checked here, before the swap). Nothing outside
+the package data folder is written, and nothing in it but the four folders above is replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import package_data
+
+logger = logging.getLogger(__name__)
+
+PIPELINE_BUDGET_MIB = 40.0  # issue 13: the mini pipeline's weights, at most 40 MB in all
+EXAMPLE_PEOPLE = 8
+# Looks that make the examples varied (world.json "people" fields); the first is balanced between the people.
+LOOKS = ("gender", "skin", "hair_colour", "hair_style", "glasses", "facial_hair", "face_shape")
+TOKENIZER_PROBES = (
+    "a woman <|image|> on a beach at night",
+    "A man in a purple sweater, with glasses and a kite!",
+    "<|startoftext|>two people in the fog<|endoftext|>",
+)
+MIB = 1024 * 1024
+
+
+def _f(help_text: str, **extra: Any) -> dict:
+    return {"help": help_text, **extra}
+
+
+@dataclass
+class ShipConfig:
+    """Settings of ``facediffuser mini ship``: one dataclass, the source of the flags."""
+
+    build: Path = field(metadata=_f("folder of `facediffuser mini build` whose sdm stage is done"))
+    world: Path = field(metadata=_f("folder of `facediffuser world build` (clip/, faces/, references/, world.json)"))
+    package_dir: Path | None = field(
+        default=None, metadata=_f("data folder to write into (default: this installation's facediffuser/data)")
+    )
+    max_mib: float = field(
+        default=PIPELINE_BUDGET_MIB, metadata=_f("largest size of the shipped pipeline folder, in MiB (issue 13)")
+    )
+    people: int = field(default=EXAMPLE_PEOPLE, metadata=_f("held-out people to ship as example references"))
+
+    def __post_init__(self) -> None:
+        self.build, self.world = Path(self.build), Path(self.world)
+        if self.package_dir is not None:
+            self.package_dir = Path(self.package_dir)
+        if self.max_mib <= 0:
+            raise ValueError(f"--max-mib must be positive, got {self.max_mib}.")
+        if self.people < 1:
+            raise ValueError(f"--people must be at least 1, got {self.people}.")
+
+    @property
+    def target(self) -> Path:
+        return self.package_dir if self.package_dir is not None else package_data.data_dir()
+
+
+@dataclass
+class ShipReport:
+    """What was shipped: the folders written and the pipeline's size per component, in bytes."""
+
+    folders: dict[str, Path]
+    pipeline_sizes: dict[str, int]
+    people: list[str]
+
+    @property
+    def pipeline_total(self) -> int:
+        return sum(self.pipeline_sizes.values())
+
+    def size_table(self) -> str:
+        return size_table(self.pipeline_sizes)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def check_build(build: Path) -> Path:
+    """The build's final pipeline folder (``sdm/train``), or a ``ValueError`` when the build is not finished."""
+    from ..loading import check_pipeline_folder
+    from .build import marker_path
+
+    pipeline = build / "sdm" / "train"
+    marker = marker_path(build, "sdm")
+    if not (pipeline / "model_index.json").is_file() or not marker.is_file():
+        raise ValueError(
+            f"{build} is not a finished mini build: it needs {pipeline}/model_index.json and the stage marker "
+            f"{marker}. Finish it with `facediffuser mini build --out {build} --world WORLD` first."
+        )
+    check_pipeline_folder(pipeline)
+    return pipeline
+
+
+def check_world(world: Path) -> None:
+    from ..world.face_backend import check_faces_folder
+
+    if not (world / "clip" / "config.json").is_file():
+        raise FileNotFoundError(f"{world / 'clip'} holds no CLIP: give the folder of `facediffuser world build`.")
+    check_faces_folder(world / "faces")
+    if not (world / "world.json").is_file() or not (world / "references").is_dir():
+        raise FileNotFoundError(
+            f"{world} lacks world.json or references/: give the folder of `facediffuser world build`."
+        )
+
+
+def check_target(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--package-dir {target} is a file, not a folder.")
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+def component_sizes(folder: Path) -> dict[str, int]:
+    """Bytes per top-level entry of ``folder`` (a component folder, or a file such as ``model_index.json``)."""
+    sizes = {}
+    for entry in sorted(folder.iterdir()):
+        files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+        sizes[entry.name] = sum(p.stat().st_size for p in files)
+    return sizes
+
+
+def size_table(sizes: dict[str, int]) -> str:
+    rows = [f"{name:<20} {size / MIB:8.2f} MiB {size:>12,d} B" for name, size in sorted(sizes.items())]
+    total = sum(sizes.values())
+    rows.append(f"{'total':<20} {total / MIB:8.2f} MiB {total:>12,d} B")
+    return "\n".join(rows)
+
+
+def non_float16_tensors(folder: Path) -> list[str]:
+    """``file:tensor (dtype)`` of every floating-point tensor in ``folder``'s safetensors that is not float16."""
+    from safetensors import safe_open
+
+    found = []
+    for path in sorted(folder.rglob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                dtype = handle.get_slice(key).get_dtype()
+                if dtype.startswith(("F", "BF")) and dtype != "F16":
+                    found.append(f"{path.relative_to(folder)}:{key} ({dtype})")
+    return found
+
+
+def _follow_umask(folder: Path) -> None:
+    """safetensors writes files readable by their owner only; package data follows the user's umask, as any file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+def save_tokenizer_compact(tokenizer, folder: Path) -> None:
+    """``tokenizer`` as ``vocab.json`` + ``merges.txt`` + ``tokenizer_config.json`` (1.4 MB for CLIP's 49,408
+    tokens, against 3.6 MB for ``tokenizer.json``), loadable by the ordinary ``from_pretrained``. When that form
+    would not give the same tokens (added tokens, another model type), the full ``save_pretrained`` form is written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(backend.model).__name__ == "BPE":
+        backend.model.save(str(folder))
+        config = {
+            "tokenizer_class": type(tokenizer).__name__,
+            "model_max_length": tokenizer.model_max_length,
+            "padding_side": tokenizer.padding_side,
+            "truncation_side": tokenizer.truncation_side,
+        }
+        for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            value = getattr(tokenizer, name, None)
+            if value is not None:
+                config[name] = str(value)
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        if same_tokens(tokenizer, type(tokenizer).from_pretrained(folder)):
+            return
+        for path in folder.iterdir():
+            path.unlink()
+    logger.warning("The tokenizer has no vocab.json + merges.txt form with the same tokens: saving tokenizer.json.")
+    tokenizer.save_pretrained(folder)
+
+
+def same_tokens(first, second) -> bool:
+    """Whether two tokenizers have the same vocabulary, special tokens, length limit and ids on probe texts."""
+    return (
+        len(first) == len(second)
+        and first.get_vocab() == second.get_vocab()
+        and first.model_max_length == second.model_max_length
+        and first.pad_token_id == second.pad_token_id
+        and first(list(TOKENIZER_PROBES)).input_ids == second(list(TOKENIZER_PROBES)).input_ids
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the parts
+def write_pipeline(source: Path, folder: Path, max_mib: float) -> dict[str, int]:
+    """The pipeline of ``source`` in float16 into ``folder``; its sizes. ``ValueError`` when over ``max_mib``."""
+    import torch
+
+    from ..pipeline import FaceDiffuserPipeline
+
+    pipe = FaceDiffuserPipeline.from_pretrained(source, use_safetensors=True, dtype=torch.float32)
+    expected = {name: _half_state(module) for name, module in _modules(pipe).items()}
+    pipe.to(dtype=torch.float16)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    shutil.rmtree(folder / "tokenizer")
+    save_tokenizer_compact(pipe.tokenizer, folder / "tokenizer")
+    _follow_umask(folder)
+    wrong = non_float16_tensors(folder)
+    if wrong:
+        raise ValueError(f"Some weights were not stored in float16: {', '.join(wrong[:5])}.")
+    sizes = component_sizes(folder)
+    total = sum(sizes.values())
+    if total > max_mib * MIB:
+        biggest = sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+        raise ValueError(
+            f"The mini pipeline takes {total / MIB:.2f} MiB in float16, over the {max_mib:g} MiB budget by "
+            f"{(total - max_mib * MIB) / MIB:.2f} MiB; nothing was shipped. Biggest: "
+            + ", ".join(f"{n} {s / MIB:.2f} MiB" for n, s in biggest)
+            + ". Per component:\n"
+            + size_table(sizes)
+            + "\nMake the model smaller, or pass --max-mib to accept the size."
+        )
+    # Loaded back as the package loads it (float32), every weight is the trained one rounded to float16, exactly.
+    loaded = FaceDiffuserPipeline.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+    for name, module in _modules(loaded).items():
+        state = module.state_dict()
+        for key, value in expected[name].items():
+            if state[key].dtype != torch.float32 or not torch.equal(state[key], value):
+                raise ValueError(f"The shipped {name} does not load back as written ({key}).")
+    if not same_tokens(pipe.tokenizer, loaded.tokenizer):
+        raise ValueError("The shipped tokenizer does not give the build's tokens.")
+    return sizes
+
+
+def _modules(pipe) -> dict[str, Any]:
+    import torch
+
+    return {name: getattr(pipe, name) for name in pipe.components if isinstance(getattr(pipe, name), torch.nn.Module)}
+
+
+def _half_state(module) -> dict[str, Any]:
+    """The module's floating-point tensors as they load back from float16 storage: rounded, then float32."""
+    return {k: v.half().float() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+
+def write_world_clip(source: Path, folder: Path) -> None:
+    """The world's CLIP in float16; its tokenizer only when it is not the project's (the scorer's fallback)."""
+    import torch
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from ..tokenizer import load_clip_tokenizer
+
+    model = CLIPModel.from_pretrained(source, dtype=torch.float32)
+    model.to(torch.float16).save_pretrained(folder)
+    for name in ("training.json",):
+        if (source / name).is_file():
+            shutil.copyfile(source / name, folder / name)
+    has_tokenizer = any((source / n).is_file() for n in ("tokenizer.json", "vocab.json"))
+    if has_tokenizer:
+        tokenizer = CLIPTokenizer.from_pretrained(source)
+        project = load_clip_tokenizer(model_max_length=tokenizer.model_max_length)
+        if not same_tokens(tokenizer, project):
+            save_tokenizer_compact(tokenizer, folder)
+    _follow_umask(folder)
+    wrong = non_float16_tensors(folder)
+    if wrong:
+        raise ValueError(f"Some CLIP weights were not stored in float16: {', '.join(wrong[:5])}.")
+
+
+def write_faces(source: Path, folder: Path) -> None:
+    """The detector and embedder folders, file by file (float32, as measured)."""
+    for part in ("detector", "embedder"):
+        (folder / part).mkdir()
+        for path in sorted((source / part).iterdir()):
+            if path.is_file() and (path.suffix in (".json", ".safetensors")):
+                shutil.copyfile(path, folder / part / path.name)
+    _follow_umask(folder)
+
+
+def choose_people(world: Path, count: int) -> list[dict[str, Any]]:
+    """``count`` held-out people with reference renders, chosen deterministically for varied looks.
+
+    Men and women alternate (as far as there are both); each next person is the one of that gender whose looks
+    (:data:`LOOKS`) add the most values not yet shown, the lowest id on a tie.
+    """
+    record = json.loads((world / "world.json").read_text(encoding="utf-8"))
+    heldout = set(record["split"]["heldout"])
+    people = [p for p in record["people"] if p["id"] in heldout and (world / "references" / person_name(p)).is_dir()]
+    if len(people) < count:
+        raise ValueError(f"{world} has {len(people)} held-out people with references; {count} were asked for.")
+    people.sort(key=lambda p: p["id"])
+    genders = sorted({p["gender"] for p in people})
+    chosen: list[dict[str, Any]] = []
+    shown: set[tuple[str, Any]] = set()
+    while len(chosen) < count:
+        gender = genders[len(chosen) % len(genders)]
+        pool = [p for p in people if p not in chosen and p["gender"] == gender] or [
+            p for p in people if p not in chosen
+        ]
+        best = max(pool, key=lambda p: (sum((k, p[k]) not in shown for k in LOOKS), -p["id"]))
+        chosen.append(best)
+        shown |= {(k, best[k]) for k in LOOKS}
+    return chosen
+
+
+def person_name(person: dict[str, Any]) -> str:
+    """The folder name of a person, as in the world's ``references/`` (``id0042``)."""
+    return f"id{person['id']:04d}"
+
+
+def looks_phrase(person: dict[str, Any]) -> str:
+    glasses = {"none": "no glasses", "sunglasses": "sunglasses"}.get(person["glasses"], f"{person['glasses']} glasses")
+    beard = {"none": "no facial hair"}.get(person["facial_hair"], person["facial_hair"])
+    return (
+        f"{person['skin']} skin, {person['hair_colour']} {person['hair_style']} hair, {glasses}, {beard}, "
+        f"{person['face_shape']} face"
+    )
+
+
+EXAMPLES_README = """\
+# Example references: held-out people of the procedural world
+
+Each folder holds {photos} renders of one person of the project's procedural world (`facediffuser world build`,
+seed {seed}), at {size} px, copied from the world's `references/`: each a portrait render of its own (the
+`portraits` distribution: another place, time and clothing in each), never a crop of a data-set image. They are
+**held-out** identities: the world keeps {heldout} of its {identities} people out of every training set, so neither
+the mini model nor the world's CLIP and face recognizer ever saw these people.
+
+They were chosen by `facediffuser mini ship` (deterministically: men and women in turn, each next person the one
+whose looks add the most not yet shown). The folder is a subject folder for `facediffuser evaluate --data`:
+`subjects.json` gives each person's class noun.
+
+| folder | class noun | looks |
+|---|---|---|
+{rows}
+
+Use one with the mini model, for example:
+
+```bash
+facediffuser generate --prompt "a {noun} <|image|> on a beach at night" --ref {example}
+```
+
+The renders are drawn by the project's own code from random numbers: they show no real person, and they are free
+to use for any purpose, like the rest of the project (Apache-2.0).
+"""
+
+
+def write_examples(world: Path, folder: Path, count: int) -> list[str]:
+    """Copies the references of :func:`choose_people` into ``folder`` as a subject folder; returns the names."""
+    people = choose_people(world, count)
+    world_nouns_file = world / "references" / "subjects.json"
+    world_nouns = json.loads(world_nouns_file.read_text(encoding="utf-8")) if world_nouns_file.is_file() else {}
+    nouns = {}
+    for person in people:
+        name = person_name(person)
+        (folder / name).mkdir()
+        photos = sorted((world / "references" / name).glob("*.png"))
+        for path in photos:
+            shutil.copyfile(path, folder / name / path.name)
+        nouns[name] = world_nouns.get(name, person["gender"])
+    (folder / "subjects.json").write_text(json.dumps(nouns, indent=1) + "\n", encoding="utf-8")
+    settings = _references_settings(world)
+    rows = "\n".join(f"| `{person_name(p)}` | {nouns[person_name(p)]} | {looks_phrase(p)} |" for p in people)
+    first = people[0]
+    text = EXAMPLES_README.format(
+        photos=settings.get("references_per_person", len(photos)),
+        seed=settings.get("seed", "?"),
+        size=settings.get("size", "?"),
+        heldout=settings.get("heldout", "?"),
+        identities=settings.get("identities", "?"),
+        rows=rows,
+        noun=nouns[person_name(first)],
+        example=f"src/facediffuser/data/examples/mini/{person_name(first)}",
+    )
+    (folder / "README.md").write_text(text, encoding="utf-8")
+    _follow_umask(folder)
+    return [person_name(p) for p in people]
+
+
+def _references_settings(world: Path) -> dict[str, Any]:
+    marker = world / "stages" / "references.json"
+    if marker.is_file():
+        return json.loads(marker.read_text(encoding="utf-8")).get("settings", {})
+    return {}
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def ship(config: ShipConfig) -> ShipReport:
+    """Checks the build, the world and the target, then replaces the four shipped folders, the pipeline first (a
+    pipeline over budget stops the ship before anything is replaced)."""
+    from ..convert import write_folder_atomically
+
+    source = check_build(config.build)
+    check_world(config.world)
+    target = config.target
+    check_target(target)
+    folders = {
+        "pipeline": target.joinpath(*package_data.MINI_PIPELINE),
+        "clip": target.joinpath(*package_data.WORLD_CLIP),
+        "faces": target.joinpath(*package_data.WORLD_FACES),
+        "examples": target.joinpath(*package_data.MINI_EXAMPLES),
+    }
+    sizes: dict[str, int] = {}
+    people: list[str] = []
+    writers = {
+        "pipeline": lambda new: sizes.update(write_pipeline(source, new, config.max_mib)),
+        "clip": lambda new: write_world_clip(config.world / "clip", new),
+        "faces": lambda new: write_faces(config.world / "faces", new),
+        "examples": lambda new: people.extend(write_examples(config.world, new, config.people)),
+    }
+    for name, write in writers.items():
+        folders[name].parent.mkdir(parents=True, exist_ok=True)
+        write_folder_atomically(folders[name], write)
+        if name == "pipeline":
+            logger.info("Shipped the mini pipeline to %s (%.2f MiB)", folders[name], sum(sizes.values()) / MIB)
+    logger.info("Shipped the world's CLIP, face recognizer and %d example people to %s", len(people), target)
+    return ShipReport(folders=folders, pipeline_sizes=sizes, people=people)

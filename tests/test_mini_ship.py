@@ -1,0 +1,250 @@
+"""``facediffuser mini ship`` and ``--model mini``: a stand-in build (tiny random components) and a stand-in world
+(a tiny CLIP, untrained face networks, references of held-out people rendered here) shipped into a temporary package
+data folder. Nothing here needs the real shipped weights: the package's data folder is pointed at the temporary one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from facediffuser import package_data
+from facediffuser.cli.main import main
+from facediffuser.mini import ship as S
+from facediffuser.world import attributes as A
+
+HELDOUT = 8
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory) -> tuple[Path, Path]:
+    """``(build, world)``: a finished build whose ``sdm/train`` is the tiny pipeline, and a world with every part
+    ``mini ship`` reads."""
+    from facediffuser.tiny import build_tiny_pipeline
+    from facediffuser.tokenizer import load_clip_tokenizer
+    from facediffuser.world.clip import ClipSettings, build_clip
+    from facediffuser.world.data import write_references
+    from facediffuser.world.faces import FaceDetector, FaceEmbedder
+
+    root = tmp_path_factory.mktemp("ship")
+    build, world = root / "build", root / "world"
+    build_tiny_pipeline(seed=0).save_pretrained(build / "sdm" / "train", safe_serialization=True)
+    (build / "stages").mkdir()
+    (build / "stages" / "sdm.json").write_text(json.dumps({"settings": {}, "seconds": 1.0}))
+    people = A.make_identities(30, 0)
+    split = A.split_identities(30, HELDOUT, 0)
+    world.mkdir()
+    record = {"seed": 0, "split": split, "people": [p.to_dict() for p in people]}
+    (world / "world.json").write_text(json.dumps(record))
+    write_references(world / "references", [people[i] for i in split["heldout"]], size=64, progress=False)
+    settings = ClipSettings(
+        embed_dim=16, text_layers=1, text_heads=2, vision_hidden=16, vision_layers=1, vision_heads=2,
+        image_size=64, patch_size=16,
+    )  # fmt: skip
+    build_clip(settings).save_pretrained(world / "clip")
+    load_clip_tokenizer().save_pretrained(world / "clip")
+    torch.manual_seed(0)
+    FaceDetector(channels=(4, 4, 4)).save_pretrained(world / "faces" / "detector")
+    FaceEmbedder(channels=(4, 4, 4), embed_dim=8).save_pretrained(world / "faces" / "embedder")
+    return build, world
+
+
+@pytest.fixture(scope="module")
+def shipped(stand_in, tmp_path_factory) -> tuple[Path, S.ShipReport]:
+    build, world = stand_in
+    package = tmp_path_factory.mktemp("package")
+    (package / "keep.txt").write_text("not the ship's")
+    report = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=6))
+    return package, report
+
+
+@pytest.fixture
+def packaged_here(shipped, monkeypatch) -> Path:
+    """The package's data folder is the temporary one for ``--model mini`` and ``--clip-model mini``."""
+    package, _ = shipped
+    monkeypatch.setattr(package_data, "data_dir", lambda: package)
+    return package
+
+
+def test_ship_stores_float16_and_reports_every_component(shipped, stand_in):
+    package, report = shipped
+    pipeline = package / "mini" / "pipeline"
+    assert report.folders["pipeline"] == pipeline and (pipeline / "model_index.json").is_file()
+    assert (package / "keep.txt").read_text() == "not the ship's"  # nothing else in the data folder is touched
+    assert S.non_float16_tensors(pipeline) == [] and S.non_float16_tensors(package / "world" / "clip") == []
+    # The size report is the folder's: every component, each the bytes of its files, and their total.
+    parts = {"vae", "text_encoder", "tokenizer", "unet", "subject_unet", "image_encoder", "subject_fuser"}
+    assert parts | {"scheduler", "model_index.json"} == set(report.pipeline_sizes)
+    files = [p for p in pipeline.rglob("*") if p.is_file()]
+    assert report.pipeline_total == sum(p.stat().st_size for p in files)
+    assert report.pipeline_sizes["unet"] == sum(p.stat().st_size for p in (pipeline / "unet").iterdir())
+    table = report.size_table()
+    assert all(name in table for name in parts) and f"{report.pipeline_total:,d} B" in table
+    # The tensors take 2 bytes per number on disk, against the build's 4 (exact: the payload after the header).
+    source = stand_in[0] / "sdm" / "train" / "unet" / "diffusion_pytorch_model.safetensors"
+    stored = pipeline / "unet" / "diffusion_pytorch_model.safetensors"
+    assert payload(stored) * 2 == payload(source) > 0
+
+
+def payload(path: Path) -> int:
+    """Bytes of a safetensors file after its header (8 bytes of length, then the JSON header)."""
+    with path.open("rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+    return path.stat().st_size - 8 - header
+
+
+def test_the_tokenizer_is_stored_as_vocab_and_merges_and_gives_the_same_ids(shipped):
+    from transformers import CLIPTokenizer
+
+    from facediffuser.tokenizer import load_clip_tokenizer
+
+    folder = shipped[0] / "mini" / "pipeline" / "tokenizer"
+    assert sorted(p.name for p in folder.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
+    loaded = CLIPTokenizer.from_pretrained(folder)
+    texts = ["a woman <|image|> on a beach at night", "Two people, in the fog!"]
+    assert loaded(texts).input_ids == load_clip_tokenizer()(texts).input_ids
+    assert loaded.model_max_length == 77 and loaded.pad_token == "<|endoftext|>"
+
+
+def test_mini_loads_the_shipped_folder_in_float32_equal_to_the_build_within_float16_rounding(packaged_here, stand_in):
+    from facediffuser.loading import ModelSource, check_model_source, load_pipeline, model_folder
+    from facediffuser.pipeline import FaceDiffuserPipeline
+
+    assert check_model_source("mini") is ModelSource.MINI
+    assert model_folder("mini") == packaged_here / "mini" / "pipeline"
+    pipe = load_pipeline("mini", device="cpu")
+    original = FaceDiffuserPipeline.from_pretrained(stand_in[0] / "sdm" / "train", dtype=torch.float32)
+    for name in ("vae", "text_encoder", "unet", "subject_unet", "image_encoder", "subject_fuser"):
+        ours, theirs = getattr(pipe, name).state_dict(), getattr(original, name).state_dict()
+        assert set(ours) == set(theirs), name
+        for key, value in theirs.items():
+            assert ours[key].dtype == torch.float32 or not value.is_floating_point(), (name, key)
+            if value.is_floating_point():
+                # float16 keeps 11 significant bits: a relative error of at most 2**-11 for normal numbers, and
+                # an absolute one of 2**-25 below float16's smallest normal (6.1e-5), where it has fewer bits.
+                torch.testing.assert_close(ours[key], value, rtol=2**-11, atol=2**-25, msg=f"{name}.{key}")
+    assert any(not torch.equal(pipe.unet.state_dict()[k], v) for k, v in original.unet.state_dict().items())
+
+
+def test_generate_defaults_to_mini_and_draws_the_models_own_size(packaged_here, tmp_path):
+    person = packaged_here / "examples" / "mini"
+    ref = next(p for p in sorted(person.iterdir()) if p.is_dir())
+    out = tmp_path / "x.png"
+    argv = ["generate", "-p", "a woman <|image|> on a beach", "--ref", str(ref), "--steps", "2", "-o", str(out)]
+    assert main([*argv, "--no-face-check"]) == 0  # the stand-in's face detector is untrained
+    image = Image.open(out)
+    params = json.loads(image.text["parameters"])
+    assert params["model"] == "mini"
+    from facediffuser.loading import load_pipeline
+
+    pipe = load_pipeline("mini", device="cpu")
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    assert image.size == (side, side) == (params["width"], params["height"])
+    # With the check on, the references are checked by the world's detector (dlib finds no face in a render): the
+    # untrained stand-in finds none either, and says so before any model loads.
+    assert main([*argv, "-o", str(tmp_path / "y.png")]) == 2 and not (tmp_path / "y.png").exists()
+
+
+def test_the_mini_models_references_are_checked_by_the_worlds_detector(packaged_here, tmp_path, monkeypatch):
+    from facediffuser.world.face_backend import MiniFaceBackend, reference_face_check
+
+    check, detector = reference_face_check("mini", True)
+    assert check and isinstance(detector, MiniFaceBackend) and detector.folder == packaged_here / "world" / "faces"
+    assert reference_face_check("mini", False) == (False, None)
+    assert reference_face_check("tiny", True) == (True, None)  # the default check (dlib)
+    monkeypatch.setattr(package_data, "data_dir", lambda: tmp_path)
+    assert reference_face_check("mini", True) == (False, None)  # no shipped detector: no check rather than dlib's
+
+
+def test_without_a_shipped_model_mini_is_a_clear_error_before_anything_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(package_data, "data_dir", lambda: tmp_path / "empty")
+    argv = ["generate", "-p", "a man <|image|>", "--ref", "x.png", "-o", str(tmp_path / "x.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no shipped mini model" in err and "--model tiny" in err and "Traceback" not in err
+    from facediffuser.evaluation.clip_score import ClipScorer
+
+    with pytest.raises(ValueError, match="no shipped world CLIP"):
+        ClipScorer.from_pretrained("mini")
+
+
+def test_clip_model_mini_loads_the_shipped_world_clip_in_float32_with_the_projects_tokenizer(packaged_here, stand_in):
+    from transformers import CLIPModel
+
+    from facediffuser.evaluation.clip_score import ClipScorer
+
+    folder = packaged_here / "world" / "clip"
+    assert not (folder / "tokenizer.json").exists()  # the world's tokenizer is the project's: not stored twice
+    scorer = ClipScorer.from_pretrained("mini")
+    assert scorer.name == "mini" and next(scorer.model.parameters()).dtype == torch.float32
+    original = CLIPModel.from_pretrained(stand_in[1] / "clip", dtype=torch.float32)
+    texts = ["a man on a beach", "a woman in a desert at night"]
+    # The same text features as the world's float32 CLIP, up to float16 storage of the weights (1e-2 would also
+    # pass a model that rounds more; a wrong tokenizer or a missing layer moves them by order 1).
+    expected = ClipScorer(original, scorer.tokenizer).text_features(texts)
+    torch.testing.assert_close(scorer.text_features(texts), expected, rtol=0, atol=1e-2)
+
+
+def test_examples_are_heldout_people_in_a_subject_folder(shipped, stand_in):
+    from facediffuser.evaluation.benchmarks import load_subjects
+
+    package, report = shipped
+    world = stand_in[1]
+    folder = package / "examples" / "mini"
+    people = load_subjects(folder)
+    record = json.loads((world / "world.json").read_text())
+    heldout = {f"id{i:04d}" for i in record["split"]["heldout"]}
+    assert [p.name for p in people] == sorted(report.people) and len(people) == 6
+    assert {p.name for p in people} <= heldout
+    assert {p.class_noun for p in people} == {"man", "woman"}
+    for person in people:
+        assert len(person.photos) == 3
+        for photo in person.photos:
+            source = world / "references" / person.name / photo.path.name
+            assert photo.path.read_bytes() == source.read_bytes()
+    readme = (folder / "README.md").read_text()
+    assert "held-out" in readme and all(f"`{name}`" in readme for name in report.people)
+    # Deterministic: the same world gives the same people.
+    assert [S.person_name(p) for p in S.choose_people(world, 6)] == report.people
+
+
+def test_an_unfinished_build_is_refused_and_nothing_is_written(stand_in, tmp_path):
+    build, world = stand_in
+    unfinished = tmp_path / "build"
+    (unfinished / "sdm").mkdir(parents=True)
+    (unfinished / "sdm" / "train").symlink_to(build / "sdm" / "train")  # the pipeline, but no stage marker
+    package = tmp_path / "package"
+    with pytest.raises(ValueError, match="not a finished mini build.*stages/sdm.json"):
+        S.ship(S.ShipConfig(build=unfinished, world=world, package_dir=package))
+    with pytest.raises(ValueError, match="not a finished mini build"):
+        S.ship(S.ShipConfig(build=tmp_path / "nothing", world=world, package_dir=package))
+    assert not package.exists()
+
+
+def test_a_pipeline_over_budget_is_refused_naming_the_biggest_parts_and_the_old_one_stays(stand_in, shipped, capsys):
+    build, world = stand_in
+    package, report = shipped
+    before = {p: p.stat().st_mtime_ns for p in package.rglob("*") if p.is_file()}
+    limit = report.pipeline_total / S.MIB / 2
+    argv = ["mini", "ship", "--build", str(build), "--world", str(world), "--package-dir", str(package)]
+    assert main([*argv, "--max-mib", f"{limit:.4f}"]) == 2
+    err = capsys.readouterr().err
+    assert "over the" in err and "nothing was shipped" in err and "Biggest: text_encoder" in err
+    assert {p: p.stat().st_mtime_ns for p in package.rglob("*") if p.is_file()} == before
+    assert not [p for p in package.rglob(".*") if p.name.startswith(".pipeline.")]  # no half folder left behind
+
+
+def test_shipping_again_replaces_the_folders_as_a_whole(stand_in, tmp_path):
+    build, world = stand_in
+    package = tmp_path / "package"
+    S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2))
+    stale = package / "mini" / "pipeline" / "stale.txt"
+    stale.write_text("from an older ship")
+    report = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2))
+    assert not stale.exists() and (package / "mini" / "pipeline" / "model_index.json").is_file()
+    assert sorted(p.name for p in package.iterdir()) == ["examples", "mini", "world"]
+    assert sorted(p.name for p in (package / "mini").iterdir()) == ["pipeline"]  # no .new / .old folders left
+    assert len(report.people) == 2
