@@ -13,6 +13,7 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
+from facediffuser import package_data
 from facediffuser.mini import build as B
 from facediffuser.mini.vae import VaeSettings, lr_factor, psnr, train_vae
 from facediffuser.world import attributes as A
@@ -176,7 +177,8 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint_and_from_needs_earlier
     from facediffuser.training.trainer import Trainer
 
     recipe = recipes(tmp_path / "recipes")
-    with pytest.raises(FileNotFoundError, match="needs the 'vae' stage"):
+    monkeypatch.setattr(package_data, "data_dir", lambda: tmp_path / "no-package")  # nothing shipped to start from
+    with pytest.raises(FileNotFoundError, match="needs the 'vae' stage.*ships no mini VAE"):
         B.run_stages(mini_config(tmp_path / "fresh", world, recipe, from_stage="tdm"))
 
     reset_accelerate()
@@ -223,15 +225,15 @@ def test_bad_input_is_refused_before_anything_loads(world, tmp_path):
 
 
 def test_shipped_vae_loads_in_float32_and_reconstructs_a_render_of_a_heldout_person():
-    from importlib.resources import files
-
     from diffusers import AutoencoderKL
 
     from facediffuser.mini.vae import reconstruct, to_pixels
     from facediffuser.world.data import reference_scene
     from facediffuser.world.render import render
 
-    vae = AutoencoderKL.from_pretrained(str(files("facediffuser") / "data" / "mini" / "vae"))
+    folder = B.shipped_vae_folder()  # the shipped pipeline's vae/, or the interim mini/vae before it ships
+    assert folder is not None, "this checkout ships no mini VAE"
+    vae = AutoencoderKL.from_pretrained(folder)
     assert next(vae.parameters()).dtype == torch.float32 and vae.config.block_out_channels == [32, 64]
     person = A.make_identities(1200, 0)[A.split_identities(1200, 200, 0)["heldout"][0]]
     rendered = Image.fromarray(np.asarray(render(reference_scene(person, seed=0, index=0, size=64)).image))
@@ -240,3 +242,158 @@ def test_shipped_vae_loads_in_float32_and_reconstructs_a_render_of_a_heldout_per
     # 35.8 dB on average over the held-out renders (docs/mini.md); 28 dB leaves room for one image and other kernels,
     # while an untrained or wrongly loaded VAE scores below 15 dB.
     assert psnr(rec, to_pixels(image[None])).item() > 28.0
+
+
+# ------------------------------------------------------------------------------------------------ --from shipped stages
+@pytest.fixture(scope="module")
+def shipped(world, tmp_path_factory) -> tuple[Path, Path, dict[str, Path]]:
+    """``(build, package, recipes)``: a tiny build of every stage, shipped by `mini ship` into a package folder that
+    also holds an interim ``mini/vae`` (which the ship removes)."""
+    from facediffuser.mini import ship as S
+    from facediffuser.world.data import write_references
+    from facediffuser.world.faces import FaceDetector, FaceEmbedder
+
+    root = tmp_path_factory.mktemp("shipped")
+    recipe = recipes(root / "recipes")
+    reset_accelerate()
+    config = mini_config(root / "build", world, recipe)
+    B.run_stages(config)
+    # The world as `mini ship` reads it: the build's world (same CLIP) plus a face recognizer and references.
+    ship_world = root / "world"
+    ship_world.mkdir()
+    for name in ("clip", "scenes", "portraits"):
+        (ship_world / name).symlink_to(world / name)
+    people, split = A.make_identities(30, 0), A.split_identities(30, 6, 0)
+    record = {"seed": 0, "split": split, "people": [p.to_dict() for p in people]}
+    (ship_world / "world.json").write_text(json.dumps(record))
+    write_references(ship_world / "references", [people[i] for i in split["heldout"][:2]], size=64, progress=False)
+    torch.manual_seed(0)
+    FaceDetector(channels=(4, 4, 4)).save_pretrained(ship_world / "faces" / "detector")
+    FaceEmbedder(channels=(4, 4, 4), embed_dim=8).save_pretrained(ship_world / "faces" / "embedder")
+    package = root / "package"
+    (package / "mini" / "vae").mkdir(parents=True)
+    (package / "mini" / "vae" / "config.json").write_text("{}")
+    S.ship(S.ShipConfig(build=config.out, world=ship_world, package_dir=package, people=2))
+    return config.out, package, recipe
+
+
+def pipeline_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a pipeline folder, as ``component/key``, in float32."""
+    from safetensors.torch import load_file
+
+    return {
+        f"{path.parent.name}/{key}": value.float()
+        for path in sorted(folder.glob("*/*.safetensors"))
+        for key, value in load_file(path).items()
+    }
+
+
+def test_from_sdm_starts_from_the_shipped_stages_as_the_build_would_from_them(shipped, world, tmp_path, monkeypatch):
+    from facediffuser.pipeline import FaceDiffuserPipeline
+
+    build, package, recipe = shipped
+    monkeypatch.setattr(package_data, "data_dir", lambda: package)
+    assert (package / "mini" / "stages" / "tdm.json").read_bytes() == B.marker_path(build, "tdm").read_bytes()
+    assert not (package / "mini" / "vae").exists()  # the ship removed the interim VAE: pipeline/vae is the one
+    reset_accelerate()
+    out = tmp_path / "rerun"
+    assert list(B.run_stages(mini_config(out, world, recipe, from_stage="sdm"))) == ["sdm"]
+    assert not (out / "vae").exists() and not (out / "tdm").exists()
+    # The marker says where the earlier stages came from, and which bytes.
+    settings = json.loads(B.marker_path(out, "sdm").read_text())["settings"]
+    parts = ["mini/pipeline/" + p for p in ("vae", "text_encoder", "tokenizer", "unet")] + ["world/clip"]
+    assert settings["from_package"] == {
+        "stages": ["vae", "tdm"],
+        "sha256": {part: B.folder_sha256(package / part) for part in parts},
+    }
+    # What assemble_sdm_base gives from a TDM stage whose weights are the shipped ones: the build's TDM with its
+    # VAE, text tower, scene UNet and vision tower (the world CLIP's, untrained) rounded to float16. Its fuser is the
+    # fresh seeded one, not rounded: nothing of the TDM stage's fuser is shipped, it is made again.
+    tdm = FaceDiffuserPipeline.from_pretrained(build / "tdm" / "train")
+    for name in ("vae", "text_encoder", "unet", "image_encoder"):
+        for value in getattr(tdm, name).state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.half().float())
+    tdm.save_pretrained(tmp_path / "tdm-shipped", safe_serialization=True)
+    B.assemble_sdm_base(tmp_path / "tdm-shipped", tmp_path / "expected")
+    ours, expected = pipeline_tensors(out / "sdm" / "base"), pipeline_tensors(tmp_path / "expected")
+    assert ours.keys() == expected.keys() and any(k.startswith("subject_fuser/") for k in ours)
+    for key, value in expected.items():  # the same float16 values and the same seeded fuser: exact by construction
+        assert torch.equal(ours[key], value), key
+    original = pipeline_tensors(build / "sdm" / "base")
+    for key, value in original.items():
+        if key.startswith("subject_fuser/"):
+            assert torch.equal(ours[key], value), key
+        else:  # float16 keeps 11 significant bits (relative 2**-11), and 2**-25 absolute below its smallest normal
+            torch.testing.assert_close(ours[key], value, rtol=2**-11, atol=2**-25, msg=key)
+    # Rerun in one process on this machine: the same weights, bit for bit.
+    reset_accelerate()
+    again = tmp_path / "again"
+    B.run_stages(mini_config(again, world, recipe, from_stage="sdm"))
+    first, second = pipeline_tensors(out / "sdm" / "train"), pipeline_tensors(again / "sdm" / "train")
+    assert any(not torch.equal(first[k], ours[k]) for k in first if k.startswith("subject_unet/"))  # it trained
+    for key, value in first.items():
+        assert torch.equal(second[key], value), key
+    # A later --from tdm in that folder would build a TDM the SDM there was not trained from: refused up front.
+    with pytest.raises(ValueError, match="'sdm'.*other settings.*from_package"):
+        B.run_stages(mini_config(out, world, recipe, from_stage="tdm"))
+    assert not (out / "tdm").exists()
+
+
+def test_from_tdm_takes_the_shipped_vae(shipped, world, tmp_path, monkeypatch):
+    build, package, recipe = shipped
+    monkeypatch.setattr(package_data, "data_dir", lambda: package)
+    reset_accelerate()
+    out = tmp_path / "rerun"
+    assert list(B.run_stages(mini_config(out, world, recipe, from_stage="tdm", to_stage="tdm"))) == ["tdm"]
+    vae = pipeline_tensors(out / "tdm" / "base")
+    shipped_vae = pipeline_tensors(package / "mini" / "pipeline")
+    keys = [k for k in shipped_vae if k.startswith("vae/")]
+    assert keys and all(torch.equal(vae[k], shipped_vae[k]) for k in keys)  # float16 values in float32: exact
+    record = json.loads(B.marker_path(out, "tdm").read_text())["settings"]["from_package"]
+    assert record == {
+        "stages": ["vae"],
+        "sha256": {"mini/pipeline/vae": B.folder_sha256(package / "mini/pipeline/vae")},
+    }
+    # Before a pipeline is shipped, the interim mini/vae is the VAE, with the VAE stage's marker.
+    interim = tmp_path / "interim"
+    (interim / "mini").mkdir(parents=True)
+    (interim / "mini" / "vae").symlink_to(package / "mini" / "pipeline" / "vae")
+    monkeypatch.setattr(package_data, "data_dir", lambda: interim)
+    config = mini_config(tmp_path / "x", world, recipe, from_stage="tdm")
+    with pytest.raises(FileNotFoundError, match="ships no record of that stage's settings"):
+        B.run_stages(config)
+    (interim / "mini" / "stages").symlink_to(package / "mini" / "stages")
+    assert B.package_source(config) == B.PackageSource(stages=("vae",), folders={"vae": interim / "mini" / "vae"})
+
+
+def test_from_shipped_stages_refuses_other_settings_another_world_and_a_missing_model(
+    shipped, world, tmp_path, monkeypatch
+):
+    from transformers import CLIPModel
+
+    _, package, recipe = shipped
+    monkeypatch.setattr(package_data, "data_dir", lambda: package)
+    out = tmp_path / "out"
+    changed = recipes(tmp_path / "changed", tdm_extra="adam_weight_decay = 0.0\n")
+    with pytest.raises(ValueError, match="'tdm' stage shipped in the package.*changed: tdm\\)"):
+        B.run_stages(mini_config(out, world, changed, from_stage="sdm"))
+    with pytest.raises(ValueError, match="'vae' stage shipped in the package.*changed: seed, vae\\)"):
+        B.run_stages(mini_config(out, world, recipe, from_stage="tdm", seed=1))
+    # Another world: its CLIP is not the shipped one (one weight changed).
+    other = tmp_path / "other-world"
+    other.mkdir()
+    for name in ("scenes", "portraits"):
+        (other / name).symlink_to(world / name)
+    clip = CLIPModel.from_pretrained(world / "clip")
+    with torch.no_grad():
+        clip.text_projection.weight[0, 0] += 1.0
+    clip.save_pretrained(other / "clip")
+    for stage in ("tdm", "sdm"):
+        with pytest.raises(ValueError, match="CLIP of --world.*not the world CLIP shipped"):
+            B.run_stages(mini_config(out, other, recipe, from_stage=stage))
+    # Nothing shipped in this installation.
+    monkeypatch.setattr(package_data, "data_dir", lambda: tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="needs the 'tdm' stage.*ships no mini model"):
+        B.run_stages(mini_config(out, world, recipe, from_stage="sdm"))
+    assert not out.exists()  # every refusal came before anything was written

@@ -18,6 +18,14 @@ A stage whose marker holds the same settings is skipped. A stage that was starte
 (``<stage>/settings.json``), so an interrupted stage continues from its last checkpoint (the trainers' exact resume)
 only with the same settings; a stage built or started with other settings is refused, never mixed. Each stage's
 settings include those of the stages before it.
+
+``--from STAGE`` takes the stages before it from ``--out`` when the stage right before is built there, else from the
+mini model shipped in the package (:func:`package_source`): ``--from tdm`` its VAE, ``--from sdm`` its VAE, text
+tower, tokenizer and scene UNet (the trained TDM's: the SDM stage never trains it) with the shipped world CLIP's
+vision tower and a fresh seeded fuser. The shipped stages' settings (``mini ship`` puts the build's markers into the
+package) must equal this build's, and the later stages record ``from_package``: which stages came from the package,
+and the sha256 of each folder read. The shipped weights are the stages' float32 weights rounded to float16, so a
+rerun from them is seeded and repeatable, but not bit-identical to the original build's later stages.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .. import package_data
 from ..configuration import config_to_dict, load_toml
 
 logger = logging.getLogger(__name__)
@@ -53,7 +62,11 @@ class MiniConfig:
     seed: int = field(default=0, metadata=_f("seed of every stage"))
     from_stage: str | None = field(
         default=None,
-        metadata=_f(f"start at this stage ({', '.join(STAGES)}); the stages before it must be built", flag="--from"),
+        metadata=_f(
+            f"start at this stage ({', '.join(STAGES)}); the stages before it come from --out when built there, else "
+            "from the mini model shipped in the package (with the same recorded settings)",
+            flag="--from",
+        ),
     )
     to_stage: str | None = field(
         default=None, metadata=_f(f"stop after this stage ({', '.join(STAGES)}); default: the last", flag="--to")
@@ -183,11 +196,19 @@ def started_path(out: Path, stage: str) -> Path:
     return out / stage / "settings.json"
 
 
-def _refuse_if_changed(recorded: dict[str, Any], wanted: dict[str, Any], stage: str, config: MiniConfig, what: str):
+def _refuse_if_changed(
+    recorded: dict[str, Any], wanted: dict[str, Any], stage: str, config: MiniConfig, what: str, shipped: bool = False
+):
     if recorded != wanted:
-        changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+        changed = ", ".join(sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k)))
+        if shipped:
+            raise ValueError(
+                f"The {stage!r} stage shipped in the package ({shipped_marker_path(stage)}) was built with other "
+                f"settings than this build's (changed: {changed}). Give the recipes, --seed and --resolution it was "
+                f"built with, or build the stage into --out (--from {stage}): stages are never mixed."
+            )
         raise ValueError(
-            f"Stage {stage!r} of {config.out} was {what} with other settings (changed: {', '.join(changed)}). Build "
+            f"Stage {stage!r} of {config.out} was {what} with other settings (changed: {changed}). Build "
             "into another --out, or move its folder away to rebuild it: stages are never mixed or overwritten."
         )
 
@@ -205,8 +226,151 @@ def stage_state(config: MiniConfig, stage: str, wanted: dict[str, Any]) -> str:
     return "new"
 
 
+# ------------------------------------------------------------------------------------------------ shipped stages
+# Settings that say where a stage ran, not what it is: left out when a shipped stage's settings are compared.
+PLACE_KEYS = ("world", "from_package")
+# The parts of the shipped pipeline the SDM stage starts from (the scene UNet is the trained TDM's).
+SDM_BASE_PARTS = ("vae", "text_encoder", "tokenizer", "unet")
+
+
+def shipped_marker_path(stage: str) -> Path:
+    """The shipped build's marker of ``stage`` (``mini ship`` copies the build's ``stages/*.json``)."""
+    return package_data.packaged(package_data.MINI_STAGES) / f"{stage}.json"
+
+
+def shipped_vae_folder() -> Path | None:
+    """The VAE the package ships, or ``None``: the shipped pipeline's ``vae/`` (the one its UNets were trained with,
+    the single source once a pipeline is shipped), else the interim ``mini/vae`` shipped before the pipeline."""
+    pipeline = package_data.packaged(package_data.MINI_PIPELINE)
+    if (pipeline / "model_index.json").is_file():
+        return pipeline / "vae"
+    interim = package_data.packaged(package_data.MINI_VAE)
+    return interim if (interim / "config.json").is_file() else None
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 of a folder's files: each relative path, then its bytes, in path order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PackageSource:
+    """The stages taken from the package instead of ``--out`` and the shipped folders read for them."""
+
+    stages: tuple[str, ...]
+    folders: dict[str, Path]  # part -> folder: "vae"; for the SDM also "text_encoder", "tokenizer", "unet", "clip"
+
+    def record(self) -> dict[str, Any]:
+        """What the later stages' settings record: the stages and the sha256 of each folder read."""
+        root = package_data.data_dir()
+        return {
+            "stages": list(self.stages),
+            "sha256": {_relative(folder, root): folder_sha256(folder) for folder in self.folders.values()},
+        }
+
+
+def _relative(folder: Path, root: Path) -> str:
+    try:
+        return folder.relative_to(root).as_posix()
+    except ValueError:
+        return str(folder)
+
+
+def package_source(config: MiniConfig) -> PackageSource | None:
+    """Where the stages before ``--from`` come from: ``None`` for ``--out`` (the stage right before is built there;
+    then every earlier one must be), else the package. ``FileNotFoundError`` when neither has them."""
+    first = config.stages[0]
+    before = STAGES[: STAGES.index(first)]
+    if not before:
+        return None
+    if marker_path(config.out, before[-1]).is_file():
+        for stage in before:
+            if not marker_path(config.out, stage).is_file():
+                raise FileNotFoundError(
+                    f"--from {first} needs the {stage!r} stage built in {config.out}; build it first."
+                )
+        return None
+    pipeline = package_data.packaged(package_data.MINI_PIPELINE)
+    clip = package_data.packaged(package_data.WORLD_CLIP)
+    if first == "tdm":
+        vae = shipped_vae_folder()
+        if vae is None:
+            raise FileNotFoundError(
+                f"--from tdm needs the 'vae' stage: it is not built in {config.out}, and this installation ships no "
+                f"mini VAE ({pipeline / 'vae'}). Build it: drop --from, or --from vae."
+            )
+        folders = {"vae": vae}
+    else:
+        if not (pipeline / "model_index.json").is_file() or not (clip / "config.json").is_file():
+            raise FileNotFoundError(
+                f"--from sdm needs the 'tdm' stage: it is not built in {config.out}, and this installation ships no "
+                f"mini model ({pipeline}) and world CLIP ({clip}) to start from. Build it: --from tdm, or drop --from."
+            )
+        folders = {part: pipeline / part for part in SDM_BASE_PARTS} | {"clip": clip}
+    for stage in before:
+        if not shipped_marker_path(stage).is_file():
+            raise FileNotFoundError(
+                f"--from {first} would take the {stage!r} stage from the package, but it ships no record of that "
+                f"stage's settings ({shipped_marker_path(stage)}), so a rerun could silently mix. Ship the build "
+                f"with `facediffuser mini ship` (which copies its stages/*.json), or build {stage!r} into --out."
+            )
+    return PackageSource(stages=before, folders=folders)
+
+
+def _what_it_is(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in PLACE_KEYS}
+
+
+def check_shipped_settings(config: MiniConfig, source: PackageSource, wanted: dict[str, dict[str, Any]]) -> None:
+    """The shipped stages were built with this build's recipes, seed and resolution (wherever their world was)."""
+    for stage in source.stages:
+        recorded = json.loads(shipped_marker_path(stage).read_text(encoding="utf-8"))["settings"]
+        _refuse_if_changed(_what_it_is(recorded), _what_it_is(wanted[stage]), stage, config, "built", shipped=True)
+
+
+def check_world_clip(config: MiniConfig, source: PackageSource) -> None:
+    """``--world``'s CLIP is the shipped world CLIP (its tensors rounded to float16, as ``mini ship`` stores them):
+    the shipped stages were trained on that world, with its towers. Skipped, with a warning, when the package ships
+    no world CLIP (only the interim VAE)."""
+    import torch
+    from safetensors.torch import load_file
+
+    shipped = package_data.packaged(package_data.WORLD_CLIP)
+    if not (shipped / "config.json").is_file():
+        logger.warning(
+            "This installation ships no world CLIP: whether --world %s is the world of the shipped %s cannot be "
+            "checked (its settings record the world folder it was built from).",
+            config.world,
+            ", ".join(source.stages),
+        )
+        return
+    mine = config.world / "clip"
+    if not (mine / "config.json").is_file():
+        raise FileNotFoundError(f"{mine} holds no CLIP: run `facediffuser world build --out {config.world}` first.")
+
+    def tensors(folder: Path) -> dict[str, torch.Tensor]:
+        return {k: v for path in sorted(folder.glob("*.safetensors")) for k, v in load_file(path).items()}
+
+    ours, theirs = tensors(mine), tensors(shipped)
+    same = ours.keys() == theirs.keys() and all(torch.equal(ours[k].to(v.dtype), v) for k, v in theirs.items())
+    if not same:
+        raise ValueError(
+            f"The CLIP of --world {config.world} is not the world CLIP shipped in the package ({shipped}), the world "
+            f"the shipped {' and '.join(source.stages)} stage(s) were trained on. Give that world (`facediffuser "
+            "world build` with its settings), or build the earlier stages into --out on this one (drop --from)."
+        )
+
+
 # ------------------------------------------------------------------------------------------------ stages
-def build_vae(config: MiniConfig, settings: dict[str, Any]) -> None:
+def build_vae(config: MiniConfig, settings: dict[str, Any], source: PackageSource | None) -> None:
     from .data import world_images
     from .vae import train_vae
 
@@ -221,34 +385,47 @@ def build_vae(config: MiniConfig, settings: dict[str, Any]) -> None:
     )
 
 
-def assemble_tdm_base(config: MiniConfig, unet_settings: UNetSettings, folder: Path) -> None:
-    """The TDM's starting pipeline: the trained VAE, the world CLIP's towers and tokenizer, fresh seeded UNets (both
-    slots) and fuser, the SD scheduler."""
+def fresh_fuser(seed: int, width: int):
+    """The fuser both starting pipelines get: fresh, seeded by ``seed + 1`` (the fresh UNet takes ``seed``)."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
     from ..models.fuser import SubjectFuser
-    from ..pipeline import FaceDiffuserPipeline
-    from ..tiny import SD_SCHEDULER_CONFIG
 
-    clip = config.world / "clip"
-    if not (clip / "config.json").is_file():
-        raise FileNotFoundError(f"{clip} holds no CLIP: run `facediffuser world build --out {config.world}` first.")
-    vae = AutoencoderKL.from_pretrained(config.out / "vae" / "vae")
-    text_encoder = CLIPTextModel.from_pretrained(clip)
-    image_encoder = CLIPVisionModelWithProjection.from_pretrained(clip)
+    torch.manual_seed(seed + 1)
+    return SubjectFuser(embed_dim=width)
+
+
+def _check_widths(text_encoder, image_encoder) -> int:
     width = text_encoder.config.hidden_size
     if image_encoder.config.projection_dim != width:
         raise ValueError(
             f"The world CLIP's text width ({width}) and image projection ({image_encoder.config.projection_dim}) "
             "differ; the fuser needs them equal."
         )
+    return width
+
+
+def assemble_tdm_base(config: MiniConfig, unet_settings: UNetSettings, folder: Path, vae_folder: Path) -> None:
+    """The TDM's starting pipeline: the trained VAE (``vae_folder``: the build's, or the package's), the world CLIP's
+    towers and tokenizer, fresh seeded UNets (both slots) and fuser, the SD scheduler."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    from ..pipeline import FaceDiffuserPipeline
+    from ..tiny import SD_SCHEDULER_CONFIG
+
+    clip = config.world / "clip"
+    if not (clip / "config.json").is_file():
+        raise FileNotFoundError(f"{clip} holds no CLIP: run `facediffuser world build --out {config.world}` first.")
+    vae = AutoencoderKL.from_pretrained(vae_folder, torch_dtype=torch.float32)  # the package's is float16 storage
+    text_encoder = CLIPTextModel.from_pretrained(clip)
+    image_encoder = CLIPVisionModelWithProjection.from_pretrained(clip)
+    width = _check_widths(text_encoder, image_encoder)
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     torch.manual_seed(config.seed)
     unet = unet_settings.build(cross_attention_dim=width, sample_size=config.resolution // scale)
-    torch.manual_seed(config.seed + 1)
-    fuser = SubjectFuser(embed_dim=width)
+    fuser = fresh_fuser(config.seed, width)
     pipe = FaceDiffuserPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -271,6 +448,36 @@ def assemble_sdm_base(tdm: Path, folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def assemble_sdm_base_from_package(config: MiniConfig, source: PackageSource, folder: Path) -> None:
+    """The SDM's starting pipeline from the shipped stages: what :func:`assemble_sdm_base` gives from a TDM stage
+    whose weights are the shipped ones. The shipped pipeline's VAE, text tower, tokenizer and scene UNet (the trained
+    TDM's: the SDM stage trains the subject UNet, the fuser and the vision tower, never the scene UNet), copied into
+    the subject slot; the shipped world CLIP's vision tower (untrained: the shipped pipeline's own was fine-tuned by
+    the SDM); a fresh fuser seeded as the TDM stage seeds it. Loaded in float32 from float16 storage."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    from ..pipeline import FaceDiffuserPipeline
+    from ..tiny import SD_SCHEDULER_CONFIG
+
+    parts = source.folders
+    text_encoder = CLIPTextModel.from_pretrained(parts["text_encoder"], dtype=torch.float32)
+    image_encoder = CLIPVisionModelWithProjection.from_pretrained(parts["clip"], dtype=torch.float32)
+    unet = UNet2DConditionModel.from_pretrained(parts["unet"], torch_dtype=torch.float32)
+    pipe = FaceDiffuserPipeline(
+        vae=AutoencoderKL.from_pretrained(parts["vae"], torch_dtype=torch.float32),
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(parts["tokenizer"]),
+        unet=unet,
+        subject_unet=copy.deepcopy(unet),
+        image_encoder=image_encoder,
+        subject_fuser=fresh_fuser(config.seed, _check_widths(text_encoder, image_encoder)),
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
 def run_trainer(config: MiniConfig, stage: str, base: Path) -> Path:
     """``facediffuser train <stage>``'s Python entry on the world's data, resuming the stage's latest checkpoint."""
     from ..configuration import build_config
@@ -288,30 +495,34 @@ def run_trainer(config: MiniConfig, stage: str, base: Path) -> Path:
     return train(ModelKind(stage), train_config)
 
 
-def build_tdm(config: MiniConfig, settings: dict[str, Any]) -> None:
+def build_tdm(config: MiniConfig, settings: dict[str, Any], source: PackageSource | None) -> None:
     _, unet = read_train_recipe(config, "tdm")
     base = config.out / "tdm" / "base"
     if not (base / "model_index.json").is_file():
-        assemble_tdm_base(config, unet, base)
+        vae = source.folders["vae"] if source is not None else config.out / "vae" / "vae"
+        assemble_tdm_base(config, unet, base, vae)
     run_trainer(config, "tdm", base)
 
 
-def build_sdm(config: MiniConfig, settings: dict[str, Any]) -> None:
+def build_sdm(config: MiniConfig, settings: dict[str, Any], source: PackageSource | None) -> None:
     base = config.out / "sdm" / "base"
     if not (base / "model_index.json").is_file():
-        assemble_sdm_base(config.out / "tdm" / "train", base)
+        if source is not None and "tdm" in source.stages:
+            assemble_sdm_base_from_package(config, source, base)
+        else:
+            assemble_sdm_base(config.out / "tdm" / "train", base)
     run_trainer(config, "sdm", base)
 
 
-BUILDERS: dict[str, Callable[[MiniConfig, dict[str, Any]], None]] = {
+BUILDERS: dict[str, Callable[[MiniConfig, dict[str, Any], PackageSource | None], None]] = {
     "vae": build_vae,
     "tdm": build_tdm,
     "sdm": build_sdm,
 }
 
 
-def check_inputs(config: MiniConfig) -> None:
-    """Everything a user can get wrong, before any model loads."""
+def check_inputs(config: MiniConfig) -> PackageSource | None:
+    """Everything a user can get wrong, before any model loads; where the stages before ``--from`` come from."""
     for path in (config.vae_config, config.tdm_config, config.sdm_config):
         if not path.is_file():
             raise FileNotFoundError(f"Recipe {path} not found: run from the repository root or pass its path.")
@@ -321,25 +532,31 @@ def check_inputs(config: MiniConfig) -> None:
                 f"{config.world / name} is not a world data set: run `facediffuser world build --out {config.world}` "
                 "first, or pass --world."
             )
-    for stage in STAGES[: STAGES.index(config.stages[0])]:
-        if not marker_path(config.out, stage).is_file():
-            raise FileNotFoundError(
-                f"--from {config.stages[0]} needs the {stage!r} stage built in {config.out}; build it first."
-            )
+    return package_source(config)
 
 
 def run_stages(config: MiniConfig) -> dict[str, float]:
     """Runs the stages from ``--from`` on (skipping those built with the same settings); returns wall seconds."""
     import torch
 
-    check_inputs(config)
+    source = check_inputs(config)
     wanted = {stage: stage_settings(config, stage) for stage in STAGES}
-    for stage in STAGES[: STAGES.index(config.stages[0])]:
-        stage_state(config, stage, wanted[stage])  # a skipped earlier stage must still match
+    if source is None:
+        for stage in STAGES[: STAGES.index(config.stages[0])]:
+            stage_state(config, stage, wanted[stage])  # a skipped earlier stage must still match
+    else:
+        check_shipped_settings(config, source, wanted)
+        check_world_clip(config, source)
+        record = source.record()
+        logger.info("mini: the %s stage(s) come from the package: %s", ", ".join(source.stages), record["sha256"])
+        for stage in config.stages:
+            wanted[stage] = {**wanted[stage], "from_package": record}
+    # Every stage to run is checked before the first runs: a later one built on other stages is refused up front.
+    states = {stage: stage_state(config, stage, wanted[stage]) for stage in config.stages}
     torch.set_num_threads(config.threads)
     times = {}
     for stage in config.stages:
-        state = stage_state(config, stage, wanted[stage])
+        state = states[stage]
         if state == "done":
             logger.info("mini %s: already built in %s, skipping", stage, config.out)
             continue
@@ -349,7 +566,7 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
         started.write_text(json.dumps(wanted[stage], indent=1), encoding="utf-8")
         start = time.perf_counter()
         torch.manual_seed(config.seed)
-        BUILDERS[stage](config, wanted[stage])
+        BUILDERS[stage](config, wanted[stage], source)
         times[stage] = time.perf_counter() - start
         marker = marker_path(config.out, stage)
         marker.parent.mkdir(parents=True, exist_ok=True)

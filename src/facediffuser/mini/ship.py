@@ -4,6 +4,8 @@ What it writes (:mod:`facediffuser.package_data` names the places), each folder 
 
 - ``mini/pipeline``: the mini Face-diffuser (the build's ``sdm/train``) with every weight in float16 safetensors and
   the tokenizer as ``vocab.json`` + ``merges.txt``; at most ``max_mib`` (40 MiB, issue 13) in all, else refused;
+- ``mini/stages``: the build's stage markers (``stages/*.json``: each stage's settings and wall time), so that
+  ``facediffuser mini build --from STAGE`` can start from the shipped stages with the settings they were built with;
 - ``world/clip``: the world's CLIP in float16 safetensors (``--clip-model mini``); without tokenizer files when its
   tokenizer is the project's (:func:`facediffuser.tokenizer.load_clip_tokenizer`), which the scorer then uses;
 - ``world/faces``: the world's face detector and embedder (``--ip-backend mini``), copied as they are (float32,
@@ -13,7 +15,8 @@ What it writes (:mod:`facediffuser.package_data` names the places), each folder 
 
 Float16 is storage only: the loaders ask for float32 on the CPU (``load_pipeline``'s ``dtype="auto"``), and each
 weight then equals the trained float32 weight rounded to float16 (checked here, before the swap). Nothing outside
-the package data folder is written, and nothing in it but the four folders above is replaced.
+the package data folder is written, and nothing in it but the five folders above is replaced; the interim
+``mini/vae`` (the VAE stage, shipped before the pipeline) is removed, as ``mini/pipeline/vae`` is the shipped VAE.
 """
 
 from __future__ import annotations
@@ -396,10 +399,20 @@ def _references_settings(world: Path) -> dict[str, Any]:
     return {}
 
 
+def write_stages(build: Path, folder: Path) -> None:
+    """The build's stage markers, as they are (small JSON: each stage's settings and wall time)."""
+    from .build import STAGES, marker_path
+
+    for stage in STAGES:
+        if marker_path(build, stage).is_file():
+            shutil.copyfile(marker_path(build, stage), folder / f"{stage}.json")
+    _follow_umask(folder)
+
+
 # ------------------------------------------------------------------------------------------------ the command
 def ship(config: ShipConfig) -> ShipReport:
-    """Checks the build, the world and the target, then replaces the four shipped folders, the pipeline first (a
-    pipeline over budget stops the ship before anything is replaced)."""
+    """Checks the build, the world and the target, then replaces the five shipped folders, the pipeline first (a
+    pipeline over budget stops the ship before anything is replaced), and removes the interim ``mini/vae``."""
     from ..convert import write_folder_atomically
 
     source = check_build(config.build)
@@ -408,6 +421,7 @@ def ship(config: ShipConfig) -> ShipReport:
     check_target(target)
     folders = {
         "pipeline": target.joinpath(*package_data.MINI_PIPELINE),
+        "stages": target.joinpath(*package_data.MINI_STAGES),
         "clip": target.joinpath(*package_data.WORLD_CLIP),
         "faces": target.joinpath(*package_data.WORLD_FACES),
         "examples": target.joinpath(*package_data.MINI_EXAMPLES),
@@ -416,6 +430,7 @@ def ship(config: ShipConfig) -> ShipReport:
     people: list[str] = []
     writers = {
         "pipeline": lambda new: sizes.update(write_pipeline(source, new, config.max_mib)),
+        "stages": lambda new: write_stages(config.build, new),
         "clip": lambda new: write_world_clip(config.world / "clip", new),
         "faces": lambda new: write_faces(config.world / "faces", new),
         "examples": lambda new: people.extend(write_examples(config.world, new, config.people)),
@@ -425,5 +440,9 @@ def ship(config: ShipConfig) -> ShipReport:
         write_folder_atomically(folders[name], write)
         if name == "pipeline":
             logger.info("Shipped the mini pipeline to %s (%.2f MiB)", folders[name], sum(sizes.values()) / MIB)
+    interim = target.joinpath(*package_data.MINI_VAE)
+    if interim.is_dir():
+        shutil.rmtree(interim)
+        logger.info("Removed the interim %s: the shipped VAE is now %s", interim, folders["pipeline"] / "vae")
     logger.info("Shipped the world's CLIP, face recognizer and %d example people to %s", len(people), target)
     return ShipReport(folders=folders, pipeline_sizes=sizes, people=people)
