@@ -246,5 +246,6 @@ def test_shipping_again_replaces_the_folders_as_a_whole(stand_in, tmp_path):
     report = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2))
     assert not stale.exists() and (package / "mini" / "pipeline" / "model_index.json").is_file()
     assert sorted(p.name for p in package.iterdir()) == ["examples", "mini", "world"]
-    assert sorted(p.name for p in (package / "mini").iterdir()) == ["pipeline"]  # no .new / .old folders left
+    assert sorted(p.name for p in (package / "mini").iterdir()) == ["pipeline", "stages"]  # no .new / .old left
+    assert [p.name for p in (package / "mini" / "stages").iterdir()] == ["sdm.json"]  # the build's stage markers
     assert len(report.people) == 2

@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 
 DESCRIPTION = (
     "Train the mini Face-diffuser on the world of `facediffuser world build`: a small VAE on its renders, the TDM on "
-    "`scenes`, the SDM (from the TDM) on `portraits`, each with the project's own trainer and the world CLIP's towers."
+    "`scenes`, the SDM (from the TDM) on `portraits`, each with the project's own trainer and the world CLIP's towers. "
+    "--from tdm / --from sdm start from the stages shipped in the package when --out lacks the ones before "
+    "(same recorded settings and world CLIP required; see docs/mini.md)."
 )
 
 
