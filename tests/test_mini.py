@@ -355,6 +355,14 @@ def test_from_tdm_takes_the_shipped_vae(shipped, world, tmp_path, monkeypatch):
         "stages": ["vae"],
         "sha256": {"mini/pipeline/vae": B.folder_sha256(package / "mini/pipeline/vae")},
     }
+    # Continued --from sdm, the folder's SDM starts from its TDM and inherits where that TDM's VAE came from; a whole
+    # build there would train a VAE the TDM was not built on: refused before anything runs.
+    reset_accelerate()
+    assert list(B.run_stages(mini_config(out, world, recipe, from_stage="sdm"))) == ["sdm"]
+    assert json.loads(B.marker_path(out, "sdm").read_text())["settings"]["from_package"] == record
+    with pytest.raises(ValueError, match="'tdm'.*from_package.*shipped in the package: continue it with --from tdm"):
+        B.run_stages(mini_config(out, world, recipe))
+    assert not (out / "vae").exists()
     # Before a pipeline is shipped, the interim mini/vae is the VAE, with the VAE stage's marker.
     interim = tmp_path / "interim"
     (interim / "mini").mkdir(parents=True)

@@ -207,8 +207,17 @@ def _refuse_if_changed(
                 f"settings than this build's (changed: {changed}). Give the recipes, --seed and --resolution it was "
                 f"built with, or build the stage into --out (--from {stage}): stages are never mixed."
             )
+        hint = ""
+        if recorded.get("from_package") != wanted.get("from_package"):
+            shipped_stages = (recorded.get("from_package") or {}).get("stages")
+            hint = (
+                f" It was {what} on the {', '.join(shipped_stages)} stage(s) shipped in the package: continue "
+                f"it with --from {STAGES[len(shipped_stages)]}."
+                if shipped_stages
+                else f" It was {what} on stages built in {config.out}, not on shipped ones."
+            )
         raise ValueError(
-            f"Stage {stage!r} of {config.out} was {what} with other settings (changed: {changed}). Build "
+            f"Stage {stage!r} of {config.out} was {what} with other settings (changed: {changed}).{hint} Build "
             "into another --out, or move its folder away to rebuild it: stages are never mixed or overwritten."
         )
 
@@ -284,16 +293,28 @@ def _relative(folder: Path, root: Path) -> str:
         return str(folder)
 
 
+def inherited_record(config: MiniConfig) -> dict[str, Any] | None:
+    """``from_package`` of the stage right before ``--from`` when it is built in ``--out`` on shipped stages (a
+    ``--from tdm`` folder continued ``--from sdm``): the stages after it inherit it."""
+    first = STAGES.index(config.stages[0])
+    if first == 0 or not marker_path(config.out, STAGES[first - 1]).is_file():
+        return None
+    record = json.loads(marker_path(config.out, STAGES[first - 1]).read_text(encoding="utf-8"))
+    return record["settings"].get("from_package")
+
+
 def package_source(config: MiniConfig) -> PackageSource | None:
     """Where the stages before ``--from`` come from: ``None`` for ``--out`` (the stage right before is built there;
-    then every earlier one must be), else the package. ``FileNotFoundError`` when neither has them."""
+    then every earlier one must be, or have come from the package for it), else the package. ``FileNotFoundError``
+    when neither has them."""
     first = config.stages[0]
     before = STAGES[: STAGES.index(first)]
     if not before:
         return None
     if marker_path(config.out, before[-1]).is_file():
+        inherited = inherited_record(config) or {"stages": []}
         for stage in before:
-            if not marker_path(config.out, stage).is_file():
+            if stage not in inherited["stages"] and not marker_path(config.out, stage).is_file():
                 raise FileNotFoundError(
                     f"--from {first} needs the {stage!r} stage built in {config.out}; build it first."
                 )
@@ -542,7 +563,11 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
     source = check_inputs(config)
     wanted = {stage: stage_settings(config, stage) for stage in STAGES}
     if source is None:
-        for stage in STAGES[: STAGES.index(config.stages[0])]:
+        inherited = inherited_record(config)
+        if inherited is not None:  # --out's earlier stages were built on shipped ones: so are the stages after them
+            for stage in STAGES[len(inherited["stages"]) :]:
+                wanted[stage] = {**wanted[stage], "from_package": inherited}
+        for stage in STAGES[len((inherited or {"stages": []})["stages"]) : STAGES.index(config.stages[0])]:
             stage_state(config, stage, wanted[stage])  # a skipped earlier stage must still match
     else:
         check_shipped_settings(config, source, wanted)
