@@ -279,27 +279,27 @@ def image_grid(rows: list[dict[str, Any]], columns: list[str], path: Path, tile:
         return False
     refs = max(len(r["references"]) for r in rows)
     font = PIL.ImageFont.load_default()
-    gap, header, caption = 4, 28, 14
+    gap, header, caption = 4, 28, 26
     width = (refs + len(columns)) * (tile + gap) + gap
     height = header + len(rows) * (tile + caption + gap) + gap
     canvas = PIL.Image.new("RGB", (width, height), "white")
     draw = PIL.ImageDraw.Draw(canvas)
 
     def label(x: int, y: int, text: str, limit: int) -> None:
-        while text and draw.textlength(text, font=font) > limit:
-            text = text[:-1]
-        draw.text((x, y), text, fill="black", font=font)
-
-    titles = [f"reference {k + 1}" for k in range(refs)] + columns
-    for c, title in enumerate(titles):
-        x = gap + c * (tile + gap)
-        words, lines = title.split(), [""]
-        for word in words:  # two short lines at most
-            if draw.textlength(f"{lines[-1]} {word}".strip(), font=font) > tile and lines[-1] and len(lines) < 2:
+        """``text`` in at most two lines of ``limit`` pixels, broken between words, cut after that."""
+        lines = [""]
+        for word in text.split():
+            if draw.textlength(f"{lines[-1]} {word}".strip(), font=font) > limit and lines[-1] and len(lines) < 2:
                 lines.append("")
             lines[-1] = f"{lines[-1]} {word}".strip()
         for k, line in enumerate(lines):
-            label(x, 2 + 12 * k, line, tile)
+            while line and draw.textlength(line, font=font) > limit:
+                line = line[:-1]
+            draw.text((x, y + 12 * k), line, fill="black", font=font)
+
+    titles = [f"reference {k + 1}" for k in range(refs)] + columns
+    for c, title in enumerate(titles):
+        label(gap + c * (tile + gap), 2, title, tile)
     for r, row in enumerate(rows):
         y = header + r * (tile + caption + gap)
         label(gap, y, row["title"], width - 2 * gap)

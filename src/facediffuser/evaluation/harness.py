@@ -460,8 +460,8 @@ def write_grid(path: Path, variants: list[Variant], units: list[WorkUnit], image
     cases = list(dict.fromkeys(u.case for u in units))
     if not cases:
         return False
-    step = max(1, len(cases) // GRID_ROWS)
-    chosen = cases[::step][:GRID_ROWS]
+    count = min(GRID_ROWS, len(cases))  # spread over the benchmark, first and last case included
+    chosen = [cases[round(k * (len(cases) - 1) / max(1, count - 1))] for k in range(count)]
     several_models = len({v.model.name for v in variants}) > 1
     titles = {
         v.label: (f"{v.model.name} " if several_models else "") + v.method.label.replace("_", " ") for v in variants

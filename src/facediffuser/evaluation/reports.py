@@ -209,7 +209,7 @@ def _mixed_table(results) -> list[str]:
 
 def _accuracy_table(results, gallery: int | None) -> list[str]:
     """Per-attribute accuracy rows (mean [95% CI]), overall and per group."""
-    chance = f" (chance {100 / gallery:.0f}% among {gallery} people)" if gallery else ""
+    chance = f"; chance {100 / gallery:.0f}% among {gallery} people" if gallery else ""
     lines = [
         "",
         "Per-attribute accuracy: share of images where what the prompt asked is what CLIP zero-shot reads (place, "

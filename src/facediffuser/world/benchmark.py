@@ -62,7 +62,7 @@ MINI_TIMES = ("night", "sunset")
 MINI_COLOURS = ("yellow", "orange", "purple", "green")
 MINI_PEOPLE = 20
 SINGLE_PER_PERSON = 2
-IMAGES_PER_PROMPT = 2  # sized so that the four default methods take ~15 minutes on 1 CPU thread (docs/evaluation.md)
+IMAGES_PER_PROMPT = 1  # 60 cases x 4 methods: ~11 minutes on 1 CPU thread (docs/evaluation.md, "The mini benchmark")
 SEED = 0
 ATTRIBUTE_VERSION = 1  # bump when the zero-shot prompts or the rules change: part of the score cache's key
 
