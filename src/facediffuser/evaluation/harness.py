@@ -102,8 +102,8 @@ class EvaluationConfig:
     methods: list[str] | None = field(
         default=None,
         metadata={
-            "help": "methods to compare: tdm, sdm, face-diffuser (with --alpha/--beta) or face-diffuser:A:B, the "
-            "last two optionally ending in :text or :null (that row's SDM guidance base); METHOD@MODEL runs it with "
+            "help": "methods to compare: tdm, sdm, face-diffuser (with --alpha/--beta) or face-diffuser:A:B; sdm and "
+            "face-diffuser may end in :text or :null (that row's SDM guidance base); METHOD@MODEL runs it with "
             "that model only (e.g. sdm@fastcomposer) (default: tdm sdm face-diffuser; for mini, also "
             "face-diffuser:0.3:0.6:null)"
         },
