@@ -92,7 +92,14 @@ def test_data_and_clip_defaults_say_which_flag_to_give(monkeypatch):
         EvaluationConfig(model=["tiny"], benchmark="mini").resolved()
     config = EvaluationConfig(model=["tiny"], benchmark="mini", clip_model="clip").resolved()
     assert (config.ip_backend, str(config.data)) == ("mini", "refs")
-    assert config.methods == ["tdm", "sdm", "face-diffuser", "face-diffuser:0.3:0.6:null"]
+    assert config.methods == ["tdm", "sdm", "face-diffuser:0.3:0.6:text", "face-diffuser:0.3:0.6:null"]
+    for base in ("text", "null"):  # both bases are rows whatever the run's base
+        run = SamplingSettings(subject_guidance_base=base)
+        labels = [v.method.label for v in parse_variants(config.methods, [_model()], run)]
+        assert len(labels) == 4 and {
+            "face-diffuser_a0.3_b0.6",
+            "face-diffuser_a0.3_b0.6_" + {"text": "null", "null": "text"}[base],
+        } <= set(labels)
     plain = EvaluationConfig(model=["tiny"], data=MB.Path("subjects")).resolved()  # other benchmarks keep theirs
     assert (plain.ip_backend, plain.clip_model, plain.methods) == (
         "dlib",

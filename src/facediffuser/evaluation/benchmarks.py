@@ -507,7 +507,8 @@ def _mini_clip_model() -> str:
         data=_mini_references,
         ip_backend="mini",
         clip_model=_mini_clip_model,
-        methods=("tdm", "sdm", "face-diffuser", "face-diffuser:0.3:0.6:null"),
+        # both guidance bases whatever --subject-guidance-base says (the run's own base is the unsuffixed row)
+        methods=("tdm", "sdm", "face-diffuser:0.3:0.6:text", "face-diffuser:0.3:0.6:null"),
     ),
 )
 def mini_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
