@@ -249,3 +249,18 @@ def test_shipping_again_replaces_the_folders_as_a_whole(stand_in, tmp_path):
     assert sorted(p.name for p in (package / "mini").iterdir()) == ["pipeline", "stages"]  # no .new / .old left
     assert [p.name for p in (package / "mini" / "stages").iterdir()] == ["sdm.json"]  # the build's stage markers
     assert len(report.people) == 2
+
+
+def test_the_benchmarks_people_ship_with_their_references(shipped, stand_in):
+    """`evaluate --benchmark mini` runs offline on the people it would choose from the world's references."""
+    from facediffuser.evaluation.benchmarks import load_subjects
+    from facediffuser.world.benchmark import benchmark_people
+
+    _, report = shipped
+    package = report.folders["references"]
+    _, world = stand_in
+    chosen = benchmark_people(load_subjects(world / "references"))
+    assert sorted(p.name for p in load_subjects(package)) == [p.name for p in chosen]
+    for person in chosen:
+        for photo in person.photos:
+            assert (package / person.name / photo.path.name).read_bytes() == photo.path.read_bytes()

@@ -16,6 +16,7 @@ MINI_VAE = ("mini", "vae")  # the VAE stage, shipped before the pipeline; `mini 
 WORLD_CLIP = ("world", "clip")  # the world's CLIP (transformers CLIPModel folder)
 WORLD_FACES = ("world", "faces")  # the world's face detector and embedder
 MINI_EXAMPLES = ("examples", "mini")  # references of held-out people of the world
+WORLD_REFERENCES = ("world", "references")  # the mini benchmark's 20 held-out people (`evaluate --benchmark mini`)
 
 
 def data_dir() -> Path:

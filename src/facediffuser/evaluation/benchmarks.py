@@ -8,15 +8,19 @@ Registered benchmarks (:data:`BENCHMARKS`):
   (or the pairs listed in its ``pairs.json``).
 * ``ffhq-wild``: the FFHQ-wild test split (``image_ids_test.txt``, ``<id[:5]>/<id>.jpg|.json``); each image's caption
   with a placeholder after every person, the people's bounding-box crops as references.
+* ``mini``: held-out people of the procedural world in scenes the mini SDM's training data holds rarely or never,
+  one and two people, each case with the attributes it asks for (:mod:`facediffuser.world.benchmark`); its images
+  are also scored per attribute (place, time, clothing colour, identity).
 
 A **subject folder** holds one sub-folder of photos per person; the sub-folder's name is the person's name. An
 optional ``subjects.json`` maps names to class nouns (``{"ada": "woman", "alan": "man"}``); a person not listed there
 is a ``person``. Photos should be roughly square crops of the head and shoulders.
 
 A new benchmark is a function ``loader(source, placeholder) -> Benchmark`` decorated with
-:func:`register_benchmark`. A loader that also takes ``prompts`` (a :class:`PromptSet`) accepts ``--prompts FILE``:
-prompt templates where ``{subject}`` (one person) or ``{subject1}``, ``{subject2}``... (several) stand for each
-person's class noun and placeholder. :func:`load_prompt_file` reads them from JSON or text.
+:func:`register_benchmark`, optionally with :class:`BenchmarkDefaults` (the data, IP backend, CLIP model and methods
+it runs with when the flags do not say). A loader that also takes ``prompts`` (a :class:`PromptSet`) accepts
+``--prompts FILE``: prompt templates where ``{subject}`` (one person) or ``{subject1}``, ``{subject2}``... (several)
+stand for each person's class noun and placeholder. :func:`load_prompt_file` reads them from JSON or text.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ import itertools
 import json
 import logging
 import string
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -77,22 +81,54 @@ class Case:
         prompt: the prompt with one placeholder after each person's class noun, people in order.
         people: the people, in placeholder order.
         group: the prompt group (``accessory``, ``style``... or ``2-person``), for per-group means.
+        attributes: what the prompt asks for, for a benchmark that scores it (the mini benchmark: place, time and
+            each person's clothing); ``None`` for the others. Not part of equality: the case id names the case.
     """
 
     case_id: str
     prompt: str
     people: tuple[Person, ...]
     group: str
+    attributes: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class Benchmark:
-    """A named list of cases. ``kind`` is ``"single"`` or ``"multi"``: the Table 1 column its scores go in."""
+    """A named list of cases. ``kind`` is ``"single"`` or ``"multi"``, the Table 1 column its scores go in, or
+    ``"mixed"``: cases of both, told apart by their group (``single`` or ``multi``).
+
+    Attributes:
+        gallery: the people among whom the attribute scorer picks each face's identity (the mini benchmark: its
+            held-out people); empty for benchmarks without one.
+        attribute_scorer: ``"package.module:Class"`` of the scorer of the cases' ``attributes``, imported only when
+            the benchmark is evaluated (``None``: IP and PC only). The class is built by
+            ``Class.from_scorers(clip_scorer, ip_backend, gallery)``.
+    """
 
     name: str
     kind: str
     cases: tuple[Case, ...]
     images_per_prompt: int = 4
+    gallery: tuple[Person, ...] = ()
+    attribute_scorer: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkDefaults:
+    """What a benchmark runs with when the flags leave it open (``None``: the harness's own default).
+
+    Attributes:
+        data: a function returning the default ``--data`` folder, or ``None`` when there is none to be had.
+        ip_backend: the default ``--ip-backend``.
+        clip_model: a function returning the default ``--clip-model`` (or raising ``ValueError`` saying which flag
+            to give).
+        methods: the default ``--methods``.
+    """
+
+    data: Callable[[], Path | None] | None = None
+    ip_backend: str | None = None
+    clip_model: Callable[[], str] | None = None
+    methods: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -197,16 +233,26 @@ def shipped_prompts(filename: str) -> PromptSet:
 
 BenchmarkLoader = Callable[..., Benchmark]
 BENCHMARKS: dict[str, BenchmarkLoader] = {}
+BENCHMARK_DEFAULTS: dict[str, BenchmarkDefaults] = {}
 
 
-def register_benchmark(name: str) -> Callable[[BenchmarkLoader], BenchmarkLoader]:
-    """Decorator that registers ``loader(source, placeholder) -> Benchmark`` under ``name``."""
+def register_benchmark(
+    name: str, defaults: BenchmarkDefaults | None = None
+) -> Callable[[BenchmarkLoader], BenchmarkLoader]:
+    """Decorator that registers ``loader(source, placeholder) -> Benchmark`` under ``name``, with the settings it
+    runs with when the flags leave them open."""
 
     def decorate(loader: BenchmarkLoader) -> BenchmarkLoader:
         BENCHMARKS[name] = loader
+        BENCHMARK_DEFAULTS[name] = defaults or BenchmarkDefaults()
         return loader
 
     return decorate
+
+
+def benchmark_defaults(name: str) -> BenchmarkDefaults:
+    """The defaults registered with the benchmark ``name`` (empty ones for an unknown name)."""
+    return BENCHMARK_DEFAULTS.get(name, BenchmarkDefaults())
 
 
 def takes_prompts(name: str) -> bool:
@@ -214,11 +260,30 @@ def takes_prompts(name: str) -> bool:
     return name in BENCHMARKS and "prompts" in inspect.signature(BENCHMARKS[name]).parameters
 
 
+def benchmark_source(name: str, source: str | Path | None) -> Path:
+    """``source``, or the benchmark's default data folder when ``source`` is ``None``.
+
+    Raises:
+        ValueError: no ``source`` and no default to be had (the message says what ``--data`` takes).
+    """
+    if source is not None:
+        return Path(source)
+    default = benchmark_defaults(name).data
+    found = default() if default is not None else None
+    if found is None:
+        what = {
+            "ffhq-wild": "the FFHQ-wild dataset root (image_ids_test.txt, <id[:5]>/<id>.jpg|.json)",
+            "mini": "the world's reference folder, WORLD/references from `facediffuser world build --out WORLD`",
+        }.get(name, "a subject folder: one sub-folder of photos per person, e.g. subjects/ada/1.jpg")
+        raise ValueError(f"Benchmark {name!r} needs --data: {what}.")
+    return Path(found)
+
+
 def load_benchmark(
-    name: str, source: str | Path, placeholder: str = DEFAULT_PLACEHOLDER, prompts: PromptSet | None = None
+    name: str, source: str | Path | None, placeholder: str = DEFAULT_PLACEHOLDER, prompts: PromptSet | None = None
 ) -> Benchmark:
-    """The benchmark ``name`` over ``source`` (a subject folder, or a dataset root for ``ffhq-wild``), with its own
-    prompts or ``prompts``.
+    """The benchmark ``name`` over ``source`` (a subject folder, or a dataset root for ``ffhq-wild``; ``None``: the
+    benchmark's default data, see :func:`benchmark_source`), with its own prompts or ``prompts``.
 
     Raises:
         ValueError: an unknown benchmark, or a source that does not fit it.
@@ -228,7 +293,7 @@ def load_benchmark(
         raise ValueError(f"Unknown benchmark {name!r}; choose from {', '.join(sorted(BENCHMARKS))}.")
     if prompts is not None and not takes_prompts(name):
         raise ValueError(f"Benchmark {name!r} takes its prompts from its data; drop --prompts.")
-    source = Path(source)
+    source = benchmark_source(name, source)
     if not source.exists():
         raise FileNotFoundError(f"The data folder of benchmark {name!r} does not exist: {source}")
     extra = {"prompts": prompts} if prompts is not None else {}
@@ -421,3 +486,34 @@ def ffhq_wild_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) ->
     if len(cases) < len(ids):
         logger.info("ffhq-wild: %d of %d test images show no person and are skipped.", len(ids) - len(cases), len(ids))
     return Benchmark("ffhq-wild", "multi", tuple(cases), 1)
+
+
+# ---------------------------------------------------------------------------------------------------- mini
+def _mini_references() -> Path | None:
+    from ..world.benchmark import default_references
+
+    return default_references()
+
+
+def _mini_clip_model() -> str:
+    from ..world.benchmark import default_clip_model
+
+    return default_clip_model()
+
+
+@register_benchmark(
+    "mini",
+    BenchmarkDefaults(
+        data=_mini_references,
+        ip_backend="mini",
+        clip_model=_mini_clip_model,
+        # both guidance bases whatever --subject-guidance-base says (the run's own base is the unsuffixed row)
+        methods=("tdm", "sdm", "face-diffuser:0.3:0.6:text", "face-diffuser:0.3:0.6:null"),
+    ),
+)
+def mini_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
+    """The mini model's benchmark: 20 held-out people of the world's reference folder ``source`` in scenes the mini
+    SDM's data holds rarely or never (:func:`facediffuser.world.benchmark.mini_cases`)."""
+    from ..world.benchmark import mini_cases
+
+    return mini_cases(source, placeholder)

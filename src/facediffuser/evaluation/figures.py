@@ -1,4 +1,5 @@
-"""The figures of an evaluation: the alpha/beta sweep (Fig. 8) and the mean fusion masks per stage (Fig. 9).
+"""The figures of an evaluation: the alpha/beta sweep (Fig. 8), the mean fusion masks per stage (Fig. 9), and a grid
+of generated images beside their references, one column per method.
 
 The plots need matplotlib (the ``eval`` extra) and are drawn with its object-oriented Agg canvas, which changes no
 global backend. Without matplotlib they are skipped with a warning; the per-map PNGs are written with PIL regardless.
@@ -78,19 +79,20 @@ def sweep_plot(summary: dict[str, Any], path: Path) -> bool:
     if figure is None or not results:
         return False
     several_models = len({r.get("model") for r in results}) > 1
-    series: dict[tuple[str, float], list[dict]] = defaultdict(list)
-    for r in results:
-        series[(r.get("model") or "", r["beta"])].append(r)
+    series: dict[tuple[str, float, str], list[dict]] = defaultdict(list)
+    for r in results:  # a method with its own SDM guidance base is a line of its own
+        series[(r.get("model") or "", r["beta"], r.get("guidance_base") or "")].append(r)
     ax_ip, ax_pc, ax_both = figure.subplots(1, 3)
     points = np.array([[_value(r, "pc"), _value(r, "ip")] for r in results])
     finite = points[np.isfinite(points).all(axis=1)]
     spans = np.ptp(finite, axis=0) if len(finite) else np.ones(2)
     near = np.where(spans > 0, spans, 1.0) * 0.02  # points closer than 2% of the axis span share one label
     handles = []
-    for index, ((model, beta), rs) in enumerate(sorted(series.items())):
+    for index, ((model, beta, base), rs) in enumerate(sorted(series.items())):
         colour = f"C{index % 10}"
         rs = sorted(rs, key=lambda r: r["alpha"])
         name = f"{model}, beta={beta:g}" if several_models else f"beta={beta:g}"
+        name += f", SDM base {base}" if base else ""
         alphas = [r["alpha"] for r in rs]
         for ax, key in ((ax_ip, "ip"), (ax_pc, "pc")):
             means = np.array([_value(r, key) for r in rs])
@@ -239,3 +241,77 @@ def save_mask_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def load_mask_arrays(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
+
+
+# ---------------------------------------------------------------------------------------------------- image grid
+GRID_TILE = 96  # pixels per image in the grid (small images are enlarged with nearest neighbour, large ones shrunk)
+GRID_ROWS = 12
+
+
+def _tile(image, size: int = GRID_TILE):
+    """``image`` scaled to fit a ``size`` square (nearest neighbour when enlarged, so small pixels stay sharp) on
+    white."""
+    import PIL.Image
+
+    image = image.convert("RGB")
+    scale = size / max(image.size)
+    resample = PIL.Image.Resampling.NEAREST if scale >= 1 else PIL.Image.Resampling.LANCZOS
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
+    canvas = PIL.Image.new("RGB", (size, size), "white")
+    canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+    return canvas
+
+
+def image_grid(rows: list[dict[str, Any]], columns: list[str], path: Path, tile: int = GRID_TILE) -> bool:
+    """A grid of generated images beside their references, written with PIL.
+
+    Args:
+        rows: one per case, ``{"title": str, "references": [PIL images, one per person], "images": {column: PIL
+            image or None}}``.
+        columns: the method columns, in order (their titles).
+    Returns whether anything was drawn.
+    """
+    import PIL.Image
+    import PIL.ImageDraw
+    import PIL.ImageFont
+
+    if not rows:
+        return False
+    refs = max(len(r["references"]) for r in rows)
+    font = PIL.ImageFont.load_default()
+    gap, header, caption = 4, 28, 26
+    width = (refs + len(columns)) * (tile + gap) + gap
+    height = header + len(rows) * (tile + caption + gap) + gap
+    canvas = PIL.Image.new("RGB", (width, height), "white")
+    draw = PIL.ImageDraw.Draw(canvas)
+
+    def label(x: int, y: int, text: str, limit: int) -> None:
+        """``text`` in at most two lines of ``limit`` pixels, broken between words, cut after that."""
+        lines = [""]
+        for word in text.split():
+            if draw.textlength(f"{lines[-1]} {word}".strip(), font=font) > limit and lines[-1] and len(lines) < 2:
+                lines.append("")
+            lines[-1] = f"{lines[-1]} {word}".strip()
+        for k, line in enumerate(lines):
+            while line and draw.textlength(line, font=font) > limit:
+                line = line[:-1]
+            draw.text((x, y + 12 * k), line, fill="black", font=font)
+
+    titles = [f"reference {k + 1}" for k in range(refs)] + columns
+    for c, title in enumerate(titles):
+        label(gap + c * (tile + gap), 2, title, tile)
+    for r, row in enumerate(rows):
+        y = header + r * (tile + caption + gap)
+        label(gap, y, row["title"], width - 2 * gap)
+        y += caption
+        cells = list(row["references"]) + [None] * (refs - len(row["references"]))
+        cells += [row["images"].get(c) for c in columns]
+        for c, image in enumerate(cells):
+            x = gap + c * (tile + gap)
+            if image is None:
+                draw.rectangle((x, y, x + tile - 1, y + tile - 1), outline=(200, 200, 200))
+            else:
+                canvas.paste(_tile(image, tile), (x, y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: canvas.save(f, format="PNG"), overwrite=True)
+    return True

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 class GenerationSettings:
     """What, besides the method's stage fractions, decides a unit's images."""
 
-    sampling: SamplingSettings  # alpha and beta are replaced by each method's
+    sampling: SamplingSettings  # alpha and beta (and a method's own guidance base) are replaced by each method's
     seed: int
     images_per_prompt: int
     height: int | None = None
@@ -46,8 +46,7 @@ def save_image(image: PIL.Image.Image, path: Path) -> None:
 
 def generate_unit(pipeline, unit: WorkUnit, settings: GenerationSettings, out: Path) -> None:
     """One unit's images (and masks), seeded with ``settings.seed`` whatever the process or device."""
-    method = unit.variant.method
-    sampling = settings.sampling.replace(alpha=method.alpha, beta=method.beta)
+    sampling = unit.variant.method.sampling(settings.sampling)
     references = [[photo.load() for photo in person.photos] for person in unit.case.people]
     result = pipeline(
         prompt=unit.case.prompt,

@@ -21,11 +21,18 @@ Layout of ``out``::
     table.md                                 Table 1 of the paper for this benchmark, with intervals
     sweep.png                                Fig. 8: IP and PC against alpha and beta
     fusion_masks/<model>/<method>/*.png      Fig. 9: mean masks and saliency per stage
+    grid.png                                 generated images beside their references, one column per method
+
+A benchmark may set its own defaults for ``--data``, ``--ip-backend``, ``--clip-model`` and ``--methods``
+(:class:`~.benchmarks.BenchmarkDefaults`; the mini benchmark does), and its cases may carry attributes that a
+scorer of its own checks (place, time, clothing, identity): their accuracies join ``scores.csv``, ``summary.json``
+and ``table.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +41,18 @@ from typing import Any
 from ..fusion import SubjectGuidanceBase
 from ..loading import MINI_MODEL
 from ..settings import SamplingSettings
-from .benchmarks import BENCHMARKS, PromptSet, load_benchmark, load_prompt_file, takes_prompts
+from .benchmarks import (
+    BENCHMARKS,
+    Benchmark,
+    PromptSet,
+    benchmark_defaults,
+    benchmark_source,
+    load_benchmark,
+    load_prompt_file,
+    takes_prompts,
+)
 from .clip_score import DEFAULT_CLIP_MODEL, MINI_CLIP_MODEL, ClipScorer
-from .figures import MaskAccumulator, load_mask_arrays, sweep_plot, write_mask_images
+from .figures import GRID_ROWS, MaskAccumulator, image_grid, load_mask_arrays, sweep_plot, write_mask_images
 from .generation import GenerationSettings, generate_units
 from .identity import IP_BACKENDS, IdentityBackend, build_ip_backend
 from .methods import ModelSpec, Variant, parse_models, parse_variants
@@ -47,6 +63,7 @@ from .work import WorkUnit, check_run_settings, distributed_state, process_share
 logger = logging.getLogger(__name__)
 
 _SAMPLING = {f.name: f for f in dataclasses.fields(SamplingSettings)}
+ATTRIBUTES = "attributes"  # the --metrics name of a benchmark's attribute accuracies
 
 
 def _sampling_field(name: str, note: str = "") -> Any:
@@ -59,9 +76,6 @@ def _sampling_field(name: str, note: str = "") -> Any:
 class EvaluationConfig:
     """Settings of ``facediffuser evaluate`` (each field is a command-line flag)."""
 
-    data: Path = field(
-        metadata={"help": "subject folder (one sub-folder of photos per person) or, for ffhq-wild, the dataset root"}
-    )
     model: list[str] = field(
         default_factory=lambda: [MINI_MODEL],
         metadata={
@@ -69,6 +83,13 @@ class EvaluationConfig:
             "tables; repeat the flag to compare models (e.g. --model fd=face-diffuser/ --model fc=converted/) "
             f"(default: {MINI_MODEL})",
             "repeat": True,
+        },
+    )
+    data: Path | None = field(
+        default=None,
+        metadata={
+            "help": "subject folder (one sub-folder of photos per person); for ffhq-wild, the dataset root; for mini, "
+            "the world's reference folder (default: the held-out people the package ships)"
         },
     )
     out: Path = field(default=Path("outputs/evaluation"), metadata={"help": "output folder (resumable)"})
@@ -81,25 +102,37 @@ class EvaluationConfig:
             "{subject2} stand for each person"
         },
     )
-    methods: list[str] = field(
-        default_factory=lambda: ["tdm", "sdm", "face-diffuser"],
+    methods: list[str] | None = field(
+        default=None,
         metadata={
-            "help": "methods to compare: tdm, sdm, face-diffuser (with --alpha/--beta) or face-diffuser:A:B; "
-            "METHOD@MODEL runs it with that model only (e.g. sdm@fastcomposer)"
+            "help": "methods to compare: tdm, sdm, face-diffuser (with --alpha/--beta) or face-diffuser:A:B; sdm and "
+            "face-diffuser may end in :text or :null (that row's SDM guidance base); METHOD@MODEL runs it with "
+            "that model only (e.g. sdm@fastcomposer) (default: tdm sdm face-diffuser; for mini, tdm sdm "
+            "face-diffuser:0.3:0.6:text face-diffuser:0.3:0.6:null)"
         },
     )
     alpha: float = _sampling_field("alpha", " (for 'face-diffuser' without :A:B)")
     beta: float = _sampling_field("beta", " (for 'face-diffuser' without :A:B)")
-    ip_backend: str = field(
-        default="dlib", metadata={"help": f"identity backend: {', '.join(IP_BACKENDS)} (dlib works offline)"}
-    )
-    clip_model: str = field(
-        default=DEFAULT_CLIP_MODEL,
+    ip_backend: str | None = field(
+        default=None,
         metadata={
-            "help": f"CLIP model id or folder for PC; '{MINI_CLIP_MODEL}': the world's CLIP, shipped in the package"
+            "help": f"identity backend: {', '.join(IP_BACKENDS)} (default: dlib, which works offline; for mini, mini)"
         },
     )
-    metrics: list[str] = field(default_factory=lambda: list(METRICS), metadata={"help": "scores to compute: ip pc"})
+    clip_model: str | None = field(
+        default=None,
+        metadata={
+            "help": f"CLIP model id or folder for PC; '{MINI_CLIP_MODEL}': the world's CLIP, shipped in the package "
+            f"(default: {DEFAULT_CLIP_MODEL}; for the mini benchmark, {MINI_CLIP_MODEL})"
+        },
+    )
+    metrics: list[str] = field(
+        default_factory=lambda: [*METRICS, ATTRIBUTES],
+        metadata={
+            "help": "scores to compute: ip pc attributes (attributes: for benchmarks whose cases ask for some, e.g. "
+            "mini: place, time, clothing colour and identity accuracy)"
+        },
+    )
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N cases of the benchmark"})
     seed: int = field(default=42, metadata={"help": "seed of every case's initial noise (shared by all methods)"})
     images_per_prompt: int | None = field(
@@ -125,10 +158,34 @@ class EvaluationConfig:
     facenet_weights: Path | None = field(
         default=None, metadata={"help": "facenet backend: a local copy of 20180402-114759-vggface2.pt"}
     )
+    mini_faces: Path | None = field(
+        default=None,
+        metadata={
+            "help": "mini backend: the world's faces/ folder (default: $FACEDIFFUSER_MINI_FACES, else the package's)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.model, str):  # one model given from Python as a plain string
             self.model = [self.model]
+
+    def resolved(self) -> EvaluationConfig:
+        """A copy with what the flags left open filled in: the benchmark's defaults, else the harness's (dlib,
+        ``openai/clip-vit-large-patch14``, tdm sdm face-diffuser). ``--data`` left open and without a default is
+        refused with what it takes."""
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"Unknown benchmark {self.benchmark!r}; choose from {', '.join(sorted(BENCHMARKS))}.")
+        defaults = benchmark_defaults(self.benchmark)
+        changes: dict[str, Any] = {}
+        if self.data is None:
+            changes["data"] = benchmark_source(self.benchmark, None)
+        if self.methods is None:
+            changes["methods"] = list(defaults.methods or ("tdm", "sdm", "face-diffuser"))
+        if self.ip_backend is None:
+            changes["ip_backend"] = defaults.ip_backend or "dlib"
+        if self.clip_model is None and ("pc" in self.metrics or ATTRIBUTES in self.metrics):
+            changes["clip_model"] = defaults.clip_model() if defaults.clip_model else DEFAULT_CLIP_MODEL
+        return dataclasses.replace(self, **changes) if changes else self
 
     def sampling(self) -> SamplingSettings:
         """The sampling settings shared by every method (each method replaces alpha and beta)."""
@@ -146,12 +203,15 @@ class EvaluationConfig:
 
     def check(self) -> tuple[list[ModelSpec], list[Variant], PromptSet | None]:
         """Raises ``ValueError`` (or ``FileNotFoundError``) for settings that cannot work, before anything heavy is
-        loaded; returns the parsed models, variants and prompts."""
+        loaded; returns the parsed models, variants and prompts. Call it on a :meth:`resolved` config."""
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"Unknown benchmark {self.benchmark!r}; choose from {', '.join(sorted(BENCHMARKS))}.")
-        unknown = sorted(set(self.metrics) - set(METRICS))
+        if self.data is None or self.methods is None or self.ip_backend is None:
+            return self.resolved().check()
+        unknown = sorted(set(self.metrics) - {*METRICS, ATTRIBUTES})
         if unknown or not self.metrics:
-            raise ValueError(f"Unknown metrics {unknown or self.metrics}; choose from {', '.join(METRICS)}.")
+            choices = ", ".join([*METRICS, ATTRIBUTES])
+            raise ValueError(f"Unknown metrics {unknown or self.metrics}; choose from {choices}.")
         if "ip" in self.metrics and self.ip_backend not in IP_BACKENDS:
             raise ValueError(
                 f"Unknown IP backend {self.ip_backend!r}; choose from {', '.join(sorted(IP_BACKENDS))} (dlib works "
@@ -192,7 +252,10 @@ class EvaluationConfig:
         }
 
     def backend_options(self) -> dict[str, Any]:
-        return {"dlib_upsample": self.dlib_upsample, "facenet_weights": self.facenet_weights}
+        options = {"dlib_upsample": self.dlib_upsample, "facenet_weights": self.facenet_weights}
+        if self.mini_faces is not None:
+            options["mini_weights"] = self.mini_faces
+        return options
 
 
 @dataclass
@@ -232,9 +295,11 @@ def evaluate(
 
     from ..loading import load_pipeline, resolve_device, resolve_dtype
 
+    config = config.resolved()
     models, variants, prompts = config.check()
     state = distributed_state(config.device)
     benchmark = load_benchmark(config.benchmark, config.data, prompts=prompts)
+    attributes = ATTRIBUTES in config.metrics and benchmark.attribute_scorer is not None
     images_per_prompt = config.images_per_prompt or benchmark.images_per_prompt
     out = Path(config.out)
     settings = check_run_settings(out, config.generation_settings(images_per_prompt, models, prompts))
@@ -254,13 +319,15 @@ def evaluate(
         state.num_processes,
     )
 
-    # The scorers first: a backend that cannot be had fails now, not after hours of generation.
-    if "ip" in config.metrics and ip_backend is None:
+    # The scorers first: a backend that cannot be had fails now, not after hours of generation. The attribute scorer
+    # of a benchmark that has one reads with the same CLIP and face recognizer.
+    if ("ip" in config.metrics or attributes) and ip_backend is None:
         ip_backend = build_ip_backend(config.ip_backend, device, config.backend_options())
-    if "pc" in config.metrics and clip_scorer is None:
+    if ("pc" in config.metrics or attributes) and clip_scorer is None:
         clip_scorer = ClipScorer.from_pretrained(
             config.clip_model, device=device, dtype=resolve_dtype(config.dtype, device), batch_size=config.batch_size
         )
+    attribute_scorer = build_attribute_scorer(benchmark, clip_scorer, ip_backend) if attributes else None
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "run.json", settings)
@@ -295,6 +362,7 @@ def evaluate(
         clip_scorer if "pc" in config.metrics else None,
         out / "score_cache" if config.score_cache else None,
         state.process_index,
+        attribute_scorer,
     )
     state.wait_for_everyone()  # every image exists, every cache is read
     mine = process_share(state, units)
@@ -314,7 +382,8 @@ def evaluate(
     all_cache = gather_object([cache])
     summary, files = None, []
     if state.is_main_process:
-        totals = {m: {k: sum(c[m][k] for c in all_cache) for k in ("cached", "computed")} for m in METRICS}
+        kinds = [*METRICS, ATTRIBUTES] if attribute_scorer is not None else list(METRICS)
+        totals = {m: {k: sum(c[m][k] for c in all_cache) for k in ("cached", "computed")} for m in kinds}
         header = {
             "benchmark": benchmark.name,
             "kind": benchmark.kind,
@@ -324,12 +393,13 @@ def evaluate(
             "ip_backend": ip_backend.name if scorers.ip_backend is not None else None,
             "ip_backend_settings": scorers.ip_backend.settings() if scorers.ip_backend is not None else {},
             "clip_model": scorers.clip_scorer.name if scorers.clip_scorer is not None else None,
+            **({"gallery": len(benchmark.gallery)} if attribute_scorer is not None else {}),
             "processes": state.num_processes,
             "generated_this_run": sum(1 for r in all_rows if r.generated),
             "scores_from_cache": totals,
             "settings": settings,
         }
-        summary, files = write_reports(out, all_rows, variants, units, header, config.save_masks)
+        summary, files = write_reports(out, all_rows, variants, units, header, config.save_masks, images_per_prompt)
         logger.info(
             "Scores from the cache: IP %d of %d, PC %d of %d. Wrote %s",
             totals["ip"]["cached"],
@@ -349,8 +419,9 @@ def write_reports(
     units: list[WorkUnit],
     header: dict[str, Any],
     save_masks: bool,
+    images_per_prompt: int = 1,
 ) -> tuple[dict[str, Any], list[Path]]:
-    """Writes ``scores.csv``, ``summary.json``, ``table.md``, ``sweep.png`` and ``fusion_masks/``."""
+    """Writes ``scores.csv``, ``summary.json``, ``table.md``, ``sweep.png``, ``fusion_masks/`` and ``grid.png``."""
     order = {u.key: i for i, u in enumerate(units)}
     rows = sorted(rows, key=lambda r: (order[(r.method, r.case_id)], r.image_index))
     files = [out / "scores.csv", out / "summary.json", out / "table.md"]
@@ -368,7 +439,51 @@ def write_reports(
             means = accumulator.means()
             if means:
                 files += write_mask_images(means, out / "fusion_masks" / variant.label, variant.display_name)
+    if write_grid(out / "grid.png", variants, units, images_per_prompt):
+        files.append(out / "grid.png")
     summary["files"] = [str(f.relative_to(out)) for f in files]
     write_json(files[1], summary)
     files[2].write_text(markdown_table(summary), encoding="utf-8")
     return summary, files
+
+
+def build_attribute_scorer(benchmark: Benchmark, clip_scorer: ClipScorer | None, ip_backend: IdentityBackend | None):
+    """The benchmark's attribute scorer (``benchmark.attribute_scorer``, ``"module:Class"``), reading with the run's
+    CLIP and face recognizer among the benchmark's gallery."""
+    module_name, class_name = benchmark.attribute_scorer.split(":")
+    scorer_class = getattr(importlib.import_module(module_name), class_name)
+    return scorer_class.from_scorers(clip_scorer, ip_backend, benchmark.gallery)
+
+
+def write_grid(path: Path, variants: list[Variant], units: list[WorkUnit], images_per_prompt: int) -> bool:
+    """``grid.png``: up to :data:`GRID_ROWS` cases spread over the benchmark, each with its people's first reference
+    photo and the first image of every method. Returns whether it was written."""
+    import PIL.Image
+
+    from ..prompting import strip_placeholders
+
+    cases = list(dict.fromkeys(u.case for u in units))
+    if not cases:
+        return False
+    count = min(GRID_ROWS, len(cases))  # spread over the benchmark, first and last case included
+    chosen = [cases[round(k * (len(cases) - 1) / max(1, count - 1))] for k in range(count)]
+    several_models = len({v.model.name for v in variants}) > 1
+    titles = {
+        v.label: (f"{v.model.name} " if several_models else "") + v.method.label.replace("_", " ") for v in variants
+    }
+    by_key = {u.key: u for u in units}
+    rows = []
+    for case in chosen:
+        images = {}
+        for v in variants:
+            unit = by_key.get((v.label, case.case_id))
+            first = unit.image_paths(path.parent, images_per_prompt)[0] if unit else None
+            images[titles[v.label]] = PIL.Image.open(first).convert("RGB") if first and first.is_file() else None
+        rows.append(
+            {
+                "title": strip_placeholders(case.prompt),
+                "references": [p.photos[0].load() for p in case.people],
+                "images": images,
+            }
+        )
+    return image_grid(rows, list(titles.values()), path)

@@ -30,6 +30,16 @@ PAPER_TABLE_1 = {
     "Face-diffuser": (0.708, 0.325, 0.593, 0.319),
 }
 METRICS = ("ip", "pc")
+# Per-image accuracies of what a case asked for (benchmarks whose cases carry attributes, e.g. mini): 1 right, 0
+# wrong, the mean over the people of a two-person image; NaN where not scored.
+ATTRIBUTE_METRICS = ("place", "time", "clothing", "scene", "identity")
+ATTRIBUTE_TITLES = {
+    "place": "place",
+    "time": "time",
+    "clothing": "clothing colour",
+    "scene": "place+time+clothing",
+    "identity": "identity top-1",
+}
 # Settings under which two runs' scores are comparable (run.json keys), whatever their benchmark.
 SCORE_SETTINGS = ("seed", "sampling", "scheduler", "dtype", "height", "width")
 # ... and, for two runs of one benchmark kind, the cases themselves.
@@ -58,6 +68,12 @@ class ScoreRow:
     clip_model: str
     rank: int
     generated: bool
+    place_acc: float = math.nan
+    time_acc: float = math.nan
+    clothing_acc: float = math.nan
+    scene_acc: float = math.nan
+    identity_acc: float = math.nan
+    predicted: str = ""  # JSON: what the attribute scorer read (place, time, clothing, identity)
 
 
 def write_scores(path: Path, rows: Sequence[ScoreRow]) -> None:
@@ -88,23 +104,37 @@ def write_json(path: Path, data: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- summary
-def _estimates(rows: Sequence[ScoreRow]) -> dict[str, Any]:
-    """``images`` plus, per metric, the mean, its interval and the images behind it (cases resampled)."""
+def _estimates(rows: Sequence[ScoreRow], attributes: bool = False) -> dict[str, Any]:
+    """``images`` plus, per metric, the mean, its interval and the images behind it (cases resampled); with
+    ``attributes``, also ``accuracy``: the same per attribute metric."""
     out: dict[str, Any] = {"images": len(rows)}
-    for metric in METRICS:
+
+    def estimate(column: str) -> dict[str, Any]:
         by_case: dict[str, list[float]] = defaultdict(list)
         for row in rows:
-            by_case[row.case_id].append(getattr(row, metric))
-        out[metric] = bootstrap_mean(by_case).to_json()
+            by_case[row.case_id].append(getattr(row, column))
+        return bootstrap_mean(by_case).to_json()
+
+    for metric in METRICS:
+        out[metric] = estimate(metric)
+    if attributes:
+        out["accuracy"] = {m: estimate(f"{m}_acc") for m in ATTRIBUTE_METRICS}
     return out
+
+
+def has_attributes(rows: Sequence[ScoreRow]) -> bool:
+    """Whether any row carries an attribute score (the summary and tables then show them)."""
+    return any(math.isfinite(getattr(r, f"{m}_acc")) for r in rows for m in ATTRIBUTE_METRICS)
 
 
 def summarize(rows: Sequence[ScoreRow], variants: Sequence[Variant], header: dict[str, Any]) -> dict[str, Any]:
     """The summary JSON: ``header`` (benchmark, backends, settings) plus, per variant, the estimates overall, per
     prompt group and per subject (an image of two people counts for each of them).
 
-    NaN scores (an image whose references show no face, or a metric not computed) are left out and counted.
+    NaN scores (an image whose references show no face, or a metric not computed) are left out and counted. When
+    rows carry attribute scores, every estimate also has ``accuracy`` (per attribute metric).
     """
+    attributes = has_attributes(rows)
     by_variant: dict[str, list[ScoreRow]] = defaultdict(list)
     for row in rows:
         by_variant[row.method].append(row)
@@ -126,11 +156,12 @@ def summarize(rows: Sequence[ScoreRow], variants: Sequence[Variant], header: dic
             "display_name": variant.method.display_name,
             "alpha": variant.method.alpha,
             "beta": variant.method.beta,
-            **_estimates(mine),
+            "guidance_base": variant.method.guidance_base.value if variant.method.guidance_base else None,
+            **_estimates(mine, attributes),
             "ip_unscorable": sum(1 for r in mine if not math.isfinite(r.ip)),
             "all_faces_found": (sum(1 for r, n in zip(mine, people) if r.faces >= n) / len(mine)) if mine else None,
-            "groups": {g: _estimates(rs) for g, rs in groups.items()},
-            "subjects": {s: _estimates(rs) for s, rs in sorted(subjects.items())},
+            "groups": {g: _estimates(rs, attributes) for g, rs in groups.items()},
+            "subjects": {s: _estimates(rs, attributes) for s, rs in sorted(subjects.items())},
         }
     interval = {"confidence": CONFIDENCE, "resamples": RESAMPLES, "unit": "case", "kind": "percentile bootstrap"}
     return {**header, "interval": interval, "methods": results}
@@ -160,23 +191,62 @@ def _backend_line(summary: dict[str, Any]) -> str:
     )
 
 
-def markdown_table(summary: dict[str, Any]) -> str:
-    """The summary as markdown: the Table 1 columns of its benchmark kind, then per prompt group and per subject."""
-    kind = summary.get("kind", "single")
-    results = summary["methods"].values()
+def _mixed_table(results) -> list[str]:
+    """Table 1's four columns from the ``single`` and ``multi`` groups of a mixed benchmark's rows."""
     lines = [
-        f"# {summary.get('benchmark', 'evaluation')}",
-        "",
-        _backend_line(summary),
-        "",
-        f"| model | method | {kind} IP [95% CI] | {kind} PC [95% CI] | images |",
-        "|---|---|---|---|---|",
+        "| model | method | single IP [95% CI] | single PC [95% CI] | single images "
+        "| multi IP [95% CI] | multi PC [95% CI] | multi images |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(
-            f"| {r['model']} | {r['display_name']} | {_cell(r['ip'], r['images'])} | {_cell(r['pc'], r['images'])} "
-            f"| {r['images']} |"
-        )
+        parts = []
+        for kind in ("single", "multi"):
+            g = r["groups"].get(kind)
+            parts += [_cell(g["ip"], g["images"]), _cell(g["pc"], g["images"]), str(g["images"])] if g else ["-"] * 3
+        lines.append(f"| {r['model']} | {r['display_name']} | " + " | ".join(parts) + " |")
+    return lines
+
+
+def _accuracy_table(results, gallery: int | None) -> list[str]:
+    """Per-attribute accuracy rows (mean [95% CI]), overall and per group."""
+    chance = f"; chance {100 / gallery:.0f}% among {gallery} people" if gallery else ""
+    lines = [
+        "",
+        "Per-attribute accuracy: share of images where what the prompt asked is what CLIP zero-shot reads (place, "
+        "time, each person's clothing colour; `place+time+clothing`: all of them) and where the face recognizer's "
+        f"first choice among the benchmark's people is the asked person (identity{chance}). Two-person images count "
+        "each person half.",
+        "",
+        "| model | method | group | " + " | ".join(ATTRIBUTE_TITLES[m] for m in ATTRIBUTE_METRICS) + " | images |",
+        "|---|---|---|" + "---|" * len(ATTRIBUTE_METRICS) + "---|",
+    ]
+    for r in results:
+        rows = [("all", r)] + sorted(r["groups"].items()) if len(r["groups"]) > 1 else [("all", r)]
+        for name, cell in rows:
+            accuracy = cell.get("accuracy") or {}
+            cells = " | ".join(_cell(accuracy.get(m), cell["images"]) for m in ATTRIBUTE_METRICS)
+            lines.append(f"| {r['model']} | {r['display_name']} | {name} | {cells} | {cell['images']} |")
+    return lines
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The summary as markdown: the Table 1 columns of its benchmark kind (a mixed benchmark: both kinds, from its
+    ``single`` and ``multi`` groups), the attribute accuracies when there are any, then per prompt group and per
+    subject."""
+    kind = summary.get("kind", "single")
+    results = summary["methods"].values()
+    lines = [f"# {summary.get('benchmark', 'evaluation')}", "", _backend_line(summary), ""]
+    if kind == "mixed":
+        lines += _mixed_table(results)
+    else:
+        lines += [f"| model | method | {kind} IP [95% CI] | {kind} PC [95% CI] | images |", "|---|---|---|---|---|"]
+        for r in results:
+            lines.append(
+                f"| {r['model']} | {r['display_name']} | {_cell(r['ip'], r['images'])} "
+                f"| {_cell(r['pc'], r['images'])} | {r['images']} |"
+            )
+    if any("accuracy" in r for r in results):
+        lines += _accuracy_table(results, summary.get("gallery"))
     for title, key, column in (("Per prompt group", "groups", "group"), ("Per subject", "subjects", "subject")):
         names = sorted({g for r in results for g in r[key]})
         if len(names) < 2:
@@ -191,7 +261,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
                         f"| {r['model']} | {r['display_name']} | {name} | {_cell(cell['ip'], cell['images'])} "
                         f"| {_cell(cell['pc'], cell['images'])} | {cell['images']} |"
                     )
-    if summary.get("ip_backend") == "facenet":
+    if summary.get("ip_backend") == "facenet" and kind in ("single", "multi"):
         lines += ["", "The paper's Table 1 (FaceNet IP, CLIP ViT-L/14 PC), for reference:", ""]
         lines += table1_paper_rows(kind)
     return "\n".join(lines) + "\n"
@@ -225,6 +295,12 @@ def combine_tables(summaries: Sequence[dict[str, Any]]) -> str:
     """
     if not summaries:
         raise ValueError("Give at least one summary to combine.")
+    mixed = [s.get("benchmark", "?") for s in summaries if s.get("kind") not in (None, "single", "multi")]
+    if mixed:
+        raise ValueError(
+            f"The run(s) of {', '.join(mixed)} hold single- and multi-subject cases together: their table.md already "
+            "has all four Table 1 columns; combine single-subject and multi-subject runs only."
+        )
     _settings_mismatch(summaries, lambda s: s.get("ip_backend"), "IP backend")
     _settings_mismatch(summaries, lambda s: s.get("ip_backend_settings"), "IP backend settings")
     _settings_mismatch(summaries, lambda s: s.get("clip_model"), "CLIP model")

@@ -1,10 +1,12 @@
-"""Scoring of an evaluation's images (IP and PC), with a per-image score cache.
+"""Scoring of an evaluation's images (IP, PC and, for a benchmark that asks for attributes, their accuracy), with a
+per-image score cache.
 
 A score is cached under the SHA-256 of the image file, of what it is compared with (the reference photos for IP, the
 text for PC) and of the scorer's settings (the backend's :meth:`~IdentityBackend.settings`, the CLIP model), so that
 a rerun, an added method or an added model scores only what is new, and a changed scorer or calibration scores
 everything again. The cache is a folder of JSON-lines files, one per scorer and process (``ip-<digest>-<rank>.jsonl``);
-a line cut short by a killed run is skipped when read back.
+a line cut short by a killed run is skipped when read back. Attribute scores are cached the same way
+(``attributes-<digest>-<rank>.jsonl``), keyed by the image, the case's attributes and the scorer's settings.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..prompting import strip_placeholders
 from .benchmarks import Person
 from .clip_score import ClipScorer
 from .identity import IdentityBackend
-from .reports import ScoreRow
+from .reports import ATTRIBUTE_METRICS, ScoreRow
 from .work import WorkUnit
 
 logger = logging.getLogger(__name__)
@@ -97,28 +99,56 @@ class ScoreCache:
 
 @dataclass
 class Scorers:
-    """The scorers of a run and their caches; a scorer left ``None`` gives NaN scores."""
+    """The scorers of a run and their caches; a scorer left ``None`` gives NaN scores.
+
+    ``attribute_scorer`` (a benchmark's, e.g. :class:`facediffuser.world.benchmark.MiniAttributeScorer`) has
+    ``settings() -> dict`` and ``score(images, case) -> [{metric: value, ..., "predicted": {...}}]``.
+    """
 
     ip_backend: IdentityBackend | None = None
     clip_scorer: ClipScorer | None = None
     cache_folder: Path | None = None
     rank: int = 0
+    attribute_scorer: Any | None = None
     ip_cache: ScoreCache = field(init=False)
     pc_cache: ScoreCache = field(init=False)
+    attribute_cache: ScoreCache = field(init=False)
     _references: dict[str, torch.Tensor | None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         """Reads the caches: call it on every process before any process scores (and appends)."""
         ip_fp = ip_fingerprint(self.ip_backend) if self.ip_backend is not None else "none"
         pc_fp = pc_fingerprint(self.clip_scorer) if self.clip_scorer is not None else "none"
+        attr_fp = sha256_json(self.attribute_scorer.settings())[:16] if self.attribute_scorer is not None else "none"
         self.ip_cache = ScoreCache(self.cache_folder, "ip", ip_fp, self.rank)
         self.pc_cache = ScoreCache(self.cache_folder, "pc", pc_fp, self.rank)
+        self.attribute_cache = ScoreCache(self.cache_folder, "attributes", attr_fp, self.rank)
 
     def cache_counts(self) -> dict[str, dict[str, int]]:
-        return {
+        counts = {
             "ip": {"cached": self.ip_cache.hits, "computed": self.ip_cache.misses},
             "pc": {"cached": self.pc_cache.hits, "computed": self.pc_cache.misses},
         }
+        if self.attribute_scorer is not None:
+            counts["attributes"] = {"cached": self.attribute_cache.hits, "computed": self.attribute_cache.misses}
+        return counts
+
+    def score_attributes(self, unit: WorkUnit, paths: list[Path]) -> list[dict[str, Any]]:
+        """Per image of ``unit``: the attribute scorer's metrics and ``predicted`` (empty dicts without a scorer or
+        when the case asks for nothing)."""
+        if self.attribute_scorer is None or not unit.case.attributes:
+            return [{} for _ in paths]
+        attributes = sha256_json(unit.case.attributes)
+        keys = [f"{sha256_bytes(p.read_bytes())}:{attributes}" for p in paths]
+        values: list[dict[str, Any] | None] = [self.attribute_cache.get(k) for k in keys]
+        missing = [k for k, v in enumerate(values) if v is None]
+        if missing:
+            images = [PIL.Image.open(paths[k]).convert("RGB") for k in missing]
+            for k, scored in zip(missing, self.attribute_scorer.score(images, unit.case)):
+                stored = {m: (None if isinstance(v, float) and math.isnan(v) else v) for m, v in scored.items()}
+                self.attribute_cache.put(keys[k], stored)
+                values[k] = stored
+        return [{m: (math.nan if v is None else v) for m, v in value.items()} for value in values]
 
     def _identities(self, people: Sequence[Person]) -> torch.Tensor | None:
         """``(P, D)`` reference identities, or ``None`` when some person's photos show no face."""
@@ -198,8 +228,11 @@ def score_units(
     for unit in tqdm(units, desc=f"score [{rank}]", position=rank, leave=True):
         paths = unit.image_paths(out, images_per_prompt)
         ip_values, face_counts, pc_values = scorers.score_unit(unit, paths)
+        attributes = scorers.score_attributes(unit, paths)
         case, variant = unit.case, unit.variant
         for k, path in enumerate(paths):
+            accuracy = {f"{m}_acc": float(attributes[k].get(m, math.nan)) for m in ATTRIBUTE_METRICS}
+            predicted = attributes[k].get("predicted")
             rows.append(
                 ScoreRow(
                     model=variant.model.name,
@@ -220,6 +253,8 @@ def score_units(
                     clip_model=scorers.clip_scorer.name if scorers.clip_scorer is not None else "",
                     rank=rank,
                     generated=unit.key in (generated or set()),
+                    **accuracy,
+                    predicted=json.dumps(predicted, sort_keys=True) if predicted else "",
                 )
             )
     return rows

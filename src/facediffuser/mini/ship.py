@@ -392,6 +392,21 @@ def write_examples(world: Path, folder: Path, count: int) -> list[str]:
     return [person_name(p) for p in people]
 
 
+def write_benchmark_people(world: Path, folder: Path) -> list[str]:
+    """The 20 held-out people of ``evaluate --benchmark mini`` (the benchmark's own seeded choice from the world's
+    references), as a subject folder, so that the benchmark runs offline on the same people as on the world."""
+    from ..evaluation.benchmarks import load_subjects
+    from ..world.benchmark import benchmark_people
+
+    chosen = benchmark_people(load_subjects(world / "references"))
+    for person in chosen:
+        shutil.copytree(world / "references" / person.name, folder / person.name)
+    nouns = {person.name: person.class_noun for person in chosen}
+    (folder / "subjects.json").write_text(json.dumps(nouns, indent=1) + "\n", encoding="utf-8")
+    _follow_umask(folder)
+    return [person.name for person in chosen]
+
+
 def _references_settings(world: Path) -> dict[str, Any]:
     marker = world / "stages" / "references.json"
     if marker.is_file():
@@ -425,6 +440,7 @@ def ship(config: ShipConfig) -> ShipReport:
         "clip": target.joinpath(*package_data.WORLD_CLIP),
         "faces": target.joinpath(*package_data.WORLD_FACES),
         "examples": target.joinpath(*package_data.MINI_EXAMPLES),
+        "references": target.joinpath(*package_data.WORLD_REFERENCES),
     }
     sizes: dict[str, int] = {}
     people: list[str] = []
@@ -434,6 +450,7 @@ def ship(config: ShipConfig) -> ShipReport:
         "clip": lambda new: write_world_clip(config.world / "clip", new),
         "faces": lambda new: write_faces(config.world / "faces", new),
         "examples": lambda new: people.extend(write_examples(config.world, new, config.people)),
+        "references": lambda new: write_benchmark_people(config.world, new),
     }
     for name, write in writers.items():
         folders[name].parent.mkdir(parents=True, exist_ok=True)
