@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PROMPT = "a woman <|image|> on a beach at night"
+PROMPT = "a woman <|image|> in a yellow sweater on a beach at night"
 
 # The child process of the ``phases`` figure. It is a separate program so that its imports are timed from a fresh
 # interpreter, as the user's command imports them.

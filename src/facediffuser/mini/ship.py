@@ -352,7 +352,7 @@ whose looks add the most not yet shown). The folder is a subject folder for `fac
 Use one with the mini model, for example:
 
 ```bash
-facediffuser generate --prompt "a {noun} <|image|> on a beach at night" --ref {example}
+facediffuser generate --prompt "a {noun} <|image|> in a yellow sweater on a beach at night" --ref {example}
 ```
 
 The renders are drawn by the project's own code from random numbers: they show no real person, and they are free
