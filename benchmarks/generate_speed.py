@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--ref", action="append", help="reference (default: the README's shipped example)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    refs = args.ref or [str(Path(__file__).resolve().parents[1] / "src/facediffuser/data/examples/mini/ada")]
+    refs = args.ref or [str(Path(__file__).resolve().parents[1] / "src/facediffuser/data/examples/mini/id0006")]
     env = dict(os.environ)
     env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1] / "src"))
     env["TQDM_DISABLE"] = "1"
