@@ -133,7 +133,7 @@ def main() -> None:
     def median(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
-    print(f"model {args.model}, prompt {args.prompt!r}, {args.rounds} rounds, torch threads {os.cpu_count()} cores")
+    print(f"model {args.model}, prompt {args.prompt!r}, {args.rounds} rounds, {os.cpu_count()} CPU cores")
     print(f"image {result['image'][0]}x{result['image'][1]} px")
     print(
         f"end-to-end `facediffuser generate` (median): {statistics.median(end_to_end):.2f} s "

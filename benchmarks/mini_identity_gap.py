@@ -19,6 +19,7 @@ from PIL import Image
 
 from facediffuser.evaluation.benchmarks import load_subjects
 from facediffuser.package_data import WORLD_FACES, WORLD_REFERENCES, packaged
+from facediffuser.world.benchmark import identity_gap
 from facediffuser.world.face_backend import MiniFaceBackend
 
 
@@ -41,7 +42,7 @@ def main() -> None:
                     continue
                 found += 1
                 sims = refs @ F.normalize(faces[0].embedding.double(), dim=0)
-                gaps.append(float(sims[i] - torch.cat([sims[:i], sims[i + 1 :]]).mean()))
+                gaps.append(identity_gap(sims, i))
                 top1 += int(sims.argmax() == i)
         print(
             f"{method:32s} one-person images {total}, faces {found}, mean gap {np.mean(gaps):.3f} "

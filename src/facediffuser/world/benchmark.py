@@ -210,6 +210,13 @@ def mini_cases(source: str | Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Be
     )
 
 
+def identity_gap(similarities: torch.Tensor, index: int) -> float:
+    """How much nearer one face is to person ``index`` than to the others: its cosine to that person's references
+    minus the mean of its cosines to the other people's (``similarities``: one per person, in gallery order)."""
+    others = torch.cat([similarities[:index], similarities[index + 1 :]])
+    return float(similarities[index] - others.mean())
+
+
 # ------------------------------------------------------------------------------------------------------ scorer
 def person_halves(image: PIL.Image.Image) -> list[PIL.Image.Image]:
     """The left and the right half of a two-person image, each stretched back to the image's size: where the world
