@@ -220,6 +220,30 @@ def test_min_snr_weighting_changes_the_loss_by_the_timesteps_weights(data_root, 
         tiny_config(data_root, tmp_path / "bad", snr_gamma=0.0)
 
 
+def test_reference_colour_augmentation_comes_from_the_config(data_root, tmp_path):
+    """The SDM's references are colour-jittered and greyed as the config says (the recipe's 0.5 / 10% by default; the
+    mini recipe keeps the world's colours); validation references are never augmented."""
+    from facediffuser.training.augment import ReferenceAugmentation
+
+    default = Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "default"))
+    assert default.train_dataset.augmentation == ReferenceAugmentation()
+    assert (default.train_dataset.augmentation.jitter_strength, default.train_dataset.augmentation.grayscale_prob) == (
+        0.5,
+        0.1,
+    )
+    kept = Trainer(
+        ModelKind.SDM,
+        tiny_config(data_root, tmp_path / "kept", reference_jitter_strength=0.1, reference_grayscale_prob=0.0),
+    )
+    augmentation = kept.train_dataset.augmentation
+    assert (augmentation.jitter_strength, augmentation.grayscale_prob) == (0.1, 0.0)
+    assert augmentation.zoom_prob == ReferenceAugmentation().zoom_prob  # the geometric ones stay the recipe's
+    assert not kept.make_dataset("test", augment=False).augment
+    for bad in ({"reference_jitter_strength": 1.5}, {"reference_grayscale_prob": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            tiny_config(data_root, tmp_path / "bad", **bad)
+
+
 def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
     out = tmp_path / "run"
     Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=1, checkpointing_steps=1)).train()

@@ -85,6 +85,16 @@ class TrainConfig:
     mask_loss_prob: float = field(default=0.5, metadata=_f("SDM: probability per batch of the masked denoising loss"))
     localization_weight: float = field(default=1e-3, metadata=_f("SDM: weight of the localization loss (0 disables)"))
     vision_trainable_layers: int = field(default=2, metadata=_f("SDM: trained last layers of the CLIP vision tower"))
+    reference_jitter_strength: float = field(
+        default=0.5,
+        metadata=_f(
+            "SDM: the references' colour jitter (brightness, contrast, saturation factors in [1-s, 1+s], with "
+            "probability 0.5); 0.5 is the recipe's"
+        ),
+    )
+    reference_grayscale_prob: float = field(
+        default=0.1, metadata=_f("SDM: probability of a grayscale reference; 0.1 is the recipe's")
+    )
     dataloader_num_workers: int = field(default=0, metadata=_f("data-loader worker processes"))
     checkpointing_steps: int = field(default=500, metadata=_f("save a resumable checkpoint every N steps (0: never)"))
     checkpoints_total_limit: int = field(default=3, metadata=_f("keep the last K checkpoints"))
@@ -127,9 +137,11 @@ class TrainConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must not be negative, got {getattr(self, name)}.")
-        for name in ("subject_keep_prob", "uncondition_prob", "mask_loss_prob", "ema_decay"):
+        for name in ("subject_keep_prob", "uncondition_prob", "mask_loss_prob", "ema_decay", "reference_grayscale_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be within [0, 1], got {getattr(self, name)}.")
+        if not 0.0 <= self.reference_jitter_strength <= 1.0:
+            raise ValueError(f"`reference_jitter_strength` must be within [0, 1], got {self.reference_jitter_strength}.")
         if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
             raise ValueError(f"`snr_gamma` must be a positive number, got {self.snr_gamma}.")
         if self.checkpoints_total_limit < 1:

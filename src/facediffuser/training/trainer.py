@@ -36,6 +36,7 @@ from ..pipeline import FaceDiffuserPipeline
 from ..tiny import TinyConfig
 from . import checkpoints, tracking
 from .attention import AttentionStore, install_attention_capture
+from .augment import ReferenceAugmentation
 from .config import MixedPrecision, ModelKind, TrainConfig
 from .data import EpochSampler, FFHQWild, collate, seeded_generator
 from .export import export_pipeline, trained_tensors
@@ -195,6 +196,9 @@ class Trainer:
             subject_keep_prob=c.subject_keep_prob if augment else 1.0,
             uncondition_prob=c.uncondition_prob if augment else 0.0,
             augment=augment,
+            augmentation=ReferenceAugmentation(
+                jitter_strength=c.reference_jitter_strength, grayscale_prob=c.reference_grayscale_prob
+            ),
             seed=c.seed,
             placeholder=self.placeholder,
         )
