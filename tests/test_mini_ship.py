@@ -96,17 +96,26 @@ def payload(path: Path) -> int:
     return path.stat().st_size - 8 - header
 
 
-def test_the_tokenizer_is_stored_as_vocab_and_merges_and_gives_the_same_ids(shipped):
+def test_the_tokenizer_is_stored_as_vocab_and_merges_pruned_to_the_worlds_tokens(shipped):
     from transformers import CLIPTokenizer
 
     from facediffuser.tokenizer import load_clip_tokenizer
 
-    folder = shipped[0] / "mini" / "pipeline" / "tokenizer"
+    package, report = shipped
+    folder = package / "mini" / "pipeline" / "tokenizer"
     assert sorted(p.name for p in folder.iterdir()) == ["merges.txt", "tokenizer_config.json", "vocab.json"]
-    loaded = CLIPTokenizer.from_pretrained(folder)
-    texts = ["a woman <|image|> on a beach at night", "Two people, in the fog!"]
-    assert loaded(texts).input_ids == load_clip_tokenizer()(texts).input_ids
+    loaded, full = CLIPTokenizer.from_pretrained(folder), load_clip_tokenizer()
+    assert len(loaded) == report.vocabulary["kept"] < 1000 and report.vocabulary["of"] == len(full) == 49408
+    # The world's texts give the same tokens (new ids); any other text is still spelled, byte by byte at worst.
+    world = ["a woman on a beach at night", "A man with short black hair, pale skin and an oval face, in the fog"]
+    assert [loaded.convert_ids_to_tokens(ids) for ids in loaded(world).input_ids] == [
+        full.convert_ids_to_tokens(ids) for ids in full(world).input_ids
+    ]
+    other = "Two astronauts, 3 kites!"
+    assert loaded.decode(loaded(other).input_ids, skip_special_tokens=True) == "two astronauts , 3 kites !"
     assert loaded.model_max_length == 77 and loaded.pad_token == "<|endoftext|>"
+    assert loaded.convert_ids_to_tokens([len(loaded) - 2, len(loaded) - 1]) == ["<|startoftext|>", "<|endoftext|>"]
+    assert f"vocabulary: {len(loaded):,d} of 49,408 tokens kept" in report.size_table()
 
 
 def test_mini_loads_the_shipped_folder_in_float32_equal_to_the_build_within_float16_rounding(packaged_here, stand_in):
@@ -117,6 +126,10 @@ def test_mini_loads_the_shipped_folder_in_float32_equal_to_the_build_within_floa
     assert model_folder("mini") == packaged_here / "mini" / "pipeline"
     pipe = load_pipeline("mini", device="cpu")
     original = FaceDiffuserPipeline.from_pretrained(stand_in[0] / "sdm" / "train", dtype=torch.float32)
+    # The text encoder's token table keeps the rows of the pruned vocabulary's tokens (mini/vocab.py), re-indexed.
+    kept = [original.tokenizer.get_vocab()[t] for t in pipe.tokenizer.convert_ids_to_tokens(range(len(pipe.tokenizer)))]
+    table = original.text_encoder.get_input_embeddings().weight
+    original.text_encoder.get_input_embeddings().weight = torch.nn.Parameter(table[kept])
     for name in ("vae", "text_encoder", "unet", "subject_unet", "image_encoder", "subject_fuser"):
         ours, theirs = getattr(pipe, name).state_dict(), getattr(original, name).state_dict()
         assert set(ours) == set(theirs), name
@@ -232,7 +245,8 @@ def test_a_pipeline_over_budget_is_refused_naming_the_biggest_parts_and_the_old_
     argv = ["mini", "ship", "--build", str(build), "--world", str(world), "--package-dir", str(package)]
     assert main([*argv, "--max-mib", f"{limit:.4f}"]) == 2
     err = capsys.readouterr().err
-    assert "over the" in err and "nothing was shipped" in err and "Biggest: text_encoder" in err
+    biggest = max(report.pipeline_sizes, key=report.pipeline_sizes.get)
+    assert "over the" in err and "nothing was shipped" in err and f"Biggest: {biggest}" in err
     assert {p: p.stat().st_mtime_ns for p in package.rglob("*") if p.is_file()} == before
     assert not [p for p in package.rglob(".*") if p.name.startswith(".pipeline.")]  # no half folder left behind
 
@@ -264,3 +278,22 @@ def test_the_benchmarks_people_ship_with_their_references(shipped, stand_in):
     for person in chosen:
         for photo in person.photos:
             assert (package / person.name / photo.path.name).read_bytes() == photo.path.read_bytes()
+
+
+def test_a_pruning_that_changes_a_world_text_is_refused_and_the_old_pipeline_stays(stand_in, shipped, monkeypatch):
+    """The exactness check of the pruned text tower (mini/vocab.py) runs inside the ship, on what was written."""
+    from facediffuser.mini import vocab as V
+
+    build, world = stand_in
+    package, _ = shipped
+    before = {p: p.stat().st_mtime_ns for p in package.rglob("*") if p.is_file()}
+    kept_vocabulary = V.kept_vocabulary
+
+    def without_a_merge(tokenizer, texts):  # drops the last merge of "sweater"'s path: it splits differently
+        tokens, merges = kept_vocabulary(tokenizer, texts)
+        return [t for t in tokens if t != "sweater</w>"], [m for m in merges if "".join(m) != "sweater</w>"]
+
+    monkeypatch.setattr(V, "kept_vocabulary", without_a_merge)
+    with pytest.raises(V.PruningError, match="sweater"):
+        S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=6))
+    assert {p: p.stat().st_mtime_ns for p in package.rglob("*") if p.is_file()} == before

@@ -3,7 +3,10 @@
 What it writes (:mod:`facediffuser.package_data` names the places), each folder replaced as a whole, atomically:
 
 - ``mini/pipeline``: the mini Face-diffuser (the build's ``sdm/train``) with every weight in float16 safetensors and
-  the tokenizer as ``vocab.json`` + ``merges.txt``; at most ``max_mib`` (40 MiB, issue 13) in all, else refused;
+  the tokenizer as ``vocab.json`` + ``merges.txt``; its text tower pruned to the world's vocabulary
+  (:mod:`facediffuser.mini.vocab`: the tokens of the world's texts and the bytes, 701 of CLIP's 49,408 for the
+  present world; the world's texts must give exactly the same text features, else nothing is shipped); at most
+  ``max_mib`` (40 MiB, issue 13) in all, else refused;
 - ``mini/stages``: the build's stage markers (``stages/*.json``: each stage's settings and wall time), so that
   ``facediffuser mini build --from STAGE`` can start from the shipped stages with the settings they were built with;
 - ``world/clip``: the world's CLIP in float16 safetensors (``--clip-model mini``); without tokenizer files when its
@@ -79,18 +82,27 @@ class ShipConfig:
 
 @dataclass
 class ShipReport:
-    """What was shipped: the folders written and the pipeline's size per component, in bytes."""
+    """What was shipped: the folders written, the pipeline's size per component, in bytes, and its vocabulary
+    (``kept`` and ``of`` tokens; ``texts`` and ``encoded``: the world texts its check compared)."""
 
     folders: dict[str, Path]
     pipeline_sizes: dict[str, int]
     people: list[str]
+    vocabulary: dict[str, int] = field(default_factory=dict)
 
     @property
     def pipeline_total(self) -> int:
         return sum(self.pipeline_sizes.values())
 
     def size_table(self) -> str:
-        return size_table(self.pipeline_sizes)
+        table = size_table(self.pipeline_sizes)
+        if self.vocabulary:
+            v = self.vocabulary
+            table += (
+                f"\nvocabulary: {v['kept']:,d} of {v['of']:,d} tokens kept (the world's words and the bytes); "
+                f"{v['texts']:,d} world texts tokenize as before, {v['encoded']:,d} encode exactly as before"
+            )
+        return table
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -207,13 +219,23 @@ def same_tokens(first, second) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ the parts
-def write_pipeline(source: Path, folder: Path, max_mib: float) -> dict[str, int]:
-    """The pipeline of ``source`` in float16 into ``folder``; its sizes. ``ValueError`` when over ``max_mib``."""
+def write_pipeline(source: Path, folder: Path, max_mib: float) -> tuple[dict[str, int], dict[str, int]]:
+    """The pipeline of ``source`` in float16 into ``folder``, its text tower pruned to the world's vocabulary
+    (:mod:`facediffuser.mini.vocab`); its sizes and what the pruning kept and checked. ``ValueError`` when over
+    ``max_mib``; :class:`~facediffuser.mini.vocab.PruningError` when the shipped tokenizer and text encoder do not
+    give exactly what the full ones give on the world's texts."""
+    import copy
+
     import torch
 
     from ..pipeline import FaceDiffuserPipeline
+    from . import vocab
 
     pipe = FaceDiffuserPipeline.from_pretrained(source, use_safetensors=True, dtype=torch.float32)
+    # The full text tower as it would ship (float16 weights, loaded in float32): what the pruned one must equal.
+    full_tokenizer, full_encoder = pipe.tokenizer, copy.deepcopy(pipe.text_encoder).half().float().eval()
+    pruned = vocab.prune_vocabulary(pipe.tokenizer, pipe.text_encoder)
+    pipe.register_modules(tokenizer=pruned.tokenizer, text_encoder=pruned.text_encoder)
     expected = {name: _half_state(module) for name, module in _modules(pipe).items()}
     pipe.to(dtype=torch.float16)
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -244,7 +266,9 @@ def write_pipeline(source: Path, folder: Path, max_mib: float) -> dict[str, int]
                 raise ValueError(f"The shipped {name} does not load back as written ({key}).")
     if not same_tokens(pipe.tokenizer, loaded.tokenizer):
         raise ValueError("The shipped tokenizer does not give the build's tokens.")
-    return sizes
+    checked = vocab.check_pruning(full_tokenizer, full_encoder, loaded.tokenizer, loaded.text_encoder)
+    kept = {"kept": pruned.size, "of": len(full_tokenizer), "texts": checked["texts"], "encoded": checked["encoded"]}
+    return sizes, kept
 
 
 def _modules(pipe) -> dict[str, Any]:
@@ -443,9 +467,16 @@ def ship(config: ShipConfig) -> ShipReport:
         "references": target.joinpath(*package_data.WORLD_REFERENCES),
     }
     sizes: dict[str, int] = {}
+    kept: dict[str, int] = {}
     people: list[str] = []
+
+    def pipeline(new: Path) -> None:
+        written, pruned = write_pipeline(source, new, config.max_mib)
+        sizes.update(written)
+        kept.update(pruned)
+
     writers = {
-        "pipeline": lambda new: sizes.update(write_pipeline(source, new, config.max_mib)),
+        "pipeline": pipeline,
         "stages": lambda new: write_stages(config.build, new),
         "clip": lambda new: write_world_clip(config.world / "clip", new),
         "faces": lambda new: write_faces(config.world / "faces", new),
@@ -462,4 +493,4 @@ def ship(config: ShipConfig) -> ShipReport:
         shutil.rmtree(interim)
         logger.info("Removed the interim %s: the shipped VAE is now %s", interim, folders["pipeline"] / "vae")
     logger.info("Shipped the world's CLIP, face recognizer and %d example people to %s", len(people), target)
-    return ShipReport(folders=folders, pipeline_sizes=sizes, people=people)
+    return ShipReport(folders=folders, pipeline_sizes=sizes, people=people, vocabulary=kept)

@@ -1,0 +1,389 @@
+"""Vocabulary pruning of the mini pipeline's text tower: keep the tokens the world's texts use, and the bytes.
+
+The mini pipeline's text encoder is the frozen text tower of the world's CLIP (:mod:`facediffuser.world.clip`). That
+CLIP was trained on the world's captions only, with its token table frozen at its seeded random values, so the only
+rows of the 49,408 x 128 table that mean anything are those of the tokens the world's texts use (about a hundred);
+the table is 12.6 MB of the shipped pipeline in float16, and the tokenizer's ``vocab.json`` + ``merges.txt`` 1.4 MB.
+``facediffuser mini ship`` prunes both (:func:`prune_vocabulary`), by these rules:
+
+1. **The world's texts** (:func:`world_texts`) are every text the world's CLIP text tower was trained on or is asked
+   about, generated from :mod:`facediffuser.world.attributes` (no word list is typed here, so they follow the world):
+   the captions of :func:`~facediffuser.world.attributes.caption` for every identity of the code
+   (:func:`~facediffuser.world.attributes.identity_code`) and every value of every scene attribute, clothing colour
+   and garment, one and two people, with and without the looks, with the scene phrases that training leaves out
+   (:func:`~facediffuser.world.clip.training_caption` drops any of ``clothing``, ``object``, ``place``, ``time``,
+   ``weather``); the zero-shot prompts (:func:`~facediffuser.world.clip.zero_shot_prompts`) of every attribute for
+   one and two people of either class noun; the benchmark prompts (:func:`~facediffuser.world.benchmark.mini_prompt`,
+   placeholders and all) for every place, time, colour and garment. Their **words** are what the tokenizer's own
+   normalizer and pre-tokenizer make of them (lower case, split into letter runs, single digits and punctuation
+   runs), around the placeholders as :func:`facediffuser.prompting.tokenize_prompt` splits a prompt.
+2. **Kept tokens:** the 256 byte symbols and the same 256 with ``</w>`` (so that any text still tokenizes, byte by
+   byte at worst), ``<|startoftext|>`` and ``<|endoftext|>``, and every token along the BPE path of every word of the
+   world's texts: the word's final tokens and the result of every merge applied on the way. **Kept merges:** every
+   merge applied on those paths, in their original relative order (rank). Everything else is dropped.
+3. **Why the world's texts tokenize as before:** byte-pair encoding splits a word into byte symbols and then, at
+   each step, applies the lowest-ranked merge among the adjacent pairs. On a word of the world, the merge the full
+   set picks is on the word's path, so it is in the subset; every other candidate of the subset is a merge of the
+   full set, ranked after it there and so also in the subset, whose order is the original one. Each step picks the
+   same merge: the same tokens. :func:`bpe_path` computes the paths and checks each against the tokenizer's own BPE.
+4. **The new ids** number the kept tokens in their original order (bytes, merges, then the two special tokens,
+   last as before: ``<|endoftext|>`` stays the highest id). The tokenizer is a standard transformers
+   :class:`~transformers.CLIPTokenizer` (``vocab.json`` + ``merges.txt``); the text encoder a standard
+   :class:`~transformers.CLIPTextModel` whose ``vocab_size`` is the kept count, whose token-embedding row ``i`` is
+   the old row of the ``i``-th kept token, and whose ``bos``/``eos``/``pad_token_id`` are the new ids of the same
+   tokens. transformers' CLIP text tower pools at the first ``eos_token_id`` of each row (any id but the legacy 2),
+   so the pooled output is taken at the same position; nothing else reads the ids. Every other weight is unchanged.
+5. **The check** (:func:`check_pruning`, run by ``mini ship`` on the shipped float16 weights loaded in float32):
+   every world text gives the same token strings through both tokenizers; a sample of them (:func:`check_texts`:
+   one-person captions of every place, time and weather, with and without looks, two-person captions, zero-shot and
+   benchmark prompts; together they hold every word of the world) gives exactly (``torch.equal``) the same
+   ``last_hidden_state`` and ``pooler_output`` through both text encoders, tokenized as the pipeline tokenizes
+   (:func:`~facediffuser.prompting.tokenize_prompts`); and texts outside the world (:data:`OUTSIDE_TEXTS`) tokenize
+   with no more unknown tokens than before (none: every byte is kept), decode as through the full tokenizer, and
+   encode. Otherwise :class:`PruningError`, and nothing is shipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+END_OF_WORD = "</w>"
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+OUTSIDE_TEXTS = (
+    "an astronaut riding a horse on the moon",
+    "A man in a purple sweater, with glasses and a kite!",
+    "Ünïcödé café, 東京, 1234 ??? émoji 🚀",
+    "<|startoftext|>two people in the fog<|endoftext|>",
+    "a woman <|image|> on a beach at night",
+    "",
+)
+CHECK_BATCH = 64
+
+
+class PruningError(ValueError):
+    """The pruned tokenizer or text encoder does not give what the full ones give."""
+
+
+@dataclass
+class PrunedVocabulary:
+    """A pruned tokenizer and text encoder, and ``old_ids[new id]``: the old id of each kept token."""
+
+    tokenizer: Any
+    text_encoder: Any
+    old_ids: list[int]
+
+    @property
+    def size(self) -> int:
+        return len(self.old_ids)
+
+
+# ------------------------------------------------------------------------------------------------ the world's texts
+def world_texts() -> list[str]:
+    """Every kind of text the world's CLIP text tower was trained on or asked about (rule 1), in a fixed order,
+    without repeats. Benchmark prompts keep their placeholders."""
+    return list(_world_texts())
+
+
+@functools.lru_cache(maxsize=1)
+def _world_texts() -> tuple[str, ...]:
+    from ..world.attributes import GENDERS, caption
+
+    texts = []
+    for one, two, drop, looks in _scenes():
+        for scene in (one, two):
+            texts += [caption(scene)[0], caption(scene, looks=True)[0], caption(scene, looks=looks, drop=drop)[0]]
+    texts += zero_shot_texts([[g] for g in GENDERS] + [list(pair) for pair in itertools.product(GENDERS, repeat=2)])
+    texts += benchmark_texts()
+    return tuple(dict.fromkeys(texts))
+
+
+def check_texts(tokenizer) -> list[str]:
+    """The sample the text encoders are compared on (rule 5): a one-person caption, with and without looks, of each
+    place, time and weather (the object, the person and the clothing cycling), every 32nd two-person caption with
+    looks, the zero-shot prompts for one man and for a woman and a man, the benchmark prompts, and, should these
+    miss a word of :func:`world_texts`, the first world text with that word. About 300 texts: 77 tokens each through
+    two text encoders, seconds."""
+    from ..world.attributes import GENDERS, OBJECTS, caption
+
+    scenes = list(_scenes())
+    objects = len(OBJECTS)
+    texts = []
+    for j in range(len(_grid()) // objects):  # the grid's object varies fastest
+        one = scenes[objects * j + j % objects][0]
+        texts += [caption(one)[0], caption(one, looks=True)[0]]
+    texts += [caption(two, looks=True)[0] for two in [s[1] for s in scenes][::32]]
+    texts += zero_shot_texts([[GENDERS[0]], [GENDERS[1], GENDERS[0]]])
+    texts += benchmark_texts()
+    seen = {w for text in texts for w in text_words(tokenizer, text)}
+    for text in world_texts():
+        words = set(text_words(tokenizer, text))
+        if not words <= seen:
+            texts.append(text)
+            seen |= words
+    return list(dict.fromkeys(texts))
+
+
+def _grid() -> list[tuple[str, str, str, str]]:
+    from ..world.attributes import OBJECTS, PLACES, TIMES, WEATHERS
+
+    return list(itertools.product(PLACES, TIMES, WEATHERS, OBJECTS))
+
+
+def _scenes():
+    """``(one-person scene, two-person scene, drop, looks)`` for ``k`` up to the longest of: the identities of the
+    code, the grid of place, time, weather and object, clothing colour x garment, the sets of droppable phrases;
+    each cycles, so every value of each appears."""
+    from ..world.attributes import CLOTHING_COLOURS, GARMENTS, Identity, PersonSpec, SceneSpec, identity_code
+    from ..world.clip import DROPPABLE
+
+    identities = [Identity(id=k, **features) for k, features in enumerate(identity_code())]
+    grid = _grid()
+    wearing = list(itertools.product(CLOTHING_COLOURS, GARMENTS))
+    drops = [frozenset(c) for n in range(len(DROPPABLE) + 1) for c in itertools.combinations(DROPPABLE, n)]
+
+    def person(identity: Identity, k: int) -> PersonSpec:
+        clothing, garment = wearing[k % len(wearing)]
+        return PersonSpec(identity=identity, clothing=clothing, garment=garment, x=0.5, y=0.5, head=0.3)
+
+    for k in range(max(len(identities), len(grid), len(wearing), len(drops))):
+        place, time, weather, obj = grid[k % len(grid)]
+        # strides prime to the code's 1,296 people: each is first once and second once, women and men mixed
+        first, second = identities[97 * k % len(identities)], identities[(89 * k + 500) % len(identities)]
+        where = {"place": place, "time": time, "weather": weather, "object": obj}
+        one = SceneSpec(**where, people=(person(first, k),))
+        two = SceneSpec(**where, people=(person(first, k), person(second, k + 1)))
+        yield one, two, drops[k % len(drops)], bool(k % 2)
+
+
+def zero_shot_texts(groups: list[list[str]]) -> list[str]:
+    """The zero-shot prompts of every attribute for each group of people (their class nouns, left to right)."""
+    from ..world.clip import people_phrase, zero_shot_prompts
+
+    texts = []
+    for group in groups:
+        people = people_phrase({"people": [{"gender": g} for g in group]})
+        for attribute in ("place", "time", "weather", "clothing", "object"):
+            for prompts in zero_shot_prompts(attribute, people).values():
+                texts += prompts
+    return texts
+
+
+def benchmark_texts() -> list[str]:
+    """Benchmark prompts (:func:`~facediffuser.world.benchmark.mini_prompt`, with their placeholders) for every
+    place, time, clothing colour and garment, one and two people of either class noun."""
+    from ..evaluation.benchmarks import Person
+    from ..world.attributes import CLOTHING_COLOURS, GARMENTS, GENDERS, PLACES, TIMES
+    from ..world.benchmark import mini_prompt
+
+    people = [Person(name=f"stand-in-{g}", class_noun=g, photos=()) for g in GENDERS]
+    colours, places, times = list(CLOTHING_COLOURS), list(PLACES), list(TIMES)
+    texts = []
+    for k in range(max(len(colours), len(places), len(times), len(GARMENTS), len(people) ** 2)):
+        first, second = people[k % len(people)], people[(k // len(people)) % len(people)]
+        colour, other = colours[k % len(colours)], colours[(k + 1) % len(colours)]
+        garment, place, time = GARMENTS[k % len(GARMENTS)], places[k % len(places)], times[k % len(times)]
+        texts.append(mini_prompt([first], [colour], [garment], place, time))
+        texts.append(mini_prompt([first, second], [colour, other], [garment, garment], place, time))
+    return texts
+
+
+# ------------------------------------------------------------------------------------------------ words and BPE
+def text_words(tokenizer, text: str) -> list[str]:
+    """The words BPE sees in ``text``: the tokenizer's normalizer and pre-tokenizer applied to each piece between
+    placeholders, as :func:`~facediffuser.prompting.tokenize_prompt` splits a prompt."""
+    from ..prompting import DEFAULT_PLACEHOLDER
+
+    backend = tokenizer.backend_tokenizer
+    words = []
+    for piece in text.split(DEFAULT_PLACEHOLDER):
+        normalized = backend.normalizer.normalize_str(piece) if backend.normalizer is not None else piece
+        words += [w for w, _ in backend.pre_tokenizer.pre_tokenize_str(normalized)]
+    return words
+
+
+def bpe_model(tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """``(vocab, merges)`` of a CLIP BPE tokenizer; ``ValueError`` for any other kind."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = json.loads(backend.to_str())["model"] if backend is not None else {}
+    if model.get("type") != "BPE" or model.get("end_of_word_suffix") != END_OF_WORD:
+        raise ValueError(f"Only a CLIP BPE tokenizer can be pruned, not {type(tokenizer).__name__}.")
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return dict(model["vocab"]), merges
+
+
+def bpe_path(word: str, ranks: dict[tuple[str, str], int]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(tokens, merges applied)`` of byte-pair encoding ``word`` (byte-level symbols), as CLIP does: the last
+    symbol carries ``</w>``; each step merges every occurrence of the lowest-ranked adjacent pair, left to right."""
+    symbols = [*word[:-1], word[-1] + END_OF_WORD] if word else []
+    applied = []
+    while len(symbols) > 1:
+        candidates = {pair for pair in zip(symbols, symbols[1:]) if pair in ranks}
+        if not candidates:
+            break
+        best = min(candidates, key=ranks.__getitem__)
+        applied.append(best)
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                merged.append(best[0] + best[1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols, applied
+
+
+def byte_symbols() -> list[str]:
+    """The 256 byte-level symbols and the same with ``</w>``."""
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    return alphabet + [s + END_OF_WORD for s in alphabet]
+
+
+def kept_vocabulary(tokenizer, texts: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(tokens, merges)`` to keep (rule 2): tokens in their old id order, merges in their old rank order."""
+    vocab, merges = bpe_model(tokenizer)
+    ranks = {pair: rank for rank, pair in enumerate(merges)}
+    keep = set(byte_symbols()) | set(SPECIAL_TOKENS)
+    missing = sorted(keep - set(vocab))
+    if missing:
+        raise ValueError(f"The tokenizer lacks {len(missing)} byte symbols or special tokens, e.g. {missing[:3]}.")
+    used: set[tuple[str, str]] = set()
+    backend = tokenizer.backend_tokenizer
+    for word in sorted({w for text in texts for w in text_words(tokenizer, text)}):
+        tokens, applied = bpe_path(word, ranks)
+        theirs = [t.value for t in backend.model.tokenize(word)]
+        if tokens != theirs:
+            raise ValueError(f"BPE of {word!r} gives {theirs} in the tokenizer but {tokens} here.")
+        keep.update(tokens)
+        keep.update(a + b for a, b in applied)
+        used.update(applied)
+    return sorted(keep, key=vocab.__getitem__), sorted(used, key=ranks.__getitem__)
+
+
+# ------------------------------------------------------------------------------------------------ pruning
+def pruned_tokenizer(tokenizer, tokens: list[str], merges: list[tuple[str, str]]):
+    """A :class:`~transformers.CLIPTokenizer` of ``tokens`` (new ids in list order) and ``merges``, with
+    ``tokenizer``'s special tokens and limits."""
+    from transformers import CLIPTokenizer
+
+    extra = {}
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            extra[name] = str(value)
+    return CLIPTokenizer(
+        vocab={token: i for i, token in enumerate(tokens)},
+        merges=list(merges),
+        model_max_length=tokenizer.model_max_length,
+        padding_side=tokenizer.padding_side,
+        truncation_side=tokenizer.truncation_side,
+        **extra,
+    )
+
+
+def pruned_text_encoder(text_encoder, old_ids: list[int], token_ids: dict[str, int]):
+    """``text_encoder`` with embedding row ``i`` the old row ``old_ids[i]``, ``vocab_size = len(old_ids)``, and
+    ``bos``/``eos``/``pad_token_id`` the new ids in ``token_ids`` (each ``"bos"``, ``"eos"``, ``"pad"``)."""
+    import torch
+
+    config = copy.deepcopy(text_encoder.config)
+    config.vocab_size = len(old_ids)
+    for name, new_id in token_ids.items():
+        setattr(config, f"{name}_token_id", new_id)
+    pruned = type(text_encoder)(config).to(dtype=text_encoder.dtype).eval()
+    state = text_encoder.state_dict()
+    table = text_encoder.get_input_embeddings().weight
+    keys = [name for name, p in text_encoder.named_parameters() if p is table]
+    if len(keys) != 1 or keys[0] not in state:
+        raise ValueError(f"Cannot tell the token-embedding table among the text encoder's weights: {keys}.")
+    index = torch.tensor(old_ids, dtype=torch.long, device=table.device)
+    state[keys[0]] = table.detach().index_select(0, index).clone()
+    pruned.load_state_dict(state, strict=True)
+    pruned.to(device=table.device)
+    return pruned
+
+
+def prune_vocabulary(tokenizer, text_encoder, texts: list[str] | None = None) -> PrunedVocabulary:
+    """The tokenizer and text encoder pruned to the tokens of ``texts`` (default :func:`world_texts`) and the
+    bytes (rules 2-4). ``ValueError`` when the text encoder's special ids are not the tokenizer's."""
+    texts = world_texts() if texts is None else texts
+    config = text_encoder.config
+    old = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
+    for name, value in old.items():
+        if getattr(config, f"{name}_token_id", None) != value:
+            raise ValueError(
+                f"The text encoder's {name}_token_id is {getattr(config, f'{name}_token_id', None)}, the tokenizer's "
+                f"{name} token is {value}: pruning would move what the text encoder pools on."
+            )
+    if config.vocab_size != len(tokenizer):
+        raise ValueError(f"The text encoder has {config.vocab_size} token rows, the tokenizer {len(tokenizer)} tokens.")
+    tokens, merges = kept_vocabulary(tokenizer, texts)
+    vocab = tokenizer.get_vocab()
+    old_ids = [vocab[t] for t in tokens]
+    new_tokenizer = pruned_tokenizer(tokenizer, tokens, merges)
+    new_ids = {"bos": new_tokenizer.bos_token_id, "eos": new_tokenizer.eos_token_id, "pad": new_tokenizer.pad_token_id}
+    return PrunedVocabulary(new_tokenizer, pruned_text_encoder(text_encoder, old_ids, new_ids), old_ids)
+
+
+# ------------------------------------------------------------------------------------------------ the check
+def check_pruning(
+    full_tokenizer,
+    full_encoder,
+    tokenizer,
+    encoder,
+    texts: list[str] | None = None,
+    sample: list[str] | None = None,
+) -> dict[str, int]:
+    """Rule 5: :class:`PruningError` unless the pruned pair gives what the full pair gives. ``texts`` (default
+    :func:`world_texts`) must give the same token strings; ``sample`` (default :func:`check_texts`) exactly the same
+    ``last_hidden_state`` and ``pooler_output``; :data:`OUTSIDE_TEXTS` must tokenize (no unknown token where the
+    full one has none), decode as before and encode. Returns the counts checked."""
+    import torch
+
+    from ..prompting import tokenize_prompts
+
+    texts = world_texts() if texts is None else texts
+    sample = check_texts(full_tokenizer) if sample is None else sample
+    for text in texts:
+        ours = _tokens(tokenizer, text)
+        theirs = _tokens(full_tokenizer, text)
+        if ours != theirs:
+            raise PruningError(f"The pruned tokenizer splits {text!r} into {ours}, the full one into {theirs}.")
+    with torch.no_grad():
+        for start in range(0, len(sample), CHECK_BATCH):
+            batch = sample[start : start + CHECK_BATCH]
+            full_ids, _ = tokenize_prompts(full_tokenizer, batch)
+            ids, _ = tokenize_prompts(tokenizer, batch)
+            full_out = full_encoder(full_ids.to(full_encoder.device))
+            out = encoder(ids.to(encoder.device))
+            for name in ("last_hidden_state", "pooler_output"):
+                same = torch.eq(getattr(out, name), getattr(full_out, name)).flatten(1).all(1)
+                if not bool(same.all()):
+                    text = batch[int((~same).nonzero()[0])]
+                    raise PruningError(f"The pruned text encoder's {name} of {text!r} differs from the full one's.")
+        unknown = tokenizer.unk_token_id
+        for text in OUTSIDE_TEXTS:
+            ids, full = tokenizer(text).input_ids, full_tokenizer(text).input_ids
+            if ids.count(unknown) > full.count(full_tokenizer.unk_token_id):
+                spelled = tokenizer.convert_ids_to_tokens(ids)
+                raise PruningError(f"The pruned tokenizer cannot spell {text!r}: {spelled}.")
+            if tokenizer.decode(ids) != full_tokenizer.decode(full):
+                raise PruningError(f"The pruned tokenizer reads {text!r} as {tokenizer.decode(ids)!r}.")
+            tokens, _ = tokenize_prompts(tokenizer, [text.replace("<|image|>", "")])
+            encoder(tokens.to(encoder.device))
+    return {"texts": len(texts), "encoded": len(sample), "outside": len(OUTSIDE_TEXTS)}
+
+
+def _tokens(tokenizer, text: str) -> list[str]:
+    """The token strings of ``text`` as the pipeline tokenizes it (placeholders out), with BOS, EOS and padding."""
+    from ..prompting import tokenize_prompt
+
+    return tokenizer.convert_ids_to_tokens(tokenize_prompt(tokenizer, text).input_ids)
