@@ -154,3 +154,19 @@ def test_a_text_encoder_whose_special_ids_are_not_the_tokenizers_is_not_pruned(f
     other = CLIPTextModel(CLIPTextConfig(**{**encoder.config.to_dict(), "eos_token_id": 2}))
     with pytest.raises(ValueError, match="eos_token_id is 2.*pools on"):
         V.prune_vocabulary(tokenizer, other, texts=["a man"])
+
+
+def test_the_pruned_text_encoder_is_written_with_the_weight_names_it_was_read_with(full, tmp_path):
+    """A folder with transformers 4's ``text_model.`` names (the shipped pipeline's) stays so once pruned."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    tokenizer, encoder = full
+    legacy = tmp_path / "legacy"
+    encoder.config.save_pretrained(legacy)
+    state = {f"text_model.{k}": v.contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, legacy / "model.safetensors", metadata={"format": "pt"})
+    pruned = V.prune_vocabulary(tokenizer, CLIPTextModel.from_pretrained(legacy), texts=["a man"])
+    pruned.text_encoder.save_pretrained(tmp_path / "pruned")
+    with safe_open(str(tmp_path / "pruned" / "model.safetensors"), framework="pt") as handle:
+        assert set(handle.keys()) == set(state)  # noqa: SIM118 (safe_open is not a mapping)

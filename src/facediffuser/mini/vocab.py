@@ -307,8 +307,11 @@ def pruned_text_encoder(text_encoder, old_ids: list[int], token_ids: dict[str, i
     index = torch.tensor(old_ids, dtype=torch.long, device=table.device)
     state[keys[0]] = table.detach().index_select(0, index).clone()
     pruned.load_state_dict(state, strict=True)
-    pruned.to(device=table.device)
-    return pruned
+    # transformers 5 writes a loaded model back in the layout it was read from (``text_model.`` keys for a folder
+    # written as transformers 4 writes it, as the shipped pipeline's is): the pruned one keeps the source's layout.
+    if hasattr(text_encoder, "_weight_conversions"):
+        pruned._weight_conversions = copy.copy(text_encoder._weight_conversions)
+    return pruned.to(device=table.device)
 
 
 def prune_vocabulary(tokenizer, text_encoder, texts: list[str] | None = None) -> PrunedVocabulary:
