@@ -16,6 +16,7 @@ from PIL import Image
 from facediffuser import package_data
 from facediffuser.mini import build as B
 from facediffuser.mini.vae import VaeSettings, lr_factor, psnr, train_vae
+from facediffuser.mini.vocab import prune_vocabulary
 from facediffuser.world import attributes as A
 from facediffuser.world.data import write_dataset
 
@@ -314,6 +315,10 @@ def test_from_sdm_starts_from_the_shipped_stages_as_the_build_would_from_them(sh
         for value in getattr(tdm, name).state_dict().values():
             if value.is_floating_point():
                 value.copy_(value.half().float())
+    # ... and its text tower pruned to the world's vocabulary, as `mini ship` prunes it (mini/vocab.py).
+    full_vocab = tdm.tokenizer.get_vocab()
+    pruned = prune_vocabulary(tdm.tokenizer, tdm.text_encoder)
+    tdm.register_modules(tokenizer=pruned.tokenizer, text_encoder=pruned.text_encoder)
     tdm.save_pretrained(tmp_path / "tdm-shipped", safe_serialization=True)
     B.assemble_sdm_base(tmp_path / "tdm-shipped", tmp_path / "expected")
     ours, expected = pipeline_tensors(out / "sdm" / "base"), pipeline_tensors(tmp_path / "expected")
@@ -321,6 +326,9 @@ def test_from_sdm_starts_from_the_shipped_stages_as_the_build_would_from_them(sh
     for key, value in expected.items():  # the same float16 values and the same seeded fuser: exact by construction
         assert torch.equal(ours[key], value), key
     original = pipeline_tensors(build / "sdm" / "base")
+    (table,) = [k for k in original if k.startswith("text_encoder/") and k.endswith("token_embedding.weight")]
+    kept = [full_vocab[t] for t in pruned.tokenizer.convert_ids_to_tokens(range(len(pruned.tokenizer)))]
+    original[table] = original[table][kept]  # the kept tokens' rows, in their new order
     for key, value in original.items():
         if key.startswith("subject_fuser/"):
             assert torch.equal(ours[key], value), key
