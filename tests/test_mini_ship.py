@@ -297,3 +297,22 @@ def test_a_pruning_that_changes_a_world_text_is_refused_and_the_old_pipeline_sta
     with pytest.raises(V.PruningError, match="sweater"):
         S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=6))
     assert {p: p.stat().st_mtime_ns for p in package.rglob("*") if p.is_file()} == before
+
+
+def test_stage_markers_of_stages_taken_from_the_package_are_kept(tmp_path):
+    """A build continued ``--from sdm`` has only the SDM's marker; the shipped VAE and TDM markers it was built on
+    stay in the package (``--from sdm`` reads them), and shipping into a package without them is refused."""
+    build, shipped, new = tmp_path / "build", tmp_path / "shipped", tmp_path / "new"
+    for folder in (build / "stages", shipped, new):
+        folder.mkdir(parents=True)
+    record = {"settings": {"from_package": {"stages": ["vae", "tdm"], "sha256": {}}}, "seconds": 3.0}
+    (build / "stages" / "sdm.json").write_text(json.dumps(record))
+    for stage in ("vae", "tdm", "sdm"):
+        (shipped / f"{stage}.json").write_text(json.dumps({"settings": {"stage": stage}, "seconds": 1.0}))
+    S.write_stages(build, new, shipped)
+    assert sorted(p.name for p in new.iterdir()) == ["sdm.json", "tdm.json", "vae.json"]
+    assert json.loads((new / "sdm.json").read_text()) == record  # the build's own, not the old shipped one
+    assert json.loads((new / "tdm.json").read_text())["settings"] == {"stage": "tdm"}
+    (shipped / "tdm.json").unlink()
+    with pytest.raises(ValueError, match="'tdm' stage shipped in the package"):
+        S.write_stages(build, new, shipped)

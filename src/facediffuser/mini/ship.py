@@ -438,13 +438,27 @@ def _references_settings(world: Path) -> dict[str, Any]:
     return {}
 
 
-def write_stages(build: Path, folder: Path) -> None:
-    """The build's stage markers, as they are (small JSON: each stage's settings and wall time)."""
+def write_stages(build: Path, folder: Path, shipped: Path | None = None) -> None:
+    """The build's stage markers, as they are (small JSON: each stage's settings and wall time). A stage the build
+    took from the package (``mini build --from``, recorded in its later stages' ``from_package``) keeps the marker
+    shipped in ``shipped``: the shipped stages stay described, and ``--from`` can continue from them again."""
     from .build import STAGES, marker_path
 
+    from_package: set[str] = set()
+    for stage in STAGES:
+        if marker_path(build, stage).is_file():
+            record = json.loads(marker_path(build, stage).read_text(encoding="utf-8"))
+            from_package.update((record["settings"].get("from_package") or {}).get("stages", []))
     for stage in STAGES:
         if marker_path(build, stage).is_file():
             shutil.copyfile(marker_path(build, stage), folder / f"{stage}.json")
+        elif stage in from_package:
+            if shipped is None or not (shipped / f"{stage}.json").is_file():
+                raise ValueError(
+                    f"{build} was built on the {stage!r} stage shipped in the package, whose marker is not in "
+                    f"{shipped}: ship into the package the build started from."
+                )
+            shutil.copyfile(shipped / f"{stage}.json", folder / f"{stage}.json")
     _follow_umask(folder)
 
 
@@ -477,7 +491,7 @@ def ship(config: ShipConfig) -> ShipReport:
 
     writers = {
         "pipeline": pipeline,
-        "stages": lambda new: write_stages(config.build, new),
+        "stages": lambda new: write_stages(config.build, new, folders["stages"]),
         "clip": lambda new: write_world_clip(config.world / "clip", new),
         "faces": lambda new: write_faces(config.world / "faces", new),
         "examples": lambda new: people.extend(write_examples(config.world, new, config.people)),
