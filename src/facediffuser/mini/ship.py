@@ -7,8 +7,9 @@ What it writes (:mod:`facediffuser.package_data` names the places), each folder 
   (:mod:`facediffuser.mini.vocab`: the tokens of the world's texts and the bytes, 701 of CLIP's 49,408 for the
   present world; the world's texts must give exactly the same text features, else nothing is shipped); at most
   ``max_mib`` (40 MiB, issue 13) in all, else refused;
-- ``mini/stages``: the build's stage markers (``stages/*.json``: each stage's settings and wall time), so that
-  ``facediffuser mini build --from STAGE`` can start from the shipped stages with the settings they were built with;
+- ``mini/stages``: the build's stage markers (``stages/*.json``: each stage's settings and wall time), and the
+  package's own markers of the stages the build took from it (``--from``), so that ``facediffuser mini build --from
+  STAGE`` can start from the shipped stages with the settings they were built with;
 - ``world/clip``: the world's CLIP in float16 safetensors (``--clip-model mini``); without tokenizer files when its
   tokenizer is the project's (:func:`facediffuser.tokenizer.load_clip_tokenizer`), which the scorer then uses;
 - ``world/faces``: the world's face detector and embedder (``--ip-backend mini``), copied as they are (float32,
