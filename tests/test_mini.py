@@ -205,6 +205,9 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint_and_from_needs_earlier
     reset_accelerate()
     times = B.run_stages(mini_config(tmp_path / "cut", world, recipe, from_stage="tdm"))
     assert list(times) == ["tdm", "sdm"]
+    marker = json.loads(B.marker_path(cut.out, "tdm").read_text())
+    assert len(marker["runs"]) == 2 and marker["runs"][1] == round(times["tdm"], 1)  # the cut run and the resumed one
+    assert marker["seconds"] == round(sum(marker["runs"]), 1)
     a = unet_state(tmp_path / "whole" / "sdm" / "train", "subject_unet")
     b = unet_state(cut.out / "sdm" / "train", "subject_unet")
     for k in a:  # the trainer's resume is exact in one process: same weights as the uninterrupted build

@@ -1,6 +1,7 @@
 """``facediffuser mini build``: the mini Face-diffuser, trained on the world in stages, seeded and resumable.
 
-Stages, in order (each under ``--out``, each ending with a marker ``stages/<stage>.json``: its settings, wall time):
+Stages, in order (each under ``--out``, each ending with a marker ``stages/<stage>.json``: its settings, wall time
+of all its runs):
 
 - ``vae``: a small ``AutoencoderKL`` on the world's renders (:mod:`facediffuser.mini.vae`); ``vae/vae`` is the model;
 - ``tdm``: a pipeline folder is assembled (``tdm/base``: the VAE, the world CLIP's text tower and tokenizer, its
@@ -194,6 +195,12 @@ def marker_path(out: Path, stage: str) -> Path:
 
 def started_path(out: Path, stage: str) -> Path:
     return out / stage / "settings.json"
+
+
+def runs_path(out: Path, stage: str) -> Path:
+    """The wall seconds of each run of a stage so far: the marker's ``seconds`` is their sum (a process killed
+    outright, not interrupted, leaves its run out)."""
+    return out / stage / "runs.json"
 
 
 def _refuse_if_changed(
@@ -589,13 +596,19 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
         started = started_path(config.out, stage)
         started.parent.mkdir(parents=True, exist_ok=True)
         started.write_text(json.dumps(wanted[stage], indent=1), encoding="utf-8")
+        runs_file = runs_path(config.out, stage)
+        runs = json.loads(runs_file.read_text(encoding="utf-8"))["seconds"] if runs_file.is_file() else []
         start = time.perf_counter()
-        torch.manual_seed(config.seed)
-        BUILDERS[stage](config, wanted[stage], source)
-        times[stage] = time.perf_counter() - start
+        try:
+            torch.manual_seed(config.seed)
+            BUILDERS[stage](config, wanted[stage], source)
+        finally:  # an interrupted or failed run counts too: its time is part of the stage's
+            times[stage] = time.perf_counter() - start
+            runs.append(round(times[stage], 1))
+            runs_file.write_text(json.dumps({"seconds": runs}), encoding="utf-8")
         marker = marker_path(config.out, stage)
         marker.parent.mkdir(parents=True, exist_ok=True)
-        record = {"settings": wanted[stage], "seconds": round(times[stage], 1)}
+        record = {"settings": wanted[stage], "seconds": round(sum(runs), 1), "runs": runs}
         marker.write_text(json.dumps(record, indent=1), encoding="utf-8")
         logger.info("mini %s: done in %.0f s", stage, times[stage])
     return times
