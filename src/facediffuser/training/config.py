@@ -137,11 +137,17 @@ class TrainConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"`{name}` must not be negative, got {getattr(self, name)}.")
-        for name in ("subject_keep_prob", "uncondition_prob", "mask_loss_prob", "ema_decay", "reference_grayscale_prob"):
+        within_one = (
+            "subject_keep_prob",
+            "uncondition_prob",
+            "mask_loss_prob",
+            "ema_decay",
+            "reference_jitter_strength",
+            "reference_grayscale_prob",
+        )
+        for name in within_one:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be within [0, 1], got {getattr(self, name)}.")
-        if not 0.0 <= self.reference_jitter_strength <= 1.0:
-            raise ValueError(f"`reference_jitter_strength` must be within [0, 1], got {self.reference_jitter_strength}.")
         if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
             raise ValueError(f"`snr_gamma` must be a positive number, got {self.snr_gamma}.")
         if self.checkpoints_total_limit < 1:
