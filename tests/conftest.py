@@ -28,3 +28,22 @@ def face_image():
 
     rng = np.random.default_rng(0)
     return Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="session")
+def save_tiny_world_clip():
+    """``save(folder, vision_layers=1)``: writes a tiny random world CLIP and the package's CLIP tokenizer into
+    ``folder``, as ``facediffuser world build`` writes its ``clip/`` (the weights draw from torch's global RNG)."""
+
+    def save(folder, vision_layers: int = 1) -> None:
+        from facediffuser.tokenizer import load_clip_tokenizer
+        from facediffuser.world.clip import ClipSettings, build_clip
+
+        settings = ClipSettings(
+            embed_dim=16, text_layers=1, text_heads=2, vision_hidden=16, vision_layers=vision_layers,
+            vision_heads=2, image_size=64, patch_size=16,
+        )  # fmt: skip
+        build_clip(settings).save_pretrained(folder)
+        load_clip_tokenizer().save_pretrained(folder)
+
+    return save

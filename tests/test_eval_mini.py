@@ -247,21 +247,12 @@ def test_the_attribute_scorer_reads_what_the_stubs_see_on_real_renders(world):
 
 # -------------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def scorers(tmp_path_factory):
+def scorers(tmp_path_factory, save_tiny_world_clip):
     """A tiny random world CLIP and tiny random face networks, saved as `world build` writes them."""
-    from facediffuser.tokenizer import load_clip_tokenizer
-    from facediffuser.world.clip import ClipSettings, build_clip
     from facediffuser.world.faces import FaceDetector, FaceEmbedder
 
     root = tmp_path_factory.mktemp("mini-scorers")
-    clip = build_clip(
-        ClipSettings(
-            embed_dim=16, text_layers=1, text_heads=2, vision_hidden=16, vision_layers=1, vision_heads=2,
-            image_size=64, patch_size=16,
-        )
-    )  # fmt: skip
-    clip.save_pretrained(root / "clip")
-    load_clip_tokenizer().save_pretrained(root / "clip")
+    save_tiny_world_clip(root / "clip")
     torch.manual_seed(0)
     FaceDetector(channels=(8, 8, 8), threshold=0.0).save_pretrained(root / "faces" / "detector")
     FaceEmbedder(channels=(8, 8, 8), embed_dim=8).save_pretrained(root / "faces" / "embedder")

@@ -95,25 +95,15 @@ def test_vae_trains_and_resumes_exactly_in_one_process(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ the build
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
+def world(tmp_path_factory, save_tiny_world_clip) -> Path:
     """A tiny world: both data sets (training and held-out people) and a tiny world CLIP saved as the build reads it."""
-    from facediffuser.tokenizer import load_clip_tokenizer
-    from facediffuser.world.clip import ClipSettings, build_clip
-
     root = tmp_path_factory.mktemp("world")
     people = A.make_identities(30, 0)
     split = A.split_identities(30, 6, 0)
     people = {"train": [people[i] for i in split["train"]], "test": [people[i] for i in split["heldout"]]}
     for name in ("scenes", "portraits"):
         write_dataset(root / name, name, people, {"train": 8, "test": 2}, seed=1, size=64, progress=False)
-    clip = build_clip(
-        ClipSettings(
-            embed_dim=16, text_layers=1, text_heads=2, vision_hidden=16, vision_layers=2, vision_heads=2,
-            image_size=64, patch_size=16,
-        )
-    )  # fmt: skip
-    clip.save_pretrained(root / "clip")
-    load_clip_tokenizer().save_pretrained(root / "clip")
+    save_tiny_world_clip(root / "clip", vision_layers=2)
     return root
 
 

@@ -20,12 +20,10 @@ HELDOUT = 8
 
 
 @pytest.fixture(scope="module")
-def stand_in(tmp_path_factory) -> tuple[Path, Path]:
+def stand_in(tmp_path_factory, save_tiny_world_clip) -> tuple[Path, Path]:
     """``(build, world)``: a finished build whose ``sdm/train`` is the tiny pipeline, and a world with every part
     ``mini ship`` reads."""
     from facediffuser.tiny import build_tiny_pipeline
-    from facediffuser.tokenizer import load_clip_tokenizer
-    from facediffuser.world.clip import ClipSettings, build_clip
     from facediffuser.world.data import write_references
     from facediffuser.world.faces import FaceDetector, FaceEmbedder
 
@@ -40,12 +38,7 @@ def stand_in(tmp_path_factory) -> tuple[Path, Path]:
     record = {"seed": 0, "split": split, "people": [p.to_dict() for p in people]}
     (world / "world.json").write_text(json.dumps(record))
     write_references(world / "references", [people[i] for i in split["heldout"]], size=64, progress=False)
-    settings = ClipSettings(
-        embed_dim=16, text_layers=1, text_heads=2, vision_hidden=16, vision_layers=1, vision_heads=2,
-        image_size=64, patch_size=16,
-    )  # fmt: skip
-    build_clip(settings).save_pretrained(world / "clip")
-    load_clip_tokenizer().save_pretrained(world / "clip")
+    save_tiny_world_clip(world / "clip")
     torch.manual_seed(0)
     FaceDetector(channels=(4, 4, 4)).save_pretrained(world / "faces" / "detector")
     FaceEmbedder(channels=(4, 4, 4), embed_dim=8).save_pretrained(world / "faces" / "embedder")
