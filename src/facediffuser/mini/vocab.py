@@ -351,7 +351,7 @@ def check_pruning(
     full one has none), decode as before and encode. Returns the counts checked."""
     import torch
 
-    from ..prompting import tokenize_prompts
+    from ..prompting import DEFAULT_PLACEHOLDER, tokenize_prompts
 
     texts = world_texts() if texts is None else texts
     sample = check_texts(full_tokenizer) if sample is None else sample
@@ -380,7 +380,7 @@ def check_pruning(
                 raise PruningError(f"The pruned tokenizer cannot spell {text!r}: {spelled}.")
             if tokenizer.decode(ids) != full_tokenizer.decode(full):
                 raise PruningError(f"The pruned tokenizer reads {text!r} as {tokenizer.decode(ids)!r}.")
-            tokens, _ = tokenize_prompts(tokenizer, [text.replace("<|image|>", "")])
+            tokens, _ = tokenize_prompts(tokenizer, [text.replace(DEFAULT_PLACEHOLDER, "")])
             encoder(tokens.to(encoder.device))
     return {"texts": len(texts), "encoded": len(sample), "outside": len(OUTSIDE_TEXTS)}
 
