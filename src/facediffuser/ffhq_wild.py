@@ -8,13 +8,17 @@ evaluation benchmark (:mod:`facediffuser.evaluation.benchmarks`)::
     root/<id[:5]>/<id>.npy            integer segmentation map (H, W), values are segment ids
     root/<id[:5]>/<id>.json           {"caption": ..., "segments": [{"id", "bbox": [x1, y1, x2, y2],
                                                                     "coco_label", "end"}, ...]}
+
+A ``person`` segment may also carry an ``"identity"`` (a string or an integer naming who the person is, the same
+in every image of them; the procedural world writes it). The released data set has none; the SDM trainer's
+``other_image_reference_prob`` uses it to cut a person's reference from another image of them.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +93,7 @@ class Segment:
     bbox: tuple[float, float, float, float]
     label: str
     end: int
+    identity: str | None = None  # who the person is across images, when the data set says (an extension)
 
 
 def parse_annotation(data: Any, image_id: str) -> tuple[str, list[Segment]]:
@@ -103,9 +108,17 @@ def parse_annotation(data: Any, image_id: str) -> tuple[str, list[Segment]]:
     for k, seg in enumerate(listed):
         try:
             bbox = tuple(float(v) for v in seg["bbox"])
+            identity = seg.get("identity")
             segment = Segment(int(seg["id"]), bbox, str(seg["coco_label"]), int(seg["end"]))
-        except (KeyError, TypeError, ValueError) as err:
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{image_id}.json segment {k} is malformed ({err!r}).") from err
+        if identity is not None:
+            if isinstance(identity, bool) or not isinstance(identity, (str, int)):
+                raise ValueError(
+                    f"{image_id}.json segment {k} has an 'identity' of type {type(identity).__name__}, not a string "
+                    "or an integer."
+                )
+            segment = replace(segment, identity=str(identity))
         if len(bbox) != 4:
             raise ValueError(f"{image_id}.json segment {k} has a bbox of {len(bbox)} numbers, not 4.")
         segments.append(segment)
