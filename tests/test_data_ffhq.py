@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facediffuser.ffhq_wild import insert_placeholders
+from facediffuser.ffhq_wild import insert_placeholders, parse_annotation
 from facediffuser.images import CLIP_MEAN, CLIP_STD
 from facediffuser.prompting import tokenize_prompt
 from facediffuser.tokenizer import load_clip_tokenizer
@@ -307,3 +307,70 @@ def test_target_flip_moves_image_and_map_together():
         white = (target[0] > 0).float()
         assert torch.equal(white, (seg == 7).float())
     assert seg[:, 16 - 4 :].eq(7).any()  # flipped: the stripe is now on the right
+
+
+def one_person(root: Path, image_id: str, colour, identity) -> None:
+    """A 32x32 blue image with one man (segment 1, x 8-23, y 4-27) painted ``colour``, named ``identity``."""
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:] = BLUE
+    segmap = np.zeros((32, 32), np.int64)
+    pixels[4:28, 8:24], segmap[4:28, 8:24] = colour, 1
+    segment = {"id": 1, "bbox": [8, 4, 24, 28], "coco_label": "person", "end": 5}
+    if identity is not None:
+        segment["identity"] = identity
+    write_sample(root, image_id, pixels, segmap, "a man at the beach", [segment])
+
+
+def reference_colour(sample) -> np.ndarray:
+    """The centre pixel of a sample's only reference, un-normalized to 0-255."""
+    pixel = sample["subject_pixels"][0, :, 8, 8] * torch.tensor(CLIP_STD) + torch.tensor(CLIP_MEAN)
+    return (pixel * 255).numpy()
+
+
+def test_references_from_other_images_of_the_same_person(tmp_path, tokenizer):
+    """With ``other_image_reference_prob`` 1 a person's reference is cut from another image that names the same
+    identity (never from the image itself while there is another); a person seen once keeps the recipe's reference."""
+    from facediffuser.training.augment import ReferenceAugmentation
+
+    one_person(tmp_path, "00000_a", RED, "ann")
+    one_person(tmp_path, "00000_b", GREEN, "ann")
+    one_person(tmp_path, "00000_c", (255, 255, 0), 7)  # an integer identity is read as "7"
+    write_split(tmp_path, ["00000_a", "00000_b", "00000_c"])
+    geometry_only = ReferenceAugmentation(
+        zoom_prob=0, rotate_prob=0, jitter_prob=0, blur_prob=0, grayscale_prob=0, flip_prob=0, elastic_prob=0
+    )
+    options = dict(augment=True, augmentation=geometry_only)
+    other = plain_dataset(tmp_path, tokenizer, other_image_reference_prob=1.0, **options)
+    assert other.appearances == {"ann": [("00000_a", 1), ("00000_b", 1)], "7": [("00000_c", 1)]}
+    jpeg = 3.0  # quality-100 JPEG of flat colours: a few levels at most
+    for epoch in range(3):
+        a, b, c = (other[(epoch, i)] for i in range(3))
+        np.testing.assert_allclose(reference_colour(a), GREEN, atol=jpeg)  # ann's reference from image b
+        np.testing.assert_allclose(reference_colour(b), RED, atol=jpeg)  # and the other way round
+        np.testing.assert_allclose(reference_colour(c), (255, 255, 0), atol=jpeg)  # no other image of 7
+        # the target stays this image's own: only the reference moved
+        assert torch.equal(a["pixel_values"], plain_dataset(tmp_path, tokenizer, **options)[(epoch, 0)]["pixel_values"])
+    assert torch.equal(other[(1, 0)]["subject_pixels"], other[(1, 0)]["subject_pixels"])  # seeded like the rest
+
+    recipe = plain_dataset(tmp_path, tokenizer, **options)  # 0: from the image itself, the index is never read
+    assert recipe.appearances == {}
+    np.testing.assert_allclose(reference_colour(recipe[(0, 0)]), RED, atol=jpeg)
+    # validation samples (no augmentation) keep the recipe's reference too
+    assert plain_dataset(tmp_path, tokenizer, other_image_reference_prob=1.0).appearances == {}
+
+    # an unreadable other image: warned, and the reference is cut from the image itself
+    (tmp_path / "00000" / "00000_b.npy").write_bytes(b"not a map")
+    np.testing.assert_allclose(reference_colour(other[(0, 0)]), RED, atol=jpeg)
+
+
+def test_other_image_references_need_identities(tmp_path, tokenizer):
+    one_person(tmp_path, "00000_a", RED, None)
+    one_person(tmp_path, "00000_b", GREEN, None)
+    write_split(tmp_path, ["00000_a", "00000_b"])
+    with pytest.raises(ValueError, match="has an 'identity'.*Set it to 0"):
+        plain_dataset(tmp_path, tokenizer, augment=True, other_image_reference_prob=0.5)
+    with pytest.raises(ValueError, match="other_image_reference_prob"):
+        plain_dataset(tmp_path, tokenizer, other_image_reference_prob=1.5)
+    one_person(tmp_path, "00000_a", RED, ["ann"])
+    with pytest.raises(ValueError, match="'identity' of type list"):
+        parse_annotation(json.loads((tmp_path / "00000" / "00000_a.json").read_text()), "00000_a")

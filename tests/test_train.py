@@ -239,9 +239,17 @@ def test_reference_colour_augmentation_comes_from_the_config(data_root, tmp_path
     assert (augmentation.jitter_strength, augmentation.grayscale_prob) == (0.1, 0.0)
     assert augmentation.zoom_prob == ReferenceAugmentation().zoom_prob  # the geometric ones stay the recipe's
     assert not kept.make_dataset("test", augment=False).augment
-    for bad in ({"reference_jitter_strength": 1.5}, {"reference_grayscale_prob": -0.1}):
+    for bad in (
+        {"reference_jitter_strength": 1.5},
+        {"reference_grayscale_prob": -0.1},
+        {"other_image_reference_prob": 2.0},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             tiny_config(data_root, tmp_path / "bad", **bad)
+    # the SDM data set gets the other-image probability: the synthetic set names no one, which it then refuses
+    assert default.train_dataset.other_image_reference_prob == 0.0
+    with pytest.raises(ValueError, match="has an 'identity'"):
+        Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "other", other_image_reference_prob=0.5))
 
 
 def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):

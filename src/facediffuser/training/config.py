@@ -95,6 +95,13 @@ class TrainConfig:
     reference_grayscale_prob: float = field(
         default=0.1, metadata=_f("SDM: probability of a grayscale reference; 0.1 is the recipe's")
     )
+    other_image_reference_prob: float = field(
+        default=0.0,
+        metadata=_f(
+            "SDM: probability of cutting a person's reference from another image of them (needs person segments "
+            "with an 'identity'); 0 is the recipe's: from the training image itself"
+        ),
+    )
     dataloader_num_workers: int = field(default=0, metadata=_f("data-loader worker processes"))
     checkpointing_steps: int = field(default=500, metadata=_f("save a resumable checkpoint every N steps (0: never)"))
     checkpoints_total_limit: int = field(default=3, metadata=_f("keep the last K checkpoints"))
@@ -144,6 +151,7 @@ class TrainConfig:
             "ema_decay",
             "reference_jitter_strength",
             "reference_grayscale_prob",
+            "other_image_reference_prob",
         )
         for name in within_one:
             if not 0.0 <= getattr(self, name) <= 1.0:

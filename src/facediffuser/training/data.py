@@ -14,12 +14,18 @@ replaced by the next readable sample; the skipped ids travel with the batch so t
 SDM, a readable annotation whose people cannot be placed (no ``segments`` list, or a ``person`` segment whose
 ``end`` is not after a word of the caption) trains without them; it is warned about once per image id (for the first
 :data:`FLAW_WARNINGS` ids), and its id travels with the batch (``flawed``) to be counted every time.
+
+The recipe cuts each person's reference from the training image itself. Where the data set names who each person is
+(a segment's ``identity``, :mod:`facediffuser.ffhq_wild`), ``other_image_reference_prob`` cuts it instead from
+another image of the same person in the split, so that the reference shares only the person with the target: not
+the clothing, light or pose of that one image, which the model could otherwise copy instead of the identity.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +106,8 @@ class FFHQWild(Dataset):
         max_subjects: at most this many people per sample (a random subset when there are more, as in
             FastComposer's recipe).
         subject_keep_prob: each person is kept with this probability (dropped people stay in the caption as text).
+        other_image_reference_prob: with this probability (when ``augment``), a person's reference is cut from another
+            image of the same ``identity`` in the split, when there is one; else from this image.
         uncondition_prob: the caption is empty, with no people, with this probability.
         augment: augment the references and flip the targets (off for validation).
         seed: base seed of every random decision.
@@ -114,6 +122,7 @@ class FFHQWild(Dataset):
     with_subjects: bool = True
     max_subjects: int = 4
     subject_keep_prob: float = 0.9
+    other_image_reference_prob: float = 0.0
     uncondition_prob: float = 0.1
     augment: bool = True
     seed: int = 0
@@ -123,15 +132,19 @@ class FFHQWild(Dataset):
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        for name in ("subject_keep_prob", "uncondition_prob"):
+        for name in ("subject_keep_prob", "other_image_reference_prob", "uncondition_prob"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be within [0, 1], got {value}.")
         if self.max_subjects < 1:
             raise ValueError(f"`max_subjects` must be at least 1, got {self.max_subjects}.")
         self.image_ids = read_split(self.root, self.split)
+        # identity -> [(image id, segment id)]: where each named person appears (read only when it is used).
+        self.appearances: dict[str, list[tuple[str, int]]] = {}
         if self.with_subjects:
             self.check_has_people()
+            if self.other_image_reference_prob > 0 and self.augment:
+                self.appearances = self.index_identities()
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -160,6 +173,30 @@ class FFHQWild(Dataset):
             f"segment with an 'end' offset inside its caption (labels seen: {sorted(labels) or 'none'}). SDM "
             "training needs people; train the TDM instead, or fix the segments."
         )
+
+    def index_identities(self) -> dict[str, list[tuple[str, int]]]:
+        """Where each person with an ``identity`` appears in the split: ``{identity: [(image id, segment id)]}``.
+
+        Reads every caption json of the split once; unreadable ones are left out (their samples are skipped when
+        read). Raises ``ValueError`` when no person segment names an identity: there is nothing to cut other
+        references from."""
+        appearances: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for image_id in self.image_ids:
+            try:
+                data = json.loads(sample_paths(self.root, image_id)[2].read_text(encoding="utf-8"))
+                caption, segments = parse_annotation(data, image_id)
+            except (OSError, ValueError):
+                continue
+            for segment in person_segments(caption, segments):
+                if segment.identity is not None:
+                    appearances[segment.identity].append((image_id, segment.id))
+        if not appearances:
+            raise ValueError(
+                f"`other_image_reference_prob` is {self.other_image_reference_prob}, but no '{PERSON_LABEL}' segment "
+                f"of the {self.split} split of {self.root} has an 'identity': references can only be cut from other "
+                "images of a person the data set names. Set it to 0 (the recipe's references from the image itself)."
+            )
+        return dict(appearances)
 
     # ------------------------------------------------------------------ reading
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
@@ -241,10 +278,12 @@ class FFHQWild(Dataset):
         seg_full = torch.from_numpy(segmap.astype(np.int64))
         refs, masks = [], []
         for person in people:
-            try:
-                crop = noise_background_crop(full, seg_full == person.id, person.bbox, g)
-            except ValueError as err:
-                raise SampleUnreadable(str(err)) from err
+            crop = self.other_reference(person, image_id, g)
+            if crop is None:
+                try:
+                    crop = noise_background_crop(full, seg_full == person.id, person.bbox, g)
+                except ValueError as err:
+                    raise SampleUnreadable(str(err)) from err
             crop = (
                 self.augmentation(crop, self.reference_size, g)
                 if self.augment
@@ -264,6 +303,34 @@ class FFHQWild(Dataset):
             "pixel_values": pixel_values,
             "flawed": [image_id] if flaws else [],
         }
+
+    def other_reference(self, person: Segment, image_id: str, g: torch.Generator) -> torch.Tensor | None:
+        """With probability ``other_image_reference_prob``, ``person``'s reference crop (noise outside them, cut to
+        their box) from another image of the same identity, drawn with ``g``; ``None`` for the recipe's crop from
+        this image: when the coin says so, when the person has no identity or no other image, or when that image
+        cannot be read (warned)."""
+        if not self.appearances or torch.rand((), generator=g).item() >= self.other_image_reference_prob:
+            return None
+        others = [a for a in self.appearances.get(person.identity, ()) if a[0] != image_id]
+        if not others:
+            return None
+        other_id, segment_id = others[int(torch.randint(len(others), (), generator=g))]
+        try:
+            other, other_map, _, other_segments, _ = self.load_files(other_id)
+            (box,) = [s.bbox for s in other_segments if s.id == segment_id]
+            return noise_background_crop(
+                pil_to_tensor(other), torch.from_numpy(other_map.astype(np.int64)) == segment_id, box, g
+            )
+        except (SampleUnreadable, ValueError) as err:
+            logger.warning(
+                "The reference of %s for %s could not be cut from %s (%s); it is cut from %s itself.",
+                person.identity,
+                image_id,
+                other_id,
+                err,
+                image_id,
+            )
+            return None
 
     def tokenize(self, text: str, num_people: int) -> TokenizedPrompt:
         """Tokenizes, dropping the last people when the caption is too long to keep their class nouns."""

@@ -194,6 +194,7 @@ class Trainer:
             with_subjects=self.kind is ModelKind.SDM,
             max_subjects=c.max_subjects,
             subject_keep_prob=c.subject_keep_prob if augment else 1.0,
+            other_image_reference_prob=c.other_image_reference_prob,
             uncondition_prob=c.uncondition_prob if augment else 0.0,
             augment=augment,
             augmentation=ReferenceAugmentation(
