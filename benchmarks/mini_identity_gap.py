@@ -4,7 +4,7 @@ Per one-person image of each method: the world recognizer's cosine between the i
 person's references, minus its mean cosine to the other people's references; how many images show a face it finds;
 how often the right person is its first choice. Usage::
 
-    PYTHONPATH=src python benchmarks/mini_identity_gap.py RUN
+    PYTHONPATH=src python benchmarks/mini_identity_gap.py RUN [--references DATA]   # DATA: the run's --data, if any
 """
 
 from __future__ import annotations
@@ -19,23 +19,31 @@ from PIL import Image
 
 from facediffuser.evaluation.benchmarks import load_subjects
 from facediffuser.package_data import WORLD_FACES, WORLD_REFERENCES, packaged
-from facediffuser.world.benchmark import identity_gap
+from facediffuser.world.benchmark import benchmark_people, identity_gap
 from facediffuser.world.face_backend import MiniFaceBackend
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="the --out folder of `facediffuser evaluate --benchmark mini`")
-    run = parser.parse_args().run
+    parser.add_argument(
+        "--references", type=Path, default=None, help="the run's --data folder (default: the shipped benchmark people)"
+    )
+    args = parser.parse_args()
+    run = args.run
     backend = MiniFaceBackend(packaged(WORLD_FACES))
-    people = load_subjects(packaged(WORLD_REFERENCES))
+    people = benchmark_people(load_subjects(args.references or packaged(WORLD_REFERENCES)))
     names = [p.name for p in people]
     refs = torch.stack([backend.embed_reference([photo.load() for photo in p.photos]) for p in people])
     refs = F.normalize(refs.double(), dim=-1)
-    for method in sorted(p.name for p in (run / "images" / "mini").iterdir()):
+    models = sorted(p for p in (run / "images").iterdir() if p.is_dir())
+    if len(models) != 1:
+        raise SystemExit(f"{run / 'images'} holds {len(models)} models' images; this script reads a run of one model.")
+    images = models[0]
+    for method in sorted(p.name for p in images.iterdir()):
         gaps, found, total, top1 = [], 0, 0, 0
         for i, name in enumerate(names):
-            for path in sorted((run / "images" / "mini" / method / name).glob("single-*/*.png")):
+            for path in sorted((images / method / name).glob("single-*/*.png")):
                 total += 1
                 faces = backend.faces(Image.open(path).convert("RGB"))
                 if not faces:
