@@ -14,6 +14,7 @@ from PIL import Image
 from facediffuser import package_data
 from facediffuser.cli.main import main
 from facediffuser.mini import ship as S
+from facediffuser.pipeline import FaceDiffuserPipeline
 from facediffuser.world import attributes as A
 
 HELDOUT = 8
@@ -250,12 +251,20 @@ def test_shipping_again_replaces_the_folders_as_a_whole(stand_in, tmp_path):
     S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2))
     stale = package / "mini" / "pipeline" / "stale.txt"
     stale.write_text("from an older ship")
-    report = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2))
+    assert FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")["subject_guidance_scale"] is None
+    report = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2, subject_guidance_scale=2))
     assert not stale.exists() and (package / "mini" / "pipeline" / "model_index.json").is_file()
+    # the shipped pipeline draws with the given SDM guidance scale when a call gives none (its model_index.json)
+    assert FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")["subject_guidance_scale"] == 2
     assert sorted(p.name for p in package.iterdir()) == ["examples", "mini", "world"]
     assert sorted(p.name for p in (package / "mini").iterdir()) == ["pipeline", "stages"]  # no .new / .old left
     assert [p.name for p in (package / "mini" / "stages").iterdir()] == ["sdm.json"]  # the build's stage markers
     assert len(report.people) == 2
+
+
+def test_a_bad_subject_guidance_scale_is_refused_before_anything_is_read(tmp_path):
+    with pytest.raises(ValueError, match="subject_guidance_scale.*non-negative"):
+        S.ShipConfig(build=tmp_path / "none", world=tmp_path / "none", subject_guidance_scale=-1.0)
 
 
 def test_the_benchmarks_people_ship_with_their_references(shipped, stand_in):

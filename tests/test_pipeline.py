@@ -205,6 +205,29 @@ def test_save_and_load_round_trip(tiny_pipe, face_image, tmp_path):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+def test_the_pipeline_config_sets_the_subject_guidance_scale_a_call_leaves_out(tiny_pipe, face_image, tmp_path):
+    """A pipeline whose config names a subject guidance scale draws with it when a call gives none; a call's own
+    scale wins; the value travels through save_pretrained / from_pretrained; a bad one is refused on construction."""
+    prompt, refs = "a man <|image|> on a boat", [face_image]
+    assert tiny_pipe.subject_guidance_scale is None
+    explicit = run(tiny_pipe, prompt, refs, subject_guidance_scale=2.0).images
+    same_as_text = run(tiny_pipe, prompt, refs).images  # None: the call's guidance_scale (5)
+    # Same weights, same process, same calls: exact by construction.
+    np.testing.assert_array_equal(same_as_text, run(tiny_pipe, prompt, refs, subject_guidance_scale=5.0).images)
+    assert not np.array_equal(explicit, same_as_text)  # the scale moves the image, so the checks below can fail
+
+    tiny_pipe.register_to_config(subject_guidance_scale=2.0)
+    np.testing.assert_array_equal(run(tiny_pipe, prompt, refs).images, explicit)
+    np.testing.assert_array_equal(run(tiny_pipe, prompt, refs, subject_guidance_scale=5.0).images, same_as_text)
+
+    tiny_pipe.save_pretrained(tmp_path)
+    loaded = FaceDiffuserPipeline.from_pretrained(tmp_path, use_safetensors=True)
+    assert loaded.subject_guidance_scale == 2.0
+    for bad, match in ((-1.0, "non-negative"), (float("nan"), "finite")):
+        with pytest.raises(ValueError, match=match):  # components holds the config's values too: replace the scale
+            FaceDiffuserPipeline(**{**tiny_pipe.components, "subject_guidance_scale": bad})
+
+
 def test_callback_can_replace_latents(tiny_pipe):
     seen = []
 

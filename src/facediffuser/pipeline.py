@@ -72,6 +72,9 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         subject_fuser: :class:`~facediffuser.models.SubjectFuser`, which writes ``o`` into the class-noun token.
         scheduler: any diffusers scheduler (DDIM by default).
         placeholder: the placeholder string that follows each person's class noun in a prompt.
+        subject_guidance_scale: the SDM's guidance scale ``w`` this model draws with when a call gives none (saved in
+            ``model_index.json``); ``None``, the default, makes it the call's ``guidance_scale``, as in the release.
+            A small SDM may need a smaller ``w`` than the release's 5 (the mini model's: docs/mini.md).
 
     ``enable_model_cpu_offload`` never holds both UNets on the accelerator (:mod:`facediffuser.offload`).
     """
@@ -91,8 +94,10 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         subject_fuser: SubjectFuser,
         scheduler: KarrasDiffusionSchedulers,
         placeholder: str = DEFAULT_PLACEHOLDER,
+        subject_guidance_scale: float | None = None,
     ):
         super().__init__()
+        SamplingSettings(subject_guidance_scale=subject_guidance_scale)  # refused here, with the call's words
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -103,7 +108,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
             subject_fuser=subject_fuser,
             scheduler=scheduler,
         )
-        self.register_to_config(placeholder=placeholder)
+        self.register_to_config(placeholder=placeholder, subject_guidance_scale=subject_guidance_scale)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -115,6 +120,11 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
     @property
     def placeholder(self) -> str:
         return self.config.placeholder
+
+    @property
+    def subject_guidance_scale(self) -> float | None:
+        """The SDM's ``w`` when a call gives none (``None``: the call's ``guidance_scale``)."""
+        return self.config.subject_guidance_scale
 
     def text_model_pipeline(self, unet: UNet2DConditionModel | None = None) -> StableDiffusionPipeline:
         """Plain Stable Diffusion over this pipeline's own VAE, text encoder, tokenizer and scheduler (no copies).
@@ -277,7 +287,8 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
             num_inference_steps: denoising steps ``T`` (``None``: the default).
             timesteps, sigmas: custom schedules, for schedulers that accept them.
             guidance_scale: ``w`` of the TDM (eq. 1).
-            subject_guidance_scale: ``w`` of the SDM (default: ``guidance_scale``).
+            subject_guidance_scale: ``w`` of the SDM (default: the pipeline's ``subject_guidance_scale`` when its
+                config sets one, else ``guidance_scale``).
             alpha, beta: stage fractions, ``0 <= alpha <= beta <= 1``. With ``T`` the number of scheduler
                 timesteps and ``i = 0 .. T-1`` the step index: stage I (TDM only) while ``i < floor(alpha*T)``,
                 stage II (both models, SNF) while ``i < floor(beta*T)``, stage III (SDM only) after. ``T = 50`` with
@@ -311,7 +322,9 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
             alpha=alpha,
             beta=beta,
             guidance_scale=guidance_scale,
-            subject_guidance_scale=subject_guidance_scale,
+            subject_guidance_scale=self.subject_guidance_scale
+            if subject_guidance_scale is None
+            else subject_guidance_scale,
             subject_guidance_base=subject_guidance_base,
             smoothing=smoothing,
             smoothing_kernel_size=smoothing_kernel_size,

@@ -53,7 +53,8 @@ class SamplingSettings:
     subject_guidance_scale: float | None = dataclasses.field(
         default=None,
         metadata={
-            "help": "guidance scale w of the SDM (eq. 2); default: the same as --guidance-scale",
+            "help": "guidance scale w of the SDM (eq. 2); default: the model's own when its model_index.json names "
+            "one (the mini model's), else the same as --guidance-scale",
             "ui_range": (0.0, 20.0),
         },
     )
@@ -98,7 +99,10 @@ class SamplingSettings:
 
     @property
     def effective_subject_guidance_scale(self) -> float:
-        """The SDM's ``w``: :attr:`subject_guidance_scale`, or :attr:`guidance_scale` when that is ``None``."""
+        """The SDM's ``w``: :attr:`subject_guidance_scale`, or :attr:`guidance_scale` when that is ``None``.
+
+        (``FaceDiffuserPipeline`` first fills a ``None`` with its own ``subject_guidance_scale``, when its config
+        names one.)"""
         return self.guidance_scale if self.subject_guidance_scale is None else self.subject_guidance_scale
 
     def replace(self, **changes: Any) -> SamplingSettings:

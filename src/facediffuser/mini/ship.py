@@ -66,6 +66,13 @@ class ShipConfig:
         default=PIPELINE_BUDGET_MIB, metadata=_f("largest size of the shipped pipeline folder, in MiB (issue 13)")
     )
     people: int = field(default=EXAMPLE_PEOPLE, metadata=_f("held-out people to ship as example references"))
+    subject_guidance_scale: float | None = field(
+        default=None,
+        metadata=_f(
+            "the SDM guidance scale the shipped pipeline draws with when a call gives none (its model_index.json); "
+            "default: none, the call's --guidance-scale"
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.build, self.world = Path(self.build), Path(self.world)
@@ -75,6 +82,9 @@ class ShipConfig:
             raise ValueError(f"--max-mib must be positive, got {self.max_mib}.")
         if self.people < 1:
             raise ValueError(f"--people must be at least 1, got {self.people}.")
+        from ..settings import SamplingSettings
+
+        SamplingSettings(subject_guidance_scale=self.subject_guidance_scale)  # the sampling rules, with their words
 
     @property
     def target(self) -> Path:
@@ -220,9 +230,12 @@ def same_tokens(first, second) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ the parts
-def write_pipeline(source: Path, folder: Path, max_mib: float) -> tuple[dict[str, int], dict[str, int]]:
+def write_pipeline(
+    source: Path, folder: Path, max_mib: float, subject_guidance_scale: float | None = None
+) -> tuple[dict[str, int], dict[str, int]]:
     """The pipeline of ``source`` in float16 into ``folder``, its text tower pruned to the world's vocabulary
-    (:mod:`facediffuser.mini.vocab`); its sizes and what the pruning kept and checked. ``ValueError`` when over
+    (:mod:`facediffuser.mini.vocab`), drawing with ``subject_guidance_scale`` by default when it is given (else as
+    the build's); its sizes and what the pruning kept and checked. ``ValueError`` when over
     ``max_mib``; :class:`~facediffuser.mini.vocab.PruningError` when the shipped tokenizer and text encoder do not
     give exactly what the full ones give on the world's texts."""
     import copy
@@ -237,6 +250,8 @@ def write_pipeline(source: Path, folder: Path, max_mib: float) -> tuple[dict[str
     full_tokenizer, full_encoder = pipe.tokenizer, copy.deepcopy(pipe.text_encoder).half().float().eval()
     pruned = vocab.prune_vocabulary(pipe.tokenizer, pipe.text_encoder)
     pipe.register_modules(tokenizer=pruned.tokenizer, text_encoder=pruned.text_encoder)
+    if subject_guidance_scale is not None:
+        pipe.register_to_config(subject_guidance_scale=subject_guidance_scale)
     expected = {name: _half_state(module) for name, module in _modules(pipe).items()}
     pipe.to(dtype=torch.float16)
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -265,6 +280,8 @@ def write_pipeline(source: Path, folder: Path, max_mib: float) -> tuple[dict[str
         for key, value in expected[name].items():
             if state[key].dtype != torch.float32 or not torch.equal(state[key], value):
                 raise ValueError(f"The shipped {name} does not load back as written ({key}).")
+    if loaded.subject_guidance_scale != pipe.subject_guidance_scale:
+        raise ValueError("The shipped pipeline does not load back with its subject guidance scale.")
     if not same_tokens(pipe.tokenizer, loaded.tokenizer):
         raise ValueError("The shipped tokenizer does not give the build's tokens.")
     checked = vocab.check_pruning(full_tokenizer, full_encoder, loaded.tokenizer, loaded.text_encoder)
@@ -486,7 +503,7 @@ def ship(config: ShipConfig) -> ShipReport:
     people: list[str] = []
 
     def pipeline(new: Path) -> None:
-        written, pruned = write_pipeline(source, new, config.max_mib)
+        written, pruned = write_pipeline(source, new, config.max_mib, config.subject_guidance_scale)
         sizes.update(written)
         kept.update(pruned)
 
