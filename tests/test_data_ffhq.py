@@ -374,3 +374,32 @@ def test_other_image_references_need_identities(tmp_path, tokenizer):
     one_person(tmp_path, "00000_a", RED, ["ann"])
     with pytest.raises(ValueError, match="'identity' of type list"):
         parse_annotation(json.loads((tmp_path / "00000" / "00000_a.json").read_text()), "00000_a")
+
+
+def test_references_cut_to_the_head_box(tmp_path, tokenizer):
+    """``reference_region = "head"`` cuts each reference to the person's ``head_box`` (noise still outside their
+    segment); "person" (the recipe's) to their whole box; a data set without head boxes is refused for "head"."""
+    pixels = np.zeros((32, 32, 3), np.uint8)
+    pixels[:] = BLUE
+    segmap = np.zeros((32, 32), np.int64)
+    pixels[4:12, 8:24], segmap[4:12, 8:24] = GREEN, 1  # the head
+    pixels[12:28, 8:24], segmap[12:28, 8:24] = RED, 1  # the body
+    segment = {"id": 1, "bbox": [8, 4, 24, 28], "coco_label": "person", "end": 5, "head_box": [8, 4, 24, 12]}
+    write_sample(tmp_path, "00000_a", pixels, segmap, "a man at the beach", [segment])
+    write_split(tmp_path, ["00000_a"])
+    jpeg = 3.0  # quality-100 JPEG of flat colours: a few levels at most
+    head = plain_dataset(tmp_path, tokenizer, reference_region="head")[0]
+    np.testing.assert_allclose(reference_colour(head), GREEN, atol=jpeg)
+    person = plain_dataset(tmp_path, tokenizer)[0]  # 16 px wide, 24 tall: padded to 24, the centre is the body
+    np.testing.assert_allclose(reference_colour(person), RED, atol=jpeg)
+    assert torch.equal(head["subject_masks"], person["subject_masks"])  # the loss still sees the whole person
+
+    with pytest.raises(ValueError, match="reference_region"):
+        plain_dataset(tmp_path, tokenizer, reference_region="face")
+    del segment["head_box"]
+    write_sample(tmp_path, "00000_a", pixels, segmap, "a man at the beach", [segment])
+    with pytest.raises(ValueError, match="has a 'head_box'"):
+        plain_dataset(tmp_path, tokenizer, reference_region="head")
+    segment["head_box"] = [8, 4, 24]
+    with pytest.raises(ValueError, match="head_box of 3 numbers"):
+        parse_annotation({"caption": "a man at the beach", "segments": [segment]}, "00000_a")

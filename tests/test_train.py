@@ -243,11 +243,15 @@ def test_reference_colour_augmentation_comes_from_the_config(data_root, tmp_path
         {"reference_jitter_strength": 1.5},
         {"reference_grayscale_prob": -0.1},
         {"other_image_reference_prob": 2.0},
+        {"reference_region": "face"},
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             tiny_config(data_root, tmp_path / "bad", **bad)
     # the SDM data set gets the other-image probability: the synthetic set names no one, which it then refuses
     assert default.train_dataset.other_image_reference_prob == 0.0
+    assert default.train_dataset.reference_region == "person"
+    with pytest.raises(ValueError, match="has a 'head_box'"):  # the synthetic set has no head boxes
+        Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "head", reference_region="head"))
     with pytest.raises(ValueError, match="has an 'identity'"):
         Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "other", other_image_reference_prob=0.5))
 

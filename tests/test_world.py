@@ -114,6 +114,7 @@ def test_written_data_follows_the_ffhq_wild_layout_and_its_captions(world):
             for segment, person in zip(people, data["attributes"]["people"]):
                 assert caption[: segment.end].endswith(person["gender"])
                 assert segment.identity == str(person["identity"])  # who it is, for other-image references
+                assert list(segment.head_box) == person["face_box"]  # the head, for head references
                 assert (segmap == segment.id).any()
             if len(people) == 2:  # left to right follows the caption
                 cols = [np.nonzero(segmap == s.id)[1].mean() for s in people]

@@ -10,8 +10,9 @@ evaluation benchmark (:mod:`facediffuser.evaluation.benchmarks`)::
                                                                     "coco_label", "end"}, ...]}
 
 A ``person`` segment may also carry an ``"identity"`` (a string or an integer naming who the person is, the same
-in every image of them; the procedural world writes it). The released data set has none; the SDM trainer's
-``other_image_reference_prob`` uses it to cut a person's reference from another image of them.
+in every image of them) and a ``"head_box"`` (``[x1, y1, x2, y2]`` of the head: face and hair); the procedural
+world writes both. The released data set has neither; the SDM trainer's ``other_image_reference_prob`` uses the
+identity to cut a person's reference from another image of them, its ``reference_region = "head"`` the head box.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class Segment:
     label: str
     end: int
     identity: str | None = None  # who the person is across images, when the data set says (an extension)
+    head_box: tuple[float, float, float, float] | None = None  # the head (face and hair), when given (an extension)
 
 
 def parse_annotation(data: Any, image_id: str) -> tuple[str, list[Segment]]:
@@ -109,6 +111,8 @@ def parse_annotation(data: Any, image_id: str) -> tuple[str, list[Segment]]:
         try:
             bbox = tuple(float(v) for v in seg["bbox"])
             identity = seg.get("identity")
+            head_box = seg.get("head_box")
+            head_box = None if head_box is None else tuple(float(v) for v in head_box)
             segment = Segment(int(seg["id"]), bbox, str(seg["coco_label"]), int(seg["end"]))
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{image_id}.json segment {k} is malformed ({err!r}).") from err
@@ -121,6 +125,10 @@ def parse_annotation(data: Any, image_id: str) -> tuple[str, list[Segment]]:
             segment = replace(segment, identity=str(identity))
         if len(bbox) != 4:
             raise ValueError(f"{image_id}.json segment {k} has a bbox of {len(bbox)} numbers, not 4.")
+        if head_box is not None:
+            if len(head_box) != 4:
+                raise ValueError(f"{image_id}.json segment {k} has a head_box of {len(head_box)} numbers, not 4.")
+            segment = replace(segment, head_box=head_box)
         segments.append(segment)
     return caption, segments
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..settings import SamplingSettings
+from .data import REFERENCE_REGIONS
 
 # The sampling defaults (guidance scale, ...) the validation images start from: written once, in SamplingSettings.
 _SAMPLING = SamplingSettings()
@@ -102,6 +103,13 @@ class TrainConfig:
             "with an 'identity'); 0 is the recipe's: from the training image itself"
         ),
     )
+    reference_region: str = field(
+        default="person",
+        metadata=_f(
+            "SDM: what a reference is cut to: 'person' (the recipe's: the person's box) or 'head' (their head box: "
+            "needs person segments with a 'head_box')"
+        ),
+    )
     dataloader_num_workers: int = field(default=0, metadata=_f("data-loader worker processes"))
     checkpointing_steps: int = field(default=500, metadata=_f("save a resumable checkpoint every N steps (0: never)"))
     checkpoints_total_limit: int = field(default=3, metadata=_f("keep the last K checkpoints"))
@@ -156,6 +164,10 @@ class TrainConfig:
         for name in within_one:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be within [0, 1], got {getattr(self, name)}.")
+        if self.reference_region not in REFERENCE_REGIONS:
+            raise ValueError(
+                f"`reference_region` must be one of {', '.join(REFERENCE_REGIONS)}, got {self.reference_region!r}."
+            )
         if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
             raise ValueError(f"`snr_gamma` must be a positive number, got {self.snr_gamma}.")
         if self.checkpoints_total_limit < 1:

@@ -18,7 +18,9 @@ SDM, a readable annotation whose people cannot be placed (no ``segments`` list, 
 The recipe cuts each person's reference from the training image itself. Where the data set names who each person is
 (a segment's ``identity``, :mod:`facediffuser.ffhq_wild`), ``other_image_reference_prob`` cuts it instead from
 another image of the same person in the split, so that the reference shares only the person with the target: not
-the clothing, light or pose of that one image, which the model could otherwise copy instead of the identity.
+the clothing, light or pose of that one image, which the model could otherwise copy instead of the identity. With
+``reference_region = "head"`` the reference is cut to the person's ``head_box`` (another extension) instead of their
+whole box, noise still outside their segment: the face and hair, without clothes or body.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 # How many captions are read up front to check that the data set has people in it at all.
 PERSON_SCAN_LIMIT = 512
+# What a reference is cut to: the person's whole box (the recipe), or their head box (face and hair).
+REFERENCE_REGIONS = ("person", "head")
 # Image ids warned about one by one for people that cannot be placed; further ones are only counted.
 FLAW_WARNINGS = 20
 
@@ -108,6 +112,8 @@ class FFHQWild(Dataset):
         subject_keep_prob: each person is kept with this probability (dropped people stay in the caption as text).
         other_image_reference_prob: with this probability (when ``augment``), a person's reference is cut from another
             image of the same ``identity`` in the split, when there is one; else from this image.
+        reference_region: ``"person"`` (the recipe's: the segment's box) or ``"head"`` (its ``head_box``; a person
+            without one keeps the whole box).
         uncondition_prob: the caption is empty, with no people, with this probability.
         augment: augment the references and flip the targets (off for validation).
         seed: base seed of every random decision.
@@ -123,6 +129,7 @@ class FFHQWild(Dataset):
     max_subjects: int = 4
     subject_keep_prob: float = 0.9
     other_image_reference_prob: float = 0.0
+    reference_region: str = "person"
     uncondition_prob: float = 0.1
     augment: bool = True
     seed: int = 0
@@ -136,6 +143,10 @@ class FFHQWild(Dataset):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be within [0, 1], got {value}.")
+        if self.reference_region not in REFERENCE_REGIONS:
+            raise ValueError(
+                f"`reference_region` must be one of {', '.join(REFERENCE_REGIONS)}, got {self.reference_region!r}."
+            )
         if self.max_subjects < 1:
             raise ValueError(f"`max_subjects` must be at least 1, got {self.max_subjects}.")
         self.image_ids = read_split(self.root, self.split)
@@ -143,6 +154,8 @@ class FFHQWild(Dataset):
         self.appearances: dict[str, list[tuple[str, int]]] = {}
         if self.with_subjects:
             self.check_has_people()
+            if self.reference_region == "head":
+                self.check_has_head_boxes()
             if self.other_image_reference_prob > 0 and self.augment:
                 self.appearances = self.index_identities()
 
@@ -172,6 +185,24 @@ class FFHQWild(Dataset):
             f"None of the {read} captions read from the {self.split} split of {self.root} has a '{PERSON_LABEL}' "
             f"segment with an 'end' offset inside its caption (labels seen: {sorted(labels) or 'none'}). SDM "
             "training needs people; train the TDM instead, or fix the segments."
+        )
+
+    def check_has_head_boxes(self) -> None:
+        """Raises ``ValueError`` when no ``person`` segment among the first :data:`PERSON_SCAN_LIMIT` readable
+        captions has a ``head_box``: ``reference_region = "head"`` would cut every reference to the whole person."""
+        read = 0
+        for image_id in self.image_ids[:PERSON_SCAN_LIMIT]:
+            try:
+                data = json.loads(sample_paths(self.root, image_id)[2].read_text(encoding="utf-8"))
+                caption, segments = parse_annotation(data, image_id)
+            except (OSError, ValueError):
+                continue
+            read += 1
+            if any(s.head_box is not None for s in person_segments(caption, segments)):
+                return
+        raise ValueError(
+            f"`reference_region` is 'head', but no '{PERSON_LABEL}' segment of the {read} captions read from the "
+            f"{self.split} split of {self.root} has a 'head_box'. Use 'person' (the recipe's), or add head boxes."
         )
 
     def index_identities(self) -> dict[str, list[tuple[str, int]]]:
@@ -281,7 +312,7 @@ class FFHQWild(Dataset):
             crop = self.other_reference(person, image_id, g)
             if crop is None:
                 try:
-                    crop = noise_background_crop(full, seg_full == person.id, person.bbox, g)
+                    crop = noise_background_crop(full, seg_full == person.id, self.reference_box(person), g)
                 except ValueError as err:
                     raise SampleUnreadable(str(err)) from err
             crop = (
@@ -304,6 +335,13 @@ class FFHQWild(Dataset):
             "flawed": [image_id] if flaws else [],
         }
 
+    def reference_box(self, person: Segment) -> tuple[float, float, float, float]:
+        """The box a person's reference is cut to: their head box for ``reference_region = "head"`` when they have
+        one, else their whole box."""
+        if self.reference_region == "head" and person.head_box is not None:
+            return person.head_box
+        return person.bbox
+
     def other_reference(self, person: Segment, image_id: str, g: torch.Generator) -> torch.Tensor | None:
         """With probability ``other_image_reference_prob``, ``person``'s reference crop (noise outside them, cut to
         their box) from another image of the same identity, drawn with ``g``; ``None`` for the recipe's crop from
@@ -317,7 +355,7 @@ class FFHQWild(Dataset):
         other_id, segment_id = others[int(torch.randint(len(others), (), generator=g))]
         try:
             other, other_map, _, other_segments, _ = self.load_files(other_id)
-            (box,) = [s.bbox for s in other_segments if s.id == segment_id]
+            (box,) = [self.reference_box(s) for s in other_segments if s.id == segment_id]
             return noise_background_crop(
                 pil_to_tensor(other), torch.from_numpy(other_map.astype(np.int64)) == segment_id, box, g
             )

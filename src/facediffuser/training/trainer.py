@@ -195,6 +195,7 @@ class Trainer:
             max_subjects=c.max_subjects,
             subject_keep_prob=c.subject_keep_prob if augment else 1.0,
             other_image_reference_prob=c.other_image_reference_prob,
+            reference_region=c.reference_region,
             uncondition_prob=c.uncondition_prob if augment else 0.0,
             augment=augment,
             augmentation=ReferenceAugmentation(

@@ -3,8 +3,9 @@
 A data set is an FFHQ-wild root (REFERENCE section 5, :mod:`facediffuser.ffhq_wild`): ``image_ids_{train,test}.txt``
 and, per image, ``<id[:5]>/<id>.jpg`` (4:4:4 JPEG, so that small flat colours keep their hue), ``.npy`` (uint8
 segment ids) and ``.json``. The json has the ``caption`` and ``segments`` of the released format (each ``person``
-segment with the ``identity`` id of who it is, :mod:`facediffuser.ffhq_wild`'s extension), plus an ``attributes``
-record: the scene's attributes and, per person, their identity id, features, clothing and face box.
+segment with the ``identity`` id of who it is and its ``head_box``, :mod:`facediffuser.ffhq_wild`'s extensions),
+plus an ``attributes`` record: the scene's attributes and, per person, their identity id, features, clothing and
+face box.
 
 The train split shows training identities only; the test split shows held-out identities only. Every image is a
 pure function of ``(seed, distribution, split, index)``.
@@ -68,10 +69,10 @@ def annotation(scene: SceneSpec, rendered: Rendered, distribution: str) -> dict[
     """The json of one image: the FFHQ-wild ``caption`` and ``segments``, plus the ``attributes`` record."""
     text, ends = caption(scene)
     segments = []
-    for k, (end, box, person) in enumerate(zip(ends, rendered.person_boxes, scene.people)):
+    for k, (end, box, person, head) in enumerate(zip(ends, rendered.person_boxes, scene.people, rendered.face_boxes)):
         if box is not None:
             segment = {"id": k + 1, "bbox": box, "coco_label": "person", "end": end, "identity": person.identity.id}
-            segments.append(segment)
+            segments.append({**segment, "head_box": [round(v, 2) for v in head]})
     label = object_label(scene)
     if label is not None and rendered.object_box is not None:
         phrase = OBJECTS[scene.object]
