@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..settings import SamplingSettings
-from .data import REFERENCE_REGIONS
+
+# What an SDM reference is cut to (training.data): the person's whole box (the recipe), or their head box.
+REFERENCE_REGIONS = ("person", "head")
 
 # The sampling defaults (guidance scale, ...) the validation images start from: written once, in SamplingSettings.
 _SAMPLING = SamplingSettings()

@@ -52,13 +52,12 @@ from ..ffhq_wild import (
 from ..images import clip_preprocess, pil_to_tensor
 from ..prompting import DEFAULT_PLACEHOLDER, TokenizedPrompt, tokenize_prompt
 from .augment import ReferenceAugmentation, noise_background_crop, plain_reference, target_geometry
+from .config import REFERENCE_REGIONS
 
 logger = logging.getLogger(__name__)
 
 # How many captions are read up front to check that the data set has people in it at all.
 PERSON_SCAN_LIMIT = 512
-# What a reference is cut to: the person's whole box (the recipe), or their head box (face and hair).
-REFERENCE_REGIONS = ("person", "head")
 # Image ids warned about one by one for people that cannot be placed; further ones are only counted.
 FLAW_WARNINGS = 20
 
