@@ -74,7 +74,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         placeholder: the placeholder string that follows each person's class noun in a prompt.
         subject_guidance_scale: the SDM's guidance scale ``w`` this model draws with when a call gives none (saved in
             ``model_index.json``); ``None``, the default, makes it the call's ``guidance_scale``, as in the release.
-            A small SDM may need a smaller ``w`` than the release's 5 (the mini model's: docs/mini.md).
+            (For the mini model, scales 1.5 to 5 scored alike on validation people: docs/mini.md.)
 
     ``enable_model_cpu_offload`` never holds both UNets on the accelerator (:mod:`facediffuser.offload`).
     """

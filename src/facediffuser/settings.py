@@ -54,7 +54,7 @@ class SamplingSettings:
         default=None,
         metadata={
             "help": "guidance scale w of the SDM (eq. 2); default: the model's own when its model_index.json names "
-            "one (the mini model's), else the same as --guidance-scale",
+            "one, else the same as --guidance-scale",
             "ui_range": (0.0, 20.0),
         },
     )
