@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,26 +110,23 @@ def parse_annotation(data: Any, image_id: str) -> tuple[str, list[Segment]]:
     for k, seg in enumerate(listed):
         try:
             bbox = tuple(float(v) for v in seg["bbox"])
-            identity = seg.get("identity")
             head_box = seg.get("head_box")
             head_box = None if head_box is None else tuple(float(v) for v in head_box)
-            segment = Segment(int(seg["id"]), bbox, str(seg["coco_label"]), int(seg["end"]))
+            identity = seg.get("identity")
+            segment_id, label, end = int(seg["id"]), str(seg["coco_label"]), int(seg["end"])
         except (AttributeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{image_id}.json segment {k} is malformed ({err!r}).") from err
-        if identity is not None:
-            if isinstance(identity, bool) or not isinstance(identity, (str, int)):
-                raise ValueError(
-                    f"{image_id}.json segment {k} has an 'identity' of type {type(identity).__name__}, not a string "
-                    "or an integer."
-                )
-            segment = replace(segment, identity=str(identity))
+        if identity is not None and (isinstance(identity, bool) or not isinstance(identity, (str, int))):
+            raise ValueError(
+                f"{image_id}.json segment {k} has an 'identity' of type {type(identity).__name__}, not a string or an "
+                "integer."
+            )
         if len(bbox) != 4:
             raise ValueError(f"{image_id}.json segment {k} has a bbox of {len(bbox)} numbers, not 4.")
-        if head_box is not None:
-            if len(head_box) != 4:
-                raise ValueError(f"{image_id}.json segment {k} has a head_box of {len(head_box)} numbers, not 4.")
-            segment = replace(segment, head_box=head_box)
-        segments.append(segment)
+        if head_box is not None and len(head_box) != 4:
+            raise ValueError(f"{image_id}.json segment {k} has a head_box of {len(head_box)} numbers, not 4.")
+        identity = None if identity is None else str(identity)
+        segments.append(Segment(segment_id, bbox, label, end, identity, head_box))
     return caption, segments
 
 

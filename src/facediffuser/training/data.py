@@ -30,6 +30,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -161,19 +162,23 @@ class FFHQWild(Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def readable_annotations(self) -> Iterator[tuple[str, str, list[Segment]]]:
+        """``(image id, caption, segments)`` of the split's captions in order, leaving out those that cannot be read
+        (their samples are skipped when read)."""
+        for image_id in self.image_ids:
+            try:
+                data = json.loads(sample_paths(self.root, image_id)[2].read_text(encoding="utf-8"))
+                caption, segments = parse_annotation(data, image_id)
+            except (OSError, ValueError):
+                continue
+            yield image_id, caption, segments
+
     def check_has_people(self) -> None:
         """Raises ``ValueError`` when no caption among the first :data:`PERSON_SCAN_LIMIT` readable ones has a
         ``person`` segment: SDM training would have no subject to learn from."""
         read = 0
         labels: set[str] = set()
-        for image_id in self.image_ids:
-            if read >= PERSON_SCAN_LIMIT:
-                break
-            path = sample_paths(self.root, image_id)[2]
-            try:
-                caption, segments = parse_annotation(json.loads(path.read_text(encoding="utf-8")), image_id)
-            except (OSError, ValueError):
-                continue
+        for _, caption, segments in islice(self.readable_annotations(), PERSON_SCAN_LIMIT):
             read += 1
             if person_segments(caption, segments):
                 return
@@ -190,12 +195,7 @@ class FFHQWild(Dataset):
         """Raises ``ValueError`` when no ``person`` segment among the first :data:`PERSON_SCAN_LIMIT` readable
         captions has a ``head_box``: ``reference_region = "head"`` would cut every reference to the whole person."""
         read = 0
-        for image_id in self.image_ids[:PERSON_SCAN_LIMIT]:
-            try:
-                data = json.loads(sample_paths(self.root, image_id)[2].read_text(encoding="utf-8"))
-                caption, segments = parse_annotation(data, image_id)
-            except (OSError, ValueError):
-                continue
+        for _, caption, segments in islice(self.readable_annotations(), PERSON_SCAN_LIMIT):
             read += 1
             if any(s.head_box is not None for s in person_segments(caption, segments)):
                 return
@@ -207,16 +207,10 @@ class FFHQWild(Dataset):
     def index_identities(self) -> dict[str, list[tuple[str, int]]]:
         """Where each person with an ``identity`` appears in the split: ``{identity: [(image id, segment id)]}``.
 
-        Reads every caption json of the split once; unreadable ones are left out (their samples are skipped when
-        read). Raises ``ValueError`` when no person segment names an identity: there is nothing to cut other
-        references from."""
+        Reads every readable caption json of the split once. Raises ``ValueError`` when no person segment names an
+        identity: there is nothing to cut other references from."""
         appearances: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for image_id in self.image_ids:
-            try:
-                data = json.loads(sample_paths(self.root, image_id)[2].read_text(encoding="utf-8"))
-                caption, segments = parse_annotation(data, image_id)
-            except (OSError, ValueError):
-                continue
+        for image_id, caption, segments in self.readable_annotations():
             for segment in person_segments(caption, segments):
                 if segment.identity is not None:
                     appearances[segment.identity].append((image_id, segment.id))

@@ -71,8 +71,16 @@ def annotation(scene: SceneSpec, rendered: Rendered, distribution: str) -> dict[
     segments = []
     for k, (end, box, person, head) in enumerate(zip(ends, rendered.person_boxes, scene.people, rendered.face_boxes)):
         if box is not None:
-            segment = {"id": k + 1, "bbox": box, "coco_label": "person", "end": end, "identity": person.identity.id}
-            segments.append({**segment, "head_box": [round(v, 2) for v in head]})
+            segments.append(
+                {
+                    "id": k + 1,
+                    "bbox": box,
+                    "coco_label": "person",
+                    "end": end,
+                    "identity": person.identity.id,
+                    "head_box": [round(v, 2) for v in head],
+                }
+            )
     label = object_label(scene)
     if label is not None and rendered.object_box is not None:
         phrase = OBJECTS[scene.object]
