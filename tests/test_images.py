@@ -111,3 +111,23 @@ def test_pil_to_tensor_range():
     assert (
         t.shape == (3, 1, 2) and t[0].eq(1).all() and t[1].eq(0).all() and torch.isclose(t[2, 0, 0], torch.tensor(0.2))
     )
+
+
+def test_crop_to_square_is_the_training_form_of_a_head_reference():
+    """The pipeline's head crop equals the trainer's validation reference (box cut, padded to a square with black),
+    pixel for pixel, and clips a box that leaves the image."""
+    from facediffuser.images import crop_to_square
+    from facediffuser.training.augment import noise_background_crop, pad_to_square
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    box = (5.4, 3.2, 17.9, 24.1)  # 13 x 22 pixels once rounded out: padded on the left and right
+    crop = crop_to_square(image, box)
+    assert crop.size == (22, 22)
+    # The trainer's form: pixels outside the person become noise (an all-true mask keeps them all), then padding.
+    everywhere = torch.ones(30, 40, dtype=torch.bool)
+    trained = pad_to_square(noise_background_crop(pil_to_tensor(image), everywhere, box, torch.Generator()))
+    np.testing.assert_array_equal(np.asarray(crop), (trained.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+    assert crop_to_square(image, (-10, 20, 50, 40)).size == (40, 40)  # clipped to (0, 20, 40, 30), then padded
+    with pytest.raises(ValueError, match="empty"):
+        crop_to_square(image, (45, 0, 60, 10))

@@ -104,13 +104,17 @@ def world(tmp_path_factory, save_tiny_world_clip) -> Path:
     for name in ("scenes", "portraits"):
         write_dataset(root / name, name, people, {"train": 8, "test": 2}, seed=1, size=64, progress=False)
     save_tiny_world_clip(root / "clip", vision_layers=2)
+    from facediffuser.world.faces import FaceDetector
+
+    torch.manual_seed(0)
+    FaceDetector(channels=(4, 4, 4)).save_pretrained(root / "faces" / "detector")
     return root
 
 
-def recipes(folder: Path, tdm_extra: str = "") -> dict[str, Path]:
+def recipes(folder: Path, tdm_extra: str = "", sdm_extra: str = "") -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     vae = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY_VAE.items())
-    files = {"vae_config": vae, "tdm_config": TINY_TRAIN + tdm_extra + TINY_UNET, "sdm_config": TINY_TRAIN}
+    files = {"vae_config": vae, "tdm_config": TINY_TRAIN + tdm_extra + TINY_UNET, "sdm_config": TINY_TRAIN + sdm_extra}
     out = {}
     for key, text in files.items():
         (folder / f"{key}.toml").write_text(text, encoding="utf-8")
@@ -123,14 +127,17 @@ def mini_config(out: Path, world: Path, recipe: dict[str, Path], **extra) -> B.M
 
 
 def unet_state(folder: Path, slot: str) -> dict[str, torch.Tensor]:
+    """The tensors of the model folder ``folder / slot``."""
     from safetensors.torch import load_file
 
     return load_file(next((folder / slot).glob("*.safetensors")))
 
 
 def test_build_runs_every_stage_through_the_trainer_and_skips_what_is_built(world, tmp_path):
+    """(The SDM is trained on head references here, so its pipeline carries the world's face detector.)"""
     reset_accelerate()
-    config = mini_config(tmp_path / "out", world, recipes(tmp_path / "recipes"))
+    head = 'reference_region = "head"\n'
+    config = mini_config(tmp_path / "out", world, recipes(tmp_path / "recipes", sdm_extra=head))
     times = B.run_stages(config)
     assert list(times) == ["vae", "tdm", "sdm"]
     out = config.out
@@ -152,6 +159,11 @@ def test_build_runs_every_stage_through_the_trainer_and_skips_what_is_built(worl
 
     pipe = FaceDiffuserPipeline.from_pretrained(out / "sdm" / "train")
     assert pipe.text_encoder.config.hidden_size == 16 and pipe.vae_scale_factor == 2
+    assert sdm_log["reference_region"] == "head"
+    world_detector = unet_state(world / "faces", "detector")
+    assert world_detector.keys() == pipe.face_detector.state_dict().keys()
+    assert all(torch.equal(v, pipe.face_detector.state_dict()[k]) for k, v in world_detector.items())
+    assert FaceDiffuserPipeline.from_pretrained(out / "tdm" / "train").face_detector is None
     # Built stages are skipped.
     reset_accelerate()
     assert B.run_stages(config) == {}
@@ -161,7 +173,7 @@ def test_build_runs_every_stage_through_the_trainer_and_skips_what_is_built(worl
         B.run_stages(changed)
     assert torch.equal(unet_state(out / "tdm" / "train", "unet")[k], tdm_unet[k])
     with pytest.raises(ValueError, match="seed"):
-        B.run_stages(mini_config(out, world, recipes(tmp_path / "recipes"), seed=1))
+        B.run_stages(mini_config(out, world, recipes(tmp_path / "recipes", sdm_extra=head), seed=1))
 
 
 def test_an_interrupted_stage_resumes_from_its_checkpoint_and_from_needs_earlier_stages(world, tmp_path, monkeypatch):

@@ -22,8 +22,8 @@ HELDOUT = 8
 
 @pytest.fixture(scope="module")
 def stand_in(tmp_path_factory, save_tiny_world_clip) -> tuple[Path, Path]:
-    """``(build, world)``: a finished build whose ``sdm/train`` is the tiny pipeline, and a world with every part
-    ``mini ship`` reads."""
+    """``(build, world)``: a finished build whose ``sdm/train`` is the tiny pipeline (with a face detector, as a
+    head-reference SDM's has), and a world with every part ``mini ship`` reads."""
     from facediffuser.tiny import build_tiny_pipeline
     from facediffuser.world.data import write_references
     from facediffuser.world.faces import FaceDetector, FaceEmbedder
@@ -43,6 +43,12 @@ def stand_in(tmp_path_factory, save_tiny_world_clip) -> tuple[Path, Path]:
     torch.manual_seed(0)
     FaceDetector(channels=(4, 4, 4)).save_pretrained(world / "faces" / "detector")
     FaceEmbedder(channels=(4, 4, 4), embed_dim=8).save_pretrained(world / "faces" / "embedder")
+    # The pipeline's own detector finds a face in every photo (threshold 0), so the stand-in draws; the world's
+    # (threshold 0.4, untrained) finds none, so the reference check has something to refuse.
+    from facediffuser.mini.build import attach_face_detector
+
+    FaceDetector(channels=(4, 4, 4), threshold=0.0).save_pretrained(root / "detector")
+    attach_face_detector(build / "sdm" / "train", root / "detector")
     return build, world
 
 
@@ -71,6 +77,7 @@ def test_ship_stores_float16_and_reports_every_component(shipped, stand_in):
     assert S.non_float16_tensors(pipeline) == [] and S.non_float16_tensors(package / "world" / "clip") == []
     # The size report is the folder's: every component, each the bytes of its files, and their total.
     parts = {"vae", "text_encoder", "tokenizer", "unet", "subject_unet", "image_encoder", "subject_fuser"}
+    parts.add("face_detector")
     assert parts | {"scheduler", "model_index.json"} == set(report.pipeline_sizes)
     files = [p for p in pipeline.rglob("*") if p.is_file()]
     assert report.pipeline_total == sum(p.stat().st_size for p in files)
@@ -124,7 +131,7 @@ def test_mini_loads_the_shipped_folder_in_float32_equal_to_the_build_within_floa
     kept = [original.tokenizer.get_vocab()[t] for t in pipe.tokenizer.convert_ids_to_tokens(range(len(pipe.tokenizer)))]
     table = original.text_encoder.get_input_embeddings().weight
     original.text_encoder.get_input_embeddings().weight = torch.nn.Parameter(table[kept])
-    for name in ("vae", "text_encoder", "unet", "subject_unet", "image_encoder", "subject_fuser"):
+    for name in ("vae", "text_encoder", "unet", "subject_unet", "image_encoder", "subject_fuser", "face_detector"):
         ours, theirs = getattr(pipe, name).state_dict(), getattr(original, name).state_dict()
         assert set(ours) == set(theirs), name
         for key, value in theirs.items():

@@ -1,5 +1,7 @@
 """FaceDiffuserPipeline against diffusers' own pipeline, a hand-written reference loop, and call counts."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -226,6 +228,49 @@ def test_the_pipeline_config_sets_the_subject_guidance_scale_a_call_leaves_out(t
     for bad, match in ((-1.0, "non-negative"), (float("nan"), "finite")):
         with pytest.raises(ValueError, match=match):  # components holds the config's values too: replace the scale
             FaceDiffuserPipeline(**{**tiny_pipe.components, "subject_guidance_scale": bad})
+
+
+def tiny_face_detector(threshold: float = 0.0):
+    """The world's face detector, tiny and random: with threshold 0 every local maximum is a face."""
+    from facediffuser.world.faces import FaceDetector
+
+    torch.manual_seed(0)
+    return FaceDetector(channels=(8, 8, 8), threshold=threshold).eval()
+
+
+def test_a_face_detector_cuts_every_reference_to_its_face(tiny_pipe, face_image, tmp_path):
+    """With a face_detector, the pipeline draws what it draws from the photo's most confident face, cut square; the
+    detector travels through save_pretrained / from_pretrained; without one, photos are encoded as given."""
+    from facediffuser.images import crop_to_square
+
+    prompt = "a man <|image|> on a boat"
+    assert tiny_pipe.face_detector is None
+    whole = run(tiny_pipe, prompt, [face_image]).images
+    detector = tiny_face_detector()
+    (box, _), *_ = detector.find_faces(face_image)
+    cut = crop_to_square(face_image, box)
+    assert cut.size != face_image.size
+    from_the_cut = run(tiny_pipe, prompt, [cut]).images
+    assert not np.array_equal(from_the_cut, whole)  # the cut moves the image, so the check below can fail
+
+    tiny_pipe.register_modules(face_detector=detector)
+    # Same weights, same process, same calls: exact by construction.
+    np.testing.assert_array_equal(run(tiny_pipe, prompt, [face_image]).images, from_the_cut)
+
+    tiny_pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["face_detector"] == ["facediffuser.world.faces", "FaceDetector"]
+    loaded = FaceDiffuserPipeline.from_pretrained(tmp_path, use_safetensors=True)
+    assert loaded.face_detector.find_faces(face_image)[0][0] == box
+
+
+def test_a_reference_without_a_face_is_refused_before_the_unets_run(tiny_pipe, face_image):
+    calls = []
+    tiny_pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+    tiny_pipe.register_modules(face_detector=tiny_face_detector(threshold=1.0))  # no score exceeds 1
+    with pytest.raises(ValueError, match=r"finds no face in photo 1 of person 1 \(36x40\)"):
+        run(tiny_pipe, "a man <|image|> on a boat", [face_image])
+    assert tiny_pipe.face_detector.find_faces(face_image) == [] and calls == []
 
 
 def test_callback_can_replace_latents(tiny_pipe):

@@ -169,6 +169,25 @@ def clip_preprocess(
     return (x - mean_t) / std_t
 
 
+def crop_to_square(image: Image.Image, box: Sequence[float]) -> Image.Image:
+    """The pixels of ``image`` that ``[x1, y1, x2, y2]`` touches (clipped to the image), centred on a black square:
+    the form of a head reference in training (:func:`facediffuser.training.augment.plain_reference`).
+
+    Raises:
+        ValueError: the box is empty once clipped to the image.
+    """
+    x1, y1, x2, y2 = box
+    left, top = max(0, int(np.floor(x1))), max(0, int(np.floor(y1)))
+    right, bottom = min(image.width, int(np.ceil(x2))), min(image.height, int(np.ceil(y2)))
+    if right <= left or bottom <= top:
+        raise ValueError(f"The box {list(box)} is empty inside a {image.width}x{image.height} image.")
+    crop = image.crop((left, top, right, bottom))
+    side = max(crop.size)
+    square = Image.new(crop.mode, (side, side))
+    square.paste(crop, ((side - crop.width) // 2, (side - crop.height) // 2))
+    return square
+
+
 def prepare_reference_pixels(images: Sequence[Image.Image], size: int) -> torch.Tensor:
     """PIL images of any sizes -> ``(N, 3, size, size)`` normalized CLIP pixels."""
     return torch.cat([clip_preprocess(pil_to_tensor(img).unsqueeze(0), size) for img in images])

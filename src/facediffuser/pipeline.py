@@ -26,7 +26,7 @@ from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .fusion import Condition, Guidance, Smoothing, SubjectGuidanceBase, stage_guidance, stage_schedule
-from .images import prepare_reference_pixels
+from .images import crop_to_square, prepare_reference_pixels
 from .models import SubjectFuser
 from .offload import OneModelAtATimeOffloadMixin
 from .prompting import DEFAULT_PLACEHOLDER, tokenize_prompts
@@ -72,6 +72,12 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         subject_fuser: :class:`~facediffuser.models.SubjectFuser`, which writes ``o`` into the class-noun token.
         scheduler: any diffusers scheduler (DDIM by default).
         placeholder: the placeholder string that follows each person's class noun in a prompt.
+        face_detector: optional, ``None`` as in the release (photos are encoded as given). For an SDM trained on
+            head references (``reference_region = "head"``, docs/training.md): a model whose ``find_faces(image)``
+            gives the ``([x1, y1, x2, y2], score)`` of each face (head and hair) in the image's pixels, most
+            confident first, such as the world's :class:`~facediffuser.world.faces.FaceDetector`. Every reference
+            photo is then cut to its most confident face, centred on a black square, before the image encoder; a
+            photo with no face is refused.
         subject_guidance_scale: the SDM's guidance scale ``w`` this model draws with when a call gives none (saved in
             ``model_index.json``); ``None``, the default, makes it the call's ``guidance_scale``, as in the release.
             (For the mini model, scales 1.5 to 5 scored alike on validation people: docs/mini.md.)
@@ -79,8 +85,8 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
     ``enable_model_cpu_offload`` never holds both UNets on the accelerator (:mod:`facediffuser.offload`).
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->subject_fuser->unet->subject_unet->vae"
-    _optional_components: list[str] = []
+    model_cpu_offload_seq = "face_detector->text_encoder->image_encoder->subject_fuser->unet->subject_unet->vae"
+    _optional_components = ["face_detector"]
     _callback_tensor_inputs = ["latents", *_CONDITION_TENSORS.values()]
 
     def __init__(
@@ -93,6 +99,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         image_encoder: CLIPVisionModelWithProjection,
         subject_fuser: SubjectFuser,
         scheduler: KarrasDiffusionSchedulers,
+        face_detector: Any = None,
         placeholder: str = DEFAULT_PLACEHOLDER,
         subject_guidance_scale: float | None = None,
     ):
@@ -107,6 +114,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
             image_encoder=image_encoder,
             subject_fuser=subject_fuser,
             scheduler=scheduler,
+            face_detector=face_detector,
         )
         self.register_to_config(placeholder=placeholder, subject_guidance_scale=subject_guidance_scale)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
@@ -197,6 +205,34 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
     def encode_text(self, input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``(B, L)`` ids -> ``(B, L, D)`` last hidden state (after the final layer norm)."""
         return self.text_encoder(input_ids.to(device))[0]
+
+    def cut_to_faces(self, references: list[list[list[PIL.Image.Image]]]) -> list[list[list[PIL.Image.Image]]]:
+        """With a ``face_detector``, every photo of ``references`` (``[prompt][person][photo]``) cut to its most
+        confident face; without one, ``references`` as they are.
+
+        Raises:
+            ValueError: the detector finds no face in a photo (which one is named).
+        """
+        if self.face_detector is None:
+            return references
+        out = []
+        for p, prompt_refs in enumerate(references):
+            people = []
+            for n, person in enumerate(prompt_refs):
+                photos = []
+                for k, photo in enumerate(person):
+                    found = self.face_detector.find_faces(photo)
+                    if not found:
+                        where = f" of prompt {p + 1}" if len(references) > 1 else ""
+                        raise ValueError(
+                            f"The face detector of this model finds no face in photo {k + 1} of person {n + 1}{where} "
+                            f"({photo.width}x{photo.height}). The model reads the face of each reference: give photos "
+                            "in which the person's face and hair are visible."
+                        )
+                    photos.append(crop_to_square(photo, found[0][0]))
+                people.append(photos)
+            out.append(people)
+        return out
 
     @torch.no_grad()
     def encode_subjects(self, references: list[list[list[PIL.Image.Image]]], device: torch.device) -> torch.Tensor:
@@ -336,7 +372,9 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         self.check_inputs(height, width, callback_on_step_end_tensor_inputs, output_type)
         prompts, prompt_is_batch = normalize_prompts(prompt)
         negative_prompts = normalize_negative_prompts(negative_prompt, prompts, self.placeholder)
-        references = normalize_references(prompts, reference_images, prompt_is_batch, self.placeholder)
+        references = self.cut_to_faces(
+            normalize_references(prompts, reference_images, prompt_is_batch, self.placeholder)
+        )
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
 

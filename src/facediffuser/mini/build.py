@@ -539,7 +539,28 @@ def build_sdm(config: MiniConfig, settings: dict[str, Any], source: PackageSourc
             assemble_sdm_base_from_package(config, source, base)
         else:
             assemble_sdm_base(config.out / "tdm" / "train", base)
-    run_trainer(config, "sdm", base)
+    output = run_trainer(config, "sdm", base)
+    values, _ = read_train_recipe(config, "sdm")
+    if values.get("reference_region") == "head":
+        attach_face_detector(output, config.world / "faces" / "detector")
+
+
+def attach_face_detector(pipeline: Path, detector: Path) -> None:
+    """Makes the pipeline folder ``pipeline`` cut its references to faces: the world's face detector (a folder of
+    ``FaceDetector.save_pretrained``) is copied in as its ``face_detector`` component, for an SDM trained on head
+    references (``reference_region = "head"``), which must read head crops at test too. Idempotent."""
+    import shutil
+
+    index_file = pipeline / "model_index.json"
+    index = json.loads(index_file.read_text(encoding="utf-8"))
+    if not (detector / "config.json").is_file():
+        raise FileNotFoundError(f"{detector} holds no face detector: give the faces/detector of `world build`.")
+    target = pipeline / "face_detector"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(detector, target)
+    index["face_detector"] = ["facediffuser.world.faces", "FaceDetector"]
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 BUILDERS: dict[str, Callable[[MiniConfig, dict[str, Any], PackageSource | None], None]] = {

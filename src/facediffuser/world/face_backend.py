@@ -20,7 +20,7 @@ import torch
 from ..evaluation.identity import Face, IdentityBackend
 from ..images import to_rgb
 from ..package_data import WORLD_FACES, packaged
-from .faces import DETECTOR_SIZE, FaceDetector, FaceEmbedder, crop_face, to_input
+from .faces import FaceDetector, FaceEmbedder, crop_face, to_input
 
 ENV_VAR = "FACEDIFFUSER_MINI_FACES"
 
@@ -102,14 +102,10 @@ class MiniFaceBackend(IdentityBackend):
     @torch.no_grad()
     def faces(self, image: PIL.Image.Image) -> list[Face]:
         image = to_rgb(image)
-        width, height = image.size
-        small = np.asarray(image.resize((DETECTOR_SIZE, DETECTOR_SIZE), PIL.Image.Resampling.BICUBIC))
-        x = to_input(torch.from_numpy(small[None].copy())).to(self.device)
-        found = self.detector.detect(x, self.threshold)[0]
+        found = self.detector.find_faces(image, self.threshold)
         if not found:
             return []
-        sx, sy = width / DETECTOR_SIZE, height / DETECTOR_SIZE
-        boxes = [(b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy) for b, _ in found]
+        boxes = [tuple(b) for b, _ in found]
         crops = np.stack([crop_face(image, box) for box in boxes])
         embeddings = self.embedder(to_input(torch.from_numpy(crops)).to(self.device)).cpu()
         faces = [Face(e, box, score) for e, box, (_, score) in zip(embeddings, boxes, found)]

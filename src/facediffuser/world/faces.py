@@ -83,6 +83,16 @@ class FaceDetector(ModelMixin, ConfigMixin):
         most confident first."""
         return decode(self(x), self.config.threshold if threshold is None else threshold)
 
+    @torch.no_grad()
+    def find_faces(self, image: Image.Image, threshold: float | None = None) -> list[tuple[list[float], float]]:
+        """The ``([x1, y1, x2, y2], score)`` of each face (head and hair) in an RGB image of any size, in its own
+        pixels, most confident first: the detector reads a bicubic ``64 x 64`` copy of it."""
+        width, height = image.size
+        small = np.asarray(image.convert("RGB").resize((DETECTOR_SIZE, DETECTOR_SIZE), Image.Resampling.BICUBIC))
+        x = to_input(torch.from_numpy(small[None].copy())).to(device=self.device, dtype=self.dtype)
+        sx, sy = width / DETECTOR_SIZE, height / DETECTOR_SIZE
+        return [([b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy], s) for b, s in self.detect(x, threshold)[0]]
+
 
 def decode(out: torch.Tensor, threshold: float) -> list[list[tuple[list[float], float]]]:
     """Boxes from a ``(N, 5, G, G)`` detector output: the local maxima (3 x 3) of the centre map above
