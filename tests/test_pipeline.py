@@ -1,6 +1,8 @@
 """FaceDiffuserPipeline against diffusers' own pipeline, a hand-written reference loop, and call counts."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -232,7 +234,7 @@ def test_the_pipeline_config_sets_the_subject_guidance_scale_a_call_leaves_out(t
 
 def tiny_face_detector(threshold: float = 0.0):
     """The world's face detector, tiny and random: with threshold 0 every local maximum is a face."""
-    from facediffuser.world.faces import FaceDetector
+    from facediffuser.models import FaceDetector
 
     torch.manual_seed(0)
     return FaceDetector(channels=(8, 8, 8), threshold=threshold).eval()
@@ -259,9 +261,17 @@ def test_a_face_detector_cuts_every_reference_to_its_face(tiny_pipe, face_image,
 
     tiny_pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["face_detector"] == ["facediffuser.world.faces", "FaceDetector"]
+    assert index["face_detector"] == ["facediffuser.models.face_detector", "FaceDetector"]
     loaded = FaceDiffuserPipeline.from_pretrained(tmp_path, use_safetensors=True)
     assert loaded.face_detector.find_faces(face_image)[0][0] == box
+    # diffusers loads a component only from a module already imported: a fresh process that imports the pipeline
+    # and nothing else must load the folder too.
+    code = (
+        "import sys; from facediffuser import FaceDiffuserPipeline as P; "
+        "print(type(P.from_pretrained(sys.argv[1]).face_detector).__name__)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split()[-1] == "FaceDetector", done.stderr[-2000:]
 
 
 def test_a_reference_without_a_face_is_refused_before_the_unets_run(tiny_pipe, face_image):

@@ -16,13 +16,13 @@ from PIL import Image
 
 from facediffuser.evaluation.identity import build_ip_backend
 from facediffuser.ffhq_wild import parse_annotation, person_segments, read_split
+from facediffuser.models.face_detector import decode
 from facediffuser.world import attributes as A
 from facediffuser.world.data import read_samples, write_dataset, write_references
 from facediffuser.world.faces import (
     STRIDE,
     FaceDetector,
     FaceSettings,
-    decode,
     detection_figures,
     detector_targets,
     equal_error_rate,

@@ -75,7 +75,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         face_detector: optional, ``None`` as in the release (photos are encoded as given). For an SDM trained on
             head references (``reference_region = "head"``, docs/training.md): a model whose ``find_faces(image)``
             gives the ``([x1, y1, x2, y2], score)`` of each face (head and hair) in the image's pixels, most
-            confident first, such as the world's :class:`~facediffuser.world.faces.FaceDetector`. Every reference
+            confident first, such as the world's :class:`~facediffuser.models.FaceDetector`. Every reference
             photo is then cut to its most confident face, centred on a black square, before the image encoder; a
             photo with no face is refused.
         subject_guidance_scale: the SDM's guidance scale ``w`` this model draws with when a call gives none (saved in

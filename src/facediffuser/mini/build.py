@@ -551,6 +551,8 @@ def attach_face_detector(pipeline: Path, detector: Path) -> None:
     references (``reference_region = "head"``), which must read head crops at test too. Idempotent."""
     import shutil
 
+    from ..models import FaceDetector
+
     index_file = pipeline / "model_index.json"
     index = json.loads(index_file.read_text(encoding="utf-8"))
     if not (detector / "config.json").is_file():
@@ -559,7 +561,7 @@ def attach_face_detector(pipeline: Path, detector: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(detector, target)
-    index["face_detector"] = ["facediffuser.world.faces", "FaceDetector"]
+    index["face_detector"] = [FaceDetector.__module__, FaceDetector.__name__]
     index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
