@@ -227,6 +227,14 @@ def test_bad_input_is_refused_before_anything_loads(world, tmp_path):
     (tmp_path / "bad.toml").write_text(TINY_TRAIN + 'output_dir = "x"\n', encoding="utf-8")
     with pytest.raises(ValueError, match="sets data_root"):
         B.run_stages(mini_config(tmp_path / "out", world, {**recipe, "sdm_config": tmp_path / "bad.toml"}))
+    # A head-reference SDM needs the world's face detector for its pipeline: refused before the VAE stage starts.
+    faceless = tmp_path / "faceless"
+    for name in ("scenes", "portraits"):
+        (faceless / name).mkdir(parents=True)
+        (faceless / name / "image_ids_train.txt").write_text("0\n")
+    head = recipes(tmp_path / "head", sdm_extra='reference_region = "head"\n')
+    with pytest.raises(FileNotFoundError, match="face detector"):
+        B.run_stages(mini_config(tmp_path / "out", faceless, head))
     assert not (tmp_path / "out").exists()
 
 

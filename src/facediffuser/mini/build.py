@@ -540,8 +540,7 @@ def build_sdm(config: MiniConfig, settings: dict[str, Any], source: PackageSourc
         else:
             assemble_sdm_base(config.out / "tdm" / "train", base)
     output = run_trainer(config, "sdm", base)
-    values, _ = read_train_recipe(config, "sdm")
-    if values.get("reference_region") == "head":
+    if read_train_recipe(config, "sdm")[0].get("reference_region") == "head":  # its detector was checked to exist
         attach_face_detector(output, config.world / "faces" / "detector")
 
 
@@ -583,6 +582,14 @@ def check_inputs(config: MiniConfig) -> PackageSource | None:
                 f"{config.world / name} is not a world data set: run `facediffuser world build --out {config.world}` "
                 "first, or pass --world."
             )
+    detector = config.world / "faces" / "detector"
+    head = "sdm" in config.stages and read_train_recipe(config, "sdm")[0].get("reference_region") == "head"
+    if head and not (detector / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{config.sdm_config} trains the SDM on head references, so its pipeline needs the world's face "
+            f"detector, and {detector} holds none: run `facediffuser world build --out {config.world}` (or "
+            "`facediffuser world faces`) first."
+        )
     return package_source(config)
 
 
