@@ -317,7 +317,8 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                 ``"a man <|image|> and a woman <|image|> at a cafe"``.
             reference_images: for one prompt, one entry per placeholder, in order; for a list of prompts, one such
                 list per prompt. An entry is a PIL image, a path, a folder of photos, or a list of images/paths of
-                the same person (their CLIP embeddings are averaged).
+                the same person (their CLIP embeddings are averaged). A pipeline with a ``face_detector`` cuts each
+                photo to its face first (:meth:`cut_to_faces`).
             negative_prompt: the "empty" condition ``0`` of the guidance (default ``""``).
             height, width: output size in pixels, multiples of 8 (default: the UNet's sample size x 8).
             num_inference_steps: denoising steps ``T`` (``None``: the default).
