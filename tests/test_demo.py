@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from facediffuser.cli.main import build_parser, main
@@ -157,6 +158,22 @@ def test_page_names_an_oversized_or_faceless_photo_by_its_file_name(tiny_pipe, t
         with pytest.raises(gr.Error, match=r"No face was found in person 1 \(wall.png\)"):
             handler(*values, [str(uploads / "wall.png")], None, None, None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pipeline_with_a_face_detector_checks_the_references_with_it(tiny_pipe, tmp_path):
+    """The page gives the pipeline's own verdict (it cuts every photo to its face) before the run, not dlib's."""
+    from facediffuser.models import FaceDetector
+
+    torch.manual_seed(0)
+    tiny_pipe.register_modules(face_detector=FaceDetector(channels=(4, 4, 4), threshold=1e9).eval())  # finds none
+    request = DemoRequest(prompt="a man <|image|>", people=[[ASTRONAUT]], settings=FAST, seed=1)
+    runner = DemoRunner(tiny_pipe, tmp_path / "out", model="tiny", face_check=True)
+    assert runner._face_detector is tiny_pipe.face_detector
+    with pytest.raises(ValueError, match=r"No face was found in person 1 \(astronaut.jpg\)"):
+        runner.check(request)
+    tiny_pipe.face_detector.register_to_config(threshold=0.0)  # now every local maximum is a face
+    assert len(runner.check(request)[0]) == 1
+    assert DemoRunner(tiny_pipe, tmp_path / "out", model="tiny", face_check=False)._face_detector is None
 
 
 def test_alpha_above_beta_has_the_clis_words(capsys, tmp_path):

@@ -88,6 +88,9 @@ def test_ship_stores_float16_and_reports_every_component(shipped, stand_in):
     source = stand_in[0] / "sdm" / "train" / "unet" / "diffusion_pytorch_model.safetensors"
     stored = pipeline / "unet" / "diffusion_pytorch_model.safetensors"
     assert payload(stored) * 2 == payload(source) > 0
+    # No config names the build's folder (diffusers records where each part was loaded from, the ship's source).
+    named = [p.relative_to(pipeline) for p in pipeline.rglob("*.json") if str(stand_in[0]) in p.read_text()]
+    assert named == []
 
 
 def payload(path: Path) -> int:
@@ -148,7 +151,9 @@ def test_generate_defaults_to_mini_and_draws_the_models_own_size(packaged_here, 
     ref = next(p for p in sorted(person.iterdir()) if p.is_dir())
     out = tmp_path / "x.png"
     argv = ["generate", "-p", "a woman <|image|> on a beach", "--ref", str(ref), "--steps", "2", "-o", str(out)]
-    assert main([*argv, "--no-face-check"]) == 0  # the stand-in's face detector is untrained
+    # The references are checked by the pipeline's own face detector (threshold 0: it finds a face in every photo),
+    # not by the world's (untrained, threshold 0.4: it finds none) nor dlib's.
+    assert main(argv) == 0
     image = Image.open(out)
     params = json.loads(image.text["parameters"])
     assert params["model"] == "mini"
@@ -157,9 +162,40 @@ def test_generate_defaults_to_mini_and_draws_the_models_own_size(packaged_here, 
     pipe = load_pipeline("mini", device="cpu")
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     assert image.size == (side, side) == (params["width"], params["height"])
-    # With the check on, the references are checked by the world's detector (dlib finds no face in a render): the
-    # untrained stand-in finds none either, and says so before any model loads.
-    assert main([*argv, "-o", str(tmp_path / "y.png")]) == 2 and not (tmp_path / "y.png").exists()
+
+
+def test_a_models_own_face_detector_refuses_a_faceless_reference_before_the_models_load(
+    packaged_here, tmp_path, monkeypatch, capsys
+):
+    import shutil
+
+    from facediffuser import loading
+
+    folder = tmp_path / "model"
+    shutil.copytree(packaged_here / "mini" / "pipeline", folder)
+    config_file = folder / "face_detector" / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "threshold": 1e9}))  # no score reaches it: no face anywhere
+    ref = next(p for p in sorted((packaged_here / "examples" / "mini").iterdir()) if p.is_dir())
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the models were loaded before the references were checked")
+
+    monkeypatch.setattr(loading, "load_pipeline", no_load)
+    from facediffuser.models import FaceDetector
+
+    asked = []
+    count_faces = FaceDetector.count_faces
+    monkeypatch.setattr(
+        FaceDetector, "count_faces", lambda self, image: asked.append(image.size) or count_faces(self, image)
+    )
+    out = tmp_path / "y.png"
+    argv = ["generate", "--model", str(folder), "-p", "a man <|image|>", "--ref", str(ref), "-o", str(out)]
+    assert main(argv) == 2 and not out.exists()
+    assert "No face was found in photo 1 of --ref" in capsys.readouterr().err
+    assert asked  # the verdict is the model's own detector's (dlib, where installed, would refuse a render too)
+    assert loading.read_face_detector(folder).config.threshold == 1e9
+    assert loading.read_face_detector(packaged_here / "mini" / "pipeline").count_faces(Image.open(next(ref.iterdir())))
 
 
 def test_the_mini_models_references_are_checked_by_the_worlds_detector(packaged_here, tmp_path, monkeypatch):

@@ -236,6 +236,18 @@ def read_placeholder(folder: Path) -> str:
     return placeholder if isinstance(placeholder, str) and placeholder else DEFAULT_PLACEHOLDER
 
 
+def read_face_detector(folder: Path):
+    """The face detector a pipeline folder cuts its references with (its optional ``face_detector`` component),
+    loaded alone in float32, without the rest of the pipeline; ``None`` when the folder has none. ``generate``
+    checks the reference photos with it before the models load, so that its verdict is the pipeline's."""
+    from .models import FaceDetector
+
+    entry = json.loads((folder / "model_index.json").read_text()).get("face_detector")
+    if not entry or entry[0] is None or not (folder / "face_detector" / "config.json").is_file():
+        return None
+    return FaceDetector.from_pretrained(folder / "face_detector", use_safetensors=True, dtype=torch.float32).eval()
+
+
 def swap_scheduler(pipe: FaceDiffuserPipeline, name: str) -> None:
     if name not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}.")

@@ -215,24 +215,22 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         """
         if self.face_detector is None:
             return references
-        out = []
-        for p, prompt_refs in enumerate(references):
-            people = []
-            for n, person in enumerate(prompt_refs):
-                photos = []
-                for k, photo in enumerate(person):
-                    found = self.face_detector.find_faces(photo)
-                    if not found:
-                        where = f" of prompt {p + 1}" if len(references) > 1 else ""
-                        raise ValueError(
-                            f"The face detector of this model finds no face in photo {k + 1} of person {n + 1}{where} "
-                            f"({photo.width}x{photo.height}). The model reads the face of each reference: give photos "
-                            "in which the person's face and hair are visible."
-                        )
-                    photos.append(crop_to_square(photo, found[0][0]))
-                people.append(photos)
-            out.append(people)
-        return out
+
+        def cut(photo: PIL.Image.Image, p: int, n: int, k: int) -> PIL.Image.Image:
+            found = self.face_detector.find_faces(photo)
+            if not found:
+                where = f" of prompt {p + 1}" if len(references) > 1 else ""
+                raise ValueError(
+                    f"The face detector of this model finds no face in photo {k + 1} of person {n + 1}{where} "
+                    f"({photo.width}x{photo.height}). The model reads the face of each reference: give photos in "
+                    "which the person's face and hair are visible."
+                )
+            return crop_to_square(photo, found[0][0])
+
+        return [
+            [[cut(photo, p, n, k) for k, photo in enumerate(person)] for n, person in enumerate(prompt_refs)]
+            for p, prompt_refs in enumerate(references)
+        ]
 
     @torch.no_grad()
     def encode_subjects(self, references: list[list[list[PIL.Image.Image]]], device: torch.device) -> torch.Tensor:

@@ -48,8 +48,8 @@ class DemoConfig:
     face_check: bool = field(
         default=True,
         metadata={
-            "help": "refuse reference photos in which dlib finds no face (when dlib, from the eval extra, is "
-            "installed; for mini, the world's face detector)"
+            "help": "refuse reference photos in which no face is found: by the model's own face detector when "
+            "it has one (mini does), else by dlib when installed (the eval extra)"
         },
     )
 

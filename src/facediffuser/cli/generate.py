@@ -78,8 +78,9 @@ class GenerateConfig:
     face_check: bool = field(
         default=True,
         metadata={
-            "help": "refuse reference photos in which dlib finds no face (when dlib is installed; for mini, the "
-            "world's face detector)"
+            "help": "refuse reference photos in which no face is found, before the models load: by the model's "
+            "own face detector when it has one (mini does; it cuts every photo to its face, so it refuses a "
+            "faceless one anyway), else by dlib when installed"
         },
     )
     parameters_from: Path | None = field(
@@ -118,6 +119,7 @@ def check_before_loading(config: GenerateConfig):
         check_offload,
         check_scene_model,
         model_folder,
+        read_face_detector,
         read_placeholder,
         resolve_device,
         resolve_dtype,
@@ -148,7 +150,10 @@ def check_before_loading(config: GenerateConfig):
             f"{config.parameters_from} records its reference photos by file name only: give them again with --ref."
         )
     face_check, detector = config.face_check, None
-    if config.model == MINI_MODEL:  # its references are world renders: the world's detector checks them
+    own = read_face_detector(folder) if folder is not None and face_check else None
+    if own is not None:  # the pipeline cuts its references with it: its verdict, given before the models load
+        detector = own
+    elif config.model == MINI_MODEL:  # its references are world renders: the world's detector checks them
         from ..world.face_backend import reference_face_check
 
         face_check, detector = reference_face_check(config.model, config.face_check)

@@ -82,7 +82,8 @@ class DemoRunner:
         workdir: where the PNGs go; the caller owns it (the app removes it on exit).
         model: the model's name as given to ``--model``, recorded in each PNG.
         concurrency: runs allowed at the same time.
-        face_check: refuse reference photos without a detectable face (when dlib is installed), as ``generate`` does.
+        face_check: refuse reference photos without a detectable face, as ``generate`` does: by the pipeline's own
+            ``face_detector`` when it has one, else (mini: the world's detector) by dlib when it is installed.
         recorded: what else each PNG records of how the model was loaded, in ``generate``'s words (``scene_model``,
             ``device``, ``dtype``); by default the pipeline's own device and dtype.
     """
@@ -104,7 +105,10 @@ class DemoRunner:
         self.model = model
         self.concurrency = concurrency
         self.face_check, self._face_detector = face_check, None
-        if model == MINI_MODEL:  # its references are world renders: the world's detector checks them, not dlib
+        own = getattr(pipe, "face_detector", None)
+        if own is not None and face_check:  # the pipeline cuts its references with it: its verdict, given first
+            self._face_detector = own
+        elif model == MINI_MODEL:  # its references are world renders: the world's detector checks them, not dlib
             from ..world.face_backend import reference_face_check
 
             self.face_check, self._face_detector = reference_face_check(model, face_check)

@@ -540,8 +540,14 @@ def build_sdm(config: MiniConfig, settings: dict[str, Any], source: PackageSourc
         else:
             assemble_sdm_base(config.out / "tdm" / "train", base)
     output = run_trainer(config, "sdm", base)
-    if read_train_recipe(config, "sdm")[0].get("reference_region") == "head":  # its detector was checked to exist
+    if head_references(config):  # its detector was checked to exist
         attach_face_detector(output, config.world / "faces" / "detector")
+
+
+def head_references(config: MiniConfig) -> bool:
+    """Whether the SDM recipe trains on head references (``reference_region = "head"``): its pipeline then carries
+    the world's face detector, to cut the references to heads at test too."""
+    return read_train_recipe(config, "sdm")[0].get("reference_region") == "head"
 
 
 def attach_face_detector(pipeline: Path, detector: Path) -> None:
@@ -583,8 +589,7 @@ def check_inputs(config: MiniConfig) -> PackageSource | None:
                 "first, or pass --world."
             )
     detector = config.world / "faces" / "detector"
-    head = "sdm" in config.stages and read_train_recipe(config, "sdm")[0].get("reference_region") == "head"
-    if head and not (detector / "config.json").is_file():
+    if "sdm" in config.stages and head_references(config) and not (detector / "config.json").is_file():
         raise FileNotFoundError(
             f"{config.sdm_config} trains the SDM on head references, so its pipeline needs the world's face "
             f"detector, and {detector} holds none: run `facediffuser world build --out {config.world}` (or "

@@ -257,6 +257,7 @@ def write_pipeline(
     pipe.save_pretrained(folder, safe_serialization=True)
     shutil.rmtree(folder / "tokenizer")
     save_tokenizer_compact(pipe.tokenizer, folder / "tokenizer")
+    forget_source_paths(folder)
     _follow_umask(folder)
     wrong = non_float16_tensors(folder)
     if wrong:
@@ -287,6 +288,17 @@ def write_pipeline(
     checked = vocab.check_pruning(full_tokenizer, full_encoder, loaded.tokenizer, loaded.text_encoder)
     kept = {"kept": pruned.size, "of": len(full_tokenizer), "texts": checked["texts"], "encoded": checked["encoded"]}
     return sizes, kept
+
+
+def forget_source_paths(folder: Path) -> None:
+    """Drops ``_name_or_path`` from the configs of a saved pipeline folder. diffusers records there the folder each
+    part was loaded from: the build's paths on the machine that shipped it, which say nothing to a user and would
+    change the shipped folders' sha256 (what ``mini build --from`` records of them) at every ship, even of parts
+    whose weights did not change."""
+    for path in [folder / "model_index.json", *sorted(folder.glob("*/config.json"))]:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _modules(pipe) -> dict[str, Any]:

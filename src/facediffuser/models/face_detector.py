@@ -79,6 +79,11 @@ class FaceDetector(ModelMixin, ConfigMixin):
         sx, sy = width / DETECTOR_SIZE, height / DETECTOR_SIZE
         return [([b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy], s) for b, s in self.detect(x, threshold)[0]]
 
+    def count_faces(self, image: Image.Image) -> int:
+        """How many faces :meth:`find_faces` finds at the saved threshold: the reference check of ``generate`` and
+        the demo (:func:`facediffuser.faces.check_faces`) for a pipeline that cuts its references with it."""
+        return len(self.find_faces(image))
+
 
 def decode(out: torch.Tensor, threshold: float) -> list[list[tuple[list[float], float]]]:
     """Boxes from a ``(N, 5, G, G)`` detector output: the local maxima (3 x 3) of the centre map above
