@@ -170,6 +170,7 @@ def test_a_models_own_face_detector_refuses_a_faceless_reference_before_the_mode
     import shutil
 
     from facediffuser import loading
+    from facediffuser.models import FaceDetector
 
     folder = tmp_path / "model"
     shutil.copytree(packaged_here / "mini" / "pipeline", folder)
@@ -182,8 +183,6 @@ def test_a_models_own_face_detector_refuses_a_faceless_reference_before_the_mode
         raise AssertionError("the models were loaded before the references were checked")
 
     monkeypatch.setattr(loading, "load_pipeline", no_load)
-    from facediffuser.models import FaceDetector
-
     asked = []
     count_faces = FaceDetector.count_faces
     monkeypatch.setattr(
