@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -203,13 +205,25 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint_and_from_needs_earlier
     with pytest.raises(KeyboardInterrupt):
         B.run_stages(cut)
     assert B.marker_path(cut.out, "vae").is_file() and not B.marker_path(cut.out, "tdm").is_file()
+    # Then a run killed outright (no finally ran) an hour ago: it left its start behind, and its last file 60 s later.
+    runs_file = B.runs_path(cut.out, "tdm")
+    interrupted = json.loads(runs_file.read_text())["seconds"]
+    assert len(interrupted) == 1 and "running_since" not in json.loads(runs_file.read_text())
+    last = time.time() - 3600.0
+    for path in (cut.out / "tdm").rglob("*"):
+        if path.is_file():
+            os.utime(path, (last, last))
+    runs_file.write_text(json.dumps({"seconds": interrupted, "running_since": last - 60.0}))
+    assert B.read_runs(cut.out, "tdm") == [*interrupted, 60.0]
     monkeypatch.setattr(Trainer, "save_checkpoint", original)
     reset_accelerate()
     times = B.run_stages(mini_config(tmp_path / "cut", world, recipe, from_stage="tdm"))
     assert list(times) == ["tdm", "sdm"]
     marker = json.loads(B.marker_path(cut.out, "tdm").read_text())
-    assert len(marker["runs"]) == 2 and marker["runs"][1] == round(times["tdm"], 1)  # the cut run and the resumed one
+    # the interrupted run, the killed one (up to its last file) and the resumed one
+    assert marker["runs"] == [*interrupted, 60.0, round(times["tdm"], 1)]
     assert marker["seconds"] == round(sum(marker["runs"]), 1)
+    assert json.loads(runs_file.read_text()) == {"seconds": marker["runs"]}  # no run is going any more
     a = unet_state(tmp_path / "whole" / "sdm" / "train", "subject_unet")
     b = unet_state(cut.out / "sdm" / "train", "subject_unet")
     for k in a:  # the trainer's resume is exact in one process: same weights as the uninterrupted build

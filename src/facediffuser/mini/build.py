@@ -198,9 +198,25 @@ def started_path(out: Path, stage: str) -> Path:
 
 
 def runs_path(out: Path, stage: str) -> Path:
-    """The wall seconds of each run of a stage so far: the marker's ``seconds`` is their sum (a process killed
-    outright, not interrupted, leaves its run out)."""
+    """The wall seconds of each run of a stage so far (``seconds``): the marker's ``seconds`` is their sum. While a
+    run is going, ``running_since`` holds its start (seconds since the epoch): a run killed outright leaves it, and
+    the next run counts the killed one up to the last file it wrote (:func:`read_runs`)."""
     return out / stage / "runs.json"
+
+
+def read_runs(out: Path, stage: str) -> list[float]:
+    """The seconds of the stage's finished runs, and of a run killed outright (``running_since`` left behind), from
+    its start to the last file written in the stage's folder, the last sign of its work (a lower bound)."""
+    path = runs_path(out, stage)
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text(encoding="utf-8"))
+    runs = list(record["seconds"])
+    since = record.get("running_since")
+    if since is not None:
+        written = [f.stat().st_mtime for f in (out / stage).rglob("*") if f.is_file() and f != path]
+        runs.append(round(max(max(written, default=since) - since, 0.0), 1))
+    return runs
 
 
 def _refuse_if_changed(
@@ -628,11 +644,12 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
             logger.info("mini %s: already built in %s, skipping", stage, config.out)
             continue
         logger.info("mini %s: %s", stage, "resuming" if state == "started" else "building")
+        runs = read_runs(config.out, stage)  # before anything is written in the stage's folder
         started = started_path(config.out, stage)
         started.parent.mkdir(parents=True, exist_ok=True)
         started.write_text(json.dumps(wanted[stage], indent=1), encoding="utf-8")
         runs_file = runs_path(config.out, stage)
-        runs = json.loads(runs_file.read_text(encoding="utf-8"))["seconds"] if runs_file.is_file() else []
+        runs_file.write_text(json.dumps({"seconds": runs, "running_since": time.time()}), encoding="utf-8")
         start = time.perf_counter()
         try:
             torch.manual_seed(config.seed)
