@@ -274,6 +274,18 @@ def test_a_face_detector_cuts_every_reference_to_its_face(tiny_pipe, face_image,
     assert done.returncode == 0 and done.stdout.split()[-1] == "FaceDetector", done.stderr[-2000:]
 
 
+def test_the_face_detector_finds_the_same_faces_when_offloaded_layer_by_layer(face_image):
+    """`--offload sequential` keeps the detector's weights on the meta device until each layer runs (accelerate's
+    hooks, here with the CPU as the execution device): its input must not follow them there."""
+    from accelerate import cpu_offload
+
+    detector = tiny_face_detector()
+    found = detector.find_faces(face_image)
+    cpu_offload(detector, execution_device=torch.device("cpu"))
+    assert detector.device.type == "meta"
+    assert detector.find_faces(face_image) == found  # the same weights, brought back as they were: exact
+
+
 def test_a_reference_without_a_face_is_refused_before_the_unets_run(tiny_pipe, face_image):
     calls = []
     tiny_pipe.unet.register_forward_hook(lambda *_: calls.append(1))

@@ -75,7 +75,10 @@ class FaceDetector(ModelMixin, ConfigMixin):
         pixels, most confident first: the detector reads a bicubic ``64 x 64`` copy of it."""
         width, height = image.size
         small = np.asarray(image.convert("RGB").resize((DETECTOR_SIZE, DETECTOR_SIZE), Image.Resampling.BICUBIC))
-        x = to_input(torch.from_numpy(small[None].copy())).to(device=self.device, dtype=self.dtype)
+        # Offloaded layer by layer (accelerate's hooks, `--offload sequential`), the weights wait on the meta device
+        # and each layer's hook moves its input to where it runs: the input stays on the CPU then.
+        device = self.device if self.device.type != "meta" else torch.device("cpu")
+        x = to_input(torch.from_numpy(small[None].copy())).to(device=device, dtype=self.dtype)
         sx, sy = width / DETECTOR_SIZE, height / DETECTOR_SIZE
         return [([b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy], s) for b, s in self.detect(x, threshold)[0]]
 
