@@ -208,6 +208,19 @@ def test_the_mini_models_references_are_checked_by_the_worlds_detector(packaged_
     assert reference_face_check("mini", True) == (False, None)  # no shipped detector: no check rather than dlib's
 
 
+def test_a_pipelines_own_detector_comes_before_the_worlds_and_dlibs(packaged_here):
+    from facediffuser.inputs import reference_detector
+    from facediffuser.world.face_backend import MiniFaceBackend
+
+    own = object()  # any detector the pipeline holds
+    assert reference_detector("mini", True, own) == (True, own)
+    assert reference_detector("my/model", True, own) == (True, own)
+    assert reference_detector("mini", False, own) == (False, None)  # --no-face-check: no check at all
+    check, detector = reference_detector("mini", True)
+    assert check and isinstance(detector, MiniFaceBackend)
+    assert reference_detector("tiny", True) == (True, None)  # the default check (dlib)
+
+
 def test_without_a_shipped_model_mini_is_a_clear_error_before_anything_loads(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(package_data, "data_dir", lambda: tmp_path / "empty")
     argv = ["generate", "-p", "a man <|image|>", "--ref", "x.png", "-o", str(tmp_path / "x.png")]

@@ -66,6 +66,24 @@ def load_references(references: Sequence[Reference]) -> list[list[Image.Image]]:
     return [load_person(r) for r in references]
 
 
+def reference_detector(
+    model: str, face_check: bool, own: FaceDetector | None = None
+) -> tuple[bool, FaceDetector | None]:
+    """``(face_check, detector)`` for :func:`check_request` on a request to ``model`` (``generate``'s and the demo's).
+
+    The pipeline's own face detector (``own``: its optional ``face_detector`` component) when it has one, since the
+    pipeline cuts its references with it; else, for the mini model, the world's detector
+    (:func:`facediffuser.world.face_backend.reference_face_check`: dlib finds no face in a render); else the default
+    check (dlib, ``detector`` ``None``)."""
+    if not face_check:
+        return False, None
+    if own is not None:
+        return True, own
+    from .world.face_backend import reference_face_check
+
+    return reference_face_check(model, face_check)
+
+
 def check_request(
     prompt: str,
     references: Sequence[Reference],

@@ -227,22 +227,29 @@ def check_pipeline_folder(folder: Path) -> None:
         raise ValueError(f"The model folder {folder} is missing: {', '.join(p + '/' for p in missing)}.")
 
 
-def read_placeholder(folder: Path) -> str:
-    """The placeholder a pipeline folder's prompts use (``model_index.json``), read without loading the pipeline."""
+def read_model_index(folder: Path) -> dict:
+    """A pipeline folder's ``model_index.json``, parsed (what the two readers below take, so a check reads it once)."""
+    return json.loads((folder / "model_index.json").read_text())
+
+
+def read_placeholder(folder: Path, index: dict | None = None) -> str:
+    """The placeholder a pipeline folder's prompts use (``model_index.json``, or its parsed ``index``), read without
+    loading the pipeline."""
     from .prompting import DEFAULT_PLACEHOLDER
 
-    declared = json.loads((folder / "model_index.json").read_text())
+    declared = read_model_index(folder) if index is None else index
     placeholder = declared.get("placeholder", DEFAULT_PLACEHOLDER)
     return placeholder if isinstance(placeholder, str) and placeholder else DEFAULT_PLACEHOLDER
 
 
-def read_face_detector(folder: Path):
+def read_face_detector(folder: Path, index: dict | None = None):
     """The face detector a pipeline folder cuts its references with (its optional ``face_detector`` component),
     loaded alone in float32, without the rest of the pipeline; ``None`` when the folder has none. ``generate``
-    checks the reference photos with it before the models load, so that its verdict is the pipeline's."""
+    checks the reference photos with it before the models load, so that its verdict is the pipeline's. ``index``:
+    the folder's parsed ``model_index.json``, when the caller has read it."""
     from .models import FaceDetector
 
-    entry = json.loads((folder / "model_index.json").read_text()).get("face_detector")
+    entry = (read_model_index(folder) if index is None else index).get("face_detector")
     if not entry or entry[0] is None or not (folder / "face_detector" / "config.json").is_file():
         return None
     return FaceDetector.from_pretrained(folder / "face_detector", use_safetensors=True, dtype=torch.float32).eval()

@@ -112,14 +112,14 @@ def rerun_settings(parameters: dict[str, Any]) -> dict[str, Any]:
 
 def check_before_loading(config: GenerateConfig):
     """Every check that needs no model; returns ``(device, dtype, output paths, people)``."""
-    from ..inputs import check_request
+    from ..inputs import check_request, reference_detector
     from ..loading import (
-        MINI_MODEL,
         check_model_source,
         check_offload,
         check_scene_model,
         model_folder,
         read_face_detector,
+        read_model_index,
         read_placeholder,
         resolve_device,
         resolve_dtype,
@@ -141,7 +141,8 @@ def check_before_loading(config: GenerateConfig):
     if config.scene_model is not None:
         check_scene_model(config.scene_model)
     folder = model_folder(config.model)  # None for tiny and hub ids
-    placeholder = read_placeholder(folder) if folder is not None else None
+    index = read_model_index(folder) if folder is not None else None
+    placeholder = read_placeholder(folder, index) if folder is not None else None
     paths = output_paths(config.out, config.num_images)
     for path in paths + ([mask_path(p) for p in paths] if config.save_masks else []):
         check_output_file(path, overwrite=config.overwrite, overwrite_hint="pass --overwrite to replace it")
@@ -149,14 +150,9 @@ def check_before_loading(config: GenerateConfig):
         raise ValueError(
             f"{config.parameters_from} records its reference photos by file name only: give them again with --ref."
         )
-    face_check, detector = config.face_check, None
-    own = read_face_detector(folder) if folder is not None and face_check else None
-    if own is not None:  # the pipeline cuts its references with it: its verdict, given before the models load
-        detector = own
-    elif config.model == MINI_MODEL:  # its references are world renders: the world's detector checks them
-        from ..world.face_backend import reference_face_check
-
-        face_check, detector = reference_face_check(config.model, config.face_check)
+    # The pipeline's own detector gives its verdict before the models load (it cuts the references after).
+    own = read_face_detector(folder, index) if folder is not None and config.face_check else None
+    face_check, detector = reference_detector(config.model, config.face_check, own)
     people = check_request(
         config.prompt,
         config.ref,

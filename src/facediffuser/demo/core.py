@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..loading import MINI_MODEL, dtype_name
+from ..loading import dtype_name
 from ..settings import SamplingSettings, check_image_size
 
 logger = logging.getLogger(__name__)
@@ -98,20 +98,16 @@ class DemoRunner:
         face_check: bool = True,
         recorded: dict[str, Any] | None = None,
     ):
+        from ..inputs import reference_detector
+
         if concurrency < 1:
             raise ValueError(f"The concurrency limit must be at least 1, got {concurrency}.")
         self.pipe = pipe
         self.workdir = Path(workdir)
         self.model = model
         self.concurrency = concurrency
-        self.face_check, self._face_detector = face_check, None
         own = getattr(pipe, "face_detector", None)
-        if own is not None and face_check:  # the pipeline cuts its references with it: its verdict, given first
-            self._face_detector = own
-        elif model == MINI_MODEL:  # its references are world renders: the world's detector checks them, not dlib
-            from ..world.face_backend import reference_face_check
-
-            self.face_check, self._face_detector = reference_face_check(model, face_check)
+        self.face_check, self._face_detector = reference_detector(model, face_check, own)
         self.recorded = {"scene_model": None, "device": str(pipe.device), "dtype": dtype_name(pipe.dtype)}
         self.recorded.update(recorded or {})
         self._scheduler = copy.deepcopy(pipe.scheduler)
