@@ -1,4 +1,5 @@
-"""The speed benchmark runs end to end on the tiny components (its figures are for docs/performance.md, not tests)."""
+"""Benchmark scripts run on tiny inputs: the speed benchmark end to end on the tiny components (its figures are for
+docs/performance.md, not tests), the identity-feature count of a mini run on a hand-made one."""
 
 import importlib.util
 import sys
@@ -41,3 +42,43 @@ def test_flags_default_to_the_sampling_settings(pipeline_speed):
     args = pipeline_speed.parse_args([])
     defaults = SamplingSettings()
     assert (args.alpha, args.beta, args.guidance_scale) == (defaults.alpha, defaults.beta, defaults.guidance_scale)
+
+
+def test_identity_features_counts_what_the_first_choice_shares_with_the_asked_person(tmp_path, capsys):
+    import csv
+    import json
+
+    from facediffuser.world.attributes import Identity
+
+    script = SCRIPT.with_name("mini_identity_features.py")
+    spec = importlib.util.spec_from_file_location("mini_identity_features", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    looks = dict(hair_colour="black", hair_style="short", glasses="none", facial_hair="none", face_shape="round")
+    people = [
+        Identity(1, "man", "light", **looks),
+        Identity(2, "man", "dark", **looks),  # differs from id0001 in skin only
+        Identity(3, "woman", "dark", **{**looks, "face_shape": "long"}),
+    ]
+    (tmp_path / "world.json").write_text(json.dumps({"people": [p.to_dict() for p in people]}))
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [  # id0001 taken for id0002 once, id0003 right, a face not found
+        ("fd", "id0001", {"identity": ["id0002"]}),
+        ("fd", "id0003", {"identity": ["id0003"]}),
+        ("fd", "id0002;id0003", {"identity": [None, "id0001"]}),
+    ]
+    with (run / "scores.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "subjects", "predicted"])
+        writer.writerows([m, s, json.dumps(p)] for m, s, p in rows)
+    module.main([str(run), "--world", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "fd: 3 persons, 1 right" in out
+    # skin: id0002 for id0001 no, id0003 right yes, id0001 for id0003 no -> 1 of 3; the others of the gallery share
+    # id0001's skin 0 of 2, id0003's dark skin 1 of 2 (id0002), twice -> (0 + 0.5 + 0.5) / 3
+    assert "skin 33% (33%)" in out
+    # gender: man for man, right, man for woman -> 2 of 3; blind: 1/2 (id0002), 0/2, 0/2 -> 17%
+    assert "gender 67% (17%)" in out
+    # face shape: round for round, right, round for long -> 2 of 3; blind: 1/2 (id0002 round), 0/2, 0/2 -> 17%
+    assert "face_shape 67% (17%)" in out
