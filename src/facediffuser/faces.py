@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import PIL.Image
@@ -18,6 +18,14 @@ import PIL.Image
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install dlib-bin face_recognition_models  (or: pip install "facediffuser[eval]")'
+
+
+class FaceCounter(Protocol):
+    """What the reference check asks of a detector: dlib's :class:`FaceDetector`, a pipeline's own
+    (:class:`facediffuser.models.FaceDetector`) or the world's
+    (:class:`facediffuser.world.face_backend.MiniFaceBackend`)."""
+
+    def count_faces(self, image: PIL.Image.Image) -> int: ...
 
 
 def import_dlib():
@@ -74,7 +82,7 @@ def optional_face_detector(**kwargs: Any) -> FaceDetector | None:
 def check_faces(
     people: Sequence[Sequence[PIL.Image.Image]],
     names: Sequence[str],
-    detector: FaceDetector | None,
+    detector: FaceCounter | None,
     *,
     skip_hint: str = "",
 ) -> None:

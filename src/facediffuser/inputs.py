@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .faces import FaceDetector, check_faces, optional_face_detector
+from .faces import FaceCounter, check_faces, optional_face_detector
 from .images import ImageInput, load_person
 from .prompting import DEFAULT_PLACEHOLDER, check_placeholders
 
@@ -66,9 +66,7 @@ def load_references(references: Sequence[Reference]) -> list[list[Image.Image]]:
     return [load_person(r) for r in references]
 
 
-def reference_detector(
-    model: str, face_check: bool, own: FaceDetector | None = None
-) -> tuple[bool, FaceDetector | None]:
+def reference_detector(model: str, face_check: bool, own: FaceCounter | None = None) -> tuple[bool, FaceCounter | None]:
     """``(face_check, detector)`` for :func:`check_request` on a request to ``model`` (``generate``'s and the demo's).
 
     The pipeline's own face detector (``own``: its optional ``face_detector`` component) when it has one, since the
@@ -90,7 +88,7 @@ def check_request(
     *,
     placeholder: str = DEFAULT_PLACEHOLDER,
     face_check: bool = True,
-    detector: FaceDetector | None = None,
+    detector: FaceCounter | None = None,
     reference_term: str = "reference photo",
     names: Sequence[str] | None = None,
     skip_hint: str = "",
