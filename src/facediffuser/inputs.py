@@ -77,7 +77,11 @@ def reference_detector(model: str, face_check: bool, own: FaceCounter | None = N
         return False, None
     if own is not None:
         return True, own
-    from .world.face_backend import reference_face_check
+    from .loading import MINI_MODEL  # loaded already by both callers
+
+    if model != MINI_MODEL:
+        return True, None
+    from .world.face_backend import reference_face_check  # the world's modules, for the mini model only
 
     return reference_face_check(model, face_check)
 
