@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="--out folders of `facediffuser evaluate --benchmark mini`")
     parser.add_argument("--world", type=Path, required=True, help="the `facediffuser world build` folder")
     args = parser.parse_args(argv)
-    people = load_identities(args.world / "world.json")
+    features = {name: person.features() for name, person in load_identities(args.world / "world.json").items()}
     for run in args.runs:
         rows = list(csv.DictReader((run / "scores.csv").open(encoding="utf-8")))
         gallery = sorted({name for row in rows for name in row["subjects"].split(";")})
@@ -42,10 +42,10 @@ def main(argv: list[str] | None = None) -> None:
                         continue
                     counted += 1
                     right += first == asked
-                    wanted = people[asked].features()
-                    others = [people[name].features() for name in gallery if name != asked]
+                    wanted, drawn = features[asked], features[first]
+                    others = [features[name] for name in gallery if name != asked]
                     for feature, value in wanted.items():
-                        agree[feature] += people[first].features()[feature] == value
+                        agree[feature] += drawn[feature] == value
                         blind[feature] += sum(o[feature] == value for o in others) / len(others)
             if not counted:
                 print(f"{run} {method}: no face found")
