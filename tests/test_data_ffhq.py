@@ -20,6 +20,7 @@ from facediffuser.training.augment import (
     ReferenceAugmentation,
     center_crop_or_pad,
     grayscale,
+    map_geometry,
     rotate,
     target_geometry,
 )
@@ -307,6 +308,51 @@ def test_target_flip_moves_image_and_map_together():
         white = (target[0] > 0).float()
         assert torch.equal(white, (seg == 7).float())
     assert seg[:, 16 - 4 :].eq(7).any()  # flipped: the stripe is now on the right
+
+
+def test_map_geometry_is_the_targets_geometry():
+    """Another map of the same image (the head map) goes through exactly the target's resize, flip and crop, on wide
+    and tall images and when padded."""
+    g = np.random.default_rng(0)
+    for height, width, size in ((16, 24, 16), (30, 20, 12), (10, 12, 16)):
+        segmap = g.integers(-1, 5, (height, width))
+        image = Image.fromarray(g.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        for flip in (False, True):
+            assert torch.equal(map_geometry(segmap, size, flip), target_geometry(image, segmap, size, flip)[1])
+
+
+def test_head_masks_are_the_person_inside_the_head_box(tmp_path, tokenizer):
+    """With ``head_masks`` a sample holds each person's head (their segment inside their ``head_box``) in the target
+    geometry, flipped with it; a person without a head box gets an empty mask; collate keeps them beside the person
+    masks; a data set without head boxes is refused."""
+    two_people(tmp_path)  # the man: x 4-11, y 8-19; the woman: x 24-31, y 8-23 (40x32, cropped to 32: 4 px a side)
+    annotation_file = tmp_path / "00000" / "00000_a.json"
+    annotation = json.loads(annotation_file.read_text())
+    annotation["segments"][1]["head_box"] = [2, 6, 12, 12]  # the man's: reaches outside his mask, to the left and up
+    annotation_file.write_text(json.dumps(annotation))
+    write_split(tmp_path, ["00000_a"])
+    sample = plain_dataset(tmp_path, tokenizer, head_masks=True)[0]
+    heads, people = sample["head_masks"], sample["subject_masks"]
+    assert heads.shape == people.shape == (2, 32, 32)
+    man = torch.zeros(32, 32)
+    man[8:12, 0:8] = 1  # his mask (x 4-11 -> 0-7 after the crop) inside rows 6-11 of his head box
+    assert torch.equal(heads[0], man)  # people in caption order: the man first
+    assert bool((heads[0] <= people[0]).all())
+    assert heads[1].sum() == 0  # the woman has no head box
+    assert "head_masks" not in plain_dataset(tmp_path, tokenizer)[0]  # off by default: the recipe's samples
+    batch = collate([sample, sample])
+    assert torch.equal(batch["head_masks"], torch.cat([heads, heads]))
+    assert "head_masks" not in collate([plain_dataset(tmp_path, tokenizer)[0]])
+
+    flipped = plain_dataset(tmp_path, tokenizer, head_masks=True, augment=True)
+    for epoch in range(8):  # the flip is a coin per sample; the head mask follows the person mask
+        s = flipped[(epoch, 0)]
+        assert bool((s["head_masks"][0] <= s["subject_masks"][0]).all()) and s["head_masks"][0].sum() == 32
+
+    del annotation["segments"][1]["head_box"]
+    annotation_file.write_text(json.dumps(annotation))
+    with pytest.raises(ValueError, match="Head masks are asked for.*has a 'head_box'.*head_loss_weight"):
+        plain_dataset(tmp_path, tokenizer, head_masks=True)
 
 
 def one_person(root: Path, image_id: str, colour, identity) -> None:

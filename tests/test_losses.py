@@ -10,6 +10,7 @@ from facediffuser.training.attention import LOCALIZATION_LAYERS, AttentionStore,
 from facediffuser.training.losses import (
     attention_grid,
     denoising_loss,
+    head_loss_weights,
     localization_loss,
     min_snr_weights,
     subject_union_masks,
@@ -53,6 +54,36 @@ def test_subject_union_masks():
     assert union[2, 0].tolist() == [[0.0, 0.0], [0.0, 0.25]]  # area: a quarter of that cell
     empty = subject_union_masks(torch.zeros(0, 4, 4), torch.zeros(0, 2, dtype=torch.long), 2, (2, 2))
     assert empty.eq(1).all()
+
+
+def test_head_loss_weights_and_the_weighted_loss():
+    heads = torch.zeros(2, 4, 4)
+    heads[0, :2, :2] = 1  # image 0's person: a head filling the top-left latent cell
+    heads[1, 3, 3] = 1  # image 2's person: a quarter of the bottom-right cell
+    positions = torch.tensor([[0, 5], [2, 3]])
+    w = head_loss_weights(heads, positions, batch_size=3, size=(2, 2), weight=4.0)
+    assert w.shape == (3, 1, 2, 2)
+    assert w[0, 0].tolist() == [[5.0, 1.0], [1.0, 1.0]]
+    assert w[1].eq(1).all()  # no person: the plain loss
+    assert w[2, 0].tolist() == [[1.0, 1.0], [1.0, 2.0]]  # 1 + 4 * a quarter
+    none = head_loss_weights(torch.zeros(0, 4, 4), torch.zeros(0, 2, dtype=torch.long), 2, (2, 2), 4.0)
+    assert none.eq(1).all()
+
+    pred = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+    target = torch.zeros_like(pred)
+    pixel = torch.tensor([[[[5.0, 1.0], [1.0, 1.0]]]])
+    assert denoising_loss(pred, target, pixel_weights=pixel).item() == pytest.approx((5 + 4 + 9 + 16) / 4)
+    assert (
+        denoising_loss(pred, target, pixel_weights=torch.ones_like(pixel)).item() == denoising_loss(pred, target).item()
+    )
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    assert denoising_loss(pred, target, mask, pixel_weights=pixel).item() == pytest.approx((5 + 16) / 4)
+    batch = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 3.0)])  # per-sample MSE 1 and 9
+    pixels = torch.stack([pixel[0], torch.ones(1, 2, 2)])
+    expected = (2.0 * (5 + 3) / 4 + 0.5 * 9) / 2  # each sample's weighted mean, then the timestep weights
+    assert denoising_loss(
+        batch, torch.zeros_like(batch), weights=torch.tensor([2.0, 0.5]), pixel_weights=pixels
+    ).item() == (pytest.approx(expected))
 
 
 def test_attention_grid():

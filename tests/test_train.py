@@ -203,10 +203,10 @@ def test_min_snr_weighting_changes_the_loss_by_the_timesteps_weights(data_root, 
     seen = {}
     weighted = trainer_module.denoising_loss
 
-    def spy(pred, target, mask=None, weights=None):
+    def spy(pred, target, mask=None, weights=None, pixel_weights=None):
         seen["plain"] = weighted(pred, target, mask).item()
         seen["weights"] = weights
-        return weighted(pred, target, mask, weights)
+        return weighted(pred, target, mask, weights, pixel_weights)
 
     monkeypatch.setattr(trainer_module, "denoising_loss", spy)
     trainer = Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "snr", snr_gamma=1.0, train_batch_size=4))
@@ -218,6 +218,56 @@ def test_min_snr_weighting_changes_the_loss_by_the_timesteps_weights(data_root, 
     assert losses["denoising"].item() != pytest.approx(seen["plain"], rel=1e-6)
     with pytest.raises(ValueError, match="snr_gamma"):
         tiny_config(data_root, tmp_path / "bad", snr_gamma=0.0)
+
+
+def test_head_loss_weight_weighs_the_heads_of_the_batch(data_root, tmp_path, monkeypatch):
+    """With ``head_loss_weight`` the SDM's denoising loss weighs each latent cell by 1 + the weight times the share of
+    it the people's heads cover; 0 (the recipe's) reads no head masks; a data set without head boxes is refused."""
+    import json
+    import shutil
+
+    import facediffuser.training.trainer as trainer_module
+
+    with_heads = tmp_path / "heads"
+    shutil.copytree(data_root, with_heads)
+    for annotation_file in with_heads.glob("*/*.json"):  # the top third of each person's box is their head
+        annotation = json.loads(annotation_file.read_text())
+        for s in annotation["segments"]:
+            x1, y1, x2, y2 = s["bbox"]
+            s["head_box"] = [x1, y1, x2, y1 + (y2 - y1) / 3]
+        annotation_file.write_text(json.dumps(annotation))
+    seen = {}
+    plain = trainer_module.denoising_loss
+
+    def spy(pred, target, mask=None, weights=None, pixel_weights=None):
+        seen["pixel_weights"] = pixel_weights
+        return plain(pred, target, mask, weights, pixel_weights)
+
+    monkeypatch.setattr(trainer_module, "denoising_loss", spy)
+    recipe = Trainer(ModelKind.SDM, tiny_config(with_heads, tmp_path / "recipe", mask_loss_prob=0.0))
+    batch = next(iter(recipe.train_loader))
+    assert "head_masks" not in batch
+    recipe_loss = recipe.compute_loss(batch, micro_step=0)["denoising"].item()
+    assert seen["pixel_weights"] is None
+
+    weighted = Trainer(
+        ModelKind.SDM, tiny_config(with_heads, tmp_path / "weighted", mask_loss_prob=0.0, head_loss_weight=3.0)
+    )
+    batch = next(iter(weighted.train_loader))
+    heads = batch["head_masks"]
+    assert heads.shape == batch["subject_masks"].shape and heads.sum() > 0
+    assert bool((heads <= batch["subject_masks"]).all())
+    weighted_loss = weighted.compute_loss(batch, micro_step=0)["denoising"].item()
+    w = seen["pixel_weights"]
+    assert w.shape == (2, 1, 8, 8) and w.min().item() == 1.0 and w.max().item() == pytest.approx(4.0)
+    assert weighted_loss > recipe_loss  # same noise and timesteps (micro step 0), more weight on some cells
+    with pytest.raises(ValueError, match="head_loss_weight"):
+        tiny_config(data_root, tmp_path / "bad", head_loss_weight=-1.0)
+    with pytest.raises(ValueError, match="Head masks are asked for"):  # the synthetic set has no head boxes
+        Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "none", head_loss_weight=1.0))
+    assert "head_masks" not in next(
+        iter(Trainer(ModelKind.TDM, tiny_config(with_heads, tmp_path / "tdm", head_loss_weight=1.0)).train_loader)
+    )
 
 
 def test_reference_colour_augmentation_comes_from_the_config(data_root, tmp_path):

@@ -38,6 +38,18 @@ def _chance(generator: torch.Generator, p: float) -> bool:
 
 
 # ----------------------------------------------------------------------------- target geometry
+def short_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """``(W', H')`` of a ``width x height`` image with its short side resized to ``size`` (each side >= ``size``)."""
+    scale = size / min(width, height)
+    return max(size, round(width * scale)), max(size, round(height * scale))
+
+
+def resize_map(segmap: np.ndarray, width: int, height: int) -> torch.Tensor:
+    """A 2-D integer map resized nearest to ``height x width``, as a long tensor."""
+    seg = torch.from_numpy(np.ascontiguousarray(segmap).astype(np.int64))
+    return F.interpolate(seg[None, None].double(), size=(height, width), mode="nearest-exact")[0, 0].long()
+
+
 def resize_short_side(image: Image.Image, segmap: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Resizes so the short side is ``size``: the image bilinear (antialiased), the map nearest.
 
@@ -48,12 +60,9 @@ def resize_short_side(image: Image.Image, segmap: np.ndarray, size: int) -> tupl
             f"The segmentation map is {segmap.shape[0]}x{segmap.shape[1]} but the image is "
             f"{image.height}x{image.width}."
         )
-    scale = size / min(image.width, image.height)
-    new_w, new_h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    new_w, new_h = short_side_size(image.width, image.height, size)
     pixels = pil_to_tensor(image.resize((new_w, new_h), Image.Resampling.BILINEAR))
-    seg = torch.from_numpy(np.ascontiguousarray(segmap).astype(np.int64))
-    seg = F.interpolate(seg[None, None].double(), size=(new_h, new_w), mode="nearest-exact")[0, 0].long()
-    return pixels, seg
+    return pixels, resize_map(segmap, new_w, new_h)
 
 
 def center_crop_or_pad(x: torch.Tensor, size: int, fill: float = 0.0) -> torch.Tensor:
@@ -78,6 +87,16 @@ def target_geometry(image: Image.Image, segmap: np.ndarray, size: int, flip: boo
     pixels = center_crop_or_pad(pixels, size, fill=0.5)
     seg = center_crop_or_pad(seg, size, fill=-1)
     return pixels * 2.0 - 1.0, seg
+
+
+def map_geometry(segmap: np.ndarray, size: int, flip: bool) -> torch.Tensor:
+    """Another map of the same image under :func:`target_geometry`'s geometry (the same resize, flip and crop), with
+    ``-1`` where padded: e.g. the people's head regions beside their segments."""
+    height, width = segmap.shape
+    seg = resize_map(segmap, *short_side_size(width, height, size))
+    if flip:
+        seg = seg.flip(-1)
+    return center_crop_or_pad(seg, size, fill=-1)
 
 
 # ----------------------------------------------------------------------------- reference crop

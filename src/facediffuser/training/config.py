@@ -87,6 +87,13 @@ class TrainConfig:
     uncondition_prob: float = field(default=0.1, metadata=_f("probability of an empty caption (and no people)"))
     mask_loss_prob: float = field(default=0.5, metadata=_f("SDM: probability per batch of the masked denoising loss"))
     localization_weight: float = field(default=1e-3, metadata=_f("SDM: weight of the localization loss (0 disables)"))
+    head_loss_weight: float = field(
+        default=0.0,
+        metadata=_f(
+            "SDM: extra weight of the denoising loss on the people's heads (their segment inside their 'head_box'): "
+            "a head position counts 1 + this; 0 is the recipe's"
+        ),
+    )
     vision_trainable_layers: int = field(default=2, metadata=_f("SDM: trained last layers of the CLIP vision tower"))
     reference_jitter_strength: float = field(
         default=0.5,
@@ -166,6 +173,8 @@ class TrainConfig:
         for name in within_one:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be within [0, 1], got {getattr(self, name)}.")
+        if not (math.isfinite(self.head_loss_weight) and self.head_loss_weight >= 0):
+            raise ValueError(f"`head_loss_weight` must be a non-negative number, got {self.head_loss_weight}.")
         if self.reference_region not in REFERENCE_REGIONS:
             raise ValueError(
                 f"`reference_region` must be one of {', '.join(REFERENCE_REGIONS)}, got {self.reference_region!r}."

@@ -20,13 +20,16 @@ The recipe cuts each person's reference from the training image itself. Where th
 another image of the same person in the split, so that the reference shares only the person with the target: not
 the clothing, light or pose of that one image, which the model could otherwise copy instead of the identity. With
 ``reference_region = "head"`` the reference is cut to the person's ``head_box`` (another extension) instead of their
-whole box, noise still outside their segment: the face and hair, without clothes or body.
+whole box, noise still outside their segment: the face and hair, without clothes or body. With ``head_masks`` each
+sample also holds each person's head region in the target geometry (their segment inside their ``head_box``), for a
+denoising loss weighted toward the heads.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +55,7 @@ from ..ffhq_wild import (
 )
 from ..images import clip_preprocess, pil_to_tensor
 from ..prompting import DEFAULT_PLACEHOLDER, TokenizedPrompt, tokenize_prompt
-from .augment import ReferenceAugmentation, noise_background_crop, plain_reference, target_geometry
+from .augment import ReferenceAugmentation, map_geometry, noise_background_crop, plain_reference, target_geometry
 from .config import REFERENCE_REGIONS
 
 logger = logging.getLogger(__name__)
@@ -96,6 +99,8 @@ class FFHQWild(Dataset):
     - ``subject_token_indices``: ``(K,)`` the class-noun token of each kept person, in caption order;
     - ``subject_pixels``: ``(K, 3, S, S)`` CLIP-normalized reference crops;
     - ``subject_masks``: ``(K, R, R)`` float 0/1 masks of those people in the target geometry;
+    - ``head_masks`` (only with ``head_masks=True``): ``(K, R, R)`` float 0/1 masks of their heads (their segment
+      inside their ``head_box``; all zeros for a person without one) in the same geometry;
     - ``pixel_values``: ``(3, R, R)`` the target in ``[-1, 1]``;
     - ``skipped``: ids that were unreadable and skipped to reach this sample;
     - ``flawed``: ``[image_id]`` when the SDM reads an annotation whose people cannot be placed (see
@@ -114,6 +119,7 @@ class FFHQWild(Dataset):
             image of the same ``identity`` in the split, when there is one; else from this image.
         reference_region: ``"person"`` (the recipe's: the segment's box) or ``"head"`` (its ``head_box``; a person
             without one keeps the whole box).
+        head_masks: add each person's head mask to the sample (``head_masks``).
         uncondition_prob: the caption is empty, with no people, with this probability.
         augment: augment the references and flip the targets (off for validation).
         seed: base seed of every random decision.
@@ -130,6 +136,7 @@ class FFHQWild(Dataset):
     subject_keep_prob: float = 0.9
     other_image_reference_prob: float = 0.0
     reference_region: str = "person"
+    head_masks: bool = False
     uncondition_prob: float = 0.1
     augment: bool = True
     seed: int = 0
@@ -155,7 +162,9 @@ class FFHQWild(Dataset):
         if self.with_subjects:
             self.check_has_people()
             if self.reference_region == "head":
-                self.check_has_head_boxes()
+                self.check_has_head_boxes("`reference_region` is 'head'", "Use 'person' (the recipe's)")
+            if self.head_masks:
+                self.check_has_head_boxes("Head masks are asked for", "Set `head_loss_weight` to 0 (the recipe's)")
             if self.other_image_reference_prob > 0 and self.augment:
                 self.appearances = self.index_identities()
 
@@ -191,17 +200,19 @@ class FFHQWild(Dataset):
             "training needs people; train the TDM instead, or fix the segments."
         )
 
-    def check_has_head_boxes(self) -> None:
+    def check_has_head_boxes(self, why: str, instead: str) -> None:
         """Raises ``ValueError`` when no ``person`` segment among the first :data:`PERSON_SCAN_LIMIT` readable
-        captions has a ``head_box``: ``reference_region = "head"`` would cut every reference to the whole person."""
+        captions has a ``head_box``: ``reference_region = "head"`` would cut every reference to the whole person, and
+        head masks would all be empty. ``why`` and ``instead`` word the error: what asked for head boxes, and what to
+        do without them."""
         read = 0
         for _, caption, segments in islice(self.readable_annotations(), PERSON_SCAN_LIMIT):
             read += 1
             if any(s.head_box is not None for s in person_segments(caption, segments)):
                 return
         raise ValueError(
-            f"`reference_region` is 'head', but no '{PERSON_LABEL}' segment of the {read} captions read from the "
-            f"{self.split} split of {self.root} has a 'head_box'. Use 'person' (the recipe's), or add head boxes."
+            f"{why}, but no '{PERSON_LABEL}' segment of the {read} captions read from the {self.split} split of "
+            f"{self.root} has a 'head_box'. {instead}, or add head boxes."
         )
 
     def index_identities(self) -> dict[str, list[tuple[str, int]]]:
@@ -301,6 +312,8 @@ class FFHQWild(Dataset):
         full = pil_to_tensor(image)
         seg_full = torch.from_numpy(segmap.astype(np.int64))
         refs, masks = [], []
+        heads = self.head_map(segmap, people, flip) if self.head_masks else None
+        head_masks = []
         for person in people:
             crop = self.other_reference(person, image_id, g)
             if crop is None:
@@ -315,9 +328,11 @@ class FFHQWild(Dataset):
             )
             refs.append(crop)
             masks.append((seg == person.id).float())
+            if heads is not None:
+                head_masks.append((heads == person.id).float())
         size, res = self.reference_size, self.resolution
         subject_pixels = clip_preprocess(torch.stack(refs), size) if refs else torch.zeros(0, 3, size, size)
-        return {
+        sample = {
             "image_id": image_id,
             "caption": text,
             "input_ids": torch.tensor(tokenized.input_ids, dtype=torch.long),
@@ -327,6 +342,24 @@ class FFHQWild(Dataset):
             "pixel_values": pixel_values,
             "flawed": [image_id] if flaws else [],
         }
+        if heads is not None:
+            sample["head_masks"] = torch.stack(head_masks) if head_masks else torch.zeros(0, res, res)
+        return sample
+
+    def head_map(self, segmap: np.ndarray, people: Sequence[Segment], flip: bool) -> torch.Tensor:
+        """A map of the people's heads in the target geometry: a person's segment id where their segment lies inside
+        their ``head_box``, else ``-1``."""
+        heads = np.full(segmap.shape, -1, dtype=np.int64)
+        height, width = segmap.shape
+        for person in people:
+            if person.head_box is None:
+                continue
+            x1, y1, x2, y2 = person.head_box
+            top, bottom = max(0, math.floor(y1)), min(height, math.ceil(y2))
+            left, right = max(0, math.floor(x1)), min(width, math.ceil(x2))
+            region = segmap[top:bottom, left:right] == person.id
+            heads[top:bottom, left:right][region] = person.id
+        return map_geometry(heads, self.resolution, flip)
 
     def reference_box(self, person: Segment) -> tuple[float, float, float, float]:
         """The box a person's reference is cut to: their head box for ``reference_region = "head"`` when they have
@@ -390,6 +423,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "input_ids": torch.stack([s["input_ids"] for s in samples]),
         "subject_pixels": torch.cat([s["subject_pixels"] for s in samples]),
         "subject_masks": torch.cat([s["subject_masks"] for s in samples]),
+        **({"head_masks": torch.cat([s["head_masks"] for s in samples])} if "head_masks" in samples[0] else {}),
         "subject_positions": torch.tensor(positions, dtype=torch.long).reshape(-1, 2),
         "captions": [s["caption"] for s in samples],
         "image_ids": [s["image_id"] for s in samples],

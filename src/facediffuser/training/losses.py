@@ -3,6 +3,8 @@
 - :func:`denoising_loss`: the MSE between the UNet's prediction and its target (noise, or velocity).
 - :func:`subject_union_masks` and the ``mask`` argument of :func:`denoising_loss`: the mask loss, where prediction
   and target are multiplied by the union of the people's masks before the MSE.
+- :func:`head_loss_weights` and the ``pixel_weights`` argument of :func:`denoising_loss`: an extension, the
+  squared error weighted more on the people's heads, where a small image's identity lies.
 - :func:`localization_loss`: for each person's class-noun token, the mean cross-attention over background pixels
   minus the mean over the person's pixels; low when the token attends to its person only.
 """
@@ -21,19 +23,26 @@ def denoising_loss(
     target: torch.Tensor,
     mask: torch.Tensor | None = None,
     weights: torch.Tensor | None = None,
+    pixel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``mean((pred - target)^2)``, or ``mean((mask * pred - mask * target)^2)`` with a ``(B, 1, h, w)`` mask.
 
     Both are averaged over every element (masked-out positions count as zeros), as FastComposer's mask loss does.
-    ``weights`` (``(B,)``, e.g. :func:`min_snr_weights`) scales each sample's mean before the batch mean.
+    ``pixel_weights`` (``(B, 1, h, w)``, e.g. :func:`head_loss_weights`) scales each position's squared error before
+    that mean. ``weights`` (``(B,)``, e.g. :func:`min_snr_weights`) scales each sample's mean before the batch mean.
     """
     pred, target = pred.float(), target.float()
     if mask is not None:
         mask = mask.to(pred.dtype)
         pred, target = pred * mask, target * mask
-    if weights is None:
+    if weights is None and pixel_weights is None:
         return F.mse_loss(pred, target, reduction="mean")
-    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=tuple(range(1, pred.ndim)))
+    squared = F.mse_loss(pred, target, reduction="none")
+    if pixel_weights is not None:
+        squared = squared * pixel_weights.to(squared)
+    if weights is None:
+        return squared.mean()
+    per_sample = squared.mean(dim=tuple(range(1, pred.ndim)))
     return (per_sample * weights.to(per_sample)).mean()
 
 
@@ -69,6 +78,20 @@ def subject_union_masks(
     has_people[subject_positions[:, 0]] = True
     union = torch.where(has_people.view(-1, 1, 1), union.clamp(max=1.0), torch.ones_like(union))
     return F.interpolate(union[:, None], size=size, mode="area")
+
+
+def head_loss_weights(
+    head_masks: torch.Tensor, subject_positions: torch.Tensor, batch_size: int, size: tuple[int, int], weight: float
+) -> torch.Tensor:
+    """Per-position loss weights ``(B, 1, h, w)``: 1, plus ``weight`` times the share of each latent cell the people's
+    heads cover (``head_masks`` ``(N, H, W)`` area-resized, like :func:`subject_union_masks`). An image without
+    people, or whose people have no head, is weighted 1 everywhere."""
+    h, w = head_masks.shape[-2:] if head_masks.numel() else size
+    union = torch.zeros(batch_size, h, w, device=head_masks.device, dtype=torch.float32)
+    if head_masks.shape[0]:
+        union.index_add_(0, subject_positions[:, 0], head_masks.float())
+    union = F.interpolate(union.clamp(max=1.0)[:, None], size=size, mode="area")
+    return 1.0 + weight * union
 
 
 def attention_grid(tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:

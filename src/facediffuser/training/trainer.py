@@ -4,7 +4,8 @@
 conditions the UNet (see :mod:`facediffuser.training.model`). Everything else (VAE, text encoder, the rest of the
 vision tower) is frozen and cast to the training precision. The loss is the denoising MSE (masked to the people with
 probability ``mask_loss_prob`` per batch) plus ``localization_weight`` times the cross-attention localization loss;
-without people the last two vanish, which is what the TDM sees.
+without people the last two vanish, which is what the TDM sees. With ``head_loss_weight`` (an extension) the squared
+error on the people's heads weighs ``1 + head_loss_weight``.
 
 accelerate runs the loop on one device or many (data parallel, DeepSpeed), with mixed precision, gradient
 accumulation and its trackers. All randomness of a step (data order, augmentations, noise, timesteps, the mask-loss
@@ -41,7 +42,7 @@ from .config import MixedPrecision, ModelKind, TrainConfig
 from .data import EpochSampler, FFHQWild, collate, seeded_generator
 from .export import export_pipeline, trained_tensors
 from .launch import launched_without_accelerator, process_count_mismatch
-from .losses import denoising_loss, localization_loss, min_snr_weights, subject_union_masks
+from .losses import denoising_loss, head_loss_weights, localization_loss, min_snr_weights, subject_union_masks
 from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline
 from .validation import draw_validation_grid, pick_validation_samples, write_validation_grid
 
@@ -196,6 +197,7 @@ class Trainer:
             subject_keep_prob=c.subject_keep_prob if augment else 1.0,
             other_image_reference_prob=c.other_image_reference_prob,
             reference_region=c.reference_region,
+            head_masks=self.kind is ModelKind.SDM and c.head_loss_weight > 0,
             uncondition_prob=c.uncondition_prob if augment else 0.0,
             augment=augment,
             augmentation=ReferenceAugmentation(
@@ -265,7 +267,13 @@ class Trainer:
         if c.snr_gamma is not None:
             snr = compute_snr(self.noise_scheduler, timesteps)
             weights = min_snr_weights(snr, c.snr_gamma, self.noise_scheduler.config.prediction_type)
-        denoising = denoising_loss(pred, target, mask, weights)
+        pixel_weights = None
+        if "head_masks" in batch:
+            heads = batch["head_masks"].to(device)
+            pixel_weights = head_loss_weights(
+                heads, positions, latents.shape[0], latents.shape[-2:], c.head_loss_weight
+            )
+        denoising = denoising_loss(pred, target, mask, weights, pixel_weights)
         localization = localization_loss(self.attention_store.maps(), masks, positions, tuple(latents.shape[-2:]))
         self.attention_store.reset()
         loss = denoising + c.localization_weight * localization.to(denoising.device)
