@@ -306,6 +306,48 @@ def test_reference_colour_augmentation_comes_from_the_config(data_root, tmp_path
         Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "other", other_image_reference_prob=0.5))
 
 
+def test_fuser_learning_rate_is_its_own_parameter_group(data_root, tmp_path):
+    """With ``fuser_learning_rate`` the SDM's fuser moves at its own rate: Adam's first step moves each parameter by
+    about its group's rate (g / (|g| + eps)), so the largest move of the fuser and of the rest tell the two rates
+    apart (10x here). A checkpoint saved with other groups is refused on resume."""
+    out = tmp_path / "fuser"
+    config = tiny_config(
+        data_root,
+        out,
+        max_train_steps=1,
+        checkpointing_steps=1,
+        learning_rate=1e-3,
+        fuser_learning_rate=1e-2,
+        adam_weight_decay=0.0,
+        mask_loss_prob=1.0,
+    )
+    trainer = Trainer(ModelKind.SDM, config)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-2, 1e-3]
+    fuser = {id(p) for p in trainer.denoiser.subject_fuser.parameters()}
+    assert {id(p) for p in trainer.optimizer.param_groups[0]["params"]} == fuser
+    before = {n: p.detach().clone() for n, p in trainer.denoiser.named_parameters() if p.requires_grad}
+    trainer.train()
+    moved = {
+        n: (p.detach() - before[n]).abs().max().item() for n, p in trainer.denoiser.named_parameters() if n in before
+    }
+    fuser_move = max(v for n, v in moved.items() if n.startswith("subject_fuser."))
+    rest_move = max(v for n, v in moved.items() if not n.startswith("subject_fuser."))
+    # rel 1e-3: the float32 rounding of a 1e-2 step on weights of order 1, far below the 10x between the rates
+    assert fuser_move == pytest.approx(1e-2, rel=1e-3)
+    assert rest_move == pytest.approx(1e-3, rel=1e-3)
+    one_group = Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "tdm", fuser_learning_rate=1e-2))
+    assert len(one_group.optimizer.param_groups) == 1  # the TDM trains no fuser
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    plain = tiny_config(data_root, out, max_train_steps=2, learning_rate=1e-3, resume="latest")
+    with pytest.raises(ValueError, match=r"fuser_learning_rate: checkpoint 0.01, now None"):
+        Trainer(ModelKind.SDM, plain).train()
+    for bad in (0.0, -1e-4, float("nan")):
+        with pytest.raises(ValueError, match="fuser_learning_rate"):
+            tiny_config(data_root, tmp_path / "bad", fuser_learning_rate=bad)
+
+
 def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
     out = tmp_path / "run"
     Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=1, checkpointing_steps=1)).train()

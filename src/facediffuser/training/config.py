@@ -59,6 +59,13 @@ class TrainConfig:
     gradient_accumulation_steps: int = field(default=1, metadata=_f("micro-batches per optimizer step"))
     max_train_steps: int = field(default=1000, metadata=_f("optimizer steps in total (resuming counts the done ones)"))
     learning_rate: float = field(default=1e-5, metadata=_f("AdamW learning rate"))
+    fuser_learning_rate: float | None = field(
+        default=None,
+        metadata=_f(
+            "SDM: a learning rate of its own for the fuser (its own AdamW parameter group, on the same schedule); "
+            "unset, the fuser takes learning_rate, as in the recipe"
+        ),
+    )
     lr_scheduler: str = field(
         default="constant",
         metadata=_f("diffusers scheduler name: constant, constant_with_warmup, linear, cosine, ..."),
@@ -173,6 +180,10 @@ class TrainConfig:
         for name in within_one:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be within [0, 1], got {getattr(self, name)}.")
+        for name in ("learning_rate", "fuser_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"`{name}` must be a positive number, got {value}.")
         if not (math.isfinite(self.head_loss_weight) and self.head_loss_weight >= 0):
             raise ValueError(f"`head_loss_weight` must be a non-negative number, got {self.head_loss_weight}.")
         if self.reference_region not in REFERENCE_REGIONS:

@@ -12,6 +12,7 @@ kind       trained                                               condition of th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -87,6 +88,19 @@ def build_denoiser(kind: ModelKind, base: FaceDiffuserPipeline) -> Denoiser:
     if kind is ModelKind.SDM:
         return Denoiser(base.subject_unet, base.subject_fuser, base.image_encoder)
     return Denoiser(base.unet)
+
+
+def parameter_groups(kind: ModelKind, denoiser: Denoiser, fuser_learning_rate: float | None) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups of the trained parameters: one (every group takes the optimizer's learning
+    rate), or for the SDM with ``fuser_learning_rate`` two: the fuser's at that rate, then the rest."""
+    trained = [p for p in denoiser.parameters() if p.requires_grad]
+    if kind is not ModelKind.SDM or fuser_learning_rate is None:
+        return [{"params": trained}]
+    fuser = {id(p) for p in denoiser.subject_fuser.parameters() if p.requires_grad}
+    return [
+        {"params": [p for p in trained if id(p) in fuser], "lr": fuser_learning_rate},
+        {"params": [p for p in trained if id(p) not in fuser]},
+    ]
 
 
 def freeze_and_list_trainable(kind: ModelKind, denoiser: Denoiser, vision_layers: int) -> list[str]:

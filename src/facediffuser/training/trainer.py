@@ -43,7 +43,7 @@ from .data import EpochSampler, FFHQWild, collate, seeded_generator
 from .export import export_pipeline, trained_tensors
 from .launch import launched_without_accelerator, process_count_mismatch
 from .losses import denoising_loss, head_loss_weights, localization_loss, min_snr_weights, subject_union_masks
-from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline
+from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline, parameter_groups
 from .validation import draw_validation_grid, pick_validation_samples, write_validation_grid
 
 logger = logging.getLogger(__name__)
@@ -149,9 +149,8 @@ class Trainer:
         )
 
         # 4. Optimizer, LR schedule, EMA; then accelerate wraps what it distributes.
-        params = [p for p in denoiser.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            params,
+            parameter_groups(self.kind, denoiser, c.fuser_learning_rate),
             lr=c.learning_rate,
             betas=(c.adam_beta1, c.adam_beta2),
             weight_decay=c.adam_weight_decay,
@@ -229,6 +228,8 @@ class Trainer:
             "seed": c.seed,
             "use_ema": c.use_ema,
             "trainable_parameters": len(self.trainable_names),
+            # the optimizer's parameter groups (None: one; checkpoints from before the setting read None too)
+            "fuser_learning_rate": c.fuser_learning_rate if self.kind is ModelKind.SDM else None,
         }
 
     # ------------------------------------------------------------------ one step
