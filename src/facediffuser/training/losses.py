@@ -61,37 +61,38 @@ def min_snr_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> to
     raise ValueError(f"min-SNR weighting supports 'epsilon' and 'v_prediction' targets, not {prediction_type!r}.")
 
 
+def area_union(masks: torch.Tensor, positions: torch.Tensor, batch_size: int, size: tuple[int, int]) -> torch.Tensor:
+    """The union of each image's ``masks`` (``(N, H, W)``, image of each in ``positions[:, 0]``) at ``size``,
+    ``(B, 1, h, w)``: area-resized, so each latent cell holds the fraction of it the masks cover and a small region
+    never vanishes. An image without masks is all zeros."""
+    h, w = masks.shape[-2:] if masks.numel() else size
+    union = torch.zeros(batch_size, h, w, device=masks.device, dtype=torch.float32)
+    if masks.shape[0]:
+        union.index_add_(0, positions[:, 0], masks.float())
+    return F.interpolate(union.clamp(max=1.0)[:, None], size=size, mode="area")
+
+
 def subject_union_masks(
     subject_masks: torch.Tensor, subject_positions: torch.Tensor, batch_size: int, size: tuple[int, int]
 ) -> torch.Tensor:
     """The union of each image's people masks at ``size``: ``(N, H, W), (N, 2) -> (B, 1, h, w)``.
 
-    The union is area-resized: each latent cell holds the fraction of it the people cover, so a small person never
-    vanishes. An image with no person gets an all-ones mask, so unconditional and person-less samples keep their
-    full loss.
+    The union is area-resized (:func:`area_union`). An image with no person gets an all-ones mask, so unconditional
+    and person-less samples keep their full loss.
     """
-    h, w = subject_masks.shape[-2:] if subject_masks.numel() else size
-    union = torch.zeros(batch_size, h, w, device=subject_masks.device, dtype=torch.float32)
-    if subject_masks.shape[0]:
-        union.index_add_(0, subject_positions[:, 0], subject_masks.float())
+    union = area_union(subject_masks, subject_positions, batch_size, size)
     has_people = torch.zeros(batch_size, dtype=torch.bool, device=union.device)
     has_people[subject_positions[:, 0]] = True
-    union = torch.where(has_people.view(-1, 1, 1), union.clamp(max=1.0), torch.ones_like(union))
-    return F.interpolate(union[:, None], size=size, mode="area")
+    return torch.where(has_people.view(-1, 1, 1, 1), union, torch.ones_like(union))
 
 
 def head_loss_weights(
     head_masks: torch.Tensor, subject_positions: torch.Tensor, batch_size: int, size: tuple[int, int], weight: float
 ) -> torch.Tensor:
     """Per-position loss weights ``(B, 1, h, w)``: 1, plus ``weight`` times the share of each latent cell the people's
-    heads cover (``head_masks`` ``(N, H, W)`` area-resized, like :func:`subject_union_masks`). An image without
-    people, or whose people have no head, is weighted 1 everywhere."""
-    h, w = head_masks.shape[-2:] if head_masks.numel() else size
-    union = torch.zeros(batch_size, h, w, device=head_masks.device, dtype=torch.float32)
-    if head_masks.shape[0]:
-        union.index_add_(0, subject_positions[:, 0], head_masks.float())
-    union = F.interpolate(union.clamp(max=1.0)[:, None], size=size, mode="area")
-    return 1.0 + weight * union
+    heads cover (``head_masks`` ``(N, H, W)``, :func:`area_union`). An image without people, or whose people have no
+    head, is weighted 1 everywhere."""
+    return 1.0 + weight * area_union(head_masks, subject_positions, batch_size, size)
 
 
 def attention_grid(tokens: int, latent_size: tuple[int, int]) -> tuple[int, int]:
