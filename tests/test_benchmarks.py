@@ -1,5 +1,6 @@
 """Benchmark scripts run on tiny inputs: the speed benchmark end to end on the tiny components (its figures are for
-docs/performance.md, not tests), the identity-feature count of a mini run on a hand-made one."""
+docs/performance.md, not tests), the identity-feature count of a mini run on a hand-made one, the validation-people
+script's training people on a tiny rendered world."""
 
 import importlib.util
 import sys
@@ -82,3 +83,48 @@ def test_identity_features_counts_what_the_first_choice_shares_with_the_asked_pe
     assert "gender 67% (17%)" in out
     # face shape: round for round, right, round for long -> 2 of 3; blind: 1/2 (id0002 round), 0/2, 0/2 -> 17%
     assert "face_shape 67% (17%)" in out
+
+
+def test_validation_people_renders_training_people_as_the_world_renders_references(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from facediffuser.cli.main import main as cli
+    from facediffuser.world.build import load_people
+
+    script = SCRIPT.with_name("mini_validation_people.py")
+    spec = importlib.util.spec_from_file_location("mini_validation_people", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    world = tmp_path / "w"
+    counts = ["--scenes-train", "2", "--scenes-test", "1", "--portraits-train", "2", "--portraits-test", "1"]
+    assert cli(["world", "render", "--out", str(world), "--identities", "20", "--heldout", "4", *counts]) == 0
+    people, split = load_people(world)
+
+    out = tmp_path / "train-people"
+    assert module.render_training(world, out, 5).startswith("5 training people, 3 renders each")
+    chosen = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert len(chosen) == 5 and {f"id{i:04d}" for i in split["train"]} >= set(chosen)
+    nouns = json.loads((out / "subjects.json").read_text())
+    assert nouns == {p.name: p.noun for p in people if p.name in chosen}
+    assert all(sorted(f.name for f in (out / name).iterdir()) == ["1.png", "2.png", "3.png"] for name in chosen)
+    # the same form as the held-out people's references (same size), and none of them is a training image
+    held = next(p for p in (world / "references").iterdir() if p.is_dir())
+    assert Image.open(out / chosen[0] / "1.png").size == Image.open(held / "1.png").size
+    train_images = [np.asarray(Image.open(p).convert("RGB")) for p in (world / "portraits").rglob("*.jpg")]
+    for reference in out.rglob("*.png"):
+        pixels = np.asarray(Image.open(reference).convert("RGB")).astype(int)
+        # the same render through the data set's JPEG differs by a few levels on average; another render by tens
+        assert min(np.abs(pixels - image).mean() for image in train_images) > 8.0
+    # seeded: a second folder holds the same people and bytes; an existing folder is refused, untouched
+    module.render_training(world, tmp_path / "again", 5)
+    assert sorted(p.name for p in (tmp_path / "again").iterdir() if p.is_dir()) == chosen
+    assert (tmp_path / "again" / chosen[0] / "2.png").read_bytes() == (out / chosen[0] / "2.png").read_bytes()
+    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    with pytest.raises(SystemExit, match="exists already"):
+        module.main(["--world", str(world), "--out", str(out), "--training", "5"])
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
+    with pytest.raises(SystemExit, match="between 1 and"):
+        module.render_training(world, tmp_path / "too-many", 17)
