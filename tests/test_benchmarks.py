@@ -85,7 +85,7 @@ def test_identity_features_counts_what_the_first_choice_shares_with_the_asked_pe
     assert "face_shape 67% (17%)" in out
 
 
-def test_validation_people_renders_training_people_as_the_world_renders_references(tmp_path, capsys):
+def test_validation_people_renders_training_people_as_the_world_renders_references(tmp_path):
     import json
 
     import numpy as np
