@@ -367,6 +367,40 @@ def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
         Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=2)).train()
 
 
+class RunsCode:
+    """Pickles as a call of ``open(marker, "w")``: unpickling it would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_refuses_a_checkpoint_whose_pickles_could_run_code(data_root, tmp_path):
+    out = tmp_path / "run"
+    config = dict(checkpointing_steps=1, use_ema=True)
+    Trainer(ModelKind.SDM, tiny_config(data_root, out, max_train_steps=1, **config)).train()
+    ema = out / "checkpoints" / "checkpoint-0000001" / "custom_checkpoint_0.pkl"
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(ema) == []  # the trainer's own: tensors, plain values
+    marker = tmp_path / "ran"
+    state = torch.load(ema, weights_only=True)
+    state["extra"] = RunsCode(marker)
+    torch.save(state, ema)
+
+    def resume() -> None:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        Trainer(ModelKind.SDM, tiny_config(data_root, out, max_train_steps=2, resume="latest", **config)).train()
+
+    with pytest.raises(ValueError, match=r"holds pickled objects other than tensors \(\S*open\).*could run code"):
+        resume()
+    ema.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="damaged or not a torch.save file"):
+        resume()
+    assert not marker.exists()  # nothing was unpickled
+
+
 def test_train_registers_as_a_subcommand():
     import argparse
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -214,7 +215,13 @@ def train_vae(
     step, seconds, history = 0, 0.0, []
     ckpt = out / CHECKPOINT
     if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        try:  # tensors, numbers, strings and lists only: a checkpoint from elsewhere runs no code
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(
+                f"{ckpt} holds pickled objects other than tensors and plain values, so it was not loaded: unpickling "
+                "it could run code. Resume only from checkpoints this trainer wrote."
+            ) from err
         if state["settings"] != settings.to_dict():
             changed = sorted(k for k, v in settings.to_dict().items() if state["settings"].get(k) != v)
             raise ValueError(

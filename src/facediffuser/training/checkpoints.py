@@ -19,6 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..weight_files import first_line
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.json"
@@ -76,6 +80,25 @@ def read_state(path: Path) -> dict[str, Any]:
         return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path / STATE_FILE} cannot be read ({err}); the checkpoint is damaged.") from err
+
+
+def check_pickles(path: Path) -> None:
+    """Refuses a checkpoint whose registered objects' states (``custom_checkpoint_*.pkl``: the EMA) hold anything but
+    tensors and plain containers. accelerate unpickles those files with ``weights_only=False``, so a checkpoint from
+    someone else could run code on resume; its other files it reads with ``weights_only=True``. Nothing is unpickled
+    here: the archive's pickle is only scanned for the classes and functions it would call."""
+    for pickled in sorted(path.glob("custom_checkpoint_*.pkl")):
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(pickled)
+        except Exception as err:  # not a torch.save archive, or a damaged one
+            raise ValueError(
+                f"{pickled} is damaged or not a torch.save file ({first_line(err)}), so the checkpoint was not resumed."
+            ) from err
+        if unsafe:
+            raise ValueError(
+                f"{pickled} holds pickled objects other than tensors ({', '.join(unsafe)}), so the checkpoint was not "
+                "resumed: unpickling it could run code. Resume only from checkpoints this trainer wrote."
+            )
 
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

@@ -428,6 +428,7 @@ class Trainer:
         path = checkpoints.resolve_resume(resume, self.checkpoint_dir)
         saved = checkpoints.read_state(path)
         checkpoints.check_compatible(saved, self.run_fingerprint(), path)
+        checkpoints.check_pickles(path)
         self.accelerator.load_state(str(path))
         self.global_step = int(saved["step"])
         if self.accelerator.is_main_process:
