@@ -47,3 +47,18 @@ def save_tiny_world_clip():
         load_clip_tokenizer().save_pretrained(folder)
 
     return save
+
+
+class _OpensMarker:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.fixture
+def pickled_call():
+    """``pickled_call(marker)``: an object that pickles as a call of ``open(marker, "w")``, so that unpickling it
+    would create the marker file (what a checkpoint with pickled code does, harmlessly)."""
+    return _OpensMarker

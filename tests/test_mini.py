@@ -95,20 +95,12 @@ def test_vae_trains_and_resumes_exactly_in_one_process(tmp_path):
         train_vae(train, heldout, tmp_path / "split", vae_settings(kl_weight=1e-3), progress=False)
 
 
-class RunsCode:
-    """Pickles as a call of ``open(marker, "w")``: unpickling it would create the marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-def test_vae_checkpoint_with_pickled_code_is_refused_unread(tmp_path):
+def test_vae_checkpoint_with_pickled_code_is_refused_unread(tmp_path, pickled_call):
     (tmp_path / "run").mkdir()
     marker = tmp_path / "ran"
-    torch.save({"settings": vae_settings().to_dict(), "extra": RunsCode(marker)}, tmp_path / "run" / "checkpoint.pt")
+    torch.save(
+        {"settings": vae_settings().to_dict(), "extra": pickled_call(marker)}, tmp_path / "run" / "checkpoint.pt"
+    )
     with pytest.raises(ValueError, match="checkpoint.pt holds pickled objects other than tensors.*could run code"):
         train_vae(images(), images(4, seed=1), tmp_path / "run", vae_settings(), progress=False)
     assert not marker.exists()

@@ -367,17 +367,7 @@ def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
         Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=2)).train()
 
 
-class RunsCode:
-    """Pickles as a call of ``open(marker, "w")``: unpickling it would create the marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (str(self.marker), "w"))
-
-
-def test_resume_refuses_a_checkpoint_whose_pickles_could_run_code(data_root, tmp_path):
+def test_resume_refuses_a_checkpoint_whose_pickles_could_run_code(data_root, tmp_path, pickled_call):
     out = tmp_path / "run"
     config = dict(checkpointing_steps=1, use_ema=True)
     Trainer(ModelKind.SDM, tiny_config(data_root, out, max_train_steps=1, **config)).train()
@@ -385,7 +375,7 @@ def test_resume_refuses_a_checkpoint_whose_pickles_could_run_code(data_root, tmp
     assert torch.serialization.get_unsafe_globals_in_checkpoint(ema) == []  # the trainer's own: tensors, plain values
     marker = tmp_path / "ran"
     state = torch.load(ema, weights_only=True)
-    state["extra"] = RunsCode(marker)
+    state["extra"] = pickled_call(marker)
     torch.save(state, ema)
 
     def resume() -> None:
