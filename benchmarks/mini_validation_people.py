@@ -50,10 +50,10 @@ def copy_heldout(world: Path, out: Path) -> str:
 
 
 def render_training(world: Path, out: Path, count: int) -> str:
-    from facediffuser.world.build import load_people
+    from facediffuser.world.build import load_people, marker_path
     from facediffuser.world.data import write_references
 
-    marker = world / "stages" / "references.json"
+    marker = marker_path(world, "references")
     if not (world / "world.json").is_file() or not marker.is_file():
         raise SystemExit(f"{world} has no world.json or stages/references.json: build the world first.")
     settings = json.loads(marker.read_text(encoding="utf-8"))["settings"]

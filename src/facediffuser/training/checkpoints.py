@@ -90,7 +90,7 @@ def check_pickles(path: Path) -> None:
     for pickled in sorted(path.glob("custom_checkpoint_*.pkl")):
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(pickled)
-        except Exception as err:  # not a torch.save archive, or a damaged one
+        except (ValueError, RuntimeError) as err:  # not a torch.save archive (ValueError), or a damaged one
             raise ValueError(
                 f"{pickled} is damaged or not a torch.save file ({first_line(err)}), so the checkpoint was not resumed."
             ) from err
