@@ -36,6 +36,7 @@ from ..configuration import config_to_dict
 from ..pipeline import FaceDiffuserPipeline
 from ..tiny import TinyConfig
 from . import checkpoints, tracking
+from .allocator import keep_freed_blocks
 from .attention import AttentionStore, install_attention_capture
 from .augment import ReferenceAugmentation
 from .config import MixedPrecision, ModelKind, TrainConfig
@@ -104,6 +105,8 @@ class Trainer:
             str(self.accelerator.mixed_precision), torch.float32
         )
         device = self.accelerator.device
+        if device.type == "cpu":
+            keep_freed_blocks()  # the step's large activations reuse the last step's memory (.allocator)
 
         # 2. The base model; the frozen parts go to the device in the training precision.
         # The parts that are neither trained nor needed are not kept (export reloads the base).

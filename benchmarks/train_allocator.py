@@ -1,0 +1,108 @@
+"""What ``training.allocator.keep_freed_blocks`` buys a CPU training step: the mini SDM recipe
+(``configs/mini_sdm.toml``) on the world's ``portraits``, timed in fresh processes with glibc's default malloc and
+with the trainer's settings, alternately, so that both see the same machine. Prints seconds and minor page faults
+per step (the kernel mapping and zeroing pages; counted by ``getrusage``, so they do not depend on the machine's
+load) and their ratios. Run from the repository root:
+
+    PYTHONPATH=src python benchmarks/train_allocator.py --world WORLD [--base PIPELINE] [--steps 30] [--rounds 2]
+
+``--base`` is a pipeline folder of the mini shapes (default: the shipped mini model; the rate does not depend on
+the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+WARMUP = 5
+
+
+def child(world: str, base: str, steps: int, threads: int) -> dict[str, float]:
+    """One process: ``steps`` optimizer steps of the trainer after :data:`WARMUP` untimed ones."""
+    import resource
+
+    import torch
+
+    from facediffuser.configuration import build_config, load_toml
+    from facediffuser.training.config import ModelKind, TrainConfig
+    from facediffuser.training.trainer import Trainer
+
+    torch.set_num_threads(threads)
+    values = load_toml("configs/mini_sdm.toml")
+    with tempfile.TemporaryDirectory() as out:
+        values.update(
+            data_root=f"{world}/portraits",
+            output_dir=out,
+            pretrained=base,
+            max_train_steps=steps + WARMUP,
+            checkpointing_steps=0,
+            validation_steps=0,
+            log_with="csv",
+        )
+        trainer = Trainer(ModelKind.SDM, build_config(TrainConfig, base=values))
+        acc, batches = trainer.accelerator, iter(trainer.train_loader)
+        for step in range(steps + WARMUP):
+            if step == WARMUP:
+                start, faults = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            losses = trainer.compute_loss(next(batches), step)
+            acc.backward(losses["loss"])
+            acc.clip_grad_norm_(trainer.model.parameters(), trainer.config.max_grad_norm)
+            trainer.optimizer.step()
+            trainer.lr_scheduler.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.ema.step(trainer.trainable_parameters())
+        seconds = time.perf_counter() - start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return {"seconds_per_step": seconds / steps, "faults_per_step": faults / steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", required=True, help="folder of `facediffuser world build`")
+    parser.add_argument("--base", default=None, help="pipeline folder of the mini shapes (default: the shipped one)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.base is None:
+        from facediffuser import package_data
+
+        args.base = str(package_data.packaged(package_data.MINI_PIPELINE))
+    if args.child:
+        print(json.dumps(child(args.world, args.base, args.steps, args.threads)))
+        return
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    # glibc's own default top pad (128 KiB): malloc behaves as by default, and keep_freed_blocks leaves it alone.
+    modes = {"glibc default": {**env, "MALLOC_TOP_PAD_": "131072"}, "kept (the trainer's)": env}
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    command = [sys.executable, __file__, "--child", "--world", args.world, "--base", args.base]
+    command += ["--steps", str(args.steps), "--threads", str(args.threads)]
+    for round_ in range(args.rounds):
+        for mode, mode_env in modes.items():
+            done = subprocess.run(command, env=mode_env, capture_output=True, text=True, check=True)
+            results[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"round {round_ + 1}, {mode}: {results[mode][-1]}", flush=True)
+    medians = {
+        mode: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for mode, runs in results.items()
+    }
+    (default, kept) = medians.values()
+    print(f"\n{args.steps} steps x {args.rounds} rounds, --threads {args.threads}, medians:")
+    for mode, m in medians.items():
+        print(f"  {mode:22s} {m['seconds_per_step']:.3f} s/step  {m['faults_per_step']:,.0f} minor faults/step")
+    print(
+        f"  kept / default: time {kept['seconds_per_step'] / default['seconds_per_step']:.3f}, "
+        f"faults {kept['faults_per_step'] / max(default['faults_per_step'], 1):.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
