@@ -24,15 +24,20 @@ import time
 WARMUP = 5
 
 
-def child(world: str, base: str, steps: int, threads: int) -> dict[str, float]:
-    """One process: ``steps`` optimizer steps of the trainer after :data:`WARMUP` untimed ones."""
+def child(world: str, base: str, steps: int, threads: int, kept: bool) -> dict[str, float]:
+    """One process: ``steps`` optimizer steps of the trainer after :data:`WARMUP` untimed ones; with glibc's default
+    malloc unless ``kept``."""
     import resource
 
     import torch
 
     from facediffuser.configuration import build_config, load_toml
+    from facediffuser.training import trainer as trainer_module
     from facediffuser.training.config import ModelKind, TrainConfig
     from facediffuser.training.trainer import Trainer
+
+    if not kept:  # Setting any malloc variable would not do: glibc then stops adjusting its mmap threshold at all.
+        trainer_module.keep_freed_blocks = lambda: False
 
     torch.set_num_threads(threads)
     values = load_toml("configs/mini_sdm.toml")
@@ -70,25 +75,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("default", "kept"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.base is None:
         from facediffuser import package_data
 
         args.base = str(package_data.packaged(package_data.MINI_PIPELINE))
     if args.child:
-        print(json.dumps(child(args.world, args.base, args.steps, args.threads)))
+        print(json.dumps(child(args.world, args.base, args.steps, args.threads, args.child == "kept")))
         return
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-    # glibc's own default top pad (128 KiB): malloc behaves as by default, and keep_freed_blocks leaves it alone.
-    modes = {"glibc default": {**env, "MALLOC_TOP_PAD_": "131072"}, "kept (the trainer's)": env}
+    modes = {"glibc default": "default", "kept (the trainer's)": "kept"}
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
-    command = [sys.executable, __file__, "--child", "--world", args.world, "--base", args.base]
+    command = [sys.executable, __file__, "--world", args.world, "--base", args.base]
     command += ["--steps", str(args.steps), "--threads", str(args.threads)]
     for round_ in range(args.rounds):
-        for mode, mode_env in modes.items():
-            done = subprocess.run(command, env=mode_env, capture_output=True, text=True, check=True)
+        for mode, flag in modes.items():
+            done = subprocess.run(command + ["--child", flag], env=env, capture_output=True, text=True, check=True)
             results[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"round {round_ + 1}, {mode}: {results[mode][-1]}", flush=True)
     medians = {
