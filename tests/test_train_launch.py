@@ -1,6 +1,15 @@
-"""How a run was launched: a launch that starts fewer processes than it was asked for is named."""
+"""How a run was launched: a launch that starts fewer processes than it was asked for is named; a CPU run keeps its
+freed large blocks (the C allocator's settings of the training process)."""
 
 from __future__ import annotations
+
+import ctypes
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 from facediffuser.training.launch import process_count_mismatch
 
@@ -34,8 +43,8 @@ import ctypes, json, sys
 import torch
 from facediffuser.training.allocator import keep_freed_blocks
 class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
 kept = keep_freed_blocks() if sys.argv[1] == "on" else False
@@ -47,11 +56,6 @@ print(json.dumps({"kept": kept, "mapped": mapped, "heap_after_free": libc.mallin
 
 
 def _allocate(mode: str, **env: str) -> dict:
-    import json
-    import os
-    import subprocess
-    import sys
-
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     done = subprocess.run(
         [sys.executable, "-c", ALLOCATE, mode], env={**clean, **env}, capture_output=True, text=True, check=True
@@ -60,11 +64,6 @@ def _allocate(mode: str, **env: str) -> dict:
 
 
 def test_cpu_training_keeps_freed_large_blocks_on_the_heap():
-    import ctypes
-    import sys
-
-    import pytest
-
     if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"):
         pytest.skip("needs glibc 2.33 or newer (mallinfo2)")
     block = 20 * 2**20
