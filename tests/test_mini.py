@@ -101,9 +101,13 @@ def test_vae_checkpoint_with_pickled_code_is_refused_unread(tmp_path, pickled_ca
     torch.save(
         {"settings": vae_settings().to_dict(), "extra": pickled_call(marker)}, tmp_path / "run" / "checkpoint.pt"
     )
-    with pytest.raises(ValueError, match="checkpoint.pt holds pickled objects other than tensors.*could run code"):
+    refused = r"checkpoint.pt holds pickled objects other than tensors .*\(pickled global: \S*open\).*could run code"
+    with pytest.raises(ValueError, match=refused):
         train_vae(images(), images(4, seed=1), tmp_path / "run", vae_settings(), progress=False)
     assert not marker.exists()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # damaged, not pickled code
+    with pytest.raises(ValueError, match=r"checkpoint.pt is damaged \(.+\), so training did not resume"):
+        train_vae(images(), images(4, seed=1), tmp_path / "run", vae_settings(), progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ the build

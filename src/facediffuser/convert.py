@@ -34,7 +34,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisio
 from .loading import check_scene_model, load_scene_unet
 from .models import SubjectFuser
 from .pipeline import FaceDiffuserPipeline
-from .weight_files import check_safetensors_file, check_weights_folder, file_format, first_line
+from .weight_files import check_safetensors_file, check_weights_folder, file_format, first_line, refused_global
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +78,11 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            if re.search(r"\bGLOBAL\b", str(err)):  # weights_only met a class or function: pickled code
+            refused = refused_global(err)  # weights_only met a class or function: pickled code
+            if refused:
                 raise ValueError(
                     f"{path} holds pickled objects other than tensors, so it was not loaded: unpickling it could "
-                    f"run code. Use a plain state dict of tensors, or a .safetensors file. ({_first_global(err)})"
+                    f"run code. Use a plain state dict of tensors, or a .safetensors file. ({refused})"
                 ) from err
             if kind == "unknown":
                 raise ValueError(
@@ -98,12 +99,6 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors).")
     return obj
-
-
-def _first_global(err: pickle.UnpicklingError) -> str:
-    """The refused global as torch's weights-only message names it, e.g. ``pickled global: os.system``."""
-    m = re.search(r"GLOBAL\s+([\w.]+)", str(err))
-    return f"pickled global: {m.group(1)}" if m else "a pickled global"
 
 
 def check_finite(state: StateDict, source: str | os.PathLike) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -17,6 +18,16 @@ def first_line(err: BaseException, limit: int = 160) -> str:
     """The first line of an error message, shortened: a one-line error stays one line."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def refused_global(err: BaseException) -> str | None:
+    """What a weights-only ``torch.load`` refused to unpickle, as its message names it (``pickled global: os.system``,
+    or ``a pickled global``): the file holds pickled code. ``None`` when it failed for another reason (a damaged or
+    foreign file)."""
+    if not re.search(r"\bGLOBAL\b", str(err)):
+        return None
+    m = re.search(r"GLOBAL\s+([\w.]+)", str(err))
+    return f"pickled global: {m.group(1)}" if m else "a pickled global"
 
 
 def file_format(path: Path) -> str:

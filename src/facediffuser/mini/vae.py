@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..weight_files import first_line, refused_global
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
@@ -218,9 +220,12 @@ def train_vae(
         try:  # tensors, numbers, strings and lists only: a checkpoint from elsewhere runs no code
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
+            refused = refused_global(err)
+            if refused is None:
+                raise ValueError(f"{ckpt} is damaged ({first_line(err)}), so training did not resume.") from err
             raise ValueError(
-                f"{ckpt} holds pickled objects other than tensors and plain values, so it was not loaded: unpickling "
-                "it could run code. Resume only from checkpoints this trainer wrote."
+                f"{ckpt} holds pickled objects other than tensors and plain values ({refused}), so it was not loaded: "
+                "unpickling it could run code. Resume only from checkpoints this trainer wrote."
             ) from err
         if state["settings"] != settings.to_dict():
             changed = sorted(k for k, v in settings.to_dict().items() if state["settings"].get(k) != v)
