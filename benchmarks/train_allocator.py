@@ -18,54 +18,13 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
-
-WARMUP = 5
 
 
 def child(world: str, base: str, steps: int, threads: int, kept: bool) -> dict[str, float]:
-    """One process: ``steps`` optimizer steps of the trainer after :data:`WARMUP` untimed ones; with glibc's default
-    malloc unless ``kept``."""
-    import resource
+    """One process: the recipe's steps, with glibc's default malloc unless ``kept``."""
+    from mini_sdm_step_variants import time_steps  # this script's folder is on sys.path when the script runs
 
-    import torch
-
-    from facediffuser.configuration import build_config, load_toml
-    from facediffuser.training import trainer as trainer_module
-    from facediffuser.training.config import ModelKind, TrainConfig
-    from facediffuser.training.trainer import Trainer
-
-    if not kept:  # Setting any malloc variable would not do: glibc then stops adjusting its mmap threshold at all.
-        trainer_module.keep_freed_blocks = lambda: False
-
-    torch.set_num_threads(threads)
-    values = load_toml("configs/mini_sdm.toml")
-    with tempfile.TemporaryDirectory() as out:
-        values.update(
-            data_root=f"{world}/portraits",
-            output_dir=out,
-            pretrained=base,
-            max_train_steps=steps + WARMUP,
-            checkpointing_steps=0,
-            validation_steps=0,
-            log_with="csv",
-        )
-        trainer = Trainer(ModelKind.SDM, build_config(TrainConfig, base=values))
-        acc, batches = trainer.accelerator, iter(trainer.train_loader)
-        for step in range(steps + WARMUP):
-            if step == WARMUP:
-                start, faults = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            losses = trainer.compute_loss(next(batches), step)
-            acc.backward(losses["loss"])
-            acc.clip_grad_norm_(trainer.model.parameters(), trainer.config.max_grad_norm)
-            trainer.optimizer.step()
-            trainer.lr_scheduler.step()
-            trainer.optimizer.zero_grad(set_to_none=True)
-            trainer.ema.step(trainer.trainable_parameters())
-        seconds = time.perf_counter() - start
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return {"seconds_per_step": seconds / steps, "faults_per_step": faults / steps}
+    return time_steps(world, base, steps, threads, {}, keep_freed_blocks=kept)
 
 
 def main() -> None:

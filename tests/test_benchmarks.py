@@ -128,3 +128,89 @@ def test_validation_people_renders_training_people_as_the_world_renders_referenc
     assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
     with pytest.raises(SystemExit, match="between 1 and"):
         module.render_training(world, tmp_path / "too-many", 17)
+
+
+def test_export_checkpoint_writes_a_checkpoints_ema_or_raw_weights_and_leaves_the_run_alone(tmp_path):
+    import torch
+    from accelerate.state import AcceleratorState, GradientState
+
+    from facediffuser.pipeline import FaceDiffuserPipeline
+    from facediffuser.training import ModelKind, TrainConfig, Trainer
+    from facediffuser.training.synthetic import write_synthetic_ffhq_wild
+
+    def fresh_accelerate_state() -> None:  # each trainer builds its own Accelerator (process-wide singletons)
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+    script = SCRIPT.with_name("mini_export_checkpoint.py")
+    spec = importlib.util.spec_from_file_location("mini_export_checkpoint", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = write_synthetic_ffhq_wild(tmp_path / "data", num_images=4, size=72, test_images=1)
+    run = tmp_path / "run"
+    settings = dict(data_root=data, output_dir=run, resolution=64, train_batch_size=2, max_train_steps=2)
+    settings.update(checkpointing_steps=1, checkpoints_total_limit=3, validation_steps=0, log_with="csv")
+    settings.update(use_ema=True, ema_decay=0.5, learning_rate=1e-2)  # a short EMA, far from the raw weights
+    fresh_accelerate_state()
+    trainer = Trainer(ModelKind.SDM, TrainConfig(**settings))
+    trainer.train()
+    ema = trainer.trained_state()["unet"]
+    raw = {n.removeprefix("unet."): p.detach() for n, p in trainer.denoiser.named_parameters() if n.startswith("unet.")}
+    assert any(not torch.equal(ema[n], raw[n]) for n in ema)
+    before = {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
+
+    for weights, expected in (("ema", ema), ("raw", raw)):
+        fresh_accelerate_state()
+        module.main(["--train", str(run), "--step", "2", "--weights", weights, "--out", str(tmp_path / weights)])
+        exported = dict(FaceDiffuserPipeline.from_pretrained(tmp_path / weights).subject_unet.named_parameters())
+        for name, tensor in expected.items():  # float32 in, float32 out: exact by construction
+            assert torch.equal(exported[name], tensor), f"{weights}: {name}"
+    assert {f: f.read_bytes() for f in run.rglob("*") if f.is_file()} == before  # the run is only read
+
+    fresh_accelerate_state()
+    with pytest.raises(SystemExit, match="exists"):
+        module.main(["--train", str(run), "--step", "2", "--out", str(tmp_path / "raw")])
+    with pytest.raises(SystemExit, match="no checkpoint of step 7"):
+        module.main(["--train", str(run), "--step", "7", "--out", str(tmp_path / "seven")])
+    fresh_accelerate_state()
+
+
+def test_fresh_subject_unet_replaces_only_the_subject_unet_seeded(tmp_path, tiny_pipe):
+    import torch
+
+    from facediffuser.pipeline import FaceDiffuserPipeline
+
+    script = SCRIPT.with_name("mini_fresh_subject_unet.py")
+    spec = importlib.util.spec_from_file_location("mini_fresh_subject_unet", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny_pipe.subject_unet.load_state_dict(tiny_pipe.unet.state_dict())  # as the SDM's base: the TDM in both slots
+    tiny_pipe.save_pretrained(tmp_path / "base")
+    for name in ("a", "b"):
+        module.main(["--base", str(tmp_path / "base"), "--out", str(tmp_path / name), "--seed", "3"])
+    a, b = (FaceDiffuserPipeline.from_pretrained(tmp_path / name) for name in ("a", "b"))
+    tdm = tiny_pipe.unet.state_dict()
+    fresh = a.subject_unet.state_dict()
+    assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in tdm.items()}  # the same architecture
+    assert not any(torch.equal(fresh[k], tdm[k]) for k in fresh if k.endswith("conv_in.weight"))
+    assert all(torch.equal(fresh[k], v) for k, v in b.subject_unet.state_dict().items())  # seeded
+    for part in ("unet", "vae", "text_encoder", "image_encoder", "subject_fuser"):
+        kept, base = getattr(a, part).state_dict(), getattr(tiny_pipe, part).state_dict()
+        assert all(torch.equal(kept[k], v) for k, v in base.items()), part
+    with pytest.raises(SystemExit, match="exists"):
+        module.main(["--base", str(tmp_path / "base"), "--out", str(tmp_path / "a")])
+
+
+def test_step_variants_read_labels_and_toml_settings():
+    script = SCRIPT.with_name("mini_sdm_step_variants.py")
+    spec = importlib.util.spec_from_file_location("mini_sdm_step_variants", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.parse_variant("recipe") == ("recipe", {})
+    label, overrides = module.parse_variant(' no loss : localization_weight=0, mixed_precision="bf16", use_ema=false ')
+    assert label == "no loss" and overrides == {"localization_weight": 0, "mixed_precision": "bf16", "use_ema": False}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        module.parse_variant("x: localization_weight")
+    with pytest.raises(SystemExit, match="not a TOML value"):
+        module.parse_variant("x: mixed_precision=bf16")  # a string needs its quotes
+    assert [module.parse_variant(v)[0] for v in module.DEFAULT_VARIANTS][0] == "recipe"
