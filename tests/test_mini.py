@@ -425,6 +425,33 @@ def test_from_tdm_takes_the_shipped_vae(shipped, world, tmp_path, monkeypatch):
     assert B.package_source(config) == B.PackageSource(stages=("vae",), folders={"vae": interim / "mini" / "vae"})
 
 
+def test_from_tdm_on_a_world_holding_the_shipped_clip_takes_the_projects_tokenizer(
+    shipped, world, tmp_path, monkeypatch
+):
+    """`mini ship` stores the world CLIP without tokenizer files when its tokenizer is the project's. A world whose
+    clip/ is that folder (the shipped CLIP copied into a re-rendered world) builds its TDM with the project's
+    tokenizer; ``from_pretrained`` on the folder alone gave an empty one, and the trainer failed at its first batch."""
+    from transformers import CLIPTokenizer
+
+    from facediffuser.tokenizer import has_tokenizer_files, load_clip_tokenizer
+
+    build, package, recipe = shipped
+    monkeypatch.setattr(package_data, "data_dir", lambda: package)
+    assert not has_tokenizer_files(package / "world" / "clip")
+    other = tmp_path / "world"
+    other.mkdir()
+    (other / "clip").symlink_to(package / "world" / "clip")
+    for name in ("scenes", "portraits"):
+        (other / name).symlink_to(world / name)
+    reset_accelerate()
+    out = tmp_path / "rerun"
+    assert list(B.run_stages(mini_config(out, other, recipe, from_stage="tdm", to_stage="tdm"))) == ["tdm"]
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tdm" / "base" / "tokenizer")
+    text = "a woman in a yellow sweater on a beach at night"
+    assert tokenizer(text).input_ids == load_clip_tokenizer()(text).input_ids
+    assert tokenizer.model_max_length == 77  # the world CLIP's positions
+
+
 def test_from_shipped_stages_refuses_other_settings_another_world_and_a_missing_model(
     shipped, world, tmp_path, monkeypatch
 ):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 from transformers import CLIPTokenizer
 
@@ -28,3 +29,20 @@ def load_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
         pad_token="<|endoftext|>",
         model_max_length=model_max_length,
     )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+
+def has_tokenizer_files(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a saved tokenizer (``tokenizer.json``, or ``vocab.json`` with its merges)."""
+    return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def load_folder_tokenizer(folder: str | Path, model_max_length: int) -> CLIPTokenizer:
+    """The CLIP tokenizer saved in a model folder, or the project's (:func:`load_clip_tokenizer`) when the folder
+    holds none: the world's CLIP as ``mini ship`` stores it, whose tokenizer is the project's. (``from_pretrained`` on
+    a folder without tokenizer files would give an empty tokenizer that knows no word, and no length limit.)"""
+    if has_tokenizer_files(folder):
+        return CLIPTokenizer.from_pretrained(folder)
+    return load_clip_tokenizer(model_max_length=model_max_length)

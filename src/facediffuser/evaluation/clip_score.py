@@ -113,10 +113,10 @@ class ClipScorer:
         source = str(local) if local.exists() else name
         try:
             model = CLIPModel.from_pretrained(source, dtype=dtype)
-            if local.is_dir() and not any((local / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-                from ..tokenizer import load_clip_tokenizer
+            if local.is_dir():
+                from ..tokenizer import load_folder_tokenizer
 
-                tokenizer = load_clip_tokenizer(model_max_length=model.config.text_config.max_position_embeddings)
+                tokenizer = load_folder_tokenizer(local, model.config.text_config.max_position_embeddings)
             else:
                 tokenizer = CLIPTokenizer.from_pretrained(source)
         except OSError as err:

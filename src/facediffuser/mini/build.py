@@ -454,10 +454,11 @@ def assemble_tdm_base(config: MiniConfig, unet_settings: UNetSettings, folder: P
     towers and tokenizer, fresh seeded UNets (both slots) and fuser, the SD scheduler."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler
-    from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
+    from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
     from ..pipeline import FaceDiffuserPipeline
     from ..tiny import SD_SCHEDULER_CONFIG
+    from ..tokenizer import load_folder_tokenizer
 
     clip = config.world / "clip"
     if not (clip / "config.json").is_file():
@@ -473,7 +474,7 @@ def assemble_tdm_base(config: MiniConfig, unet_settings: UNetSettings, folder: P
     pipe = FaceDiffuserPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(clip),
+        tokenizer=load_folder_tokenizer(clip, text_encoder.config.max_position_embeddings),
         unet=unet,
         subject_unet=copy.deepcopy(unet),
         image_encoder=image_encoder,

@@ -317,15 +317,14 @@ def write_world_clip(source: Path, folder: Path) -> None:
     import torch
     from transformers import CLIPModel, CLIPTokenizer
 
-    from ..tokenizer import load_clip_tokenizer
+    from ..tokenizer import has_tokenizer_files, load_clip_tokenizer
 
     model = CLIPModel.from_pretrained(source, dtype=torch.float32)
     model.to(torch.float16).save_pretrained(folder)
     for name in ("training.json",):
         if (source / name).is_file():
             shutil.copyfile(source / name, folder / name)
-    has_tokenizer = any((source / n).is_file() for n in ("tokenizer.json", "vocab.json"))
-    if has_tokenizer:
+    if has_tokenizer_files(source):
         tokenizer = CLIPTokenizer.from_pretrained(source)
         project = load_clip_tokenizer(model_max_length=tokenizer.model_max_length)
         if not same_tokens(tokenizer, project):
