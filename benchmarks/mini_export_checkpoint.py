@@ -1,6 +1,6 @@
-"""A pipeline folder from one checkpoint of an SDM training run, with its EMA weights or its raw (non-EMA) ones, so
-that a lever can be scored by the mini benchmark without training again: the EMA (the same run's two sets of
-weights), or the recipe at an earlier step (a run keeps its checkpoints). Run from the repository root:
+"""A pipeline folder from one checkpoint of a training run (SDM or TDM), with its EMA weights or its raw (non-EMA)
+ones, so that a lever can be scored by the mini benchmark without training again: the EMA (the same run's two sets
+of weights), or the recipe at an earlier step (a run keeps its checkpoints). Run from the repository root:
 
     PYTHONPATH=src python benchmarks/mini_export_checkpoint.py --train BUILD/sdm/train --step 6000 \\
         --weights raw --world WORLD --out OUT

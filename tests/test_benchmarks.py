@@ -23,6 +23,14 @@ def pipeline_speed():
         del sys.modules[spec.name]
 
 
+def script_module(name: str):
+    """A script of benchmarks/ loaded as a module (its ``main`` and helpers, without running it)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
 def test_pipeline_speed_runs_on_tiny_components(pipeline_speed, capsys):
     # 4 steps split 1 / 1 / 2, so every stage runs; the script raises if a pipeline's UNet hooks see another number
@@ -51,10 +59,7 @@ def test_identity_features_counts_what_the_first_choice_shares_with_the_asked_pe
 
     from facediffuser.world.attributes import Identity
 
-    script = SCRIPT.with_name("mini_identity_features.py")
-    spec = importlib.util.spec_from_file_location("mini_identity_features", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = script_module("mini_identity_features")
     looks = dict(hair_colour="black", hair_style="short", glasses="none", facial_hair="none", face_shape="round")
     people = [
         Identity(1, "man", "light", **looks),
@@ -94,10 +99,7 @@ def test_validation_people_renders_training_people_as_the_world_renders_referenc
     from facediffuser.cli.main import main as cli
     from facediffuser.world.build import load_people
 
-    script = SCRIPT.with_name("mini_validation_people.py")
-    spec = importlib.util.spec_from_file_location("mini_validation_people", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = script_module("mini_validation_people")
     world = tmp_path / "w"
     counts = ["--scenes-train", "2", "--scenes-test", "1", "--portraits-train", "2", "--portraits-test", "1"]
     assert cli(["world", "render", "--out", str(world), "--identities", "20", "--heldout", "4", *counts]) == 0
@@ -142,10 +144,7 @@ def test_export_checkpoint_writes_a_checkpoints_ema_or_raw_weights_and_leaves_th
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 
-    script = SCRIPT.with_name("mini_export_checkpoint.py")
-    spec = importlib.util.spec_from_file_location("mini_export_checkpoint", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = script_module("mini_export_checkpoint")
     data = write_synthetic_ffhq_wild(tmp_path / "data", num_images=4, size=72, test_images=1)
     run = tmp_path / "run"
     settings = dict(data_root=data, output_dir=run, resolution=64, train_batch_size=2, max_train_steps=2)
@@ -180,10 +179,7 @@ def test_fresh_subject_unet_replaces_only_the_subject_unet_seeded(tmp_path, tiny
 
     from facediffuser.pipeline import FaceDiffuserPipeline
 
-    script = SCRIPT.with_name("mini_fresh_subject_unet.py")
-    spec = importlib.util.spec_from_file_location("mini_fresh_subject_unet", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = script_module("mini_fresh_subject_unet")
     tiny_pipe.subject_unet.load_state_dict(tiny_pipe.unet.state_dict())  # as the SDM's base: the TDM in both slots
     tiny_pipe.save_pretrained(tmp_path / "base")
     for name in ("a", "b"):
@@ -202,10 +198,7 @@ def test_fresh_subject_unet_replaces_only_the_subject_unet_seeded(tmp_path, tiny
 
 
 def test_step_variants_read_labels_and_toml_settings():
-    script = SCRIPT.with_name("mini_sdm_step_variants.py")
-    spec = importlib.util.spec_from_file_location("mini_sdm_step_variants", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = script_module("mini_sdm_step_variants")
     assert module.parse_variant("recipe") == ("recipe", {})
     label, overrides = module.parse_variant(' no loss : localization_weight=0, mixed_precision="bf16", use_ema=false ')
     assert label == "no loss" and overrides == {"localization_weight": 0, "mixed_precision": "bf16", "use_ema": False}
@@ -213,4 +206,5 @@ def test_step_variants_read_labels_and_toml_settings():
         module.parse_variant("x: localization_weight")
     with pytest.raises(SystemExit, match="not a TOML value"):
         module.parse_variant("x: mixed_precision=bf16")  # a string needs its quotes
-    assert [module.parse_variant(v)[0] for v in module.DEFAULT_VARIANTS][0] == "recipe"
+    defaults = [module.parse_variant(v) for v in module.DEFAULT_VARIANTS]
+    assert defaults[0] == ("recipe", {}) and all(overrides for _, overrides in defaults[1:])
