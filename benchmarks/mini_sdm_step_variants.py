@@ -65,9 +65,8 @@ def time_steps(
     from facediffuser.training.config import ModelKind, TrainConfig
     from facediffuser.training.trainer import Trainer
 
-    if (
-        not keep_freed_blocks
-    ):  # Setting any malloc variable would not do: glibc then stops adjusting its mmap threshold.
+    if not keep_freed_blocks:
+        # Off in this process: setting any malloc variable would not do, glibc then stops adjusting its mmap threshold.
         trainer_module.keep_freed_blocks = lambda: False
 
     torch.set_num_threads(threads)
