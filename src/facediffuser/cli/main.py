@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -36,25 +37,43 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# The system refused a path the user chose (an existing file, a file where a folder belongs, a read-only place, no
+# permission): the user's input, refused like any other (exit 2). Other OSErrors (a full disk, a lost mount) are not
+# the user's input: exit 1.
+USER_PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+USER_PATH_ERRNOS = (errno.EROFS, errno.ENAMETOOLONG, errno.ELOOP)
+
+
+def exit_status(err: OSError) -> int:
+    """2 for an ``OSError`` that refuses a path the user gave, 1 for a failure of the system."""
+    return 2 if isinstance(err, USER_PATH_ERRORS) or err.errno in USER_PATH_ERRNOS else 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Runs one command; returns its exit status: 0 done, 2 refused input, 1 a failure of the system, 130 Ctrl-C.
+
+    A Ctrl-C anywhere, also while a command's modules (torch, diffusers) are still being imported, ends with one
+    line and status 130; the commands leave their work resumable (atomic writes, stage markers, checkpoints).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(chosen_command(argv))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    command = chosen_command(argv)
     try:
+        parser = build_parser(command)
+        args = parser.parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        )
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"facediffuser {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # the system refused (a full disk, a lost mount): not the user's input, but no traceback
-        where = f" ({err.filename})" if err.filename else ""
-        print(f"facediffuser {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print(f"facediffuser {args.command}: interrupted", file=sys.stderr)
+        print(f"facediffuser{' ' + command if command else ''}: interrupted", file=sys.stderr)
         return 130
+    except (ValueError, FileNotFoundError) as err:
+        print(f"facediffuser {command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"facediffuser {command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return exit_status(err)
 
 
 if __name__ == "__main__":
