@@ -426,6 +426,35 @@ def test_cli_flags_toml_and_clean_errors(data_root, tmp_path, capsys):
     assert "multiple of 8" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1."),
+        (["--seed", str(2**70)], f"--seed must be an integer from 0 to 4294967295, got {2**70}."),
+        (["--resolution", "0"], "--resolution must be at least 1, got 0."),
+    ],
+)
+def test_a_bad_setting_is_refused_by_its_flag_before_the_trainer_loads(flags, message, data_root, tmp_path, capsys,
+                                                                       monkeypatch):  # fmt: skip
+    # a seed out of range was refused by torch after the base model had loaded ("expected non-negative integer")
+    import facediffuser.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("the trainer ran before the settings' check"))
+    out = tmp_path / "out"
+    assert train_main(["sdm", "--data-root", str(data_root), "--output-dir", str(out), *flags]) == 2
+    assert capsys.readouterr().err == f"facediffuser train: error: {message}\n"
+    assert not out.exists()
+
+
+def test_fp16_on_the_cpu_is_refused_before_the_base_loads(data_root, tmp_path, monkeypatch):
+    # was RuntimeError: mat1 and mat2 must have the same dtype, at the first step
+    import facediffuser.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "load_base_pipeline", lambda *a, **k: pytest.fail("the base loaded first"))
+    with pytest.raises(ValueError, match=r"--mixed-precision fp16 needs a GPU.*--mixed-precision bf16"):
+        Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "out", mixed_precision="fp16"))
+
+
 def test_gradient_checkpointing_gives_the_same_losses_and_gradients(data_root, tmp_path):
     results = []
     for checkpointing in (False, True):

@@ -29,6 +29,11 @@ class LogBackend(str, enum.Enum):
     CSV = "csv"
 
 
+# Seeds of a training run: numpy's SeedSequence and torch's generators take any of these, also once mixed with the
+# epoch and the step.
+SEED_LIMIT = 2**32
+
+
 class MixedPrecision(str, enum.Enum):
     AUTO = "auto"  # what `accelerate launch` / `accelerate config` says, else full precision
     NO = "no"
@@ -192,6 +197,8 @@ class TrainConfig:
             )
         if self.snr_gamma is not None and not (math.isfinite(self.snr_gamma) and self.snr_gamma > 0):
             raise ValueError(f"`snr_gamma` must be a positive number, got {self.snr_gamma}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < SEED_LIMIT:
+            raise ValueError(f"`seed` must be an integer from 0 to {SEED_LIMIT - 1}, got {self.seed!r}.")
         if self.checkpoints_total_limit < 1:
             raise ValueError(f"`checkpoints_total_limit` must be at least 1, got {self.checkpoints_total_limit}.")
         try:

@@ -101,6 +101,11 @@ class Trainer:
         mismatch = process_count_mismatch(self.accelerator.num_processes)
         if mismatch:
             logger.warning(mismatch)
+        if self.accelerator.device.type == "cpu" and str(self.accelerator.mixed_precision) == "fp16":
+            raise ValueError(
+                "--mixed-precision fp16 needs a GPU: the CPU trains in float32 or bfloat16. Use --mixed-precision bf16 "
+                "(or no) here."
+            )
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(
             str(self.accelerator.mixed_precision), torch.float32
         )
