@@ -5,7 +5,7 @@ it on :meth:`DemoServer.close`. :func:`build_app` lays out the page over a :clas
 the page's numeric controls take their ranges and defaults from the loaded model (the runner's ``controls``: the size
 from the model's sample size and VAE scale, the subject guidance scale from its ``model_index.json``, the rest from
 :class:`~facediffuser.settings.SamplingSettings`), and each request becomes a ``SamplingSettings`` again, so the checks
-and their words are the command line's. Gradio checks no value itself (:func:`page_components`): a value outside a
+and their words are the command line's. Gradio checks no value itself (:func:`unchecked`): a value outside a
 range is refused by the runner, in the page's words.
 """
 
@@ -59,19 +59,16 @@ def example_photo(name: str = "astronaut.jpg") -> str:
 
 
 def mini_people() -> list[tuple[str, list[str]]]:
-    """The mini model's shipped example references (``data/examples/mini``, in ``subjects.json``'s order): each
+    """The mini model's shipped example references (``data/examples/mini``, a subject folder), sorted by name: each
     person's class noun and photos; empty when this installation has none."""
-    import json
-
-    from ..images import list_image_files
+    from ..evaluation.benchmarks import load_subjects
     from ..package_data import MINI_EXAMPLES, packaged
 
-    folder = packaged(MINI_EXAMPLES)
     try:
-        subjects = json.loads((folder / "subjects.json").read_text(encoding="utf-8"))
-        return [(noun, [str(p) for p in list_image_files(folder / name)]) for name, noun in subjects.items()]
+        people = load_subjects(packaged(MINI_EXAMPLES))
     except (OSError, ValueError):
         return []
+    return [(person.class_noun, [str(photo.path) for photo in person.photos]) for person in people]
 
 
 def examples(model: str, placeholder: str = DEFAULT_PLACEHOLDER) -> list[list]:
@@ -101,26 +98,14 @@ def examples(model: str, placeholder: str = DEFAULT_PLACEHOLDER) -> list[list]:
     return [[prompt, *people, *[None] * (MAX_PEOPLE - len(people))] for prompt, people in rows]
 
 
-def page_components():
-    """Gradio's ``Slider`` and ``Number``, less Gradio's own check of their values: Gradio refuses a value outside a
+def unchecked(component):
+    """``component`` (a ``Slider`` or ``Number``) less Gradio's own check of its value: Gradio refuses a value outside a
     slider's range in its words (``Value 32 is less than minimum value 64.``) and rounds by ``precision``; here the
-    value reaches the handler as sent, and the runner checks it in the page's words (``DemoRunner.check_ranges``).
-    Template components (``is_template``), so that the browser draws them as the ordinary ones."""
-    import gradio as gr
-
-    class Slider(gr.Slider):
-        is_template = True
-
-        def preprocess(self, payload):
-            return payload
-
-    class Number(gr.Number):
-        is_template = True
-
-        def preprocess(self, payload):
-            return payload
-
-    return Slider, Number
+    value reaches the handler as sent, and the runner checks it in the page's words (``DemoRunner.check_ranges``). (An
+    attribute of this one component, not a subclass: Gradio writes a ``.pyi`` file beside the module that defines a
+    component class.)"""
+    component.preprocess = lambda payload: payload
+    return component
 
 
 def people_from_slots(slots: Sequence[Sequence[str] | str | None]) -> list[list[str]]:
@@ -205,11 +190,10 @@ def build_app(runner: DemoRunner):
 
     placeholder = runner.placeholder
     controls = runner.controls
-    Slider, Number = page_components()
 
     def slider(name: str, label: str, elem_id: str):
         c: Control = controls[name]
-        return Slider(c.minimum, c.maximum, value=c.default, step=c.step, label=label, elem_id=elem_id)
+        return unchecked(gr.Slider(c.minimum, c.maximum, value=c.default, step=c.step, label=label, elem_id=elem_id))
 
     own_subject = controls["subject_guidance_scale"].default
     subject_label = (
@@ -267,8 +251,8 @@ def build_app(runner: DemoRunner):
                     count = slider("num_images", "Images", "count")
                     seed = gr.Textbox(label="Seed", placeholder="empty: a random seed", elem_id="seed")
                 with gr.Accordion("More settings", open=False):
-                    subject_guidance = Number(
-                        value=own_subject, label=subject_label, elem_id="subject-guidance", step=0.5
+                    subject_guidance = unchecked(
+                        gr.Number(value=own_subject, label=subject_label, elem_id="subject-guidance", step=0.5)
                     )
                     base = gr.Radio(
                         [m.value for m in SubjectGuidanceBase],
