@@ -270,11 +270,12 @@ def test_cli_demo_binds_to_localhost_by_default():
 
 
 def page_widgets(runner) -> dict:
-    """The page's numeric widgets (sliders and number boxes) by element id."""
+    """The page's numeric widgets (its sliders and the subject guidance scale's text box) by element id."""
     from facediffuser.demo.app import build_app
 
     app = build_app(runner)
-    return {c.elem_id: c for c in app.blocks.values() if type(c).__name__ in ("Slider", "Number")}
+    numeric = [c for c in app.blocks.values() if type(c).__name__ == "Slider" or c.elem_id == "subject-guidance"]
+    return {c.elem_id: c for c in numeric}
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +303,7 @@ def test_page_takes_slider_defaults_and_limits_from_sampling_settings(runner):
         lo, hi = slider_range(name)
         assert (widgets[elem_id].minimum, widgets[elem_id].maximum) == (lo, hi)
         assert widgets[elem_id].value == getattr(defaults, name)
-    assert widgets["subject-guidance"].value is None  # tiny's model_index names none: the same as w
+    assert widgets["subject-guidance"].value == ""  # tiny's model_index names none: empty, the same as w
 
 
 @pytest.mark.parametrize(
@@ -334,9 +335,9 @@ def test_the_page_as_it_starts_on_mini_is_a_request_mini_runs(mini_runner):
     for widget in widgets.values():
         assert widget.preprocess(widget.value) == widget.value, widget.elem_id  # as Gradio hands it on
     start = {k: widgets[k].value for k in ("steps", "alpha", "beta", "guidance", "subject-guidance", "count")}
-    assert start == {"steps": 50, "alpha": 0.3, "beta": 0.6, "guidance": 5.0, "subject-guidance": None, "count": 1}
+    assert start == {"steps": 50, "alpha": 0.3, "beta": 0.6, "guidance": 5.0, "subject-guidance": "", "count": 1}
     handler = make_handler(mini_runner)
-    values = ("a woman <|image|> in a yellow sweater on a beach at night", "", 10, 0.3, 0.6, 5.0, None, "text")
+    values = ("a woman <|image|> in a yellow sweater on a beach at night", "", 10, 0.3, 0.6, 5.0, "", "text")
     values += ("model's own", "3", 1, widgets["height"].value, widgets["width"].value)
     images, masks, files, seed = handler(*values, ID0006, None, None, None)  # 10 steps: the test's time, not 50
     assert seed == "3" and len(images) == len(masks) == 1
@@ -349,7 +350,7 @@ def test_a_model_that_names_its_subject_guidance_scale_starts_the_page_with_it(t
     runner = DemoRunner(tiny_pipe, tmp_path, model="tiny", face_check=False)
     assert runner.controls["subject_guidance_scale"].default == 7.5
     box = page_widgets(runner)["subject-guidance"]
-    assert box.value == 7.5 and "this model's own: 7.5" in box.label
+    assert box.value == "7.5" and "this model's own: 7.5" in box.label
     assert runner.page_request(prompt="a man <|image|>", people=[[ASTRONAUT]]).settings.subject_guidance_scale == 7.5
 
 
@@ -371,7 +372,7 @@ def test_an_integer_setting_given_a_fraction_is_refused_not_truncated(runner, na
 
     handler = make_handler(runner)
     values = dict(prompt="a man <|image|>", negative_prompt="", steps=4.0, alpha=0.3, beta=0.6, guidance=5.0)
-    values |= dict(subject_guidance=None, base="text", scheduler="ddim", seed="1", count=1.0, h=64.0, w=64.0)
+    values |= dict(subject_guidance="", base="text", scheduler="ddim", seed="1", count=1.0, h=64.0, w=64.0)
     with pytest.raises(gr.Error) as err:
         handler(*{**values, name: value}.values(), [ASTRONAUT], None, None, None)
     assert err.value.message == words
@@ -386,7 +387,8 @@ def test_an_integer_setting_given_a_fraction_is_refused_not_truncated(runner, na
         ("steps", 151, "Steps must be between 1 and 150 on this page, got 151."),
         ("h", 56, "Height must be between 64 and 1024 on this page (this model draws 64 px), got 56."),
         ("w", 1032, "Width must be between 64 and 1024 on this page (this model draws 64 px), got 1032."),
-        ("subject_guidance", 25, "Subject guidance scale must be between 0 and 20 on this page, got 25."),
+        ("subject_guidance", "25", "Subject guidance scale must be between 0 and 20 on this page, got 25.0."),
+        ("subject_guidance", "x", "Subject guidance scale must be a number, or empty for the same as w; got 'x'."),
         ("count", 5, "The number of images must be a whole number from 1 to 4, got 5."),
     ],
 )

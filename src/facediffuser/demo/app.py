@@ -99,7 +99,7 @@ def examples(model: str, placeholder: str = DEFAULT_PLACEHOLDER) -> list[list]:
 
 
 def unchecked(component):
-    """``component`` (a ``Slider`` or ``Number``) less Gradio's own check of its value: Gradio refuses a value outside a
+    """``component`` (a ``Slider``) less Gradio's own check of its value: Gradio refuses a value outside a
     slider's range in its words (``Value 32 is less than minimum value 64.``) and rounds by ``precision``; here the
     value reaches the handler as sent, and the runner checks it in the page's words (``DemoRunner.check_ranges``). (An
     attribute of this one component, not a subclass: Gradio writes a ``.pyi`` file beside the module that defines a
@@ -251,8 +251,11 @@ def build_app(runner: DemoRunner):
                     count = slider("num_images", "Images", "count")
                     seed = gr.Textbox(label="Seed", placeholder="empty: a random seed", elem_id="seed")
                 with gr.Accordion("More settings", open=False):
-                    subject_guidance = unchecked(
-                        gr.Number(value=own_subject, label=subject_label, elem_id="subject-guidance", step=0.5)
+                    subject_guidance = gr.Textbox(  # a number box cannot be empty: it shows and sends 0
+                        value="" if own_subject is None else number_text(own_subject),
+                        label=subject_label,
+                        placeholder="empty: the same as w",
+                        elem_id="subject-guidance",
                     )
                     base = gr.Radio(
                         [m.value for m in SubjectGuidanceBase],

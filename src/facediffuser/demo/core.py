@@ -266,6 +266,10 @@ class DemoRunner:
         unknown = set(numbers) - set(self.controls)
         if unknown:
             raise TypeError(f"Unknown page values: {', '.join(sorted(unknown))}.")
+        if isinstance(numbers.get("subject_guidance_scale"), str):  # the page's text box
+            numbers["subject_guidance_scale"] = parse_optional_number(
+                numbers["subject_guidance_scale"], self.controls["subject_guidance_scale"].label, "the same as w"
+            )
         values = {
             name: page_value(numbers[name], control) if name in numbers else control.default
             for name, control in self.controls.items()
@@ -395,6 +399,18 @@ def parse_seed(text: str | int | None) -> int | None:
     if value is not None and not 0 <= value < 2**64:
         raise ValueError(f"The seed must be between 0 and 2**64 - 1, got {value}.")
     return value
+
+
+def parse_optional_number(text: str, label: str, empty: str) -> float | None:
+    """A text box's number: empty means ``None`` (what ``empty`` says); anything else must read as a number (its
+    range and finiteness are checked where the number is used)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{label} must be a number, or empty for {empty}; got {text!r}.") from None
 
 
 def wrap_strip(strip, tiles: int, per_row: int | None = None):
