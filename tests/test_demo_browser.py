@@ -317,5 +317,6 @@ def test_a_bad_upload_on_the_default_model_shows_a_readable_error(mini_page, tmp
     text = error_text(page)
     assert "notes.png cannot be read as an image" in text, text
     assert "Traceback" not in page.content() and str(tmp_path) not in text
+    page.evaluate("window.scrollTo(0, 0)")  # the prompt and the upload beside the message
     page.wait_for_timeout(800)  # the message slides in
     screenshot(page, "demo-error.png", tmp_path, full_page=False, readme=True)  # it floats over the visible part
