@@ -17,9 +17,12 @@ from PIL import Image
 
 from facediffuser.cli.main import build_parser, main
 from facediffuser.demo.core import DemoRequest, DemoRunner, parse_seed, slider_range, wrap_strip
+from facediffuser.outputs import read_parameters
 from facediffuser.settings import SamplingSettings
 
 ASTRONAUT = str(resources.files("facediffuser") / "data" / "examples" / "astronaut.jpg")
+MINI_EXAMPLES = Path(str(resources.files("facediffuser") / "data" / "examples" / "mini"))
+ID0006 = [str(MINI_EXAMPLES / "id0006" / f"{k}.png") for k in (1, 2, 3)]  # the README's person
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAST = SamplingSettings(num_inference_steps=4, alpha=0.25, beta=0.75)
 
@@ -146,7 +149,7 @@ def test_page_names_an_oversized_or_faceless_photo_by_its_file_name(tiny_pipe, t
 
     uploads = tmp_path / "uploads" / "0123abcd"  # where Gradio keeps an upload: <upload folder>/<hash>/<name>
     uploads.mkdir(parents=True)
-    values = ("a man <|image|>", "", 4, 0.3, 0.6, 5.0, "text", "ddim", "1", 1, 64, 64)
+    values = ("a man <|image|>", "", 4, 0.3, 0.6, 5.0, None, "text", "ddim", "1", 1, 64, 64)
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     runner = DemoRunner(tiny_pipe, tmp_path / "out", model="tiny", face_check=True)
     handler = make_handler(runner)
@@ -176,7 +179,7 @@ def test_a_pipeline_with_a_face_detector_checks_the_references_with_it(tiny_pipe
     assert DemoRunner(tiny_pipe, tmp_path / "out", model="tiny", face_check=False)._face_detector is None
 
 
-def test_alpha_above_beta_has_the_clis_words(capsys, tmp_path):
+def test_alpha_above_beta_has_the_clis_words(runner, capsys, tmp_path):
     gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
     from facediffuser.cli.generate import GenerateConfig
     from facediffuser.configuration import flag_names, name_flags
@@ -200,7 +203,7 @@ def test_alpha_above_beta_has_the_clis_words(capsys, tmp_path):
     cli = cli_error(capsys, [*argv, "-o", str(tmp_path / "x.png")])
     assert cli == name_flags(str(err.value), flag_names(GenerateConfig)) and cli.startswith("--alpha (0.8)")
     with pytest.raises(gr.Error) as page:
-        make_handler(None)("a man <|image|>", "", 4, 0.8, 0.2, 5.0, "text", "ddim", "", 1, 64, 64, [ASTRONAUT])
+        make_handler(runner)("a man <|image|>", "", 4, 0.8, 0.2, 5.0, None, "text", "ddim", "", 1, 64, 64, [ASTRONAUT])
     assert page.value.message == cli.replace("--alpha", "alpha").replace("--beta", "beta")
 
 
@@ -266,12 +269,30 @@ def test_cli_demo_binds_to_localhost_by_default():
     assert DemoConfig().host == "127.0.0.1" and DemoConfig().concurrency == 1
 
 
-def test_page_takes_slider_defaults_and_limits_from_sampling_settings(runner):
-    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+def page_widgets(runner) -> dict:
+    """The page's numeric widgets (its sliders and the subject guidance scale's text box) by element id."""
     from facediffuser.demo.app import build_app
 
     app = build_app(runner)
-    sliders = {c.elem_id: c for c in app.blocks.values() if type(c).__name__ == "Slider"}
+    numeric = [c for c in app.blocks.values() if type(c).__name__ == "Slider" or c.elem_id == "subject-guidance"]
+    return {c.elem_id: c for c in numeric}
+
+
+@pytest.fixture(scope="module")
+def mini_pipe():
+    from facediffuser.loading import load_pipeline
+
+    return load_pipeline("mini", device="cpu")
+
+
+@pytest.fixture
+def mini_runner(mini_pipe, tmp_path):
+    return DemoRunner(mini_pipe, tmp_path / "mini-out", model="mini")  # face check on, as `facediffuser demo` starts
+
+
+def test_page_takes_slider_defaults_and_limits_from_sampling_settings(runner):
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    widgets = page_widgets(runner)
     defaults = SamplingSettings()
     for elem_id, name in [
         ("steps", "num_inference_steps"),
@@ -280,9 +301,126 @@ def test_page_takes_slider_defaults_and_limits_from_sampling_settings(runner):
         ("guidance", "guidance_scale"),
     ]:
         lo, hi = slider_range(name)
-        assert (sliders[elem_id].minimum, sliders[elem_id].maximum) == (lo, hi)
-        assert sliders[elem_id].value == getattr(defaults, name)
-    assert (sliders["height"].value, sliders["width"].value) == runner.default_size
+        assert (widgets[elem_id].minimum, widgets[elem_id].maximum) == (lo, hi)
+        assert widgets[elem_id].value == getattr(defaults, name)
+    assert widgets["subject-guidance"].value == ""  # tiny's model_index names none: empty, the same as w
+
+
+@pytest.mark.parametrize(
+    ("model", "size"),
+    [
+        # (min, max, step, default): from LATENT_MIN and LATENT_MAX latent pixels (or twice the model's side), in
+        # steps of the VAE's scale, starting at the model's own size (sample size x VAE scale).
+        ("tiny", (64, 1024, 8, 64)),  # sample size 8, VAE scale 8
+        ("mini", (16, 256, 2, 32)),  # sample size 16, VAE scale 2
+    ],
+)
+def test_size_sliders_come_from_the_model(model, size, runner, request):
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    runner = request.getfixturevalue("mini_runner") if model == "mini" else runner
+    widgets = page_widgets(runner)
+    for elem_id in ("height", "width"):
+        slider = widgets[elem_id]
+        assert (slider.minimum, slider.maximum, slider.step, slider.value) == size
+    assert runner.default_size == (size[3], size[3])
+
+
+def test_the_page_as_it_starts_on_mini_is_a_request_mini_runs(mini_runner):
+    """Every widget's starting value reaches the handler (Gradio refused mini's 32 px: 'Value 32 is less than
+    minimum value 64.'), and the request they make, with the README's prompt and id0006, draws a 32 px image."""
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    from facediffuser.demo.app import make_handler
+
+    widgets = page_widgets(mini_runner)
+    for widget in widgets.values():
+        assert widget.preprocess(widget.value) == widget.value, widget.elem_id  # as Gradio hands it on
+    start = {k: widgets[k].value for k in ("steps", "alpha", "beta", "guidance", "subject-guidance", "count")}
+    assert start == {"steps": 50, "alpha": 0.3, "beta": 0.6, "guidance": 5.0, "subject-guidance": "", "count": 1}
+    handler = make_handler(mini_runner)
+    values = ("a woman <|image|> in a yellow sweater on a beach at night", "", 10, 0.3, 0.6, 5.0, "", "text")
+    values += ("model's own", "3", 1, widgets["height"].value, widgets["width"].value)
+    images, masks, files, seed = handler(*values, ID0006, None, None, None)  # 10 steps: the test's time, not 50
+    assert seed == "3" and len(images) == len(masks) == 1
+    assert Image.open(files[0]).size == (32, 32)
+
+
+def test_a_model_that_names_its_subject_guidance_scale_starts_the_page_with_it(tiny_pipe, tmp_path):
+    pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    tiny_pipe.register_to_config(subject_guidance_scale=7.5)  # as model_index.json holds it
+    runner = DemoRunner(tiny_pipe, tmp_path, model="tiny", face_check=False)
+    assert runner.controls["subject_guidance_scale"].default == 7.5
+    box = page_widgets(runner)["subject-guidance"]
+    assert box.value == "7.5" and "this model's own: 7.5" in box.label
+    assert runner.page_request(prompt="a man <|image|>", people=[[ASTRONAUT]]).settings.subject_guidance_scale == 7.5
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("steps", 2.5, "The number of denoising steps must be a positive integer, got 2.5."),  # SamplingSettings'
+        ("count", 2.5, "The number of images must be a whole number from 1 to 4, got 2.5."),
+        ("h", 64.5, "Height must be a positive multiple of 8, got 64.5."),  # check_image_size's
+        ("steps", "8", "The number of denoising steps must be a positive integer, got '8'."),  # an API client's text
+        ("guidance", float("nan"), "Guidance scale must be a finite number >= 0 (non-negative), got nan."),
+    ],
+)
+def test_an_integer_setting_given_a_fraction_is_refused_not_truncated(runner, name, value, words):
+    """The CLI refuses --steps 2.7; the page ran steps 2.5 as 2. Sliders send whole numbers as floats (8.0): those
+    pass as integers; nothing is rounded."""
+    gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    from facediffuser.demo.app import make_handler
+
+    handler = make_handler(runner)
+    values = dict(prompt="a man <|image|>", negative_prompt="", steps=4.0, alpha=0.3, beta=0.6, guidance=5.0)
+    values |= dict(subject_guidance="", base="text", scheduler="ddim", seed="1", count=1.0, h=64.0, w=64.0)
+    with pytest.raises(gr.Error) as err:
+        handler(*{**values, name: value}.values(), [ASTRONAUT], None, None, None)
+    assert err.value.message == words
+    assert not (runner.workdir).exists()  # refused before any run
+    _, _, files, _ = handler(*values.values(), [ASTRONAUT], None, None, None)  # the floats a slider sends: runs
+    assert read_parameters(files[0])["num_inference_steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("steps", 151, "Steps must be between 1 and 150 on this page, got 151."),
+        ("h", 56, "Height must be between 64 and 1024 on this page (this model draws 64 px), got 56."),
+        ("w", 1032, "Width must be between 64 and 1024 on this page (this model draws 64 px), got 1032."),
+        ("subject_guidance", "25", "Subject guidance scale must be between 0 and 20 on this page, got 25.0."),
+        ("subject_guidance", "x", "Subject guidance scale must be a number, or empty for the same as w; got 'x'."),
+        ("count", 5, "The number of images must be a whole number from 1 to 4, got 5."),
+    ],
+)
+def test_a_value_outside_its_control_is_refused_in_the_pages_words(runner, name, value, words):
+    gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    from facediffuser.demo.app import make_handler
+
+    ids = {"steps": "steps", "h": "height", "w": "width", "subject_guidance": "subject-guidance", "count": "count"}
+    assert page_widgets(runner)[ids[name]].preprocess(value) == value  # Gradio passes it on: the words are ours
+    values = dict(prompt="a man <|image|>", negative_prompt="", steps=4, alpha=0.3, beta=0.6, guidance=5.0)
+    values |= dict(subject_guidance=None, base="text", scheduler="ddim", seed="1", count=1, h=64, w=64)
+    with pytest.raises(gr.Error) as err:
+        make_handler(runner)(*{**values, name: value}.values(), [ASTRONAUT], None, None, None)
+    assert err.value.message == words
+    assert not (runner.workdir).exists()
+
+
+def test_mini_examples_are_its_world_with_its_shipped_references(mini_runner, tiny_pipe, tmp_path):
+    """Mini's examples: the README's prompt with id0006, one man, and two people, each a request mini's own checks
+    (its face detector included) accept. Other models keep the photographic ones."""
+    from facediffuser.demo.app import examples
+    from facediffuser.prompting import count_placeholders
+
+    rows = examples("mini")
+    assert rows[0][:2] == ["a woman <|image|> in a yellow sweater on a beach at night", ID0006]
+    assert sorted(count_placeholders(row[0]) for row in rows) == [1, 1, 2]
+    for prompt, *slots in rows:
+        people = [person for person in slots if person]
+        assert all(Path(p).parent.parent == MINI_EXAMPLES for person in people for p in person)
+        assert "moon" not in prompt and "van gogh" not in prompt
+        assert len(mini_runner.check(DemoRequest(prompt=prompt, people=people))) == count_placeholders(prompt)
+    assert all(row[1] == [ASTRONAUT] for row in examples("tiny")) and "moon" in examples("tiny")[0][0]
 
 
 def test_page_handler_turns_request_errors_into_readable_messages(runner, tmp_path):
@@ -291,7 +429,7 @@ def test_page_handler_turns_request_errors_into_readable_messages(runner, tmp_pa
 
     handler = make_handler(runner)
     values = dict(prompt="a man <|image|>", negative_prompt="", steps=4, alpha=0.3, beta=0.6, guidance=5.0)
-    values |= dict(base="text", scheduler="ddim", seed="", count=1, h=64, w=64)
+    values |= dict(subject_guidance=None, base="text", scheduler="ddim", seed="", count=1, h=64, w=64)
     with pytest.raises(gr.Error, match="fill the person slots from the left"):
         handler(*values.values(), None, [ASTRONAUT], None, None)
     with pytest.raises(gr.Error, match="Height"):
@@ -383,6 +521,7 @@ def test_four_requests_at_once_complete_in_queue_order_within_a_memory_bound(tmp
                 0.3,
                 0.6,
                 5.0,
+                None,
                 "text",
                 "model's own",
                 str(seed),

@@ -4,11 +4,19 @@ Needs the ``demo`` extra, Playwright (``pip install playwright``) and Chromium a
 install chromium``; another path via ``FACEDIFFUSER_CHROMIUM``). Where one is missing the tests are skipped with the
 reason, or fail when ``FACEDIFFUSER_REQUIRE_BROWSER=1`` (CI sets it: there, a missing browser is a broken setup).
 
-Screenshots of the page at rest and after a generation are always taken; with ``FACEDIFFUSER_DEMO_SCREENSHOTS=DIR``
-they are written to ``DIR`` (the README's come from ``FACEDIFFUSER_DEMO_SCREENSHOTS=docs``), else to a temp folder.
+Two servers: the random ``tiny`` model served in this process (fast: the page's wiring and its messages), and the
+default model as a user starts it, ``facediffuser demo`` with no flags (``mini``, 32 px), in its own process.
+
+Screenshots of the default model's page at rest, after a generation of the README's prompt and with an error are
+always taken; with ``FACEDIFFUSER_DEMO_SCREENSHOTS=DIR`` they are written to ``DIR`` (the README's come from
+``FACEDIFFUSER_DEMO_SCREENSHOTS=docs``), else to a temp folder. The ``tiny`` tests' screenshots go to a temp folder.
 """
 
 import os
+import subprocess
+import sys
+import threading
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -21,7 +29,13 @@ from facediffuser.tiny import build_tiny_pipeline
 ASTRONAUT = str(resources.files("facediffuser") / "data" / "examples" / "astronaut.jpg")
 CHROMIUM = os.environ.get("FACEDIFFUSER_CHROMIUM", "/usr/bin/chromium")
 PROMPT = "a woman <|image|> on the moon"
-TIMEOUT_MS = 120_000  # one generation of 8 tiny steps takes about a second; the rest is a busy shared machine
+MINI_EXAMPLES = Path(str(resources.files("facediffuser") / "data" / "examples" / "mini"))
+README_PROMPT = "a woman <|image|> in a yellow sweater on a beach at night"
+ID0006 = [str(MINI_EXAMPLES / "id0006" / f"{k}.png") for k in (1, 2, 3)]  # the README's person, three renders
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+# One generation of 8 tiny steps takes about a second, 50 mini steps at 32 px about 4; the rest is a busy shared
+# machine.
+TIMEOUT_MS = 120_000
 
 
 def unavailable(reason: str):
@@ -61,18 +75,72 @@ def server():
     assert not demo.tmpdir.exists(), "the server's temporary folder is removed on exit"
 
 
-@pytest.fixture
-def page(browser, server):
+@pytest.fixture(scope="module")
+def mini_server(tmp_path_factory):
+    """``facediffuser demo`` as a user starts it: no flags (the default model, mini; face check on; the first free
+    port from 7860), in a folder and home of its own; yields its URL."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        unavailable("the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    root = tmp_path_factory.mktemp("mini-demo")
+    home, cwd = root / "home", root / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"), "PYTHONPATH": SRC}
+    env |= {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "facediffuser.cli.main", "demo"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not any("serving http" in line for line in lines):
+            assert server.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        yield next(line for line in lines if "serving http" in line).split("serving ")[1].split()[0]
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        reader.join(timeout=10)
+    log = "".join(lines)
+    assert server.returncode == 0, log
+    assert "Traceback" not in log and "gradio.exceptions" not in log, log
+    assert not list(cwd.iterdir()), "nothing is written to the working directory"
+
+
+def open_page(browser, url: str):
     page = browser.new_page(viewport={"width": 1280, "height": 1100}, accept_downloads=True)
     page.set_default_timeout(TIMEOUT_MS)
-    page.goto(server.url)
+    page.goto(url)
     page.wait_for_selector("#generate")
+    return page
+
+
+@pytest.fixture
+def page(browser, server):
+    page = open_page(browser, server.url)
     yield page
     page.close()
 
 
-def screenshot(page, name: str, tmp_path: Path, full_page: bool = True) -> Path:
-    folder = Path(os.environ.get("FACEDIFFUSER_DEMO_SCREENSHOTS") or tmp_path)
+@pytest.fixture
+def mini_page(browser, mini_server):
+    page = open_page(browser, mini_server)
+    yield page
+    page.close()
+
+
+def screenshot(page, name: str, tmp_path: Path, full_page: bool = True, readme: bool = False) -> Path:
+    """Saves a screenshot: with ``readme`` (the default model's), where ``FACEDIFFUSER_DEMO_SCREENSHOTS`` says."""
+    folder = Path((readme and os.environ.get("FACEDIFFUSER_DEMO_SCREENSHOTS")) or tmp_path)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     page.screenshot(path=str(path), full_page=full_page)
@@ -89,8 +157,8 @@ def set_number(page, elem_id: str, value) -> None:
 
 def upload(page, slot: int, *paths: str) -> None:
     page.set_input_files(f"#person-{slot} input[type=file]", list(paths))
-    for path in paths:  # the upload finished when the slot lists the file
-        page.locator(f"#person-{slot}").get_by_text(Path(path).name[:3]).first.wait_for()
+    for path in paths:  # the upload finished when the slot lists the file (its stem and suffix apart: "1", ".png")
+        page.locator(f"#person-{slot}").get_by_text(Path(path).stem, exact=True).first.wait_for()
 
 
 def error_text(page) -> str:
@@ -173,3 +241,82 @@ def test_an_upload_over_the_size_cap_is_refused_on_the_page(page, server, tmp_pa
     text = error_text(page)
     assert 'exceed the maximum allowed size of 10.0 Mb: "big.png"' in text, text  # Gradio's check, before ours
     assert not list(Path(server.tmpdir).rglob("big.png")), "the refused upload was not kept"
+
+
+# ---------------------------------------------------------------------------------- the default model, as started
+def test_the_readmes_prompt_on_the_default_model(mini_page, tmp_path):
+    """``facediffuser demo``, the README's prompt, the three renders of id0006 in person 1, Generate: a 32 px image
+    and its masks (the size sliders start at mini's 32 px and Gradio passes them on)."""
+    from playwright.sync_api import expect
+
+    page = mini_page
+    page.get_by_text("More settings").first.click()  # open: the picture shows the sizes and the model's scheduler
+    for elem_id in ("height", "width"):
+        expect(page.locator(f"#{elem_id} input[type=number]")).to_have_value("32")
+    screenshot(page, "demo-at-rest.png", tmp_path, readme=True)
+    page.fill("#prompt textarea", README_PROMPT)
+    upload(page, 1, *ID0006)
+    page.click("#generate")
+
+    page.locator("#images img").first.wait_for()
+    page.locator("#masks img").first.wait_for()
+    seed = page.locator("#seed-used textarea").input_value()
+    assert seed.isdigit(), "an empty seed box draws a seed and shows it"
+    image_width = page.locator("#images img").first.evaluate("img => img.complete && img.naturalWidth")
+    masks_width = page.locator("#masks img").first.evaluate("img => img.complete && img.naturalWidth")
+    assert image_width == 32 and masks_width > 32, (image_width, masks_width)  # the strip: 50 step tiles and the image
+    assert page.locator(".toast-body").count() == 0 and "Traceback" not in page.content()
+    page.locator("#images img").first.scroll_into_view_if_needed()
+    screenshot(page, "demo-after-generation.png", tmp_path, readme=True)
+
+    with page.expect_download() as download:
+        page.locator("#downloads a").first.click()
+    png = tmp_path / "downloaded.png"
+    download.value.save_as(png)
+    parameters = read_parameters(png)
+    assert parameters["prompt"] == README_PROMPT and parameters["seed"] == int(seed)
+    assert parameters["model"] == "mini" and parameters["ref"] == ["1.png + 2.png + 3.png"]
+    assert parameters["num_inference_steps"] == 50 and (parameters["height"], parameters["width"]) == (32, 32)
+    assert Image.open(png).size == (32, 32)
+
+
+def test_the_two_person_example_fills_both_people_and_draws(mini_page):
+    from playwright.sync_api import expect
+
+    page = mini_page
+    page.get_by_text("a man <|image|> in a black shirt").first.click()  # the table cuts the prompt short
+    expect(page.locator("#prompt textarea")).to_have_value(
+        "a man <|image|> in a black shirt and a woman <|image|> in a white jacket on a city street during the day"
+    )
+    for slot in (1, 2):  # three renders of one shipped person each
+        expect(page.locator(f"#person-{slot}").get_by_text(".png", exact=True)).to_have_count(3)
+    set_number(page, "steps", 20)
+    page.click("#generate")
+    page.locator("#images img").first.wait_for()
+    page.locator("#masks img").first.wait_for()
+    assert page.locator(".toast-body").count() == 0
+
+
+def test_steps_2_5_is_refused_on_the_default_model(mini_page):
+    page = mini_page
+    page.fill("#prompt textarea", README_PROMPT)
+    upload(page, 1, *ID0006)
+    set_number(page, "steps", 2.5)
+    page.click("#generate")
+    text = error_text(page)
+    assert "The number of denoising steps must be a positive integer, got 2.5." in text, text
+
+
+def test_a_bad_upload_on_the_default_model_shows_a_readable_error(mini_page, tmp_path):
+    page = mini_page
+    notes = tmp_path / "notes.png"
+    notes.write_text("These are notes, not a photo.")
+    page.fill("#prompt textarea", README_PROMPT)
+    upload(page, 1, str(notes))
+    page.click("#generate")
+    text = error_text(page)
+    assert "notes.png cannot be read as an image" in text, text
+    assert "Traceback" not in page.content() and str(tmp_path) not in text
+    page.evaluate("window.scrollTo(0, 0)")  # the prompt and the upload beside the message
+    page.wait_for_timeout(800)  # the message slides in
+    screenshot(page, "demo-error.png", tmp_path, full_page=False, readme=True)  # it floats over the visible part

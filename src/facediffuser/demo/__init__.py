@@ -5,6 +5,6 @@
 package imports without the ``demo`` extra.
 """
 
-from .core import DemoRequest, DemoResult, DemoRunner, slider_range
+from .core import Control, DemoRequest, DemoResult, DemoRunner, page_controls, slider_range
 
-__all__ = ["DemoRequest", "DemoResult", "DemoRunner", "slider_range"]
+__all__ = ["Control", "DemoRequest", "DemoResult", "DemoRunner", "page_controls", "slider_range"]

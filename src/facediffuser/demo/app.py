@@ -2,9 +2,11 @@
 
 :func:`serve` owns one temporary folder for everything the server writes (uploads, example copies, PNGs) and removes
 it on :meth:`DemoServer.close`. :func:`build_app` lays out the page over a :class:`~facediffuser.demo.core.DemoRunner`;
-the page's sliders take their defaults from :class:`~facediffuser.settings.SamplingSettings` and their limits from its
-``ui_range`` metadata, and each request becomes a ``SamplingSettings`` again, so the checks and their words are the
-command line's.
+the page's numeric controls take their ranges and defaults from the loaded model (the runner's ``controls``: the size
+from the model's sample size and VAE scale, the subject guidance scale from its ``model_index.json``, the rest from
+:class:`~facediffuser.settings.SamplingSettings`), and each request becomes a ``SamplingSettings`` again, so the checks
+and their words are the command line's. Gradio checks no value itself (:func:`unchecked`): a value outside a
+range is refused by the runner, in the page's words.
 """
 
 from __future__ import annotations
@@ -22,26 +24,19 @@ from pathlib import Path
 from ..configuration import name_flags
 from ..fusion import SubjectGuidanceBase
 from ..images import IMAGE_EXTENSIONS
-from ..loading import SCHEDULERS
-from ..settings import SamplingSettings
-from .core import MAX_IMAGES, MAX_PEOPLE, DemoRequest, DemoRunner, default, parse_seed, slider_range
+from ..loading import MINI_MODEL, SCHEDULERS
+from ..prompting import DEFAULT_PLACEHOLDER
+from .core import MAX_PEOPLE, Control, DemoRunner, number_text
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 FIRST_PORT = 7860  # Gradio's: with no port given, it takes the first free one from here
 MODEL_SCHEDULER = "model's own"
-MAX_SIDE = 1024
-# How the library's messages name a setting (`alpha`) is said on the page with the widget's name, as the command line
-# says it with its flag (configuration.name_flags).
-PAGE_NAMES = {
-    "num_inference_steps": "Steps",
-    "alpha": "alpha",
-    "beta": "beta",
-    "guidance_scale": "Guidance scale",
-    "height": "Height",
-    "width": "Width",
-}
+# The mini model's draws are 32 px: the browser shows them enlarged with sharp pixels rather than blurred.
+PAGE_CSS = "#images img, #masks img { image-rendering: pixelated; }"
+# The README's prompt (mini draws its world: six places, three times of day, eight clothing colours).
+MINI_PROMPT = "a {noun} {placeholder} in a yellow sweater on a beach at night"
 
 STAGE_LEGEND = (
     "**Who drew what.** One tile per denoising step: white where the subject model (SDM) drew, black where the scene "
@@ -53,19 +48,64 @@ STAGE_LEGEND = (
 )
 
 
+def page_names(runner: DemoRunner) -> dict[str, str]:
+    """How the library's messages name a setting (```alpha```), said on the page with the widget's name, as the
+    command line says it with its flag (``configuration.name_flags``)."""
+    return {**{name: c.label for name, c in runner.controls.items()}, "subject_guidance_base": "Subject guidance base"}
+
+
 def example_photo(name: str = "astronaut.jpg") -> str:
     return str(resources.files("facediffuser") / "data" / "examples" / name)
 
 
-def examples(placeholder: str) -> list[list]:
-    """Prompts with the photos of each person (empty slots as ``None``), for the page's example table."""
-    astronaut = example_photo()
-    rows = [
-        (f"a woman {placeholder} on the moon, photo", [[astronaut]]),
-        (f"a painting of a woman {placeholder} in the style of van gogh", [[astronaut]]),
-        (f"a woman {placeholder} and a woman {placeholder} having coffee in a cafe", [[astronaut], [astronaut]]),
-    ]
+def mini_people() -> list[tuple[str, list[str]]]:
+    """The mini model's shipped example references (``data/examples/mini``, a subject folder), sorted by name: each
+    person's class noun and photos; empty when this installation has none."""
+    from ..evaluation.benchmarks import load_subjects
+    from ..package_data import MINI_EXAMPLES, packaged
+
+    try:
+        people = load_subjects(packaged(MINI_EXAMPLES))
+    except (OSError, ValueError):
+        return []
+    return [(person.class_noun, [str(photo.path) for photo in person.photos]) for person in people]
+
+
+def examples(model: str, placeholder: str = DEFAULT_PLACEHOLDER) -> list[list]:
+    """Prompts with the photos of each person (empty slots as ``None``), for the page's example table.
+
+    The mini model draws its procedural world (32 px; six places, three times of day, eight clothing colours): its
+    examples are prompts of that world with its shipped references of held-out people, one person and two. Any other
+    model gets photographic ones with the astronaut photo."""
+    p = placeholder
+    people = mini_people() if model == MINI_MODEL else []
+    women = [photos for noun, photos in people if noun == "woman"]
+    men = [photos for noun, photos in people if noun == "man"]
+    if len(women) >= 2 and len(men) >= 2:
+        rows = [
+            (MINI_PROMPT.format(noun="woman", placeholder=p), [women[0]]),
+            (f"a man {p} in a red jacket in a forest in the snow", [men[0]]),
+            (f"a man {p} in a black shirt and a woman {p} in a white jacket on a city street during the day",
+             [men[1], women[1]]),
+        ]  # fmt: skip
+    else:
+        astronaut = example_photo()
+        rows = [
+            (f"a woman {p} on the moon, photo", [[astronaut]]),
+            (f"a painting of a woman {p} in the style of van gogh", [[astronaut]]),
+            (f"a woman {p} and a woman {p} having coffee in a cafe", [[astronaut], [astronaut]]),
+        ]
     return [[prompt, *people, *[None] * (MAX_PEOPLE - len(people))] for prompt, people in rows]
+
+
+def unchecked(component):
+    """``component`` (a ``Slider``) less Gradio's own check of its value: Gradio refuses a value outside a
+    slider's range in its words (``Value 32 is less than minimum value 64.``) and rounds by ``precision``; here the
+    value reaches the handler as sent, and the runner checks it in the page's words (``DemoRunner.check_ranges``). (An
+    attribute of this one component, not a subclass: Gradio writes a ``.pyi`` file beside the module that defines a
+    component class.)"""
+    component.preprocess = lambda payload: payload
+    return component
 
 
 def people_from_slots(slots: Sequence[Sequence[str] | str | None]) -> list[list[str]]:
@@ -93,31 +133,31 @@ def make_handler(runner: DemoRunner):
     # An upload lives at <upload folder>/<hash>/<its name>: messages name the file as the user knows it.
     upload_prefix = re.compile(re.escape(str(Path(get_upload_folder()))) + r"/[^/\s]+/")
 
-    def generate(prompt, negative_prompt, steps, alpha, beta, guidance, base, scheduler, seed, count, h, w, *slots,
-                 progress=gr.Progress()):  # fmt: skip
+    names = page_names(runner)
+
+    def generate(prompt, negative_prompt, steps, alpha, beta, guidance, subject_guidance, base, scheduler, seed,
+                 count, h, w, *slots, progress=gr.Progress()):  # fmt: skip
         try:
-            settings = SamplingSettings(
-                num_inference_steps=int(steps),
-                alpha=float(alpha),
-                beta=float(beta),
-                guidance_scale=float(guidance),
-                subject_guidance_base=base,
-            )
-            request = DemoRequest(
-                prompt=prompt or "",
+            request = runner.page_request(
+                prompt=prompt,
                 people=people_from_slots(slots),
-                settings=settings,
-                negative_prompt=negative_prompt or "",
-                seed=parse_seed(seed),
-                num_images=int(count),
+                negative_prompt=negative_prompt,
+                seed=seed,
                 scheduler=None if scheduler == MODEL_SCHEDULER else scheduler,
-                height=int(h),
-                width=int(w),
+                subject_guidance_base=base,
+                num_inference_steps=steps,
+                alpha=alpha,
+                beta=beta,
+                guidance_scale=guidance,
+                subject_guidance_scale=subject_guidance,
+                num_images=count,
+                height=h,
+                width=w,
             )
             progress(0, desc="Waiting for the model")
             result = runner.run(request, on_step=lambda i, n: progress((i, n), desc="Denoising", unit="steps"))
         except (ValueError, FileNotFoundError) as err:
-            message = name_flags(upload_prefix.sub("", str(err)), PAGE_NAMES)
+            message = name_flags(upload_prefix.sub("", str(err)), names)
             raise gr.Error(message, print_exception=False) from None
         except Exception as err:
             logger.exception("A demo run failed.")
@@ -149,10 +189,23 @@ def build_app(runner: DemoRunner):
     import gradio as gr
 
     placeholder = runner.placeholder
-    height, width = runner.default_size
-    steps_min, steps_max = slider_range("num_inference_steps")
-    guidance_min, guidance_max = slider_range("guidance_scale")
+    controls = runner.controls
 
+    def slider(name: str, label: str, elem_id: str):
+        c: Control = controls[name]
+        return unchecked(gr.Slider(c.minimum, c.maximum, value=c.default, step=c.step, label=label, elem_id=elem_id))
+
+    own_subject = controls["subject_guidance_scale"].default
+    subject_label = (
+        "Subject guidance scale w of the SDM (empty: the same as w)"
+        if own_subject is None
+        else f"Subject guidance scale w of the SDM (this model's own: {number_text(own_subject)}; empty: the same as w)"
+    )
+    example_prompt = (
+        MINI_PROMPT.format(noun="woman", placeholder=placeholder)
+        if runner.model == MINI_MODEL
+        else f"a woman {placeholder} on the moon"
+    )
     generate = make_handler(runner)
 
     with gr.Blocks(title="Face-diffuser", analytics_enabled=False) as app:
@@ -166,7 +219,7 @@ def build_app(runner: DemoRunner):
                 prompt = gr.Textbox(
                     label="Prompt",
                     lines=2,
-                    placeholder=f"a woman {placeholder} on the moon",
+                    placeholder=example_prompt,
                     info=f"Put {placeholder} right after each person's class noun ('a man {placeholder}', "
                     f"'a woman {placeholder}'), once per person, in the same order as the person slots below.",
                     elem_id="prompt",
@@ -184,25 +237,29 @@ def build_app(runner: DemoRunner):
                                     elem_id=f"person-{k + 1}",
                                 )
                             )
-                gr.Examples(examples(placeholder), inputs=[prompt, *slots], label="Examples (click to fill)")
+                gr.Examples(
+                    examples(runner.model, placeholder), inputs=[prompt, *slots], label="Examples (click to fill)"
+                )
                 negative_prompt = gr.Textbox(label="Negative prompt", placeholder="what to avoid", elem_id="negative")
                 with gr.Row():
-                    steps = gr.Slider(steps_min, steps_max, value=default("num_inference_steps"), step=1,
-                                      label="Steps T", elem_id="steps")  # fmt: skip
-                    guidance = gr.Slider(guidance_min, guidance_max, value=default("guidance_scale"), step=0.5,
-                                         label="Guidance scale w", elem_id="guidance")  # fmt: skip
+                    steps = slider("num_inference_steps", "Steps T", "steps")
+                    guidance = slider("guidance_scale", "Guidance scale w", "guidance")
                 with gr.Row():
-                    alpha = gr.Slider(*slider_range("alpha"), value=default("alpha"), step=0.05, elem_id="alpha",
-                                      label="alpha: stage I (scene model only) ends at alpha*T")  # fmt: skip
-                    beta = gr.Slider(*slider_range("beta"), value=default("beta"), step=0.05, elem_id="beta",
-                                     label="beta: stage III (subject model only) starts at beta*T")  # fmt: skip
+                    alpha = slider("alpha", "alpha: stage I (scene model only) ends at alpha*T", "alpha")
+                    beta = slider("beta", "beta: stage III (subject model only) starts at beta*T", "beta")
                 with gr.Row():
-                    count = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Images", elem_id="count")
+                    count = slider("num_images", "Images", "count")
                     seed = gr.Textbox(label="Seed", placeholder="empty: a random seed", elem_id="seed")
                 with gr.Accordion("More settings", open=False):
+                    subject_guidance = gr.Textbox(  # a number box cannot be empty: it shows and sends 0
+                        value="" if own_subject is None else number_text(own_subject),
+                        label=subject_label,
+                        placeholder="empty: the same as w",
+                        elem_id="subject-guidance",
+                    )
                     base = gr.Radio(
                         [m.value for m in SubjectGuidanceBase],
-                        value=default("subject_guidance_base"),
+                        value=SubjectGuidanceBase.TEXT.value,
                         label="Subject guidance base: 'text' as the official release, 'null' as paper eq. 2",
                     )
                     scheduler = gr.Dropdown(
@@ -211,8 +268,8 @@ def build_app(runner: DemoRunner):
                         label=f"Scheduler (the model's own: {runner.scheduler_name})",
                     )
                     with gr.Row():
-                        h = gr.Slider(64, MAX_SIDE, value=height, step=8, label="Height (px)", elem_id="height")
-                        w = gr.Slider(64, MAX_SIDE, value=width, step=8, label="Width (px)", elem_id="width")
+                        h = slider("height", "Height (px)", "height")
+                        w = slider("width", "Width (px)", "width")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=4):
                 gallery = gr.Gallery(
@@ -236,9 +293,11 @@ def build_app(runner: DemoRunner):
                 )
                 downloads = gr.File(label="PNG files (with their settings inside)", elem_id="downloads")
                 seed_used = gr.Textbox(label="Seed used", interactive=False, elem_id="seed-used")
+        settings_widgets = [prompt, negative_prompt, steps, alpha, beta, guidance, subject_guidance, base, scheduler]
+        settings_widgets += [seed, count, h, w]
         run.click(
             generate,
-            inputs=[prompt, negative_prompt, steps, alpha, beta, guidance, base, scheduler, seed, count, h, w, *slots],
+            inputs=[*settings_widgets, *slots],
             outputs=[gallery, masks, downloads, seed_used],
             api_name="generate",
         )
@@ -339,6 +398,7 @@ def serve(
                 show_error=False,
                 quiet=True,
                 ssr_mode=False,
+                css=PAGE_CSS,
                 footer_links=["api"],
             )
         except OSError as err:  # Gradio's "Cannot find empty port": a busy port, or a host this machine is not

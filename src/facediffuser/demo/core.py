@@ -3,6 +3,11 @@
 The checks, the pipeline and the PNG chunk are ``facediffuser generate``'s: a request is turned into the same
 :class:`~facediffuser.settings.SamplingSettings` (so alpha > beta fails with the same words), its photos go through
 the same reference checks, and each PNG carries the same ``parameters`` chunk.
+
+The page's numeric controls are controls (:class:`Control`) made from the loaded model (:func:`page_controls`): the size
+sliders from its sample size and VAE scale, the subject guidance scale from its ``model_index.json``. A request's
+values are checked here, never by Gradio: first by the library's checks (an integer setting given 2.5 is refused, not
+truncated), then against the controls' ranges.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..fusion import SubjectGuidanceBase
 from ..loading import dtype_name
 from ..settings import SamplingSettings, check_image_size
 
@@ -26,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 MAX_PEOPLE = 4
 MAX_IMAGES = 4
+# The size sliders run from LATENT_MIN latent pixels to LATENT_MAX (or twice the model's own side, if larger), in steps
+# of the VAE's scale (the multiple `check_image_size` asks for): 64-1024 px for SD 1.x, 16-256 px for mini (32 px).
+LATENT_MIN = 8
+LATENT_MAX = 128
 # Seeds drawn for an empty seed box: below 2**31 so that they are easy to read back and type in again.
 SEED_LIMIT = 2**31
 
@@ -44,6 +54,68 @@ def default(name: str) -> Any:
 
 
 SAMPLING_FIELDS = {f.name: f for f in dataclasses.fields(SamplingSettings)}
+
+
+@dataclass(frozen=True)
+class Control:
+    """One numeric control of the page, for the loaded model: what the page calls it, its range, step and default.
+
+    ``default`` is ``None`` for a setting the model leaves open (the subject guidance scale of a model whose
+    ``model_index.json`` names none: the same as the guidance scale). ``integer``: a whole number is required.
+    """
+
+    label: str
+    minimum: float
+    maximum: float
+    step: float
+    default: float | None
+    integer: bool = False
+
+
+def model_side(pipe) -> tuple[int, int]:
+    """``(height, width)`` the model draws when no size is given: its UNet's sample size times the VAE's scale."""
+    sample = pipe.unet.config.sample_size
+    sample = tuple(sample) if isinstance(sample, (list, tuple)) else (sample, sample)
+    return sample[0] * pipe.vae_scale_factor, sample[1] * pipe.vae_scale_factor
+
+
+def page_controls(pipe) -> dict[str, Control]:
+    """The page's numeric controls for ``pipe``, keyed by the request's names (SamplingSettings' fields, ``num_images``,
+    ``height``, ``width``): the sampling settings' defaults and ``ui_range``, the size from the model itself."""
+    scale = pipe.vae_scale_factor
+    height, width = model_side(pipe)
+    own_subject = getattr(pipe, "subject_guidance_scale", None)  # model_index.json's, when it names one
+
+    def size(label: str, side: int) -> Control:
+        return Control(label, LATENT_MIN * scale, max(LATENT_MAX * scale, 2 * side), scale, side, integer=True)
+
+    def setting(name: str, label: str, step: float, value: Any = None, integer: bool = False) -> Control:
+        value = default(name) if value is None and name != "subject_guidance_scale" else value
+        return Control(label, *slider_range(name), step, value, integer)
+
+    return {
+        "num_inference_steps": setting("num_inference_steps", "Steps", 1, integer=True),
+        "guidance_scale": setting("guidance_scale", "Guidance scale", 0.5),
+        "subject_guidance_scale": setting("subject_guidance_scale", "Subject guidance scale", 0.5, own_subject),
+        "alpha": setting("alpha", "alpha", 0.05),
+        "beta": setting("beta", "beta", 0.05),
+        "num_images": Control("Images", 1, MAX_IMAGES, 1, 1, integer=True),
+        "height": size("Height", height),
+        "width": size("Width", width),
+    }
+
+
+def page_value(value: Any, control: Control) -> Any:
+    """A widget's value as the request takes it. Sliders send numbers as floats: a whole float becomes an ``int`` for
+    an integer setting; anything else (2.5, ``"8"``, NaN) is passed on unchanged, for the library's checks to refuse
+    in their own words, as they refuse it from the command line or a PNG's parameters. Nothing is rounded."""
+    if control.integer and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 @dataclass(frozen=True)
@@ -110,6 +182,7 @@ class DemoRunner:
         self.face_check, self._face_detector = reference_detector(model, face_check, own)
         self.recorded = {"scene_model": None, "device": str(pipe.device), "dtype": dtype_name(pipe.dtype)}
         self.recorded.update(recorded or {})
+        self.controls = page_controls(pipe)
         self._scheduler = copy.deepcopy(pipe.scheduler)
         self._pipes: queue.Queue = queue.Queue()
         self._pipes.put(pipe)
@@ -128,8 +201,7 @@ class DemoRunner:
     @property
     def default_size(self) -> tuple[int, int]:
         """``(height, width)`` the model draws when no size is given."""
-        side = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
-        return side, side
+        return model_side(self.pipe)
 
     @property
     def scheduler_name(self) -> str:
@@ -145,11 +217,13 @@ class DemoRunner:
         from ..inputs import check_request
         from ..loading import SCHEDULERS
 
-        if not 1 <= request.num_images <= MAX_IMAGES:
-            raise ValueError(f"The number of images must be between 1 and {MAX_IMAGES}, got {request.num_images}.")
+        count = request.num_images
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_IMAGES:
+            raise ValueError(f"The number of images must be a whole number from 1 to {MAX_IMAGES}, got {count!r}.")
         if request.scheduler is not None and request.scheduler not in SCHEDULERS:
             raise ValueError(f"Unknown scheduler {request.scheduler!r}; choose from {', '.join(SCHEDULERS)}.")
         check_image_size(request.height, request.width, self.pipe.vae_scale_factor)
+        self.check_ranges(request)
         refs = [[str(p) for p in person] for person in request.people]
         return check_request(
             request.prompt,
@@ -159,6 +233,65 @@ class DemoRunner:
             detector=self._face_detector,
             reference_term="person slot",
             names=[f"person {k + 1} ({photo_names(person)})" for k, person in enumerate(refs)],
+        )
+
+    def check_ranges(self, request: DemoRequest) -> None:
+        """Raises ``ValueError`` for a value outside its control's range (:attr:`controls`), naming the control as
+        the page does. Values the library checks refuse (types, alpha > beta) are refused before, in their words."""
+        values = {**request.settings.to_dict(), "num_images": request.num_images}
+        values |= {"height": request.height, "width": request.width}
+        for name, control in self.controls.items():
+            value = values[name]
+            if value is not None and not control.minimum <= value <= control.maximum:
+                own = f" (this model draws {control.default} px)" if name in ("height", "width") else ""
+                raise ValueError(
+                    f"{control.label} must be between {number_text(control.minimum)} and "
+                    f"{number_text(control.maximum)} on this page{own}, got {value!r}."
+                )
+
+    def page_request(
+        self,
+        *,
+        prompt: str | None,
+        people: Sequence[Sequence[str | Path]],
+        negative_prompt: str | None = None,
+        seed: str | int | None = None,
+        scheduler: str | None = None,
+        subject_guidance_base: str = SubjectGuidanceBase.TEXT.value,
+        **numbers: Any,
+    ) -> DemoRequest:
+        """A :class:`DemoRequest` from the page's values as they arrive (``numbers``: the :attr:`controls`' values,
+        by their names; one left out takes its default). The settings go through :class:`SamplingSettings`, the
+        command line's own checks; nothing is rounded (see :func:`page_value`). Raises ``ValueError``."""
+        unknown = set(numbers) - set(self.controls)
+        if unknown:
+            raise TypeError(f"Unknown page values: {', '.join(sorted(unknown))}.")
+        if isinstance(numbers.get("subject_guidance_scale"), str):  # the page's text box
+            numbers["subject_guidance_scale"] = parse_optional_number(
+                numbers["subject_guidance_scale"], self.controls["subject_guidance_scale"].label, "the same as w"
+            )
+        values = {
+            name: page_value(numbers[name], control) if name in numbers else control.default
+            for name, control in self.controls.items()
+        }
+        settings = SamplingSettings(
+            num_inference_steps=values["num_inference_steps"],
+            alpha=values["alpha"],
+            beta=values["beta"],
+            guidance_scale=values["guidance_scale"],
+            subject_guidance_scale=values["subject_guidance_scale"],
+            subject_guidance_base=subject_guidance_base,
+        )
+        return DemoRequest(
+            prompt=prompt or "",
+            people=people,
+            settings=settings,
+            negative_prompt=negative_prompt or "",
+            seed=parse_seed(seed),
+            num_images=values["num_images"],
+            scheduler=scheduler,
+            height=values["height"],
+            width=values["width"],
         )
 
     # ------------------------------------------------------------------ running
@@ -266,6 +399,18 @@ def parse_seed(text: str | int | None) -> int | None:
     if value is not None and not 0 <= value < 2**64:
         raise ValueError(f"The seed must be between 0 and 2**64 - 1, got {value}.")
     return value
+
+
+def parse_optional_number(text: str, label: str, empty: str) -> float | None:
+    """A text box's number: empty means ``None`` (what ``empty`` says); anything else must read as a number (its
+    range and finiteness are checked where the number is used)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{label} must be a number, or empty for {empty}; got {text!r}.") from None
 
 
 def wrap_strip(strip, tiles: int, per_row: int | None = None):
