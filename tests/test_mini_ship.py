@@ -303,18 +303,21 @@ def test_a_pipeline_over_budget_is_refused_naming_the_biggest_parts_and_the_old_
 def test_shipping_again_replaces_the_folders_as_a_whole(stand_in, tmp_path):
     build, world = stand_in
     package = tmp_path / "package"
-    S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2))
-    stale = package / "mini" / "pipeline" / "stale.txt"
-    stale.write_text("from an older ship")
+    first = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=3))
+    gone = package / "examples" / "mini" / first.people[2]  # written by the first ship, not by the second
+    assert gone.is_dir()
     assert FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")["subject_guidance_scale"] is None
     report = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2, subject_guidance_scale=2))
-    assert not stale.exists() and (package / "mini" / "pipeline" / "model_index.json").is_file()
+    assert not gone.exists() and (package / "mini" / "pipeline" / "model_index.json").is_file()
     # the shipped pipeline draws with the given SDM guidance scale when a call gives none (its model_index.json)
     assert FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")["subject_guidance_scale"] == 2
-    assert sorted(p.name for p in package.iterdir()) == ["examples", "mini", "world"]
+    assert sorted(p.name for p in package.iterdir()) == [".facediffuser.json", "examples", "mini", "world"]
     assert sorted(p.name for p in (package / "mini").iterdir()) == ["pipeline", "stages"]  # no .new / .old left
     assert [p.name for p in (package / "mini" / "stages").iterdir()] == ["sdm.json"]  # the build's stage markers
     assert len(report.people) == 2
+    listed = json.loads((package / ".facediffuser.json").read_text())
+    on_disk = sorted(p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file())
+    assert listed["command"] == "mini ship" and sorted(listed["files"]) == [f for f in on_disk if f[0] != "."]
 
 
 def test_a_bad_subject_guidance_scale_is_refused_before_anything_is_read(tmp_path):
