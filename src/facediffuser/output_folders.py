@@ -98,8 +98,19 @@ def _entries(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name != MARKER)
 
 
-def _is_legacy(folder: Path, legacy: Sequence[str]) -> bool:
-    return any(next(iter(folder.glob(pattern)), None) is not None for pattern in legacy)
+Legacy = Sequence[str | Callable[[Path], bool]]
+
+
+def _is_legacy(folder: Path, legacy: Legacy) -> bool:
+    """Whether ``folder`` holds a file that only the command writes: a glob pattern that matches, or a test that
+    passes (e.g. one that reads the file)."""
+    for sign in legacy:
+        if callable(sign):
+            if sign(folder):
+                return True
+        elif next(iter(folder.glob(sign)), None) is not None:
+            return True
+    return False
 
 
 def _listed(relative: str, files: Iterable[str]) -> bool:
@@ -125,25 +136,27 @@ def check(
     command: str,
     inputs: Iterable[PathLike | None] = (),
     flag: str = "--out",
-    legacy: Sequence[str] = (),
+    legacy: Legacy = (),
 ) -> Path:
     """Whether ``command`` may write into ``out``; writes nothing. Returns ``out`` as an absolute path.
 
     ``out`` may be new (its nearest existing parent a folder this user can write to), an empty folder, a folder with
-    ``command``'s marker, or one made before markers existed that holds one of the ``legacy`` glob patterns. It is
+    ``command``'s marker, or one made before markers existed that shows one of the ``legacy`` signs (glob patterns,
+    or tests of the folder). It is
     never the root, the home folder, the current folder or one above it, nor one of ``inputs``, inside one or holding
     one. Every refusal is a ``ValueError`` of one sentence.
     """
     if str(out).strip() == "":
         raise ValueError(f"{flag} is empty: name a new folder to write into.")
     path = absolute(out)
-    check_apart(path, inputs, flag)
     if os.path.lexists(path):
         if not path.is_dir():
             raise ValueError(f"{flag} {out} is a file, not a folder: choose a new or empty folder.")
         reason = protected_reason(path.resolve())
         if reason:
             raise ValueError(f"{flag} {out} is {reason}: choose a new or empty folder for {flag}.")
+    check_apart(out, inputs, flag)
+    if os.path.lexists(path):
         marker = read_marker(path)
         if marker is not None:
             if marker["command"] != command:
@@ -177,7 +190,7 @@ def claim(
     command: str,
     inputs: Iterable[PathLike | None] = (),
     flag: str = "--out",
-    legacy: Sequence[str] = (),
+    legacy: Legacy = (),
     entries: Sequence[str] = (),
 ) -> Path:
     """:func:`check`, then creates ``out`` (with its parents) and its marker. A folder made before markers existed

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,18 @@ logger = logging.getLogger(__name__)
 _SAMPLING = {f.name: f for f in dataclasses.fields(SamplingSettings)}
 ATTRIBUTES = "attributes"  # the --metrics name of a benchmark's attribute accuracies
 COMMAND = "evaluate"  # the command named in --out's marker (see facediffuser.output_folders)
-LEGACY = ("run.json",)  # an evaluation folder written before the marker existed
+
+
+def _is_older_run(folder: Path) -> bool:
+    """An evaluation folder written before the marker existed: its ``run.json`` records a run's settings."""
+    try:
+        record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"benchmark", "models", "sampling", "seed"} <= set(record)
+
+
+LEGACY = (_is_older_run,)  # an evaluation folder written before the marker existed
 # What an evaluation writes in --out (``name/``: a whole sub-folder); ``table1.md`` is written by --combine.
 ENTRIES = (
     "run.json",
@@ -324,11 +336,11 @@ def evaluate(
 
     config = config.resolved()
     models, variants, prompts = config.check()
+    out = check_output(config.out, command=COMMAND, inputs=config.inputs(models), legacy=LEGACY)
     state = distributed_state(config.device)
     benchmark = load_benchmark(config.benchmark, config.data, prompts=prompts)
     attributes = ATTRIBUTES in config.metrics and benchmark.attribute_scorer is not None
     images_per_prompt = config.images_per_prompt or benchmark.images_per_prompt
-    out = check_output(config.out, command=COMMAND, inputs=config.inputs(models), legacy=LEGACY)
     settings = check_run_settings(out, config.generation_settings(images_per_prompt, models, prompts))
     device = state.device if config.device == "auto" else resolve_device(config.device)
 

@@ -551,12 +551,12 @@ def ship(config: ShipConfig) -> ShipReport:
     in, and removes the interim ``mini/vae``. A refusal or Ctrl-C before the swap leaves the old package whole."""
     from ..output_folders import listed_files, write_folders_atomically, write_marker
 
-    source = check_build(config.build)
-    check_world(config.world)
-    choose_people(config.world, config.people)  # enough held-out people, before anything is written
     target = config.target
     inputs = (config.build, config.world)
     marker = check_target(target, inputs)
+    source = check_build(config.build)
+    check_world(config.world)
+    choose_people(config.world, config.people)  # enough held-out people, before anything is written
     folders = shipped_folders(target)
     interim = target.joinpath(*package_data.MINI_VAE)
     sizes: dict[str, int] = {}
