@@ -192,14 +192,14 @@ def check_target(target: Path, inputs: tuple[Path, ...] = ()) -> dict | None:
         )
     if marker is None and target.is_dir() and _is_installation(target):
         return None
-    for folder in [*shipped_folders(target).values(), target.joinpath(*package_data.MINI_VAE)]:
-        foreign = foreign_files(folder, target, marker)
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise ValueError(
-                f"--package-dir {target} holds files facediffuser did not write where `mini ship` replaces whole "
-                f"folders ({shown}): move them away, or choose a new or empty --package-dir. Nothing was shipped."
-            )
+    places = [*shipped_folders(target).values(), target.joinpath(*package_data.MINI_VAE)]
+    foreign = sorted(f for folder in places for f in foreign_files(folder, target, marker))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f", and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ValueError(
+            f"--package-dir {target} holds files facediffuser did not write where `mini ship` replaces whole "
+            f"folders ({shown}): move them away, or choose a new or empty --package-dir. Nothing was shipped."
+        )
     return marker
 
 
