@@ -1,6 +1,9 @@
 """``facediffuser mini ship``: put a finished mini build and its world into the package's data folder.
 
-What it writes (:mod:`facediffuser.package_data` names the places), each folder replaced as a whole, atomically:
+What it writes (:mod:`facediffuser.package_data` names the places): every folder is built beside its place and all
+are swapped in together once all are complete (a refusal or Ctrl-C before that leaves the old package whole). It
+replaces only folders whose files an earlier ship wrote (the package folder's ``.facediffuser.json`` lists them; the
+installation's own data folder, shipped into before that record existed, is the package's):
 
 - ``mini/pipeline``: the mini Face-diffuser (the build's ``sdm/train``) with every weight in float16 safetensors and
   the tokenizer as ``vocab.json`` + ``merges.txt``; its text tower pruned to the world's vocabulary
