@@ -316,7 +316,9 @@ def shipped(world, tmp_path_factory) -> tuple[Path, Path, dict[str, Path]]:
     package = root / "package"
     (package / "mini" / "vae").mkdir(parents=True)
     (package / "mini" / "vae" / "config.json").write_text("{}")
-    S.ship(S.ShipConfig(build=config.out, world=ship_world, package_dir=package, people=2))
+    with pytest.MonkeyPatch.context() as patch:  # the installation's own data folder, shipped into before markers
+        patch.setattr(package_data, "data_dir", lambda: package)
+        S.ship(S.ShipConfig(build=config.out, world=ship_world, people=2))
     return config.out, package, recipe
 
 

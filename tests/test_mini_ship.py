@@ -303,18 +303,21 @@ def test_a_pipeline_over_budget_is_refused_naming_the_biggest_parts_and_the_old_
 def test_shipping_again_replaces_the_folders_as_a_whole(stand_in, tmp_path):
     build, world = stand_in
     package = tmp_path / "package"
-    S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2))
-    stale = package / "mini" / "pipeline" / "stale.txt"
-    stale.write_text("from an older ship")
+    first = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=3))
+    gone = package / "examples" / "mini" / first.people[2]  # written by the first ship, not by the second
+    assert gone.is_dir()
     assert FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")["subject_guidance_scale"] is None
     report = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2, subject_guidance_scale=2))
-    assert not stale.exists() and (package / "mini" / "pipeline" / "model_index.json").is_file()
+    assert not gone.exists() and (package / "mini" / "pipeline" / "model_index.json").is_file()
     # the shipped pipeline draws with the given SDM guidance scale when a call gives none (its model_index.json)
     assert FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")["subject_guidance_scale"] == 2
-    assert sorted(p.name for p in package.iterdir()) == ["examples", "mini", "world"]
+    assert sorted(p.name for p in package.iterdir()) == [".facediffuser.json", "examples", "mini", "world"]
     assert sorted(p.name for p in (package / "mini").iterdir()) == ["pipeline", "stages"]  # no .new / .old left
     assert [p.name for p in (package / "mini" / "stages").iterdir()] == ["sdm.json"]  # the build's stage markers
     assert len(report.people) == 2
+    listed = json.loads((package / ".facediffuser.json").read_text())
+    on_disk = sorted(p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file())
+    assert listed["command"] == "mini ship" and sorted(listed["files"]) == [f for f in on_disk if f[0] != "."]
 
 
 def test_a_bad_subject_guidance_scale_is_refused_before_anything_is_read(tmp_path):
@@ -373,3 +376,60 @@ def test_stage_markers_of_stages_taken_from_the_package_are_kept(tmp_path):
     (shipped / "tdm.json").unlink()
     with pytest.raises(ValueError, match="'tdm' stage shipped in the package"):
         S.write_stages(build, new, shipped)
+
+
+def _package_state(package: Path) -> dict[str, bytes]:
+    return {p.relative_to(package).as_posix(): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()}
+
+
+def test_a_late_refusal_or_a_ctrl_c_leaves_the_old_package_whole(stand_in, tmp_path, monkeypatch):
+    """Every folder is built beside its place and swapped in only once all are complete: asking for more example
+    people than the world has, or a Ctrl-C while the examples are written (after the pipeline, CLIP and faces), leaves
+    every old folder as it was and nothing half-written beside them."""
+    build, world = stand_in
+    package = tmp_path / "package"
+    S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2))
+    before = _package_state(package)
+    entries = sorted(p.relative_to(package).as_posix() for p in package.rglob("*"))
+    with pytest.raises(ValueError, match="8 held-out people with references; 1000 were asked for"):
+        S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=1000, subject_guidance_scale=2))
+    assert _package_state(package) == before
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(S, "write_examples", interrupted)
+    try:  # (not pytest.raises: pytest takes a KeyboardInterrupt for the user's own)
+        S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=3, subject_guidance_scale=2))
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("the interrupt was swallowed")
+    assert _package_state(package) == before
+    assert sorted(p.relative_to(package).as_posix() for p in package.rglob("*")) == entries  # no .new/.old left
+
+
+def test_user_files_in_the_shipped_folders_are_refused_and_kept(stand_in, tmp_path):
+    build, world = stand_in
+    package = tmp_path / "package"
+    mine = ["examples/mini/my-photo.png", "mini/pipeline/my-config.json", "world/clip/keep.txt"]
+    mine += ["world/references/mum/photo.jpg", "mini/stages/notes.txt"]
+    for relative in mine:
+        (package / relative).parent.mkdir(parents=True, exist_ok=True)
+        (package / relative).write_bytes(relative.encode())
+    before = _package_state(package)
+    with pytest.raises(ValueError, match=r"did not write .*\(examples/mini/my-photo.png, mini/.*, and 2 more\)"):
+        S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2))
+    assert _package_state(package) == before
+    S.ship(S.ShipConfig(build=build, world=world, package_dir=tmp_path / "new", people=2))
+    (tmp_path / "new" / "world" / "clip" / "keep.txt").write_text("put there after the ship")
+    with pytest.raises(ValueError, match=r"world/clip/keep.txt"):  # a user's file added to a shipped folder
+        S.ship(S.ShipConfig(build=build, world=world, package_dir=tmp_path / "new", people=2))
+    assert (tmp_path / "new" / "world" / "clip" / "keep.txt").read_text() == "put there after the ship"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
+def test_max_mib_must_be_a_positive_finite_size(tmp_path, capsys, value):
+    argv = ["mini", "ship", "--build", str(tmp_path), "--world", str(tmp_path), "--max-mib", value]
+    assert main(argv) == 2
+    assert f"--max-mib must be a positive number of MiB, got {float(value)}" in capsys.readouterr().err

@@ -20,10 +20,7 @@ import logging
 import os
 import pickle
 import re
-import secrets
-import shutil
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,6 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisio
 
 from .loading import check_scene_model, load_scene_unet
 from .models import SubjectFuser
+from .output_folders import protected_reason, sibling, write_folder_atomically
 from .pipeline import FaceDiffuserPipeline
 from .weight_files import check_safetensors_file, check_weights_folder, file_format, first_line, refused_global
 
@@ -383,20 +381,6 @@ def convert_release(
     return pipe.to(torch.float32)
 
 
-def _protected_reason(target: Path) -> str | None:
-    """Why ``--overwrite`` must never delete ``target`` (an absolute, resolved path), or None."""
-    if target == Path(target.anchor):
-        return "the root folder"
-    if target == Path.home().resolve():
-        return "your home folder"
-    cwd = Path.cwd().resolve()
-    if target == cwd:
-        return "the current folder"
-    if target in cwd.parents:
-        return "a folder above the current one"
-    return None
-
-
 def check_output_folder(
     out: str | os.PathLike, *, overwrite: bool = False, inputs: tuple[str | os.PathLike, ...] | list = ()
 ) -> Path:
@@ -415,7 +399,7 @@ def check_output_folder(
         if not out.is_dir():
             raise ValueError(f"{out} is a file, not a pipeline folder; choose another output folder.")
         target = out.resolve()
-        reason = _protected_reason(target)
+        reason = protected_reason(target)
         if reason:
             raise ValueError(f"--overwrite would delete {out}, {reason}: choose a new folder for --out.")
         for given in inputs:
@@ -438,7 +422,7 @@ def check_output_folder(
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"{out} lies below {parent}, which is a file, not a folder: choose another --out.")
-    probe = _sibling(parent / "probe", "write-test")
+    probe = sibling(parent / "probe", "write-test")
     try:  # a real write, not os.access: root passes os.access on read-only file systems too
         probe.mkdir()
         probe.rmdir()
@@ -447,10 +431,6 @@ def check_output_folder(
             f"Cannot write in {parent} ({first_line(err)}): choose an --out in a folder you can write to."
         ) from err
     return out
-
-
-def _sibling(out: Path, tag: str) -> Path:
-    return out.with_name(f".{out.name}.{tag}-{secrets.token_hex(4)}")
 
 
 def save_pipeline_atomically(
@@ -472,37 +452,3 @@ def save_pipeline_atomically(
         lambda new: pipe.save_pretrained(new, safe_serialization=True),
         recheck=lambda: check_output_folder(out, overwrite=overwrite, inputs=inputs),  # nothing changed meanwhile
     )
-
-
-def write_folder_atomically(
-    out: Path, write: Callable[[Path], None], *, recheck: Callable[[], object] | None = None
-) -> Path:
-    """Calls ``write(folder)`` on a new folder beside ``out``, then swaps it in for ``out`` (which may exist).
-
-    A failed ``write`` (or ``recheck``, called just before the swap) leaves no half folder and ``out`` as it was; an
-    existing ``out`` is set aside, put back if the swap fails half-way, and deleted only once the new folder is in
-    place. The caller decides whether ``out`` may be replaced at all. The new folder follows the user's umask.
-    """
-    new = _sibling(out, "new")
-    new.mkdir()  # mode 0o777 less the umask, unlike tempfile.mkdtemp's 0o700
-    old = None
-    try:
-        write(new)
-        if recheck is not None:
-            recheck()
-        if os.path.lexists(out):
-            old = _sibling(out, "old")
-            out.rename(old)
-        new.rename(out)
-    finally:
-        if old is not None and not os.path.lexists(out):
-            old.rename(out)  # the swap failed half-way: the old folder goes back
-            old = None
-        if new.exists():
-            shutil.rmtree(new, ignore_errors=True)
-    if old is not None:
-        try:
-            shutil.rmtree(old)
-        except OSError as err:  # the new folder is in place: say what is left over rather than fail
-            logger.warning("Wrote %s, but could not delete the folder it replaced, %s: %s", out, old, err)
-    return out

@@ -47,17 +47,22 @@ def register(subparsers) -> None:
 
 
 def combine(runs: list[Path], out: Path) -> Path:
+    from ..evaluation.harness import COMMAND, ENTRIES, LEGACY
     from ..evaluation.reports import combine_tables
+    from ..output_folders import check, claim, own
+    from ..outputs import atomic_write
 
+    check(out, command=COMMAND, inputs=runs, legacy=LEGACY)  # before anything is read or written
     summaries = []
     for run_dir in runs:
         path = run_dir / "summary.json" if run_dir.is_dir() else run_dir
         if not path.is_file():
             raise FileNotFoundError(f"No summary.json in {run_dir}: give the --out folder of a finished evaluation.")
         summaries.append(json.loads(path.read_text(encoding="utf-8")))
-    out.mkdir(parents=True, exist_ok=True)
-    target = out / "table1.md"
-    target.write_text(combine_tables(summaries), encoding="utf-8")
+    table = combine_tables(summaries).encode("utf-8")
+    claim(out, command=COMMAND, inputs=runs, legacy=LEGACY, entries=ENTRIES)
+    (target,) = own(out, "table1.md", command=COMMAND)
+    atomic_write(target, lambda f: f.write(table), overwrite=True)
     return target
 
 

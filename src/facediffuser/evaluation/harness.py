@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ from typing import Any
 
 from ..fusion import SubjectGuidanceBase
 from ..loading import MINI_MODEL
+from ..output_folders import check as check_output
+from ..output_folders import claim, own
+from ..outputs import atomic_write
 from ..settings import SamplingSettings
 from .benchmarks import (
     BENCHMARKS,
@@ -64,6 +68,33 @@ logger = logging.getLogger(__name__)
 
 _SAMPLING = {f.name: f for f in dataclasses.fields(SamplingSettings)}
 ATTRIBUTES = "attributes"  # the --metrics name of a benchmark's attribute accuracies
+COMMAND = "evaluate"  # the command named in --out's marker (see facediffuser.output_folders)
+
+
+def _is_older_run(folder: Path) -> bool:
+    """An evaluation folder written before the marker existed: its ``run.json`` records a run's settings."""
+    try:
+        record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"benchmark", "models", "sampling", "seed"} <= set(record)
+
+
+LEGACY = (_is_older_run,)  # an evaluation folder written before the marker existed
+# What an evaluation writes in --out (``name/``: a whole sub-folder); ``table1.md`` is written by --combine.
+ENTRIES = (
+    "run.json",
+    "images/",
+    "masks/",
+    "score_cache/",
+    "scores.csv",
+    "summary.json",
+    "table.md",
+    "sweep.png",
+    "grid.png",
+    "fusion_masks/",
+    "table1.md",
+)
 
 
 def _sampling_field(name: str, note: str = "") -> Any:
@@ -251,6 +282,14 @@ class EvaluationConfig:
             "images_per_prompt": images_per_prompt,
         }
 
+    def inputs(self, models: list[ModelSpec]) -> list[Path]:
+        """The folders and files the run reads: never its output folder, nor inside it, nor holding it."""
+        paths = [self.data, self.prompts, self.facenet_weights, self.mini_faces]
+        paths += [Path(m.source).expanduser() for m in models if Path(m.source).expanduser().exists()]
+        if self.clip_model is not None and Path(self.clip_model).expanduser().exists():
+            paths.append(Path(self.clip_model).expanduser())
+        return [Path(p) for p in paths if p is not None]
+
     def backend_options(self) -> dict[str, Any]:
         options = {"dlib_upsample": self.dlib_upsample, "facenet_weights": self.facenet_weights}
         if self.mini_faces is not None:
@@ -297,11 +336,11 @@ def evaluate(
 
     config = config.resolved()
     models, variants, prompts = config.check()
+    out = check_output(config.out, command=COMMAND, inputs=config.inputs(models), legacy=LEGACY)
     state = distributed_state(config.device)
     benchmark = load_benchmark(config.benchmark, config.data, prompts=prompts)
     attributes = ATTRIBUTES in config.metrics and benchmark.attribute_scorer is not None
     images_per_prompt = config.images_per_prompt or benchmark.images_per_prompt
-    out = Path(config.out)
     settings = check_run_settings(out, config.generation_settings(images_per_prompt, models, prompts))
     device = state.device if config.device == "auto" else resolve_device(config.device)
 
@@ -329,7 +368,8 @@ def evaluate(
         )
     attribute_scorer = build_attribute_scorer(benchmark, clip_scorer, ip_backend) if attributes else None
     if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
+        claim(out, command=COMMAND, inputs=config.inputs(models), legacy=LEGACY, entries=ENTRIES)
+        own(out, "run.json", "images/", "masks/", "score_cache/", command=COMMAND)
         write_json(out / "run.json", settings)
 
     # 1. Generate what is not on disk yet: every process lists the missing units before any of them writes.
@@ -422,6 +462,8 @@ def write_reports(
     images_per_prompt: int = 1,
 ) -> tuple[dict[str, Any], list[Path]]:
     """Writes ``scores.csv``, ``summary.json``, ``table.md``, ``sweep.png``, ``fusion_masks/`` and ``grid.png``."""
+    reports = ("scores.csv", "summary.json", "table.md", "sweep.png", "grid.png", "fusion_masks/")
+    own(out, *reports, command=COMMAND)  # a user's file of one of these names is refused, never written over
     order = {u.key: i for i, u in enumerate(units)}
     rows = sorted(rows, key=lambda r: (order[(r.method, r.case_id)], r.image_index))
     files = [out / "scores.csv", out / "summary.json", out / "table.md"]
@@ -443,7 +485,8 @@ def write_reports(
         files.append(out / "grid.png")
     summary["files"] = [str(f.relative_to(out)) for f in files]
     write_json(files[1], summary)
-    files[2].write_text(markdown_table(summary), encoding="utf-8")
+    table = markdown_table(summary).encode("utf-8")
+    atomic_write(files[2], lambda f: f.write(table), overwrite=True)
     return summary, files
 
 

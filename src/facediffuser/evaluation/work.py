@@ -73,10 +73,11 @@ def check_run_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The settings to record in ``out/run.json``; refuses to resume into ``out`` with other generation settings.
 
     Every key must match the recorded one, except ``models``: a run may add models, but a name must keep its source.
-    Returns ``settings`` with the models of the earlier runs added.
+    Returns ``settings`` with the models of the earlier runs added. A ``run.json`` beside no image binds nothing (a
+    run refused before it generated anything leaves one): the new settings replace it.
     """
     path = out / "run.json"
-    if not path.is_file():
+    if not path.is_file() or not any(p.is_file() for p in (out / "images").rglob("*.png")):
         return settings
     try:
         previous = json.loads(path.read_text(encoding="utf-8"))

@@ -46,6 +46,9 @@ from ..configuration import config_to_dict, load_toml
 logger = logging.getLogger(__name__)
 
 STAGES = ("vae", "tdm", "sdm")
+COMMAND = "mini build"  # the command named in --out's marker (see facediffuser.output_folders)
+# A build folder written before the marker existed: a stage's marker, or a stage's started settings.
+LEGACY = tuple(f"stages/{s}.json" for s in STAGES) + tuple(f"{s}/settings.json" for s in STAGES)
 # Set by the build, never by a recipe file.
 MANAGED_KEYS = ("data_root", "output_dir", "pretrained", "seed", "resume")
 
@@ -619,6 +622,10 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
     """Runs the stages from ``--from`` on (skipping those built with the same settings); returns wall seconds."""
     import torch
 
+    from ..output_folders import check, claim, own
+
+    inputs = [config.world, config.vae_config, config.tdm_config, config.sdm_config]
+    check(config.out, command=COMMAND, inputs=inputs, legacy=LEGACY)
     source = check_inputs(config)
     wanted = {stage: stage_settings(config, stage) for stage in STAGES}
     if source is None:
@@ -637,6 +644,7 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
             wanted[stage] = {**wanted[stage], "from_package": record}
     # Every stage to run is checked before the first runs: a later one built on other stages is refused up front.
     states = {stage: stage_state(config, stage, wanted[stage]) for stage in config.stages}
+    claim(config.out, command=COMMAND, inputs=inputs, legacy=LEGACY, entries=[*(s + "/" for s in STAGES), "stages/"])
     torch.set_num_threads(config.threads)
     times = {}
     for stage in config.stages:
@@ -645,6 +653,7 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
             logger.info("mini %s: already built in %s, skipping", stage, config.out)
             continue
         logger.info("mini %s: %s", stage, "resuming" if state == "started" else "building")
+        own(config.out, f"{stage}/", "stages/", command=COMMAND)
         runs = read_runs(config.out, stage)  # before anything is written in the stage's folder
         started = started_path(config.out, stage)
         started.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,9 @@
 """``facediffuser mini ship``: put a finished mini build and its world into the package's data folder.
 
-What it writes (:mod:`facediffuser.package_data` names the places), each folder replaced as a whole, atomically:
+What it writes (:mod:`facediffuser.package_data` names the places): every folder is built beside its place and all
+are swapped in together once all are complete (a refusal or Ctrl-C before that leaves the old package whole). It
+replaces only folders whose files an earlier ship wrote (the package folder's ``.facediffuser.json`` lists them; the
+installation's own data folder, shipped into before that record existed, is the package's):
 
 - ``mini/pipeline``: the mini Face-diffuser (the build's ``sdm/train``) with every weight in float16 safetensors and
   the tokenizer as ``vocab.json`` + ``merges.txt``; its text tower pruned to the world's vocabulary
@@ -27,8 +30,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,8 +83,8 @@ class ShipConfig:
         self.build, self.world = Path(self.build), Path(self.world)
         if self.package_dir is not None:
             self.package_dir = Path(self.package_dir)
-        if self.max_mib <= 0:
-            raise ValueError(f"--max-mib must be positive, got {self.max_mib}.")
+        if not math.isfinite(self.max_mib) or self.max_mib <= 0:
+            raise ValueError(f"--max-mib must be a positive number of MiB, got {self.max_mib}.")
         if self.people < 1:
             raise ValueError(f"--people must be at least 1, got {self.people}.")
         from ..settings import SamplingSettings
@@ -145,9 +150,60 @@ def check_world(world: Path) -> None:
         )
 
 
-def check_target(target: Path) -> None:
-    if target.exists() and not target.is_dir():
+COMMAND = "mini ship"  # the command named in the package folder's marker (see facediffuser.output_folders)
+
+
+def shipped_folders(target: Path) -> dict[str, Path]:
+    """The folders ``mini ship`` replaces in ``target``, by name."""
+    return {
+        "pipeline": target.joinpath(*package_data.MINI_PIPELINE),
+        "stages": target.joinpath(*package_data.MINI_STAGES),
+        "clip": target.joinpath(*package_data.WORLD_CLIP),
+        "faces": target.joinpath(*package_data.WORLD_FACES),
+        "examples": target.joinpath(*package_data.MINI_EXAMPLES),
+        "references": target.joinpath(*package_data.WORLD_REFERENCES),
+    }
+
+
+def _is_installation(target: Path) -> bool:
+    return target.resolve() == package_data.data_dir().resolve()
+
+
+def check_target(target: Path, inputs: tuple[Path, ...] = ()) -> dict | None:
+    """Refuses a ``--package-dir`` that ``mini ship`` may not write into; returns its marker (None without one).
+
+    Each folder it replaces must be new, empty, or hold only files that an earlier ship wrote (its marker lists
+    them); none may be, hold or lie inside an input (the build, the world). The installation's own data folder,
+    shipped before markers existed, is the package's: its shipped folders are replaced as they are.
+    """
+    from ..output_folders import absolute, check_apart, foreign_files, protected_reason, read_marker
+
+    if str(target).strip() == "":
+        raise ValueError("--package-dir is empty: name the package's data folder, or leave the flag out.")
+    if os.path.lexists(target) and not target.is_dir():
         raise ValueError(f"--package-dir {target} is a file, not a folder.")
+    reason = protected_reason(absolute(target).resolve())
+    if reason:
+        raise ValueError(f"--package-dir {target} is {reason}: choose the package's data folder or a new one.")
+    for folder in [*shipped_folders(target).values(), target.joinpath(*package_data.MINI_VAE)]:
+        check_apart(folder, inputs, flag="--package-dir's")
+    marker = read_marker(target) if target.is_dir() else None
+    if marker is not None and marker["command"] != COMMAND:
+        raise ValueError(
+            f"--package-dir {target} was made by `facediffuser {marker['command']}`, not `facediffuser {COMMAND}`: "
+            "choose the package's data folder or a new one."
+        )
+    if marker is None and target.is_dir() and _is_installation(target):
+        return None
+    places = [*shipped_folders(target).values(), target.joinpath(*package_data.MINI_VAE)]
+    foreign = sorted(f for folder in places for f in foreign_files(folder, target, marker))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f", and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ValueError(
+            f"--package-dir {target} holds files facediffuser did not write where `mini ship` replaces whole "
+            f"folders ({shown}): move them away, or choose a new or empty --package-dir. Nothing was shipped."
+        )
+    return marker
 
 
 # ------------------------------------------------------------------------------------------------ sizes
@@ -493,29 +549,27 @@ def write_stages(build: Path, folder: Path, shipped: Path | None = None) -> None
 
 # ------------------------------------------------------------------------------------------------ the command
 def ship(config: ShipConfig) -> ShipReport:
-    """Checks the build, the world and the target, then replaces the five shipped folders, the pipeline first (a
-    pipeline over budget stops the ship before anything is replaced), and removes the interim ``mini/vae``."""
-    from ..convert import write_folder_atomically
+    """Checks the build, the world, the people asked for and the target; builds every shipped folder beside its
+    place (a pipeline over budget, or any refusal, stops the ship before anything is replaced), then swaps them all
+    in, and removes the interim ``mini/vae``. A refusal or Ctrl-C before the swap leaves the old package whole."""
+    from ..output_folders import listed_files, write_folders_atomically, write_marker
 
+    target = config.target
+    inputs = (config.build, config.world)
+    marker = check_target(target, inputs)
     source = check_build(config.build)
     check_world(config.world)
-    target = config.target
-    check_target(target)
-    folders = {
-        "pipeline": target.joinpath(*package_data.MINI_PIPELINE),
-        "stages": target.joinpath(*package_data.MINI_STAGES),
-        "clip": target.joinpath(*package_data.WORLD_CLIP),
-        "faces": target.joinpath(*package_data.WORLD_FACES),
-        "examples": target.joinpath(*package_data.MINI_EXAMPLES),
-        "references": target.joinpath(*package_data.WORLD_REFERENCES),
-    }
+    choose_people(config.world, config.people)  # enough held-out people, before anything is written
+    folders = shipped_folders(target)
+    interim = target.joinpath(*package_data.MINI_VAE)
     sizes: dict[str, int] = {}
     kept: dict[str, int] = {}
     people: list[str] = []
+    written: dict[str, list[str]] = {}
 
     def pipeline(new: Path) -> None:
-        written, pruned = write_pipeline(source, new, config.max_mib, config.subject_guidance_scale)
-        sizes.update(written)
+        result, pruned = write_pipeline(source, new, config.max_mib, config.subject_guidance_scale)
+        sizes.update(result)
         kept.update(pruned)
 
     writers = {
@@ -526,14 +580,30 @@ def ship(config: ShipConfig) -> ShipReport:
         "examples": lambda new: people.extend(write_examples(config.world, new, config.people)),
         "references": lambda new: write_benchmark_people(config.world, new),
     }
-    for name, write in writers.items():
-        folders[name].parent.mkdir(parents=True, exist_ok=True)
-        write_folder_atomically(folders[name], write)
-        if name == "pipeline":
-            logger.info("Shipped the mini pipeline to %s (%.2f MiB)", folders[name], sum(sizes.values()) / MIB)
-    interim = target.joinpath(*package_data.MINI_VAE)
+
+    def recorded(name: str) -> Callable[[Path], None]:
+        def write(new: Path) -> None:
+            writers[name](new)
+            base = folders[name].relative_to(target).as_posix()
+            written[name] = [f"{base}/{f}" for f in listed_files(new, new)]
+
+        return write
+
+    replaced = [folders[name].relative_to(target).as_posix() + "/" for name in folders]
+    replaced.append(interim.relative_to(target).as_posix() + "/")
+    kept_files = [f for f in (marker or {"files": []})["files"] if not any(f.startswith(r) for r in replaced)]
+    new_files = lambda: [f for files in written.values() for f in files]  # noqa: E731
+
+    def before_swap() -> None:
+        check_target(target, inputs)  # nothing of a user's appeared meanwhile
+        # Until the old folders are gone, the marker lists both: an interrupted swap leaves nothing unlisted.
+        write_marker(target, COMMAND, [*(marker or {"files": []})["files"], *new_files()])
+
+    write_folders_atomically({folders[name]: recorded(name) for name in writers}, recheck=before_swap)
+    logger.info("Shipped the mini pipeline to %s (%.2f MiB)", folders["pipeline"], sum(sizes.values()) / MIB)
     if interim.is_dir():
         shutil.rmtree(interim)
         logger.info("Removed the interim %s: the shipped VAE is now %s", interim, folders["pipeline"] / "vae")
+    write_marker(target, COMMAND, [*kept_files, *new_files()])
     logger.info("Shipped the world's CLIP, face recognizer and %d example people to %s", len(people), target)
     return ShipReport(folders=folders, pipeline_sizes=sizes, people=people, vocabulary=kept)

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..output_folders import check, claim, own
+from ..outputs import atomic_write
 from .attributes import Identity, make_identities, split_identities
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,8 @@ class WorldConfig:
         unknown = sorted(set(self.redo) - set(STAGES))
         if unknown:
             raise ValueError(f"Unknown stage(s) {unknown} in --redo; the stages are {', '.join(STAGES)}.")
+        if self.size < 16 or self.size % 8:
+            raise ValueError(f"--size must be a multiple of 8 and at least 16, got {self.size}.")
         split_identities(self.identities, self.heldout, self.seed)  # validates the counts
         if self.identities > 1296:
             raise ValueError(f"The world has at most 1296 distinct people, got --identities {self.identities}.")
@@ -101,6 +105,19 @@ DEPENDS: dict[str, tuple[str, ...]] = {
     "faces": ("scenes", "portraits"),
     "report": ("references", "clip", "faces"),
 }
+
+# stage -> what it writes in --out (``name/``: a whole sub-folder); every stage also writes its marker in stages/
+ENTRIES: dict[str, tuple[str, ...]] = {
+    "identities": ("world.json",),
+    "scenes": ("scenes/",),
+    "portraits": ("portraits/",),
+    "references": ("references/",),
+    "clip": ("clip/",),
+    "faces": ("faces/",),
+    "report": ("report/",),
+}
+COMMAND = "world"  # the command named in the folder's marker (see facediffuser.output_folders)
+LEGACY = tuple(f"stages/{s}.json" for s in STAGES)  # a world folder written before the marker existed
 
 
 def stage_inputs(out: Path, stage: str) -> dict[str, int | None]:
@@ -150,8 +167,9 @@ def build_identities(config: WorldConfig) -> None:
     people = make_identities(config.identities, config.seed)
     split = split_identities(config.identities, config.heldout, config.seed)
     data = {"seed": config.seed, "split": split, "people": [p.to_dict() for p in people]}
-    config.out.mkdir(parents=True, exist_ok=True)
-    (config.out / "world.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+    (path,) = own(config.out, "world.json", command=COMMAND)
+    text = json.dumps(data, indent=1)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")), overwrite=True)
 
 
 def split_people(config: WorldConfig) -> dict[str, list[Identity]]:
@@ -243,21 +261,35 @@ BUILDERS: dict[str, Callable[[WorldConfig], None]] = {
 }
 
 
+def check_output(config: WorldConfig) -> None:
+    """Everything ``run_stages`` could refuse, before anything is written: the folder (a new or empty one, or a world
+    folder; never one of a user's), and each stage's recorded settings."""
+    check(config.out, command=COMMAND, legacy=LEGACY)
+
+
 def run_stages(config: WorldConfig, stages: Sequence[str] = STAGES) -> dict[str, float]:
-    """Runs the named stages in order (skipping those already built); returns the wall seconds of each run."""
+    """Runs the named stages in order (skipping those already built); returns the wall seconds of each run.
+
+    ``--out`` is claimed (:func:`facediffuser.output_folders.claim`) only once every check has passed, and each stage
+    writes only the entries it owns there."""
     import torch
 
+    check_output(config)
+    for stage in stages:  # a stage built with other settings is refused before anything is written
+        stage_done(config, stage)
+    if "identities" not in stages and not (config.out / "world.json").is_file():
+        raise FileNotFoundError(
+            f"{config.out} has no world.json: run `facediffuser world build --out {config.out}` (or the "
+            "`identities` stage) first."
+        )
+    claim(config.out, command=COMMAND, legacy=LEGACY, entries=[*(e for v in ENTRIES.values() for e in v), "stages/"])
     torch.set_num_threads(config.threads)
     times = {}
     for stage in stages:
         if stage_done(config, stage):
             logger.info("world %s: already built in %s, skipping", stage, config.out)
             continue
-        if stage != "identities" and not (config.out / "world.json").is_file():
-            raise FileNotFoundError(
-                f"{config.out} has no world.json: run `facediffuser world build --out {config.out}` (or the "
-                "`identities` stage) first."
-            )
+        own(config.out, *ENTRIES[stage], "stages/", command=COMMAND)
         logger.info("world %s: building", stage)
         start = time.perf_counter()
         BUILDERS[stage](config)
