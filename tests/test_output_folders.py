@@ -193,6 +193,7 @@ def commands_into(user: Path, inputs: Path) -> dict[str, list[str]]:
         "evaluate --combine": ["evaluate", "--combine", str(inputs / "run"), "--out", str(user)],
         "convert": [*convert, "--out", str(user)],
         "convert --overwrite": [*convert, "--out", str(user), "--overwrite"],
+        "train": ["train", "sdm", "--data-root", str(inputs / "subjects"), "--output-dir", str(user)],
     }
 
 
@@ -223,6 +224,18 @@ def commands_over_inputs(user: Path, inputs: Path) -> dict[str, list[str]]:
             "--out",
             str(user),
             "--overwrite",
+        ],  # fmt: skip
+        "train --output-dir DATA": ["train", "tdm", "--data-root", str(user), "--output-dir", str(user)],
+        "train inside DATA": ["train", "tdm", "--data-root", str(user), "--output-dir", str(user / "run")],
+        "train --output-dir BASE": [
+            "train",
+            "sdm",
+            "--data-root",
+            str(inputs / "subjects"),
+            "--pretrained",
+            str(user),
+            "--output-dir",
+            str(user),
         ],  # fmt: skip
     }
 
@@ -261,6 +274,7 @@ INTO = {
     "evaluate --combine": "holds files facediffuser did not write",
     "convert": "already exists; choose another output folder or pass --overwrite",
     "convert --overwrite": "is not a pipeline folder (it has no model_index.json)",
+    "train": "holds files facediffuser did not write",
 }
 
 
@@ -278,6 +292,9 @@ OVER = {
     "evaluate inside DATA": "lies inside the input",
     "evaluate --combine RUN --out RUN": "is the input",
     "convert --out SD15": "which is the input",
+    "train --output-dir DATA": "is the input",
+    "train inside DATA": "lies inside the input",
+    "train --output-dir BASE": "is the input",
 }
 
 
@@ -299,6 +316,27 @@ def test_writing_commands_refuse_the_current_folder(user_and_inputs, capsys, mon
         _refused_quickly(["mini", "build", "--out", out, "--world", "x"], capsys, user.parent, "is the current folder")
     ship = ["mini", "ship", "--build", str(inputs / "build"), "--world", "world", "--package-dir", "."]
     _refused_quickly(ship, capsys, user.parent, "--package-dir . is the current folder")
+
+
+def test_a_training_run_owns_what_it_writes_and_resumes_in_its_folder(tmp_path, capsys):
+    from facediffuser.training.synthetic import write_synthetic_ffhq_wild
+
+    data = write_synthetic_ffhq_wild(tmp_path / "data", num_images=4, size=72, test_images=0)
+    run = ["train", "tdm", "--data-root", str(data), "--output-dir", str(tmp_path / "run"), "--resolution", "64"]
+    run += ["--train-batch-size", "2", "--validation-steps", "0", "--checkpointing-steps", "1", "--log-with", "csv"]
+    assert main([*run, "--max-train-steps", "1"]) == 0
+    files = F.read_marker(tmp_path / "run")["files"]
+    assert {"train_config.json", "checkpoints/", "logs/", "model_index.json", "unet/", "vae/"} <= set(files)
+    (tmp_path / "run" / "my-notes.txt").write_text("mine")  # a user's file beside the run: not a name it writes
+    assert main([*run, "--max-train-steps", "2", "--resume", "latest"]) == 0
+    assert (tmp_path / "run" / "my-notes.txt").read_text() == "mine"
+    (tmp_path / "run" / "unet").rename(tmp_path / "unet-moved")
+    (tmp_path / "run" / "unet").mkdir()  # the user's own folder where the export writes: refused, kept
+    (tmp_path / "run" / "unet" / "mine.txt").write_text("mine")
+    F.write_marker(tmp_path / "run", "train", [f for f in files if f != "unet/"])
+    assert main([*run, "--max-train-steps", "3", "--resume", "latest"]) == 2
+    assert "unet was not written by facediffuser train" in capsys.readouterr().err
+    assert (tmp_path / "run" / "unet" / "mine.txt").read_text() == "mine"
 
 
 def test_world_render_beside_user_files_keeps_them_and_an_older_world_folder_resumes(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Output folders: one rule for every command that writes one (``world``, ``mini build``, ``mini ship``,
+"""Output folders: one rule for every command that writes one (``world``, ``mini build``, ``mini ship``, ``train``,
 ``evaluate``, ``convert``).
 
 A command writes only into a folder it created, an empty one, or one that holds its own marker; it never writes
@@ -204,16 +204,14 @@ def claim(
     return path
 
 
-def own(out: PathLike, *relatives: str, command: str) -> list[Path]:
-    """Before ``command`` writes the entries ``relatives`` of ``out`` (posix paths; ``name/`` a whole sub-folder):
-    refuses one that exists and is not in the marker (a file the command did not write), records the others in the
-    marker, and returns their paths. A folder without a marker gets one (nothing in it is the command's yet)."""
+def check_own(out: PathLike, *relatives: str, command: str) -> dict | None:
+    """What :func:`own` refuses, without recording anything: an entry of ``out`` that exists and is not in its
+    marker, or a marker of another command. Returns the marker (None for a folder without one, or no folder)."""
     folder = Path(out)
     marker = read_marker(folder) if folder.is_dir() else None
     if marker is not None and marker["command"] != command:
         raise ValueError(f"{folder} was made by `facediffuser {marker['command']}`: nothing was written into it.")
     files = marker["files"] if marker is not None else []
-    paths = []
     for relative in relatives:
         path = folder / relative.rstrip("/")
         if os.path.lexists(path) and not _listed(relative, files):
@@ -221,7 +219,17 @@ def own(out: PathLike, *relatives: str, command: str) -> list[Path]:
                 f"{path} was not written by facediffuser {command}, so it was not replaced: move it away, or choose "
                 "another output folder."
             )
-        paths.append(path)
+    return marker
+
+
+def own(out: PathLike, *relatives: str, command: str) -> list[Path]:
+    """Before ``command`` writes the entries ``relatives`` of ``out`` (posix paths; ``name/`` a whole sub-folder):
+    refuses one that exists and is not in the marker (a file the command did not write), records the others in the
+    marker, and returns their paths. A folder without a marker gets one (nothing in it is the command's yet)."""
+    folder = Path(out)
+    marker = check_own(folder, *relatives, command=command)
+    files = marker["files"] if marker is not None else []
+    paths = [folder / relative.rstrip("/") for relative in relatives]
     new = [r for r in relatives if not _listed(r, files)]
     if new or marker is None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ..configuration import add_dataclass_arguments, build_config, flag_names, name_flags
-from ..training.config import ModelKind, TrainConfig
+from ..training.config import ModelKind, TrainConfig, check_output_dir
 
 HELP = "train the SDM (subject model) or the TDM (scene model) on FFHQ-wild data"
 
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(TrainConfig, args, args.config)
     except ValueError as err:  # the settings' words name fields (`resolution`): the user gave flags (--resolution)
         raise ValueError(name_flags(str(err), flag_names(TrainConfig))) from err
+    check_output_dir(config)  # before any model loads; the trainer claims the folder when the run starts
     from ..training.trainer import train  # settings checked first: a refusal costs no import of the trainer
 
     out = train(ModelKind(args.model), config)

@@ -220,3 +220,30 @@ class TrainConfig:
             alpha=only,
             beta=only,
         )
+
+
+# What a training run writes into its --output-dir: the run's own record, checkpoints, logs and validation grids
+# (the exported pipeline's entries are owned when it is written, see Trainer.export).
+RUN_ENTRIES = ("train_config.json", "checkpoints/", "logs/", "validation/")
+# A run folder written before output folders carried a marker: its train_config.json or its checkpoints.
+RUN_LEGACY = ("train_config.json", "checkpoints/checkpoint-*")
+
+
+def output_inputs(config: TrainConfig) -> list[Path]:
+    """The folders a run reads, which its --output-dir must keep apart from: the data and a base pipeline folder."""
+    inputs = [Path(config.data_root)]
+    if config.pretrained != "tiny":
+        inputs.append(Path(config.pretrained))
+    return inputs
+
+
+def check_output_dir(config: TrainConfig) -> Path:
+    """Whether ``config.output_dir`` may take this run (see :mod:`facediffuser.output_folders`); writes nothing."""
+    from ..output_folders import check, check_own
+    from .export import pipeline_entries
+
+    out = check(
+        config.output_dir, command="train", inputs=output_inputs(config), flag="--output-dir", legacy=RUN_LEGACY
+    )
+    check_own(out, *RUN_ENTRIES, *pipeline_entries(), command="train")
+    return out

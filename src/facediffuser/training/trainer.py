@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .. import output_folders
 from ..configuration import config_to_dict
 from ..pipeline import FaceDiffuserPipeline
 from ..tiny import TinyConfig
@@ -39,9 +40,9 @@ from . import checkpoints, tracking
 from .allocator import keep_freed_blocks
 from .attention import AttentionStore, install_attention_capture
 from .augment import ReferenceAugmentation
-from .config import MixedPrecision, ModelKind, TrainConfig
+from .config import RUN_ENTRIES, RUN_LEGACY, MixedPrecision, ModelKind, TrainConfig, output_inputs
 from .data import EpochSampler, FFHQWild, collate, seeded_generator
-from .export import export_pipeline, trained_tensors
+from .export import export_pipeline, pipeline_entries, trained_tensors
 from .launch import launched_without_accelerator, process_count_mismatch
 from .losses import denoising_loss, head_loss_weights, localization_loss, min_snr_weights, subject_union_masks
 from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline, parameter_groups
@@ -294,7 +295,11 @@ class Trainer:
         c, acc = self.config, self.accelerator
         settings = {"model": self.kind.value, **config_to_dict(c)}
         if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            output_folders.claim(
+                self.output_dir, command="train", inputs=output_inputs(c), flag="--output-dir", legacy=RUN_LEGACY,
+                entries=RUN_ENTRIES,
+            )  # fmt: skip
+            output_folders.own(self.output_dir, *RUN_ENTRIES, *pipeline_entries(), command="train")
             (self.output_dir / "train_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         acc.init_trackers(tracking.RUN_NAME, config=tracking.hyperparameters(settings))  # the main process only
         if c.resume:
