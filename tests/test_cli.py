@@ -503,3 +503,21 @@ def test_a_guidance_scale_that_overflows_is_refused_not_drawn_black(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "of 2 produced non-finite latents (NaN or inf)" in err and "lower the guidance scale" in err
     assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        (b"", "model_index.json is empty: it should hold JSON."),
+        (b"[1]", "model_index.json is not a model index, a JSON object ({...}): it holds a list."),
+        (b'{"placeholder": "\xe9"}', "model_index.json is not UTF-8 text (byte 0xe9 at offset 17): save it as UTF-8."),
+        (b"\xef\xbb\xbf{}", "model_index.json starts with a byte-order mark, which diffusers cannot read"),
+    ],
+)
+def test_a_broken_model_index_is_one_sentence_naming_it(tmp_path, capsys, no_model_load, content, words):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_bytes(content)
+    code = main(["generate", *ONE, "--model", str(tmp_path / "model"), "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
