@@ -73,3 +73,10 @@ def test_train_with_a_mistyped_config_is_one_line_and_exit_2(tmp_path, capsys):
     assert err.strip() == (
         f"facediffuser train: error: In {tmp_path / 'train.toml'}, `train_batch_size` must be an integer, got '8'."
     )
+
+
+def test_a_bad_byte_after_a_byte_order_mark_is_placed_in_the_file(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_bytes(b"\xef\xbb\xbfmax_train_steps = 3\nname = 'caf\xe9'\n")
+    with pytest.raises(ValueError, match=r"t.toml is not UTF-8 text \(byte 0xe9 at offset 34\)"):
+        load_toml(path)

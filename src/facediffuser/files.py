@@ -8,6 +8,7 @@ editors write) is accepted.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import sys
@@ -31,12 +32,13 @@ def read_text(path: str | os.PathLike) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found.")
     data = path.read_bytes()
+    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
     try:
-        return data.decode("utf-8-sig")
+        return data[start:].decode("utf-8")
     except UnicodeDecodeError as err:
-        byte = data[err.start]
+        offset = start + err.start  # in the file, byte-order mark included
         raise ValueError(
-            f"{path} is not UTF-8 text (byte 0x{byte:02x} at offset {err.start}): save it as UTF-8."
+            f"{path} is not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}): save it as UTF-8."
         ) from None
 
 
