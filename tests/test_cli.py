@@ -480,6 +480,7 @@ def test_png_values_are_checked_as_their_flags_before_any_model_loads(
         (["--guidance-scale", "1e39"], "--guidance-scale must be at most 3.403e+38, the largest float32 number"),
         (["--subject-guidance-scale", "1e39"], "--subject-guidance-scale must be at most 3.403e+38"),
         (["--steps", "100000000", "--scheduler", "euler"], "--steps (the number of denoising steps) must be at most"),
+        (["--smoothing-kernel-size", "1000000000"], "--smoothing-kernel-size must be at most 4096, the largest image"),
     ],
 )
 def test_flags_have_upper_limits_before_any_model_loads(tmp_path, capsys, no_model_load, flags, words):

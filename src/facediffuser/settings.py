@@ -114,6 +114,10 @@ class SamplingSettings:
         size = self.smoothing_kernel_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"`smoothing_kernel_size` must be a positive integer, got {size!r}.")
+        if size > MAX_IMAGE_SIDE:  # wider than any latent map: it only averages the whole map (and pads it hugely)
+            raise ValueError(
+                f"`smoothing_kernel_size` must be at most {MAX_IMAGE_SIDE}, the largest image side, got {size!r}."
+            )
         sigma = self.smoothing_sigma
         if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"`smoothing_sigma` must be a finite number > 0, got {sigma!r}.")
