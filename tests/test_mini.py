@@ -493,7 +493,11 @@ def test_from_shipped_stages_refuses_other_settings_another_world_and_a_missing_
         ("vae_config", "learning_rate = -1", ": The VAE's learning rate must be positive"),
         ("tdm_config", 'learning_rate = "1e-3"', "`learning_rate` must be a number, got '1e-3'."),
         ("sdm_config", "use_ema = 1", "`use_ema` must be true or false, got 1."),
-        ("sdm_config", 'mixed_precision = "fp64"', "`mixed_precision` must be one of 'auto', 'no', 'fp16', 'bf16', got 'fp64'."),
+        (
+            "sdm_config",
+            'mixed_precision = "fp64"',
+            "`mixed_precision` must be one of 'auto', 'no', 'fp16', 'bf16', got 'fp64'.",
+        ),
         ("sdm_config", "learning_rate = -1.0", ": `learning_rate` must be a positive number, got -1.0."),
         ("tdm_unet", 'channels = ["8", "16", "16"]', "In the [unet] table of "),
         ("tdm_unet", "depth = 3", "Unknown [unet] setting(s) ['depth']"),
