@@ -416,3 +416,109 @@ def test_a_system_error_is_one_line_too(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert code == 1 and "No space left on device" in err and "Traceback" not in err, err
     assert not (tmp_path / "x.png").exists()
+
+
+def _recorded_png(path: Path, **parameters) -> Path:
+    """A PNG whose ``parameters`` chunk records ``parameters`` over a valid tiny-model record."""
+    from PIL.PngImagePlugin import PngInfo
+
+    record = {"prompt": "a man <|image|>", "model": "tiny", "num_inference_steps": 1, "height": 32, "width": 32}
+    info = PngInfo()
+    info.add_text("parameters", json.dumps({**record, **parameters}))
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_a_png_is_obeyed_only_in_what_generate_records(tmp_path, monkeypatch, caplog):
+    from facediffuser.cli import generate as generate_module
+
+    taken = []
+    monkeypatch.setattr(generate_module, "generate", lambda config, recorded: taken.append(config) or [])
+    png = _recorded_png(tmp_path / "a.png", face_check=False, compile=True, offload="model", seed=7, shiny=1)
+    assert main(["generate", "--parameters-from", str(png), "--ref", ASTRONAUT]) == 0
+    (config,) = taken
+    assert config.seed == 7 and config.model == "tiny"  # what generate records is taken
+    assert config.face_check is True and config.compile is False and config.offload.value == "none"
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and all(f"`{k}`" in warning[0] for k in ("compile", "face_check", "offload", "shiny"))
+
+
+@pytest.mark.parametrize(
+    "recorded,words",
+    [
+        ({"height": 1000000}, "--height must be at most 4096 pixels, got 1000000 (read from a.png; give --height"),
+        ({"height": 1000000, "width": 32}, "--height must be at most 4096 pixels"),
+        ({"num_images": 1000000}, "--num-images must be a whole number from 1 to 64, got 1000000 (read from a.png"),
+        ({"guidance_scale": 1e308}, "--guidance-scale must be at most 3.403e+38, the largest float32 number"),
+        ({"seed": 2**70}, "--seed must be a whole number from 0 to 2**64 - 1 (18446744073709551615), got 1180591"),
+        ({"num_inference_steps": 10**8, "scheduler": "euler"}, "--steps (the number of denoising steps) must be at"),
+        ({"height": "32"}, "In the parameters recorded in "),
+        ({"seed": True}, "`seed` must be an integer, got True."),
+        ({"subject_guidance_base": "eq2"}, "`subject_guidance_base` must be one of 'text', 'null', got 'eq2'."),
+    ],
+)
+def test_png_values_are_checked_as_their_flags_before_any_model_loads(
+    tmp_path, monkeypatch, capsys, no_model_load, recorded, words
+):
+    monkeypatch.chdir(tmp_path)
+    _recorded_png(tmp_path / "a.png", **recorded)
+    code = main(["generate", "--parameters-from", "a.png", "--ref", ASTRONAUT, "-o", "out.png"])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+@pytest.mark.parametrize(
+    "flags,words",
+    [
+        (["--height", "1000000"], "--height must be at most 4096 pixels, got 1000000."),
+        (["--num-images", "1000000"], "--num-images must be a whole number from 1 to 64, got 1000000."),
+        (["--num-images", "0"], "--num-images must be a whole number from 1 to 64, got 0."),
+        (["--seed", str(2**70)], "--seed must be a whole number from 0 to 2**64 - 1"),
+        (["--seed", "-1"], "--seed must be a whole number from 0 to 2**64 - 1"),
+        (["--guidance-scale", "1e39"], "--guidance-scale must be at most 3.403e+38, the largest float32 number"),
+        (["--subject-guidance-scale", "1e39"], "--subject-guidance-scale must be at most 3.403e+38"),
+        (["--steps", "100000000", "--scheduler", "euler"], "--steps (the number of denoising steps) must be at most"),
+        (["--smoothing-kernel-size", "1000000000"], "--smoothing-kernel-size must be at most 4096, the largest image"),
+    ],
+)
+def test_flags_have_upper_limits_before_any_model_loads(tmp_path, capsys, no_model_load, flags, words):
+    code = main(["generate", *ONE, *flags, "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_largest_seed_is_taken(tmp_path):
+    out = tmp_path / "x.png"
+    assert main(["generate", *ONE, "--steps", "1", "--height", "32", "--width", "32", "--seed", str(2**64 - 1),
+                 "-o", str(out)]) == 0  # fmt: skip
+    assert json.loads(Image.open(out).text["parameters"])["seed"] == 2**64 - 1
+
+
+def test_a_guidance_scale_that_overflows_is_refused_not_drawn_black(tmp_path, capsys):
+    # 1e30 fits float32, so it cannot be refused up front; the latents overflow during sampling.
+    code = main(["generate", *ONE, "--steps", "2", "--height", "32", "--width", "32", "--guidance-scale", "1e30",
+                 "-o", str(tmp_path / "x.png")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "of 2 produced non-finite latents (NaN or inf)" in err and "lower the guidance scale" in err
+    assert "Traceback" not in err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        (b"", "model_index.json is empty: it should hold JSON."),
+        (b"[1]", "model_index.json is not a model index, a JSON object ({...}): it holds a list."),
+        (b'{"placeholder": "\xe9"}', "model_index.json is not UTF-8 text (byte 0xe9 at offset 17): save it as UTF-8."),
+        (b"\xef\xbb\xbf{}", "model_index.json starts with a byte-order mark, which diffusers cannot read"),
+    ],
+)
+def test_a_broken_model_index_is_one_sentence_naming_it(tmp_path, capsys, no_model_load, content, words):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_bytes(content)
+    code = main(["generate", *ONE, "--model", str(tmp_path / "model"), "-o", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1

@@ -242,3 +242,57 @@ def test_bad_prompt_files_say_what_to_write(tmp_path):
     (tmp_path / "ok.txt").write_text("a {subject}\n")
     with pytest.raises(ValueError, match="takes its prompts from its data; drop --prompts"):
         load_benchmark("ffhq-wild", tmp_path, prompts=load_prompt_file(tmp_path / "ok.txt"))
+
+
+@pytest.mark.parametrize(
+    "changes,words",
+    [
+        ({"images_per_prompt": 10**9}, "--images-per-prompt must be a whole number from 1 to 64, got 1000000000."),
+        ({"seed": 2**70}, "--seed must be a whole number from 0 to 2**64 - 1 (18446744073709551615), got 1180591"),
+        ({"seed": -1}, "--seed must be a whole number from 0 to 2**64 - 1"),
+        ({"height": 10**6}, "--height must be at most 4096 pixels, got 1000000."),
+        ({"width": 20}, "--width must be a positive multiple of 8, got 20."),
+        ({"guidance_scale": 1e39}, "must be at most 3.403e+38, the largest float32 number"),
+    ],
+)
+def test_evaluate_refuses_absurd_counts_and_seeds_before_anything_loads(tmp_path, changes, words):
+    from facediffuser.evaluation.harness import EvaluationConfig
+
+    people = make_subjects(tmp_path / "people", {"ada": 1})
+    config = EvaluationConfig(model=["tiny"], data=people, metrics=["ip"], methods=["tdm"], **changes)
+    with pytest.raises(ValueError) as err:
+        config.check()
+    assert words in str(err.value)
+
+
+def test_a_prompt_file_count_is_held_to_the_same_limit(tmp_path):
+    from facediffuser.evaluation.harness import EvaluationConfig
+
+    people = make_subjects(tmp_path / "people", {"ada": 1})
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps({"prompts": ["a {subject}"], "images_per_prompt": 10**9}))
+    words = f"In {path}, `images_per_prompt` must be a whole number from 1 to 64 (a case's images are one batch)"
+    with pytest.raises(ValueError, match=f"^{words}, got 1000000000.$".replace("(", r"\(").replace(")", r"\)")):
+        EvaluationConfig(model=["tiny"], data=people, metrics=["ip"], methods=["tdm"], prompts=path).check()
+    path.write_text(json.dumps({"prompts": ["a {subject}"], "images_per_prompt": True}))
+    with pytest.raises(ValueError, match="got True"):
+        load_prompt_file(path)
+
+
+def test_prompt_and_subject_files_name_themselves_when_broken(tmp_path):
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfa {subject} at sea\n")
+    assert load_prompt_file(tmp_path / "bom.txt").groups == {"bom": ("a {subject} at sea",)}
+    (tmp_path / "latin.txt").write_bytes(b"a {subject} in a caf\xe9\n")
+    with pytest.raises(ValueError, match=r"latin.txt is not UTF-8 text \(byte 0xe9 at offset 20\): save it as UTF-8"):
+        load_prompt_file(tmp_path / "latin.txt")
+    (tmp_path / "empty.json").write_text("")
+    with pytest.raises(ValueError, match=r"empty.json is empty: it should hold JSON"):
+        load_prompt_file(tmp_path / "empty.json")
+    people = make_subjects(tmp_path / "people", {"ada": 1, "alan": 1})
+    (people / "subjects.json").write_bytes(b'\xef\xbb\xbf{"ada": "woman"}')
+    assert [p.class_noun for p in load_subjects(people)] == ["woman", "person"]
+    (people / "pairs.json").write_text('{"ada": "alan"}')
+    with pytest.raises(
+        ValueError, match=r"pairs.json is not a list of pairs, a JSON list \(\[...\]\): it holds a dict"
+    ):
+        load_benchmark("multi-subject", people)

@@ -484,3 +484,89 @@ def test_from_shipped_stages_refuses_other_settings_another_world_and_a_missing_
     with pytest.raises(FileNotFoundError, match="needs the 'tdm' stage.*ships no mini model"):
         B.run_stages(mini_config(out, world, recipe, from_stage="sdm"))
     assert not out.exists()  # every refusal came before anything was written
+
+
+@pytest.mark.parametrize(
+    "recipe,text,words",
+    [
+        ("vae_config", 'steps = "ten"', "`steps` must be an integer, got 'ten'."),
+        ("vae_config", "crop = true", "`crop` must be an integer, got True."),
+        ("vae_config", 'channels = [8, "16"]', "`channels` must be a list of integers, got [8, '16']."),
+        ("vae_config", "learning_rate = -1", ": The VAE's learning rate must be positive"),
+        ("tdm_config", 'learning_rate = "1e-3"', "`learning_rate` must be a number, got '1e-3'."),
+        ("sdm_config", "use_ema = 1", "`use_ema` must be true or false, got 1."),
+        (
+            "sdm_config",
+            'mixed_precision = "fp64"',
+            "`mixed_precision` must be one of 'auto', 'no', 'fp16', 'bf16', got 'fp64'.",
+        ),
+        ("sdm_config", "learning_rate = -1.0", ": `learning_rate` must be a positive number, got -1.0."),
+        ("tdm_unet", 'channels = ["8", "16", "16"]', "In the [unet] table of "),
+        ("tdm_unet", "depth = 3", "Unknown [unet] setting(s) ['depth']"),
+        ("tdm_unet", "norm_groups = 5", "need at least 3 levels, each a multiple of norm_groups 5"),
+    ],
+)
+def test_a_recipe_value_of_the_wrong_type_is_one_sentence_naming_the_file_and_key(tmp_path, recipe, text, words):
+    files = recipes(tmp_path / "recipes")
+    path = files["tdm_config" if recipe == "tdm_unet" else recipe]
+    key = text.split(" =")[0]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith(key + " =")]
+    # a key of the [unet] table goes at the end (inside the table), any other at the top
+    lines = [*lines, text] if recipe == "tdm_unet" else [text, *lines]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        B.stage_settings(mini_config(tmp_path / "out", tmp_path / "world", files), "sdm")
+    message = str(err.value)
+    assert str(path) in message and words in message and "\n" not in message, message
+
+
+def test_recipes_with_a_byte_order_mark_are_read_and_other_encodings_named(tmp_path):
+    files = recipes(tmp_path / "recipes")
+    config = mini_config(tmp_path / "out", tmp_path / "world", files)
+    wanted = B.stage_settings(config, "sdm")
+    for path in files.values():  # as a Windows editor may save them
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert B.stage_settings(config, "sdm") == wanted
+    files["sdm_config"].write_bytes(TINY_TRAIN.encode() + b'reference_region = "t\xeate"\n')
+    with pytest.raises(ValueError, match=r"sdm_config.toml is not UTF-8 text \(byte 0xea at offset \d+\)"):
+        B.stage_settings(config, "sdm")
+
+
+def test_the_shipped_recipes_pass_their_checks():
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    config = B.MiniConfig(
+        out=Path("out"), vae_config=configs / "mini_vae.toml", tdm_config=configs / "mini_tdm.toml",
+        sdm_config=configs / "mini_sdm.toml",
+    )  # fmt: skip
+    assert set(B.stage_settings(config, "sdm")) >= {"vae", "tdm", "sdm", "unet"}
+
+
+@pytest.mark.parametrize(
+    "which,text,words",
+    [
+        ("marker", '{"seconds": 3}', "is not a stage marker (it records no `settings`"),
+        ("marker", "", "is empty: it should hold JSON"),
+        ("marker", "{oops", "is not valid JSON (Expecting property name enclosed in double quotes at line 1"),
+        ("started", "[1, 2]", "is not the settings of a started stage, a JSON object"),
+        ("started", "{", "is not valid JSON"),
+    ],
+)
+def test_a_broken_marker_is_one_sentence_naming_it_and_how_to_rebuild(tmp_path, which, text, words):
+    config = mini_config(tmp_path / "out", tmp_path / "world", recipes(tmp_path / "recipes"))
+    path = B.marker_path(config.out, "vae") if which == "marker" else B.started_path(config.out, "vae")
+    path.parent.mkdir(parents=True)
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError) as err:
+        B.stage_state(config, "vae", B.stage_settings(config, "vae"))
+    message = str(err.value)
+    assert message.startswith(str(path)) and words in message and "away to rebuild the stage" in message, message
+    assert path.read_text(encoding="utf-8") == text
+
+
+@pytest.mark.parametrize("text", ['{"running_since": 5}', '{"seconds": ["1"]}', "nope"])
+def test_a_broken_runs_record_is_one_sentence(tmp_path, text):
+    path = B.runs_path(tmp_path, "vae")
+    path.parent.mkdir(parents=True)
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match="^" + str(path) + " is not "):
+        B.read_runs(tmp_path, "vae")

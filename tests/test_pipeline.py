@@ -360,3 +360,32 @@ def test_a_folder_is_several_photos_of_one_person(tiny_pipe, face_image, tmp_pat
     from_folder = run(tiny_pipe, "a man <|image|>", [folder]).images
     from_list = run(tiny_pipe, "a man <|image|>", [[folder / "a.png", folder / "b.jpg"]]).images
     np.testing.assert_array_equal(from_folder, from_list)  # exact by construction: the same files, pipeline, kernels
+
+
+def test_a_step_that_makes_the_latents_non_finite_is_named_and_nothing_is_decoded(tiny_pipe, monkeypatch):
+    from facediffuser.pipeline import NonFiniteLatentsError
+
+    decoded = []
+    monkeypatch.setattr(tiny_pipe, "vae_decode", lambda *a, **k: decoded.append(1))
+
+    def overflow_at_step_3(pipe, i, t, tensors):
+        return {"latents": tensors["latents"] * float("inf")} if i == 2 else {}
+
+    with pytest.raises(NonFiniteLatentsError, match=r"^Step 3 of 4 produced non-finite latents \(NaN or inf\)"):
+        run(tiny_pipe, "a cat", callback_on_step_end=overflow_at_step_3)
+    assert decoded == []
+
+
+def test_a_guidance_scale_that_overflows_during_sampling_is_an_error_not_a_black_image(tiny_pipe, face_image):
+    from facediffuser.pipeline import NonFiniteLatentsError
+
+    # 1e30 is a float32 number, so it passes the up-front check; w * (eps(c) - eps(0)) overflows on the way.
+    with pytest.raises(NonFiniteLatentsError, match=r"of 4 produced non-finite.*lower the guidance scale \(now 1e\+30"):
+        run(tiny_pipe, "a man <|image|>", [face_image], guidance_scale=1e30)
+
+
+@pytest.mark.parametrize("name", ["guidance_scale", "subject_guidance_scale"])
+def test_a_guidance_scale_beyond_float32_is_refused_before_any_model_runs(tiny_pipe, face_image, monkeypatch, name):
+    monkeypatch.setattr(tiny_pipe, "encode_prompt", lambda *a, **k: pytest.fail("a model ran"))
+    with pytest.raises(ValueError, match=rf"`{name}` must be at most 3.403e\+38, the largest float32 number"):
+        run(tiny_pipe, "a man <|image|>", [face_image], **{name: 1e39})

@@ -262,3 +262,52 @@ def test_cli_renders_resumes_and_refuses_other_settings(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "w" / "references").iterdir() if p.is_dir()) == sorted(
         f"id{i:04d}" for i in A.split_identities(20, 4, 0)["heldout"]
     )
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ('{"seconds": 1.0}', "is not a stage marker (it records no `settings`"),
+        ('{"settings": [1]}', "is not a stage marker (it records no `settings`"),
+        ("", "is empty: it should hold JSON"),
+        ("{", "is not valid JSON (Expecting property name"),
+        ("[]", "is not a stage marker, a JSON object"),
+    ],
+)
+def test_a_broken_stage_marker_is_one_sentence_that_says_redo(tmp_path, capsys, text, words):
+    from facediffuser.cli.main import main
+
+    marker = tmp_path / "w" / "stages" / "identities.json"
+    marker.parent.mkdir(parents=True)
+    marker.write_text(text, encoding="utf-8")
+    code = main(["world", "render", "--out", str(tmp_path / "w"), "--identities", "20", "--heldout", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and str(marker) in err and "--redo identities" in err, err
+    assert "Traceback" not in err and marker.read_text(encoding="utf-8") == text
+    assert sorted(p.name for p in (tmp_path / "w").rglob("*")) == ["identities.json", "stages"]
+
+
+def test_a_stage_marker_with_a_byte_order_mark_is_read(tmp_path):
+    from facediffuser.world.build import WorldConfig, stage_done, stage_settings
+
+    config = WorldConfig(out=tmp_path, identities=20, heldout=4)
+    marker = tmp_path / "stages" / "identities.json"
+    marker.parent.mkdir()
+    marker.write_text(json.dumps({"settings": stage_settings(config, "identities")}), encoding="utf-8-sig")
+    assert stage_done(config, "identities")
+
+
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        (b'{"seed": 0}', "is not a world's people (`people` and `split`"),
+        (b"\xff\xfe{}", "is not UTF-8 text (byte 0xff at offset 0)"),
+    ],
+)
+def test_a_broken_world_json_is_one_sentence(tmp_path, content, words):
+    from facediffuser.world.build import load_people
+
+    (tmp_path / "world.json").write_bytes(content)
+    with pytest.raises(ValueError, match="^" + str(tmp_path / "world.json")) as err:
+        load_people(tmp_path)
+    assert words in str(err.value)

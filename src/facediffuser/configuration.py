@@ -19,18 +19,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import sys
+import os
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from .files import read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+T = TypeVar("T")
 
 
 def _unwrap_optional(tp: Any) -> Any:
@@ -136,14 +133,85 @@ def _coerce(value: Any, tp: Any) -> Any:
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
+    """The table of a TOML config or recipe; ``FileNotFoundError`` / ``ValueError`` (not UTF-8, not TOML) name it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Config file not found: {path}")
-    with path.open("rb") as f:
-        try:
-            return tomllib.load(f)
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"{path} is not valid TOML: {err}") from err
+    return read_toml(path)
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """``{key: type}`` of every setting of ``cls`` as a file gives it: its fields, those of a flattened dataclass at
+    the top level (as in :func:`flag_names`)."""
+    hints = typing.get_type_hints(cls)
+    nested = _nested(cls)
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        if field.name in nested:
+            out.update(field_types(nested[field.name][0]))
+        else:
+            out[field.name] = hints[field.name]
+    return out
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path (a string)"}
+
+
+def _describe(tp: Any) -> str:
+    """What a value of type ``tp`` is, in a user's words ("an integer", "a list of numbers", "one of 'a', 'b'")."""
+    optional = _unwrap_optional(tp) is not tp
+    tp = _unwrap_optional(tp)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        text = "one of " + ", ".join(repr(m.value) for m in tp)
+    elif typing.get_origin(tp) in (list, tuple):
+        item = _describe(typing.get_args(tp)[0])
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings", "a path (a string)": "paths"}
+        text = f"a list of {plural.get(item, item)}"
+    else:
+        text = _KINDS.get(tp, getattr(tp, "__name__", str(tp)))
+    return text + " (or null)" if optional else text
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether ``value`` (as read from JSON or TOML) is a value of the field type ``tp``. A bool is not an integer;
+    an integer is a number; a string is a path; an enum takes its members' values; a list field also takes a single
+    item (as ``--flag x`` does)."""
+    if value is None:
+        return _unwrap_optional(tp) is not tp or tp is type(None)
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp is Path:
+        return isinstance(value, (str, os.PathLike))
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return isinstance(value, tp) or value in {m.value for m in tp}
+    if origin in (list, tuple):
+        item = typing.get_args(tp)[0]
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return all(_fits(v, item) for v in items)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(tp))
+    return True  # a type this module does not turn into a flag's type: the dataclass checks it
+
+
+def check_file_values(cls: type, values: dict[str, Any], source: str) -> None:
+    """Raises ``ValueError`` for the first value of ``values`` (keys are settings of ``cls``, read from ``source``:
+    a file, or e.g. "the parameters recorded in x.png") whose type does not fit its field, in one sentence naming
+    ``source`` and the key: "In recipe.toml, `steps` must be an integer, got 'ten'." Unknown keys are left to the
+    caller."""
+    types_ = field_types(cls)
+    for key, value in values.items():
+        if key in types_ and not _fits(value, types_[key]):
+            raise ValueError(f"In {source}, `{key}` must be {_describe(types_[key])}, got {value!r}.")
 
 
 def build_config(
@@ -151,20 +219,26 @@ def build_config(
     namespace: argparse.Namespace | None = None,
     config_file: str | Path | None = None,
     base: dict[str, Any] | None = None,
+    base_source: str = "the base settings",
 ) -> T:
     """``cls`` from its defaults, then ``base`` (e.g. the settings recorded in an image), then ``config_file`` (TOML,
     keys are field names), then the flags in ``namespace``.
 
-    Raises ``ValueError`` for unknown keys in the file and for required fields that were never given; an invalid
-    value of a flattened dataclass raises its own ``ValueError``, with the flags named.
+    The values of ``base`` (read from ``base_source``, e.g. "the parameters recorded in x.png") and of the file are
+    type-checked against their fields first (:func:`check_file_values`), so that a string where a number belongs is
+    one sentence naming the file and the key. Raises ``ValueError`` for unknown keys in the file and for required
+    fields that were never given; an invalid value of a flattened dataclass raises its own ``ValueError``, with the
+    flags named.
     """
     values: dict[str, Any] = dict(base or {})
+    check_file_values(cls, values, base_source)
     if config_file is not None:
         data = load_toml(config_file)
         known = set(flag_names(cls))
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"Unknown setting(s) {unknown} in {config_file}; known: {sorted(known)}.")
+        check_file_values(cls, data, str(config_file))
         values.update(data)
     if namespace is not None:
         values.update(vars(namespace))

@@ -7,7 +7,6 @@ go through :mod:`facediffuser.convert` first, which reads them with ``torch.load
 from __future__ import annotations
 
 import enum
-import json
 import logging
 from pathlib import Path
 
@@ -218,10 +217,11 @@ def check_pipeline_folder(folder: Path) -> None:
             f"{folder} is not a Face-diffuser pipeline folder: it has no model_index.json. Make one with "
             "`facediffuser convert` or `FaceDiffuserPipeline.save_pretrained`."
         )
-    try:
-        declared = json.loads(index.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{index} is not valid JSON: {err}") from err
+    declared = read_model_index(folder)
+    if index.read_bytes().startswith(b"\xef\xbb\xbf"):
+        raise ValueError(
+            f"{index} starts with a byte-order mark, which diffusers cannot read: save it as UTF-8 without one."
+        )
     missing = [p for p in PIPELINE_PARTS if p not in declared or not (folder / p).is_dir()]
     if missing:
         raise ValueError(f"The model folder {folder} is missing: {', '.join(p + '/' for p in missing)}.")
@@ -229,7 +229,9 @@ def check_pipeline_folder(folder: Path) -> None:
 
 def read_model_index(folder: Path) -> dict:
     """A pipeline folder's ``model_index.json``, parsed (what the two readers below take, so a check reads it once)."""
-    return json.loads((folder / "model_index.json").read_text())
+    from .files import read_json
+
+    return read_json(folder / "model_index.json", dict, "a model index")
 
 
 def read_placeholder(folder: Path, index: dict | None = None) -> str:

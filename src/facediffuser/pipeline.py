@@ -46,6 +46,12 @@ _CONDITION_TENSORS = {
 }
 
 
+class NonFiniteLatentsError(ValueError):
+    """A denoising step made the latents NaN or infinite, so the image would be black: raised by
+    :class:`FaceDiffuserPipeline` instead of decoding them (a ``ValueError``: the settings asked for more than the
+    sampling's numbers hold)."""
+
+
 @dataclass
 class FaceDiffuserPipelineOutput(BaseOutput):
     """Output of :class:`FaceDiffuserPipeline`.
@@ -408,7 +414,9 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
 
         # 5. Denoise: each model the stage uses evaluates its conditions in one batched call; the Face-diffuser step
         #    turns the predictions into one (stage I: eps_T, stage II: SNF, stage III: eps_S); the scheduler steps.
+        #    Whether each step's latents are finite is noted on the device (one reduction, no wait for it).
         step_traces: list[StepTrace] = []
+        finite: list[torch.Tensor] = []
         self._num_timesteps = len(timesteps)
         with self.progress_bar(total=len(timesteps)) as progress_bar:
             for i, t in enumerate(timesteps):
@@ -429,9 +437,13 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                     latents, embeds = self._step_end_callback(
                         callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents, embeds
                     )
+                finite.append(torch.isfinite(latents).all())
                 progress_bar.update()
 
-        # 6. Decode.
+        # 6. Refuse latents that overflowed (NaN or inf) rather than decode them into a black image.
+        check_finite_steps(finite, settings)
+
+        # 7. Decode.
         if output_type == "latent":
             image = latents
         else:
@@ -474,3 +486,21 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         out = callback(self, i, t, {k: tensors[k] for k in names or ["latents"]}) or {}
         tensors.update({k: v for k, v in out.items() if k in tensors})
         return tensors["latents"], {c: tensors[name] for c, name in _CONDITION_TENSORS.items()}
+
+
+def check_finite_steps(finite: Sequence[torch.Tensor], settings: SamplingSettings) -> None:
+    """Raises :class:`NonFiniteLatentsError` naming the first step whose latents are not finite; ``finite`` holds one
+    boolean per step, still on the device (they are read here, in one wait)."""
+    if not finite:
+        return
+    flags = torch.stack(list(finite)).cpu()
+    if bool(flags.all()):
+        return
+    first = int((~flags).nonzero()[0, 0]) + 1
+    scales = f"{settings.guidance_scale:g}"
+    if settings.effective_subject_guidance_scale != settings.guidance_scale:
+        scales += f" for the TDM, {settings.effective_subject_guidance_scale:g} for the SDM"
+    raise NonFiniteLatentsError(
+        f"Step {first} of {len(flags)} produced non-finite latents (NaN or inf), so the image would be black: "
+        f"lower the guidance scale (now {scales}; 1 to 20 is usual), or run in float32 if the model runs in float16."
+    )

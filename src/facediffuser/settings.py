@@ -21,6 +21,15 @@ from typing import Any
 
 from .fusion import Smoothing, SubjectGuidanceBase, check_stage_fractions
 
+# The most denoising steps: SD1.x models are trained on 1000 timesteps, and DDIM and PNDM refuse more (others would
+# repeat timesteps). A count read from a file is held to it before a model loads, not after.
+MAX_STEPS = 1000
+# The largest guidance scale: float32's largest number (bfloat16's is a hair below it, float16's is 65504). A larger
+# scale cannot be held by the sampling's numbers at all: the guided noise, the latents and the image become inf and
+# NaN (an all-black picture). Smaller scales can overflow too, with large differences between the predictions or in
+# float16: the pipeline checks the latents of every step for that.
+MAX_GUIDANCE_SCALE = 3.4028234663852886e38
+
 # Field metadata: ``help`` is the text of the matching CLI flag (see :mod:`facediffuser.configuration`); ``ui_range``
 # is the (min, max) a slider offers (the demo). Validation in ``__post_init__`` is the rule; a range is only a UI bound.
 
@@ -34,7 +43,7 @@ class SamplingSettings:
     """
 
     num_inference_steps: int = dataclasses.field(
-        default=50, metadata={"help": "denoising steps T", "ui_range": (1, 150)}
+        default=50, metadata={"help": "denoising steps T, at most 1000", "ui_range": (1, 150)}
     )
     alpha: float = dataclasses.field(
         default=0.3,
@@ -82,7 +91,14 @@ class SamplingSettings:
                 raise ValueError(f"`{name}` must be one of {[m.value for m in kind]}, got {value!r}.") from None
         steps = self.num_inference_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"The number of denoising steps must be a positive integer, got {steps!r}.")
+            raise ValueError(
+                f"`num_inference_steps` (the number of denoising steps) must be a positive integer, got {steps!r}."
+            )
+        if steps > MAX_STEPS:
+            raise ValueError(
+                f"`num_inference_steps` (the number of denoising steps) must be at most {MAX_STEPS}, the timesteps "
+                f"SD1.x models are trained on, got {steps!r}."
+            )
         check_stage_fractions(self.alpha, self.beta)
         for name in ("guidance_scale", "subject_guidance_scale"):
             value = getattr(self, name)
@@ -90,9 +106,18 @@ class SamplingSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"`{name}` must be a finite number >= 0 (non-negative), got {value!r}.")
+            if value > MAX_GUIDANCE_SCALE:
+                raise ValueError(
+                    f"`{name}` must be at most {MAX_GUIDANCE_SCALE:.4g}, the largest float32 number (no sampling "
+                    f"dtype holds a larger one: the image would be all black), got {value!r}; 1 to 20 is usual."
+                )
         size = self.smoothing_kernel_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"`smoothing_kernel_size` must be a positive integer, got {size!r}.")
+        if size > MAX_IMAGE_SIDE:  # wider than any latent map: it only averages the whole map (and pads it hugely)
+            raise ValueError(
+                f"`smoothing_kernel_size` must be at most {MAX_IMAGE_SIDE}, the largest image side, got {size!r}."
+            )
         sigma = self.smoothing_sigma
         if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"`smoothing_sigma` must be a finite number > 0, got {sigma!r}.")
@@ -118,11 +143,35 @@ class SamplingSettings:
         return {k: v.value if hasattr(v, "value") else v for k, v in self.pipeline_kwargs().items()}
 
 
+# The largest side ``check_image_size`` takes: 8 times SD1.x's 512 px (SDXL draws 1024 px). A larger side asks for
+# latents, and attention maps over them, that no machine of today holds.
+MAX_IMAGE_SIDE = 4096
+# The most images one call draws: they are one batch, every model sees them all at once.
+MAX_NUM_IMAGES = 64
+# What ``torch.Generator.manual_seed`` takes, without the negative numbers it folds onto the top of this range.
+MAX_SEED = 2**64 - 1
+
+
 def check_image_size(height: int | None, width: int | None, multiple: int = 8) -> None:
     """Raises ``ValueError`` unless each given size is a positive multiple of ``multiple`` (the VAE's scale, at least
-    8). ``None`` means the model's default size and passes."""
+    8) of at most :data:`MAX_IMAGE_SIDE` pixels. ``None`` means the model's default size and passes."""
     for name, value in (("height", height), ("width", width)):
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % multiple:
             raise ValueError(f"`{name}` must be a positive multiple of {multiple}, got {value!r}.")
+        if value > MAX_IMAGE_SIDE:
+            raise ValueError(f"`{name}` must be at most {MAX_IMAGE_SIDE} pixels, got {value!r}.")
+
+
+def check_num_images(value: int, name: str = "num_images") -> None:
+    """Raises ``ValueError`` unless ``value`` is a whole number of images from 1 to :data:`MAX_NUM_IMAGES`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NUM_IMAGES:
+        raise ValueError(f"`{name}` must be a whole number from 1 to {MAX_NUM_IMAGES}, got {value!r}.")
+
+
+def check_seed(value: int, name: str = "seed") -> None:
+    """Raises ``ValueError`` unless ``value`` is a seed ``torch.Generator.manual_seed`` takes: 0 to
+    :data:`MAX_SEED` (2**64 - 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"`{name}` must be a whole number from 0 to 2**64 - 1 ({MAX_SEED}), got {value!r}.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,13 @@ from ..settings import SamplingSettings
 
 logger = logging.getLogger(__name__)
 
-# Settings recorded in a PNG that a rerun does not take from it: the references are recorded by name only (never a
-# path), and where and how to write is the rerun's own business.
-NOT_RERUN = ("ref", "out", "overwrite", "parameters_from", "save_masks")
+# The settings a PNG records (``generate()`` step 4) that a rerun takes from it: what the image is made of. The
+# sampling settings are recorded by their field names too (see ``rerun_settings``).
+RERUN_KEYS = ("prompt", "negative_prompt", "model", "scene_model", "scheduler", "device", "dtype", "num_images", "seed")
+RERUN_SIZE_KEYS = ("height", "width")
+# What a PNG records besides settings: the references by file name and hash (they are given again with --ref), and
+# which image of a call it is, the placeholder, the version.
+RECORD_ONLY_KEYS = ("ref", "ref_sha256", "image_index", "placeholder", "facediffuser_version")
 
 
 @dataclass
@@ -56,17 +60,18 @@ class GenerateConfig:
         default=False, metadata={"help": "replace existing output files (without it, an existing file is an error)"}
     )
     negative_prompt: str = field(default="", metadata={"help": "negative prompt (the empty condition)"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    seed: int = field(default=0, metadata={"help": "random seed, 0 to 2**64 - 1"})
     sampling: SamplingSettings = field(
         default_factory=SamplingSettings, metadata={"flags": {"num_inference_steps": "--steps"}}
     )
     height: int | None = field(
-        default=None, metadata={"help": "height in pixels, a multiple of 8 (default: the model's, 32 for mini)"}
+        default=None,
+        metadata={"help": "height in pixels, a multiple of 8, at most 4096 (default: the model's, 32 for mini)"},
     )
     width: int | None = field(
-        default=None, metadata={"help": "width in pixels, a multiple of 8 (default: the model's)"}
+        default=None, metadata={"help": "width in pixels, a multiple of 8, at most 4096 (default: the model's)"}
     )
-    num_images: int = field(default=1, metadata={"help": "images to generate"})
+    num_images: int = field(default=1, metadata={"help": "images to generate, 1 to 64 (drawn in one batch)"})
     scheduler: str | None = field(default=None, metadata={"help": "ddim, pndm, dpm++, unipc, euler, euler-a, ..."})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, float16, bfloat16"})
@@ -86,8 +91,9 @@ class GenerateConfig:
     parameters_from: Path | None = field(
         default=None,
         metadata={
-            "help": "take every setting recorded in this PNG (written by generate); flags given win, and the "
-            "references must be given again with --ref"
+            "help": "take the settings recorded in this PNG (written by generate): prompt, model, seed, size, "
+            "sampling, scheduler, device, dtype, number of images, checked as their flags are; flags given win, the "
+            "references must be given again with --ref, and any other key (e.g. face_check) is ignored with a warning"
         },
     )
 
@@ -105,9 +111,37 @@ def mask_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}-masks.png")
 
 
-def rerun_settings(parameters: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a PNG's ``parameters`` that a rerun takes (see :data:`NOT_RERUN`)."""
-    return {k: v for k, v in parameters.items() if k not in NOT_RERUN}
+def rerun_settings(parameters: dict[str, Any], source: str = "the recorded parameters") -> dict[str, Any]:
+    """The settings of a PNG's ``parameters`` that a rerun takes: those :func:`generate` records
+    (:data:`RERUN_KEYS`, the size and the sampling settings). Any other key (``face_check``, ``compile``,
+    ``offload``, ``out``, one this version does not know) is not obeyed: its names are logged in one warning line
+    that says to give them as flags. A file's values say what to draw, never how or where to run."""
+    from ..settings import SamplingSettings
+
+    taken = (*RERUN_KEYS, *RERUN_SIZE_KEYS, *(f.name for f in fields(SamplingSettings)))
+    ignored = sorted(k for k in parameters if k not in taken and k not in RECORD_ONLY_KEYS)
+    if ignored:
+        logger.warning(
+            "Ignored %s in %s: generate records no such setting%s, so a rerun does not take %s from an image (give "
+            "the flag%s to use %s).",
+            ", ".join(f"`{k}`" for k in ignored),
+            source,
+            "s" if len(ignored) > 1 else "",
+            "them" if len(ignored) > 1 else "it",
+            "s" if len(ignored) > 1 else "",
+            "them" if len(ignored) > 1 else "it",
+        )
+    return {k: v for k, v in parameters.items() if k in taken}
+
+
+def _from_file(err: ValueError, from_file: dict[str, str], source: str) -> ValueError:
+    """``err`` with a note that the value it names came from ``source`` (``from_file``: ``{setting: flag}`` of the
+    values read there and not given as flags), so that the user knows where to look."""
+    message = str(err)
+    named = [flag for flag in from_file.values() if flag in message]
+    if not named:
+        return err
+    return ValueError(f"{message.rstrip('.')} (read from {source}; give {named[0]} to override it).")
 
 
 def check_before_loading(config: GenerateConfig):
@@ -126,14 +160,14 @@ def check_before_loading(config: GenerateConfig):
     )
     from ..outputs import check_output_file
     from ..prompting import DEFAULT_PLACEHOLDER
-    from ..settings import check_image_size
+    from ..settings import check_image_size, check_num_images, check_seed
 
     try:
         check_image_size(config.height, config.width)
+        check_num_images(config.num_images)
+        check_seed(config.seed)
     except ValueError as err:
         raise ValueError(name_flags(str(err), flag_names(GenerateConfig))) from err
-    if config.num_images < 1:
-        raise ValueError(f"--num-images must be at least 1, got {config.num_images}.")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     check_offload(config.offload, device)
@@ -242,11 +276,23 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
 def run(args: argparse.Namespace) -> int:
     from ..outputs import read_parameters
 
-    recorded = None
+    recorded = base = None
+    from_file: dict[str, str] = {}
+    source = ""
     if getattr(args, "parameters_from", None) is not None:
         recorded = read_parameters(args.parameters_from)
-    config = build_config(GenerateConfig, args, base=rerun_settings(recorded) if recorded else None)
-    for path in generate(config, recorded):
+        source = f"the parameters recorded in {args.parameters_from}"
+        base = rerun_settings(recorded, source)
+        flags = flag_names(GenerateConfig)
+        from_file = {k: flags[k] for k in base if k in flags and k not in vars(args)}
+    try:
+        config = build_config(GenerateConfig, args, base=base, base_source=source)
+        paths = generate(config, recorded)
+    except ValueError as err:
+        if not from_file:
+            raise
+        raise _from_file(err, from_file, str(args.parameters_from)) from err
+    for path in paths:
         print(path)
     return 0
 

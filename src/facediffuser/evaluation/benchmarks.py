@@ -40,6 +40,7 @@ from typing import Any
 import PIL.Image
 
 from ..ffhq_wild import insert_placeholders, parse_annotation, person_segments, sample_paths
+from ..files import parse_json, read_json, read_text
 from ..images import list_image_files, load_image
 from ..prompting import DEFAULT_PLACEHOLDER
 
@@ -183,8 +184,14 @@ def prompt_set_from_json(data: Any, source: str) -> PromptSet:
             f'{source}: expected a list of prompt templates, {{"prompts": [...]}} or {{"groups": {{"name": '
             '[...]}}, each template a non-empty string such as "a photo of a {subject} at the beach".'
         )
-    if count is not None and (not isinstance(count, int) or count < 1):
-        raise ValueError(f"{source}: images_per_prompt must be a positive integer, got {count!r}.")
+    if count is not None:
+        from ..settings import MAX_NUM_IMAGES
+
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_NUM_IMAGES:
+            raise ValueError(
+                f"In {source}, `images_per_prompt` must be a whole number from 1 to {MAX_NUM_IMAGES} (a case's images "
+                f"are one batch), got {count!r}."
+            )
     return PromptSet({str(g): tuple(t.strip() for t in ts) for g, ts in groups.items()}, count, source)
 
 
@@ -217,12 +224,9 @@ def load_prompt_file(path: str | Path) -> PromptSet:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Prompt file not found: {path}. Give a .json or .txt file of prompt templates.")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix.lower() == ".json":
-        try:
-            return prompt_set_from_json(json.loads(text), str(path))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}).") from err
+        return prompt_set_from_json(parse_json(text, str(path)), str(path))
     return prompt_set_from_text(text, str(path))
 
 
@@ -340,10 +344,7 @@ def load_subjects(folder: str | Path) -> list[Person]:
     nouns: dict[str, str] = {}
     nouns_file = folder / SUBJECTS_FILE
     if nouns_file.is_file():
-        try:
-            nouns = json.loads(nouns_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{nouns_file} is not valid JSON: {err}") from err
+        nouns = read_json(nouns_file)
         if not isinstance(nouns, dict) or not all(isinstance(v, str) and v.strip() for v in nouns.values()):
             raise ValueError(f'{nouns_file} must map each person\'s folder name to a class noun: {{"ada": "woman"}}.')
     folders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
@@ -399,10 +400,7 @@ def subject_pairs(folder: Path, people: list[Person]) -> list[tuple[Person, Pers
     pairs_file = folder / PAIRS_FILE
     if not pairs_file.is_file():
         return list(itertools.combinations(people, 2))
-    try:
-        listed = json.loads(pairs_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{pairs_file} is not valid JSON: {err}") from err
+    listed = read_json(pairs_file, list, "a list of pairs")
     pairs = []
     for entry in listed:
         if not (isinstance(entry, list) and len(entry) == 2 and entry[0] != entry[1]):
@@ -453,9 +451,11 @@ def ffhq_case(root: Path, image_id: str, placeholder: str = DEFAULT_PLACEHOLDER)
         if not path.is_file():
             raise FileNotFoundError(f"FFHQ-wild file missing: {path} (expected <root>/<id[:5]>/<id>.jpg and .json).")
     try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{json_path} is not an FFHQ-wild caption file (caption, segments): {err}") from err
+        record = read_json(json_path)
+    except ValueError as err:
+        raise ValueError(
+            f"{str(err).rstrip('.')}: it should be an FFHQ-wild caption file (caption, segments)."
+        ) from None
     caption, segments = parse_annotation(record, image_id)
     chosen = person_segments(caption, segments)[:MAX_FFHQ_SUBJECTS]
     if not chosen:
@@ -481,7 +481,7 @@ def ffhq_wild_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) ->
             f"{ids_file} not found: the ffhq-wild benchmark takes the dataset root holding image_ids_test.txt and "
             "the <id[:5]>/<id>.jpg|.json files."
         )
-    ids = [line.strip() for line in ids_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [line.strip() for line in read_text(ids_file).splitlines() if line.strip()]
     cases = [c for c in (ffhq_case(source, i, placeholder) for i in ids) if c is not None]
     if len(cases) < len(ids):
         logger.info("ffhq-wild: %d of %d test images show no person and are skipped.", len(ids) - len(cases), len(ids))

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..configuration import name_flags
 from ..fusion import SubjectGuidanceBase
 from ..loading import MINI_MODEL
 from ..output_folders import check as check_output
@@ -252,6 +253,16 @@ class EvaluationConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+        from ..settings import check_image_size, check_num_images, check_seed
+
+        flags = {"images_per_prompt": "--images-per-prompt", "seed": "--seed", "height": "--height", "width": "--width"}
+        try:
+            if self.images_per_prompt is not None:  # a case's images are one batch, as generate's are
+                check_num_images(self.images_per_prompt, "images_per_prompt")
+            check_seed(self.seed)
+            check_image_size(self.height, self.width)
+        except ValueError as err:
+            raise ValueError(name_flags(str(err), flags)) from None
         if self.prompts is not None and not takes_prompts(self.benchmark):
             raise ValueError(f"Benchmark {self.benchmark!r} takes its prompts from its data; drop --prompts.")
         models = parse_models(self.model)

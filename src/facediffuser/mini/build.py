@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import package_data
-from ..configuration import config_to_dict, load_toml
+from ..configuration import check_file_values, config_to_dict, load_toml
+from ..files import read_json, read_stage_marker
 
 logger = logging.getLogger(__name__)
 
@@ -145,14 +146,18 @@ def read_vae_recipe(config: MiniConfig):
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"Unknown VAE setting(s) {unknown} in {config.vae_config}; known: {sorted(known)}.")
+    check_file_values(VaeSettings, data, str(config.vae_config))
     if "channels" in data:
         data["channels"] = tuple(data["channels"])
-    return VaeSettings(**data, seed=config.seed)
+    try:
+        return VaeSettings(**data, seed=config.seed)
+    except ValueError as err:
+        raise ValueError(f"{config.vae_config}: {err}") from None
 
 
 def read_train_recipe(config: MiniConfig, stage: str) -> tuple[dict[str, Any], UNetSettings | None]:
     """The ``TrainConfig`` values of a stage's TOML (without the keys the build sets) and its ``[unet]`` table."""
-    from ..configuration import flag_names
+    from ..configuration import build_config, flag_names
     from ..training.config import TrainConfig
 
     path = config.tdm_config if stage == "tdm" else config.sdm_config
@@ -166,15 +171,30 @@ def read_train_recipe(config: MiniConfig, stage: str) -> tuple[dict[str, Any], U
         raise ValueError(
             f"{path}: the build sets {', '.join(MANAGED_KEYS)} itself ({managed} given); unknown key(s) {unknown}."
         )
+    check_file_values(TrainConfig, data, str(path))
+    if unet is not None and not isinstance(unet, dict):
+        raise ValueError(f"In {path}, `unet` must be a table ([unet] with channels = [...] below it), got {unet!r}.")
     if "resolution" in data and data["resolution"] != config.resolution:
         raise ValueError(f"{path} sets resolution {data['resolution']}, the build --resolution {config.resolution}.")
     data["resolution"] = config.resolution
+    try:  # the trainer's own checks, now rather than when the stage starts (after the stages before it)
+        build_config(TrainConfig, base={**data, "data_root": config.world}, base_source=str(path))
+    except ValueError as err:
+        raise ValueError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
     settings = None
     if stage == "tdm":
         unet = dict(unet or {})
+        unknown = sorted(set(unet) - {f.name for f in fields(UNetSettings)})
+        if unknown:
+            known = sorted(f.name for f in fields(UNetSettings))
+            raise ValueError(f"Unknown [unet] setting(s) {unknown} in {path}; known: {known}.")
+        check_file_values(UNetSettings, unet, f"the [unet] table of {path}")
         if "channels" in unet:
             unet["channels"] = tuple(unet["channels"])
-        settings = UNetSettings(**unet)
+        try:
+            settings = UNetSettings(**unet)
+        except ValueError as err:
+            raise ValueError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
     return data, settings
 
 
@@ -213,9 +233,19 @@ def read_runs(out: Path, stage: str) -> list[float]:
     path = runs_path(out, stage)
     if not path.is_file():
         return []
-    record = json.loads(path.read_text(encoding="utf-8"))
-    runs = list(record["seconds"])
-    since = record.get("running_since")
+    record = read_json(path, dict, "a record of the stage's runs")
+    runs, since = record.get("seconds"), record.get("running_since")
+    number = (int, float)
+    if not (
+        isinstance(runs, list)
+        and all(isinstance(r, number) and not isinstance(r, bool) for r in runs)
+        and (since is None or isinstance(since, number) and not isinstance(since, bool))
+    ):
+        raise ValueError(
+            f"{path} is not a record of the stage's runs (`seconds`: a list of numbers, `running_since`: a number): "
+            "delete it to go on (only the wall time of the stage's earlier runs is lost)."
+        )
+    runs = list(runs)
     if since is not None:
         written = [f.stat().st_mtime for f in (out / stage).rglob("*") if f.is_file() and f != path]
         runs.append(round(max(max(written, default=since) - since, 0.0), 1))
@@ -251,12 +281,17 @@ def _refuse_if_changed(
 def stage_state(config: MiniConfig, stage: str, wanted: dict[str, Any]) -> str:
     """``"done"``, ``"started"`` (resumable) or ``"new"``; ``ValueError`` when built or started with other settings."""
     done = marker_path(config.out, stage)
+    rebuild = f"move {done} and {config.out / stage} away to rebuild the stage, or build into another --out"
     if done.is_file():
-        _refuse_if_changed(json.loads(done.read_text(encoding="utf-8"))["settings"], wanted, stage, config, "built")
+        _refuse_if_changed(read_stage_marker(done, rebuild)["settings"], wanted, stage, config, "built")
         return "done"
     started = started_path(config.out, stage)
     if started.is_file():
-        _refuse_if_changed(json.loads(started.read_text(encoding="utf-8")), wanted, stage, config, "started")
+        try:
+            recorded = read_json(started, dict, "the settings of a started stage")
+        except ValueError as err:
+            raise ValueError(f"{str(err).rstrip('.')}; move {config.out / stage} away to rebuild the stage.") from None
+        _refuse_if_changed(recorded, wanted, stage, config, "started")
         return "started"
     return "new"
 
@@ -325,8 +360,9 @@ def inherited_record(config: MiniConfig) -> dict[str, Any] | None:
     first = STAGES.index(config.stages[0])
     if first == 0 or not marker_path(config.out, STAGES[first - 1]).is_file():
         return None
-    record = json.loads(marker_path(config.out, STAGES[first - 1]).read_text(encoding="utf-8"))
-    return record["settings"].get("from_package")
+    marker = marker_path(config.out, STAGES[first - 1])
+    rebuild = f"move it and {config.out / STAGES[first - 1]} away to rebuild the stage"
+    return read_stage_marker(marker, rebuild)["settings"].get("from_package")
 
 
 def package_source(config: MiniConfig) -> PackageSource | None:
@@ -379,7 +415,8 @@ def _what_it_is(settings: dict[str, Any]) -> dict[str, Any]:
 def check_shipped_settings(config: MiniConfig, source: PackageSource, wanted: dict[str, dict[str, Any]]) -> None:
     """The shipped stages were built with this build's recipes, seed and resolution (wherever their world was)."""
     for stage in source.stages:
-        recorded = json.loads(shipped_marker_path(stage).read_text(encoding="utf-8"))["settings"]
+        reship = f"reinstall the package, or build the {stage!r} stage into --out (--from {stage})"
+        recorded = read_stage_marker(shipped_marker_path(stage), reship)["settings"]
         _refuse_if_changed(_what_it_is(recorded), _what_it_is(wanted[stage]), stage, config, "built", shipped=True)
 
 

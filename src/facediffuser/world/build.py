@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..files import read_json, read_stage_marker
 from ..output_folders import check, claim, own
 from ..outputs import atomic_write
 from .attributes import Identity, make_identities, split_identities
@@ -142,7 +143,7 @@ def stage_done(config: WorldConfig, stage: str) -> bool:
     path = marker_path(config.out, stage)
     if stage in config.redo or not path.is_file():
         return False
-    marker = json.loads(path.read_text(encoding="utf-8"))
+    marker = read_stage_marker(path, f"rebuild the stage with --redo {stage}")
     recorded = marker["settings"]
     wanted = stage_settings(config, stage)
     if recorded != wanted:
@@ -159,8 +160,19 @@ def stage_done(config: WorldConfig, stage: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------------ people
 def load_people(out: Path) -> tuple[list[Identity], dict[str, list[int]]]:
-    data = json.loads((out / "world.json").read_text(encoding="utf-8"))
-    return [Identity.from_dict(p) for p in data["people"]], data["split"]
+    path = out / "world.json"
+    data = read_json(path, dict, "a world's people")
+    try:
+        people = [Identity.from_dict(p) for p in data["people"]]
+        split = data["split"]
+        if not all(isinstance(split[k], list) for k in ("train", "heldout")):
+            raise TypeError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError(
+            f"{path} is not a world's people (`people` and `split` as the identities stage writes them): rebuild it "
+            "with --redo identities (the stages after it are rebuilt too)."
+        ) from None
+    return people, split
 
 
 def build_identities(config: WorldConfig) -> None:
