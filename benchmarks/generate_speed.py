@@ -48,8 +48,8 @@ mark("import diffusers")
 import transformers
 mark("import transformers")
 from facediffuser.cli.generate import GenerateConfig, check_before_loading, output_paths
-from facediffuser.loading import load_pipeline
-from facediffuser.outputs import write_png
+from facediffuser.io.loading import load_pipeline
+from facediffuser.io.outputs import write_png
 mark("import facediffuser")
 args = json.loads(sys.argv[1])
 config = GenerateConfig(

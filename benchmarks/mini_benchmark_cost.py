@@ -15,7 +15,7 @@ import torch
 
 from facediffuser.evaluation.benchmarks import benchmark_defaults, load_benchmark
 from facediffuser.evaluation.methods import parse_method
-from facediffuser.loading import load_pipeline
+from facediffuser.io.loading import load_pipeline
 from facediffuser.settings import SamplingSettings
 
 

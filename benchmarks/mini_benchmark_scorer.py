@@ -18,7 +18,7 @@ import PIL.Image
 from facediffuser.evaluation.benchmarks import load_benchmark
 from facediffuser.evaluation.clip_score import ClipScorer
 from facediffuser.evaluation.identity import build_ip_backend
-from facediffuser.world import benchmark as MB
+from facediffuser.lab.world import benchmark as MB
 
 
 def _next(values, value):

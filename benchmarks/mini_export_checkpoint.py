@@ -19,8 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from facediffuser.configuration import build_config
-from facediffuser.mini.build import attach_face_detector
+from facediffuser.io.configuration import build_config
+from facediffuser.lab.mini.build import attach_face_detector
 from facediffuser.training import checkpoints
 from facediffuser.training.config import ModelKind, TrainConfig
 from facediffuser.training.trainer import Trainer

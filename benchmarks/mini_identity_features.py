@@ -17,7 +17,7 @@ import csv
 import json
 from pathlib import Path
 
-from facediffuser.world.benchmark import load_identities
+from facediffuser.lab.world.benchmark import load_identities
 
 
 def main(argv: list[str] | None = None) -> None:

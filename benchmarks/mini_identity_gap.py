@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from facediffuser.evaluation.benchmarks import load_subjects
-from facediffuser.package_data import WORLD_FACES, WORLD_REFERENCES, packaged
-from facediffuser.world.benchmark import benchmark_people, identity_gap
-from facediffuser.world.face_backend import MiniFaceBackend
+from facediffuser.io.package_data import WORLD_FACES, WORLD_REFERENCES, packaged
+from facediffuser.lab.world.benchmark import benchmark_people, identity_gap
+from facediffuser.lab.world.face_backend import MiniFaceBackend
 
 
 def main() -> None:

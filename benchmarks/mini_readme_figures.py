@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from facediffuser.images import list_image_files, load_image
-from facediffuser.loading import load_pipeline
-from facediffuser.package_data import MINI_EXAMPLES, packaged
+from facediffuser.io.loading import load_pipeline
+from facediffuser.io.package_data import MINI_EXAMPLES, packaged
 
 PROMPT = "a woman <|image|> in a yellow sweater on a beach at night"  # the README's command
 PERSON = "id0006"

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from facediffuser.images import clip_preprocess, pil_to_tensor
+from facediffuser.lab.world.benchmark import identity_gap, load_identities, mini_cases
+from facediffuser.lab.world.data import reference_scene
+from facediffuser.lab.world.render import render
 from facediffuser.training.augment import noise_background_crop, plain_reference
-from facediffuser.world.benchmark import identity_gap, load_identities, mini_cases
-from facediffuser.world.data import reference_scene
-from facediffuser.world.render import render
 
 
 def to_pil(tensor: torch.Tensor) -> Image.Image:
@@ -87,9 +87,9 @@ def retrieval(encoder_folder: Path, forms: dict[str, dict[str, list]]) -> dict[s
 
 
 def generation(args: argparse.Namespace) -> None:
-    from facediffuser.loading import load_pipeline
-    from facediffuser.package_data import WORLD_FACES, WORLD_REFERENCES, packaged
-    from facediffuser.world.face_backend import MiniFaceBackend
+    from facediffuser.io.loading import load_pipeline
+    from facediffuser.io.package_data import WORLD_FACES, WORLD_REFERENCES, packaged
+    from facediffuser.lab.world.face_backend import MiniFaceBackend
 
     cases = [c for c in mini_cases(args.data or packaged(WORLD_REFERENCES)).cases if len(c.people) == 1]
     cases = cases[: args.generate]

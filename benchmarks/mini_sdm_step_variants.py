@@ -60,7 +60,7 @@ def time_steps(
 
     import torch
 
-    from facediffuser.configuration import build_config, load_toml
+    from facediffuser.io.configuration import build_config, load_toml
     from facediffuser.training import trainer as trainer_module
     from facediffuser.training.config import ModelKind, TrainConfig
     from facediffuser.training.trainer import Trainer
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.base is None:
-        from facediffuser import package_data
+        from facediffuser.io import package_data
 
         args.base = str(package_data.packaged(package_data.MINI_PIPELINE))
     if args.child:

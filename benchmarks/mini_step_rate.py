@@ -15,7 +15,7 @@ import time
 import torch
 from accelerate.state import AcceleratorState, GradientState
 
-from facediffuser.configuration import build_config, load_toml
+from facediffuser.io.configuration import build_config, load_toml
 from facediffuser.training.config import ModelKind, TrainConfig
 from facediffuser.training.trainer import Trainer
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facediffuser.mini.vae import psnr, reconstruct, reconstruction_grid, to_pixels
-from facediffuser.world.data import read_samples
+from facediffuser.lab.mini.vae import psnr, reconstruct, reconstruction_grid, to_pixels
+from facediffuser.lab.world.data import read_samples
 
 
 def resized(samples, size: int) -> np.ndarray:

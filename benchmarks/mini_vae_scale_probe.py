@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facediffuser.mini.data import world_images
-from facediffuser.mini.vae import VaeSettings, psnr, reconstruct, to_pixels, train_vae
+from facediffuser.lab.mini.data import world_images
+from facediffuser.lab.mini.vae import VaeSettings, psnr, reconstruct, to_pixels, train_vae
 
 COMMON = {"steps": 300, "warmup_steps": 50, "eval_every": 100, "checkpoint_every": 1000}
 RUNS = {

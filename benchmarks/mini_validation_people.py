@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 
 from facediffuser.evaluation.benchmarks import load_subjects
-from facediffuser.package_data import WORLD_REFERENCES, packaged
+from facediffuser.io.package_data import WORLD_REFERENCES, packaged
 
 
 def copy_heldout(world: Path, out: Path) -> str:
@@ -50,8 +50,8 @@ def copy_heldout(world: Path, out: Path) -> str:
 
 
 def render_training(world: Path, out: Path, count: int) -> str:
-    from facediffuser.world.build import load_people, marker_path
-    from facediffuser.world.data import write_references
+    from facediffuser.lab.world.build import load_people, marker_path
+    from facediffuser.lab.world.data import write_references
 
     marker = marker_path(world, "references")
     if not (world / "world.json").is_file() or not marker.is_file():

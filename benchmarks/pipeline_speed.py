@@ -47,8 +47,8 @@ from PIL import Image
 
 from facediffuser import FaceDiffuserPipeline, SubjectGuidanceBase
 from facediffuser.fusion import Stage, saliency_adaptive_noise_fusion, stage_schedule, unet_evaluations_per_image
+from facediffuser.io.tiny import SD15_SHAPED, tiny_components
 from facediffuser.settings import SamplingSettings
-from facediffuser.tiny import SD15_SHAPED, tiny_components
 
 PROMPT = "a photo of a man <|image|> riding a horse on the beach"
 SD_PROMPT = "a photo of a man riding a horse on the beach"

@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--child", choices=("default", "kept"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.base is None:
-        from facediffuser import package_data
+        from facediffuser.io import package_data
 
         args.base = str(package_data.packaged(package_data.MINI_PIPELINE))
     if args.child:

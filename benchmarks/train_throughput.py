@@ -2,7 +2,7 @@
 
 Two model sizes, both with random weights and a synthetic FFHQ-wild data set written to a temporary folder:
 
-- ``tiny``: the tiny test components (:mod:`facediffuser.tiny`);
+- ``tiny``: the tiny test components (:mod:`facediffuser.io.tiny`);
 - ``sd15``: the real SD1.5 / CLIP ViT-L/14 architectures (UNet 320-640-1280-1280, 12-layer text encoder, 24-layer
   vision tower, 768-d fuser). To fit a CPU machine's memory the TDM and SDM slots share one UNet object (only the
   trained one matters for throughput).
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
+from facediffuser.io.tiny import SD15_SHAPED, build_tiny_pipeline
 from facediffuser.pipeline import FaceDiffuserPipeline
-from facediffuser.tiny import SD15_SHAPED, build_tiny_pipeline
 from facediffuser.training import ModelKind, TrainConfig, Trainer
 from facediffuser.training.synthetic import write_synthetic_ffhq_wild
 

@@ -1,4 +1,4 @@
-"""Rendering speed of the world (``facediffuser.world``): milliseconds per image, render alone and render + write.
+"""Rendering speed of the world (``facediffuser.lab.world``): milliseconds per image, render alone and render + write.
 
 Renders ``--images`` scenes of each distribution on one core and prints the median of ``--rounds`` rounds. On a
 shared machine the figures vary with the load; the script prints the 1-minute load average beside them.
@@ -15,9 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from facediffuser.world.attributes import DISTRIBUTIONS, make_identities, split_identities
-from facediffuser.world.data import annotation, image_id, scene_for, write_sample
-from facediffuser.world.render import render
+from facediffuser.lab.world.attributes import DISTRIBUTIONS, make_identities, split_identities
+from facediffuser.lab.world.data import annotation, image_id, scene_for, write_sample
+from facediffuser.lab.world.render import render
 
 
 def main() -> None:

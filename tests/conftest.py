@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from facediffuser.tiny import build_tiny_pipeline
+from facediffuser.io.tiny import build_tiny_pipeline
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +36,8 @@ def save_tiny_world_clip():
     ``folder``, as ``facediffuser world build`` writes its ``clip/`` (the weights draw from torch's global RNG)."""
 
     def save(folder, vision_layers: int = 1) -> None:
-        from facediffuser.tokenizer import load_clip_tokenizer
-        from facediffuser.world.clip import ClipSettings, build_clip
+        from facediffuser.io.tokenizer import load_clip_tokenizer
+        from facediffuser.lab.world.clip import ClipSettings, build_clip
 
         settings = ClipSettings(
             embed_dim=16, text_layers=1, text_heads=2, vision_hidden=16, vision_layers=vision_layers,

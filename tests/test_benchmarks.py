@@ -57,7 +57,7 @@ def test_identity_features_counts_what_the_first_choice_shares_with_the_asked_pe
     import csv
     import json
 
-    from facediffuser.world.attributes import Identity
+    from facediffuser.lab.world.attributes import Identity
 
     module = script_module("mini_identity_features")
     looks = dict(hair_colour="black", hair_style="short", glasses="none", facial_hair="none", face_shape="round")
@@ -97,7 +97,7 @@ def test_validation_people_renders_training_people_as_the_world_renders_referenc
     from PIL import Image
 
     from facediffuser.cli.main import main as cli
-    from facediffuser.world.build import load_people
+    from facediffuser.lab.world.build import load_people
 
     module = script_module("mini_validation_people")
     world = tmp_path / "w"

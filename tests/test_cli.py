@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 import facediffuser
-from facediffuser import loading
 from facediffuser.cli.main import build_parser, main
-from facediffuser.loading import check_pipeline_folder
+from facediffuser.io import loading
+from facediffuser.io.loading import check_pipeline_folder
 
 ASTRONAUT = str(resources.files("facediffuser") / "data" / "examples" / "astronaut.jpg")
 
@@ -339,7 +339,7 @@ def test_flags_come_from_the_config_dataclass():
 
 def test_sampling_flags_come_from_sampling_settings():
     from facediffuser.cli.generate import GenerateConfig
-    from facediffuser.configuration import build_config, config_to_dict
+    from facediffuser.io.configuration import build_config, config_to_dict
     from facediffuser.settings import SamplingSettings
 
     parser = build_parser("generate")
@@ -391,7 +391,7 @@ def test_a_broken_scene_model_is_refused_before_any_model_loads(tmp_path, capsys
 def test_a_scene_model_of_another_shape_is_one_sentence(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    from facediffuser.tiny import TinyConfig, tiny_unet
+    from facediffuser.io.tiny import TinyConfig, tiny_unet
 
     # A UNet whose blocks are twice as wide: every file check passes, and only loading it can tell.
     other = tiny_unet(TinyConfig(unet_channels=(16, 16, 32, 32)))
@@ -406,7 +406,7 @@ def test_a_scene_model_of_another_shape_is_one_sentence(tmp_path, capsys):
 def test_a_system_error_is_one_line_too(tmp_path, capsys, monkeypatch):
     import errno
 
-    from facediffuser import outputs
+    from facediffuser.io import outputs
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "x.png"))

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from facediffuser.cli.main import main
-from facediffuser.configuration import build_config, load_toml
 from facediffuser.evaluation.harness import EvaluationConfig
+from facediffuser.io.configuration import build_config, load_toml
 from facediffuser.training.config import TrainConfig
 
 
@@ -36,7 +36,7 @@ def test_a_toml_value_of_the_wrong_type_names_the_file_and_key(tmp_path, line, w
 
 
 def test_an_integer_is_a_number_and_a_string_a_path():
-    from facediffuser.configuration import check_file_values
+    from facediffuser.io.configuration import check_file_values
 
     config = build_config(TrainConfig, base={"data_root": "data", "learning_rate": 1, "output_dir": "out"})
     assert config.learning_rate == 1.0 and isinstance(config.learning_rate, float)

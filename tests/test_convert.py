@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from facediffuser import FaceDiffuserPipeline
 from facediffuser.cli.main import main
-from facediffuser.convert import convert_release, load_state_dict, map_old_vae_attention, save_pipeline_atomically
-from facediffuser.tiny import SD_SCHEDULER_CONFIG, build_tiny_pipeline
+from facediffuser.io.convert import convert_release, load_state_dict, map_old_vae_attention, save_pipeline_atomically
+from facediffuser.io.tiny import SD_SCHEDULER_CONFIG, build_tiny_pipeline
 
 NEW_TO_OLD_VAE = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
@@ -419,6 +419,6 @@ def test_an_interrupted_save_leaves_the_old_folder(tiny_pipe, tmp_path, monkeypa
 def test_out_below_a_file_is_refused_before_any_model_loads(release, tmp_path, capsys, monkeypatch):
     root, _, _ = release
     (tmp_path / "file").write_text("mine")
-    monkeypatch.setattr("facediffuser.convert.convert_release", lambda *a, **k: pytest.fail("models were loaded"))
+    monkeypatch.setattr("facediffuser.io.convert.convert_release", lambda *a, **k: pytest.fail("models were loaded"))
     assert main(convert_argv(root, tmp_path / "file" / "out")) == 2
     assert re.search(r"lies below .*file, which is a file, not a folder", error_line(capsys))

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from facediffuser.ffhq_wild import insert_placeholders, parse_annotation
 from facediffuser.images import CLIP_MEAN, CLIP_STD
+from facediffuser.io.ffhq_wild import insert_placeholders, parse_annotation
+from facediffuser.io.tokenizer import load_clip_tokenizer
 from facediffuser.prompting import tokenize_prompt
-from facediffuser.tokenizer import load_clip_tokenizer
 from facediffuser.training import data as data_module
 from facediffuser.training.augment import (
     ReferenceAugmentation,

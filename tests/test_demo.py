@@ -17,7 +17,7 @@ from PIL import Image
 
 from facediffuser.cli.main import build_parser, main
 from facediffuser.demo.core import DemoRequest, DemoRunner, parse_seed, slider_range, wrap_strip
-from facediffuser.outputs import read_parameters
+from facediffuser.io.outputs import read_parameters
 from facediffuser.settings import SamplingSettings
 
 ASTRONAUT = str(resources.files("facediffuser") / "data" / "examples" / "astronaut.jpg")
@@ -182,8 +182,8 @@ def test_a_pipeline_with_a_face_detector_checks_the_references_with_it(tiny_pipe
 def test_alpha_above_beta_has_the_clis_words(runner, capsys, tmp_path):
     gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
     from facediffuser.cli.generate import GenerateConfig
-    from facediffuser.configuration import flag_names, name_flags
     from facediffuser.demo.app import make_handler
+    from facediffuser.io.configuration import flag_names, name_flags
 
     with pytest.raises(ValueError) as err:
         SamplingSettings(alpha=0.8, beta=0.2)  # what both build from their inputs
@@ -280,7 +280,7 @@ def page_widgets(runner) -> dict:
 
 @pytest.fixture(scope="module")
 def mini_pipe():
-    from facediffuser.loading import load_pipeline
+    from facediffuser.io.loading import load_pipeline
 
     return load_pipeline("mini", device="cpu")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from facediffuser.outputs import read_parameters
-from facediffuser.tiny import build_tiny_pipeline
+from facediffuser.io.outputs import read_parameters
+from facediffuser.io.tiny import build_tiny_pipeline
 
 ASTRONAUT = str(resources.files("facediffuser") / "data" / "examples" / "astronaut.jpg")
 CHROMIUM = os.environ.get("FACEDIFFUSER_CHROMIUM", "/usr/bin/chromium")

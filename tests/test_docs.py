@@ -220,9 +220,9 @@ def test_commands_were_found():
 def test_the_readmes_first_command_runs_as_written(tmp_path, monkeypatch):
     """The README's first ``facediffuser generate`` runs from a fresh clone, offline, on the shipped mini model; a
     checkout without the shipped weights runs it on the tiny pipeline in their place."""
-    from facediffuser import package_data
-    from facediffuser.loading import packaged_mini_pipeline
-    from facediffuser.tiny import build_tiny_pipeline
+    from facediffuser.io import package_data
+    from facediffuser.io.loading import packaged_mini_pipeline
+    from facediffuser.io.tiny import build_tiny_pipeline
 
     if not (packaged_mini_pipeline() / "model_index.json").is_file():
         build_tiny_pipeline().save_pretrained(tmp_path / "data" / "mini" / "pipeline", safe_serialization=True)

@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
 from facediffuser.evaluation.clip_score import ClipScorer, clip_pixels, resize_center_crop
-from facediffuser.tokenizer import load_clip_tokenizer
+from facediffuser.io.tokenizer import load_clip_tokenizer
 
 try:  # transformers >= 5: the PIL processor by name (the default one needs torchvision)
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor

@@ -17,13 +17,13 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
 from facediffuser.cli.evaluate import main as evaluate_main
-from facediffuser.configuration import build_config
 from facediffuser.evaluation.harness import EvaluationConfig, evaluate
 from facediffuser.evaluation.methods import ModelSpec, Variant, parse_method
 from facediffuser.evaluation.scoring import Scorers
 from facediffuser.evaluation.work import WorkUnit, distributed_state
-from facediffuser.tiny import build_tiny_pipeline
-from facediffuser.tokenizer import load_clip_tokenizer
+from facediffuser.io.configuration import build_config
+from facediffuser.io.tiny import build_tiny_pipeline
+from facediffuser.io.tokenizer import load_clip_tokenizer
 
 pytest.importorskip("dlib")
 skimage_data = pytest.importorskip("skimage.data")
@@ -314,8 +314,8 @@ def test_flags_and_toml_build_the_config(tmp_path):
     import argparse
 
     from facediffuser.cli.evaluate import add_arguments
-    from facediffuser.configuration import build_config
     from facediffuser.fusion import SubjectGuidanceBase
+    from facediffuser.io.configuration import build_config
 
     (tmp_path / "eval.toml").write_text(
         'model = "pipe/"\nmethods = ["sdm", "face-diffuser:0.2:0.6"]\nsubject_guidance_base = "null"\nlimit = 8\n'

@@ -15,16 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from facediffuser import package_data
 from facediffuser.evaluation.benchmarks import Person, Photo, load_benchmark
 from facediffuser.evaluation.identity import Face, IdentityBackend
 from facediffuser.evaluation.methods import parse_method, parse_variants
 from facediffuser.evaluation.reports import ATTRIBUTE_METRICS
 from facediffuser.fusion import SubjectGuidanceBase
+from facediffuser.io import package_data
+from facediffuser.lab.world import attributes as A
+from facediffuser.lab.world import benchmark as MB
+from facediffuser.lab.world.data import write_references
 from facediffuser.settings import SamplingSettings
-from facediffuser.world import attributes as A
-from facediffuser.world import benchmark as MB
-from facediffuser.world.data import write_references
 
 HELD_OUT = 6
 
@@ -249,7 +249,7 @@ def test_the_attribute_scorer_reads_what_the_stubs_see_on_real_renders(world):
 @pytest.fixture(scope="module")
 def scorers(tmp_path_factory, save_tiny_world_clip):
     """A tiny random world CLIP and tiny random face networks, saved as `world build` writes them."""
-    from facediffuser.world.faces import FaceDetector, FaceEmbedder
+    from facediffuser.lab.world.faces import FaceDetector, FaceEmbedder
 
     root = tmp_path_factory.mktemp("mini-scorers")
     save_tiny_world_clip(root / "clip")

@@ -7,8 +7,8 @@ import stat
 import pytest
 from PIL import Image
 
-from facediffuser.inputs import check_prompt, check_request, reference_name
-from facediffuser.outputs import (
+from facediffuser.io.inputs import check_prompt, check_request, reference_name
+from facediffuser.io.outputs import (
     OutputExistsError,
     atomic_write,
     check_output_file,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facediffuser.tiny import TinyConfig, tiny_unet
+from facediffuser.io.tiny import TinyConfig, tiny_unet
 from facediffuser.training.attention import LOCALIZATION_LAYERS, AttentionStore, install_attention_capture
 from facediffuser.training.losses import (
     attention_grid,

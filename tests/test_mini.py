@@ -15,12 +15,12 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
-from facediffuser import package_data
-from facediffuser.mini import build as B
-from facediffuser.mini.vae import VaeSettings, lr_factor, psnr, train_vae
-from facediffuser.mini.vocab import prune_vocabulary
-from facediffuser.world import attributes as A
-from facediffuser.world.data import write_dataset
+from facediffuser.io import package_data
+from facediffuser.lab.mini import build as B
+from facediffuser.lab.mini.vae import VaeSettings, lr_factor, psnr, train_vae
+from facediffuser.lab.mini.vocab import prune_vocabulary
+from facediffuser.lab.world import attributes as A
+from facediffuser.lab.world.data import write_dataset
 
 TINY_VAE = {
     "channels": [8, 16],
@@ -121,7 +121,7 @@ def world(tmp_path_factory, save_tiny_world_clip) -> Path:
     for name in ("scenes", "portraits"):
         write_dataset(root / name, name, people, {"train": 8, "test": 2}, seed=1, size=64, progress=False)
     save_tiny_world_clip(root / "clip", vision_layers=2)
-    from facediffuser.world.faces import FaceDetector
+    from facediffuser.lab.world.faces import FaceDetector
 
     torch.manual_seed(0)
     FaceDetector(channels=(4, 4, 4)).save_pretrained(root / "faces" / "detector")
@@ -270,9 +270,9 @@ def test_bad_input_is_refused_before_anything_loads(world, tmp_path):
 def test_shipped_vae_loads_in_float32_and_reconstructs_a_render_of_a_heldout_person():
     from diffusers import AutoencoderKL
 
-    from facediffuser.mini.vae import reconstruct, to_pixels
-    from facediffuser.world.data import reference_scene
-    from facediffuser.world.render import render
+    from facediffuser.lab.mini.vae import reconstruct, to_pixels
+    from facediffuser.lab.world.data import reference_scene
+    from facediffuser.lab.world.render import render
 
     folder = B.shipped_vae_folder()  # the shipped pipeline's vae/, or the interim mini/vae before it ships
     assert folder is not None, "this checkout ships no mini VAE"
@@ -292,9 +292,9 @@ def test_shipped_vae_loads_in_float32_and_reconstructs_a_render_of_a_heldout_per
 def shipped(world, tmp_path_factory) -> tuple[Path, Path, dict[str, Path]]:
     """``(build, package, recipes)``: a tiny build of every stage, shipped by `mini ship` into a package folder that
     also holds an interim ``mini/vae`` (which the ship removes)."""
-    from facediffuser.mini import ship as S
-    from facediffuser.world.data import write_references
-    from facediffuser.world.faces import FaceDetector, FaceEmbedder
+    from facediffuser.lab.mini import ship as S
+    from facediffuser.lab.world.data import write_references
+    from facediffuser.lab.world.faces import FaceDetector, FaceEmbedder
 
     root = tmp_path_factory.mktemp("shipped")
     recipe = recipes(root / "recipes")
@@ -435,7 +435,7 @@ def test_from_tdm_on_a_world_holding_the_shipped_clip_takes_the_projects_tokeniz
     tokenizer; ``from_pretrained`` on the folder alone gave an empty one, and the trainer failed at its first batch."""
     from transformers import CLIPTokenizer
 
-    from facediffuser.tokenizer import has_tokenizer_files, load_clip_tokenizer
+    from facediffuser.io.tokenizer import has_tokenizer_files, load_clip_tokenizer
 
     build, package, recipe = shipped
     monkeypatch.setattr(package_data, "data_dir", lambda: package)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from facediffuser.evaluation.benchmarks import Case, load_subjects
-from facediffuser.package_data import MINI_EXAMPLES, MINI_PIPELINE, WORLD_CLIP, WORLD_FACES, packaged
+from facediffuser.io.package_data import MINI_EXAMPLES, MINI_PIPELINE, WORLD_CLIP, WORLD_FACES, packaged
 
 NEEDED = ((MINI_PIPELINE, "model_index.json"), (WORLD_CLIP, "config.json"), (WORLD_FACES, "detector"))
 SHIPPED = all((packaged(part) / name).exists() for part, name in NEEDED)
@@ -49,8 +49,8 @@ IDENTITY_MARGIN = 0.1
 
 @pytest.fixture(scope="module")
 def drawn():
-    from facediffuser.loading import load_pipeline
-    from facediffuser.world.benchmark import mini_prompt
+    from facediffuser.io.loading import load_pipeline
+    from facediffuser.lab.world.benchmark import mini_prompt
 
     people = load_subjects(packaged(MINI_EXAMPLES))[:PEOPLE]
     pipe = load_pipeline("mini", device=torch.device("cpu"), dtype=torch.float32)
@@ -68,8 +68,8 @@ def drawn():
 
 
 def test_the_right_person_is_drawn(drawn):
-    from facediffuser.world.benchmark import identity_gap
-    from facediffuser.world.face_backend import MiniFaceBackend
+    from facediffuser.lab.world.benchmark import identity_gap
+    from facediffuser.lab.world.face_backend import MiniFaceBackend
 
     people, _, images = drawn
     backend = MiniFaceBackend(packaged(WORLD_FACES))
@@ -90,8 +90,8 @@ def test_the_right_person_is_drawn(drawn):
 
 def test_the_asked_place_is_drawn(drawn):
     from facediffuser.evaluation.clip_score import ClipScorer
-    from facediffuser.world.benchmark import MiniAttributeScorer
-    from facediffuser.world.face_backend import MiniFaceBackend
+    from facediffuser.lab.world.benchmark import MiniAttributeScorer
+    from facediffuser.lab.world.face_backend import MiniFaceBackend
 
     people, cases, images = drawn
     scorer = MiniAttributeScorer(

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from facediffuser import package_data
 from facediffuser.cli.main import main
-from facediffuser.mini import ship as S
+from facediffuser.io import package_data
+from facediffuser.lab.mini import ship as S
+from facediffuser.lab.world import attributes as A
 from facediffuser.pipeline import FaceDiffuserPipeline
-from facediffuser.world import attributes as A
 
 HELDOUT = 8
 
@@ -24,9 +24,9 @@ HELDOUT = 8
 def stand_in(tmp_path_factory, save_tiny_world_clip) -> tuple[Path, Path]:
     """``(build, world)``: a finished build whose ``sdm/train`` is the tiny pipeline (with a face detector, as a
     head-reference SDM's has), and a world with every part ``mini ship`` reads."""
-    from facediffuser.tiny import build_tiny_pipeline
-    from facediffuser.world.data import write_references
-    from facediffuser.world.faces import FaceDetector, FaceEmbedder
+    from facediffuser.io.tiny import build_tiny_pipeline
+    from facediffuser.lab.world.data import write_references
+    from facediffuser.lab.world.faces import FaceDetector, FaceEmbedder
 
     root = tmp_path_factory.mktemp("ship")
     build, world = root / "build", root / "world"
@@ -45,7 +45,7 @@ def stand_in(tmp_path_factory, save_tiny_world_clip) -> tuple[Path, Path]:
     FaceEmbedder(channels=(4, 4, 4), embed_dim=8).save_pretrained(world / "faces" / "embedder")
     # The pipeline's own detector finds a face in every photo (threshold 0), so the stand-in draws; the world's
     # (threshold 0.4, untrained) finds none, so the reference check has something to refuse.
-    from facediffuser.mini.build import attach_face_detector
+    from facediffuser.lab.mini.build import attach_face_detector
 
     FaceDetector(channels=(4, 4, 4), threshold=0.0).save_pretrained(root / "detector")
     attach_face_detector(build / "sdm" / "train", root / "detector")
@@ -103,7 +103,7 @@ def payload(path: Path) -> int:
 def test_the_tokenizer_is_stored_as_vocab_and_merges_pruned_to_the_worlds_tokens(shipped):
     from transformers import CLIPTokenizer
 
-    from facediffuser.tokenizer import load_clip_tokenizer
+    from facediffuser.io.tokenizer import load_clip_tokenizer
 
     package, report = shipped
     folder = package / "mini" / "pipeline" / "tokenizer"
@@ -123,7 +123,7 @@ def test_the_tokenizer_is_stored_as_vocab_and_merges_pruned_to_the_worlds_tokens
 
 
 def test_mini_loads_the_shipped_folder_in_float32_equal_to_the_build_within_float16_rounding(packaged_here, stand_in):
-    from facediffuser.loading import ModelSource, check_model_source, load_pipeline, model_folder
+    from facediffuser.io.loading import ModelSource, check_model_source, load_pipeline, model_folder
     from facediffuser.pipeline import FaceDiffuserPipeline
 
     assert check_model_source("mini") is ModelSource.MINI
@@ -157,7 +157,7 @@ def test_generate_defaults_to_mini_and_draws_the_models_own_size(packaged_here, 
     image = Image.open(out)
     params = json.loads(image.text["parameters"])
     assert params["model"] == "mini"
-    from facediffuser.loading import load_pipeline
+    from facediffuser.io.loading import load_pipeline
 
     pipe = load_pipeline("mini", device="cpu")
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -169,7 +169,7 @@ def test_a_models_own_face_detector_refuses_a_faceless_reference_before_the_mode
 ):
     import shutil
 
-    from facediffuser import loading
+    from facediffuser.io import loading
     from facediffuser.models import FaceDetector
 
     folder = tmp_path / "model"
@@ -198,7 +198,7 @@ def test_a_models_own_face_detector_refuses_a_faceless_reference_before_the_mode
 
 
 def test_the_mini_models_references_are_checked_by_the_worlds_detector(packaged_here, tmp_path, monkeypatch):
-    from facediffuser.world.face_backend import MiniFaceBackend, reference_face_check
+    from facediffuser.lab.world.face_backend import MiniFaceBackend, reference_face_check
 
     check, detector = reference_face_check("mini", True)
     assert check and isinstance(detector, MiniFaceBackend) and detector.folder == packaged_here / "world" / "faces"
@@ -209,8 +209,8 @@ def test_the_mini_models_references_are_checked_by_the_worlds_detector(packaged_
 
 
 def test_a_pipelines_own_detector_comes_before_the_worlds_and_dlibs(packaged_here):
-    from facediffuser.inputs import reference_detector
-    from facediffuser.world.face_backend import MiniFaceBackend
+    from facediffuser.io.inputs import reference_detector
+    from facediffuser.lab.world.face_backend import MiniFaceBackend
 
     own = object()  # any detector the pipeline holds
     assert reference_detector("mini", True, own) == (True, own)
@@ -328,7 +328,7 @@ def test_a_bad_subject_guidance_scale_is_refused_before_anything_is_read(tmp_pat
 def test_the_benchmarks_people_ship_with_their_references(shipped, stand_in):
     """`evaluate --benchmark mini` runs offline on the people it would choose from the world's references."""
     from facediffuser.evaluation.benchmarks import load_subjects
-    from facediffuser.world.benchmark import benchmark_people
+    from facediffuser.lab.world.benchmark import benchmark_people
 
     _, report = shipped
     package = report.folders["references"]
@@ -342,7 +342,7 @@ def test_the_benchmarks_people_ship_with_their_references(shipped, stand_in):
 
 def test_a_pruning_that_changes_a_world_text_is_refused_and_the_old_pipeline_stays(stand_in, shipped, monkeypatch):
     """The exactness check of the pruned text tower (mini/vocab.py) runs inside the ship, on what was written."""
-    from facediffuser.mini import vocab as V
+    from facediffuser.lab.mini import vocab as V
 
     build, world = stand_in
     package, _ = shipped

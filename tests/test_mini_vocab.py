@@ -1,5 +1,5 @@
-"""The mini pipeline's text tower pruned to the world's vocabulary (:mod:`facediffuser.mini.vocab`), on a tiny seeded
-text encoder with the project's full CLIP tokenizer: the world's texts give exactly what the full pair gives, any
+"""The mini pipeline's text tower pruned to the world's vocabulary (:mod:`facediffuser.lab.mini.vocab`), on a tiny
+seeded text encoder with the project's full CLIP tokenizer: the world's texts give exactly what the full pair gives, any
 other text still tokenizes and encodes, and the check that ``mini ship`` runs catches a broken pruning."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from facediffuser.mini import vocab as V
+from facediffuser.io.tokenizer import load_clip_tokenizer
+from facediffuser.lab.mini import vocab as V
+from facediffuser.lab.world import attributes as A
 from facediffuser.prompting import tokenize_prompts
-from facediffuser.tokenizer import load_clip_tokenizer
-from facediffuser.world import attributes as A
 
 README_PROMPT = "a woman <|image|> in a yellow sweater on a beach at night"
 
@@ -104,7 +104,7 @@ def test_the_check_fails_when_a_merge_on_a_path_is_dropped_a_row_moves_or_the_eo
 
 
 def test_the_pruned_pair_round_trips_through_save_and_from_pretrained_and_prunes_to_itself(full, pruned, tmp_path):
-    from facediffuser.mini.ship import save_tokenizer_compact
+    from facediffuser.lab.mini.ship import save_tokenizer_compact
 
     save_tokenizer_compact(pruned.tokenizer, tmp_path / "tokenizer")
     pruned.text_encoder.save_pretrained(tmp_path / "text_encoder")

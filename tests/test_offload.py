@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from facediffuser.io.tiny import build_tiny_pipeline
 from facediffuser.offload import OffloadOthers
-from facediffuser.tiny import build_tiny_pipeline
 
 PROMPT = "a photo of a man <|image|> at the beach"
 

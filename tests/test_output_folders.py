@@ -1,4 +1,4 @@
-"""One rule for output folders (facediffuser.output_folders): a command writes only into a folder it created, an
+"""One rule for output folders (facediffuser.io.output_folders): a command writes only into a folder it created, an
 empty one or one with its own marker; it never writes over, moves or deletes a file it did not write; an input is
 never an output. The last tests run every writing command into a folder of user files, beside it and over its
 inputs, and check that every user file survives byte for byte."""
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from facediffuser import output_folders as F
 from facediffuser.cli.main import main
 from facediffuser.evaluation.work import check_run_settings
+from facediffuser.io import output_folders as F
 
 # What a user may have in a folder they give to a command: the names the commands write, and others.
 USER_FILES = {

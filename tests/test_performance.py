@@ -28,7 +28,7 @@ from facediffuser.fusion import (
     saliency_adaptive_noise_fusion,
     stage_schedule,
 )
-from facediffuser.tiny import build_tiny_pipeline
+from facediffuser.io.tiny import build_tiny_pipeline
 
 PROMPT = "a photo of a man <|image|> at the beach"
 

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
+from facediffuser.io.tokenizer import load_clip_tokenizer
 from facediffuser.prompting import check_placeholders, strip_placeholders, tokenize_prompt
-from facediffuser.tokenizer import load_clip_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import torch
 from accelerate.state import AcceleratorState, GradientState
 
 from facediffuser.cli.train import main as train_main
+from facediffuser.io.tiny import build_tiny_pipeline
 from facediffuser.pipeline import FaceDiffuserPipeline
-from facediffuser.tiny import build_tiny_pipeline
 from facediffuser.training import ModelKind, TrainConfig, Trainer
 from facediffuser.training.synthetic import write_synthetic_ffhq_wild
 
@@ -477,7 +477,7 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(data_root, t
 def test_shipped_training_configs_are_valid():
     import argparse
 
-    from facediffuser.configuration import build_config
+    from facediffuser.io.configuration import build_config
 
     folder = Path(__file__).resolve().parents[1] / "configs"
     tomls = sorted(folder.glob("train_*.toml"))

@@ -15,11 +15,10 @@ from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
 from facediffuser.evaluation.identity import build_ip_backend
-from facediffuser.ffhq_wild import parse_annotation, person_segments, read_split
-from facediffuser.models.face_detector import decode
-from facediffuser.world import attributes as A
-from facediffuser.world.data import read_samples, write_dataset, write_references
-from facediffuser.world.faces import (
+from facediffuser.io.ffhq_wild import parse_annotation, person_segments, read_split
+from facediffuser.lab.world import attributes as A
+from facediffuser.lab.world.data import read_samples, write_dataset, write_references
+from facediffuser.lab.world.faces import (
     STRIDE,
     FaceDetector,
     FaceSettings,
@@ -30,7 +29,8 @@ from facediffuser.world.faces import (
     train_detector,
     train_embedder,
 )
-from facediffuser.world.render import render
+from facediffuser.lab.world.render import render
+from facediffuser.models.face_detector import decode
 
 SIZE = 64
 
@@ -151,7 +151,7 @@ def test_clip_trains_saves_and_loads_as_a_transformers_folder(world, tmp_path):
     from transformers import CLIPModel, CLIPTextModel, CLIPVisionModelWithProjection
 
     from facediffuser.evaluation.clip_score import ClipScorer
-    from facediffuser.world.clip import ClipSettings, evaluate_clip, images_to_pixels, train_clip
+    from facediffuser.lab.world.clip import ClipSettings, evaluate_clip, images_to_pixels, train_clip
 
     samples = read_samples(world["root"] / "scenes", "train")
     settings = ClipSettings(
@@ -209,7 +209,7 @@ def test_roc_auc_and_equal_error_rate_on_known_scores():
 
 
 def test_face_networks_train_and_load_as_the_mini_backend(world, tmp_path):
-    from facediffuser.world.build import at_detector_size
+    from facediffuser.lab.world.build import at_detector_size
 
     samples = read_samples(world["root"] / "portraits", "train")
     settings = FaceSettings(detector_steps=2, embedder_steps=2, detector_batch=4, embedder_batch=4)
@@ -288,7 +288,7 @@ def test_a_broken_stage_marker_is_one_sentence_that_says_redo(tmp_path, capsys, 
 
 
 def test_a_stage_marker_with_a_byte_order_mark_is_read(tmp_path):
-    from facediffuser.world.build import WorldConfig, stage_done, stage_settings
+    from facediffuser.lab.world.build import WorldConfig, stage_done, stage_settings
 
     config = WorldConfig(out=tmp_path, identities=20, heldout=4)
     marker = tmp_path / "stages" / "identities.json"
@@ -305,7 +305,7 @@ def test_a_stage_marker_with_a_byte_order_mark_is_read(tmp_path):
     ],
 )
 def test_a_broken_world_json_is_one_sentence(tmp_path, content, words):
-    from facediffuser.world.build import load_people
+    from facediffuser.lab.world.build import load_people
 
     (tmp_path / "world.json").write_bytes(content)
     with pytest.raises(ValueError, match="^" + str(tmp_path / "world.json")) as err:

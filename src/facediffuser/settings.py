@@ -30,7 +30,7 @@ MAX_STEPS = 1000
 # float16: the pipeline checks the latents of every step for that.
 MAX_GUIDANCE_SCALE = 3.4028234663852886e38
 
-# Field metadata: ``help`` is the text of the matching CLI flag (see :mod:`facediffuser.configuration`); ``ui_range``
+# Field metadata: ``help`` is the text of the matching CLI flag (see :mod:`facediffuser.io.configuration`); ``ui_range``
 # is the (min, max) a slider offers (the demo). Validation in ``__post_init__`` is the rule; a range is only a UI bound.
 
 

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configuration import add_dataclass_arguments, build_config
+from ..io.configuration import add_dataclass_arguments, build_config
 
 
 @dataclass
@@ -27,7 +27,7 @@ class ConvertConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..convert import check_output_folder, convert_release, save_pipeline_atomically
+    from ..io.convert import check_output_folder, convert_release, save_pipeline_atomically
 
     config = build_config(ConvertConfig, args)
     inputs = [config.sd15, config.sdm, config.tdm, config.scene_model, config.image_encoder_config]

@@ -8,9 +8,9 @@ import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configuration import add_dataclass_arguments, build_config
 from ..demo.app import DEFAULT_HOST, FIRST_PORT
-from ..loading import Offload
+from ..io.configuration import add_dataclass_arguments, build_config
+from ..io.loading import Offload
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
 
 def demo(config: DemoConfig) -> int:
     from ..demo.app import require_gradio, serve
-    from ..loading import check_model_source, check_offload, dtype_name, load_pipeline, resolve_device, resolve_dtype
+    from ..io.loading import check_model_source, check_offload, dtype_name, load_pipeline, resolve_device, resolve_dtype
 
     if config.concurrency < 1:
         raise ValueError(f"--concurrency must be at least 1, got {config.concurrency}.")

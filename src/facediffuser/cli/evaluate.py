@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..configuration import add_dataclass_arguments, build_config
+from ..io.configuration import add_dataclass_arguments, build_config
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ def register(subparsers) -> None:
 def combine(runs: list[Path], out: Path) -> Path:
     from ..evaluation.harness import COMMAND, ENTRIES, LEGACY
     from ..evaluation.reports import combine_tables
-    from ..output_folders import check, claim, own
-    from ..outputs import atomic_write
+    from ..io.output_folders import check, claim, own
+    from ..io.outputs import atomic_write
 
     check(out, command=COMMAND, inputs=runs, legacy=LEGACY)  # before anything is read or written
     summaries = []

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..configuration import add_dataclass_arguments, build_config, flag_names, name_flags
-from ..loading import Offload
+from ..io.configuration import add_dataclass_arguments, build_config, flag_names, name_flags
+from ..io.loading import Offload
 from ..settings import SamplingSettings
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,8 @@ def _from_file(err: ValueError, from_file: dict[str, str], source: str) -> Value
 
 def check_before_loading(config: GenerateConfig):
     """Every check that needs no model; returns ``(device, dtype, output paths, people)``."""
-    from ..inputs import check_request, reference_detector
-    from ..loading import (
+    from ..io.inputs import check_request, reference_detector
+    from ..io.loading import (
         check_model_source,
         check_offload,
         check_scene_model,
@@ -158,7 +158,7 @@ def check_before_loading(config: GenerateConfig):
         resolve_device,
         resolve_dtype,
     )
-    from ..outputs import check_output_file
+    from ..io.outputs import check_output_file
     from ..prompting import DEFAULT_PLACEHOLDER
     from ..settings import check_image_size, check_num_images, check_seed
 
@@ -205,10 +205,10 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
     reference hashes are compared with the photos given now."""
     import torch
 
-    from ..inputs import check_prompt, reference_name
-    from ..loading import dtype_name, load_pipeline, scheduler_name
-    from ..outputs import PARAMETERS_KEY, generation_parameters, parameters_text, photos_fingerprint, write_png
-    from ..visualize import mask_strip, mask_strip_description
+    from ..io.inputs import check_prompt, reference_name
+    from ..io.loading import dtype_name, load_pipeline, scheduler_name
+    from ..io.outputs import PARAMETERS_KEY, generation_parameters, parameters_text, photos_fingerprint, write_png
+    from ..io.visualize import mask_strip, mask_strip_description
 
     # 1. Check everything that can be checked before the (slow) model load.
     device, dtype, paths, people = check_before_loading(config)
@@ -274,7 +274,7 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..outputs import read_parameters
+    from ..io.outputs import read_parameters
 
     recorded = base = None
     from_file: dict[str, str] = {}

@@ -1,9 +1,9 @@
 """``facediffuser mini build``: train the mini Face-diffuser on the procedural world (VAE, then TDM, then SDM).
 ``facediffuser mini ship``: put a finished build, the world's CLIP and face recognizer and example references into
-the package (see :mod:`facediffuser.mini.ship`).
+the package (see :mod:`facediffuser.lab.mini.ship`).
 
 Run it after ``facediffuser world build``. Every stage is seeded, resumes where it was interrupted, and is skipped
-when already built with the same settings (see :mod:`facediffuser.mini.build`).
+when already built with the same settings (see :mod:`facediffuser.lab.mini.build`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..configuration import add_dataclass_arguments, build_config
+from ..io.configuration import add_dataclass_arguments, build_config
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ DESCRIPTION = (
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..mini.build import MiniConfig, run_stages
+    from ..lab.mini.build import MiniConfig, run_stages
 
     config = build_config(MiniConfig, args)
     times = run_stages(config)
@@ -41,7 +41,7 @@ SHIP_DESCRIPTION = (
 
 
 def run_ship(args: argparse.Namespace) -> int:
-    from ..mini.ship import ShipConfig, ship
+    from ..lab.mini.ship import ShipConfig, ship
 
     report = ship(build_config(ShipConfig, args))
     print("mini pipeline, float16, per component:")
@@ -53,8 +53,8 @@ def run_ship(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..mini.build import MiniConfig
-    from ..mini.ship import ShipConfig
+    from ..lab.mini.build import MiniConfig
+    from ..lab.mini.ship import ShipConfig
 
     parser = subparsers.add_parser(
         "mini", help="train the mini Face-diffuser on the world, and ship it", description=DESCRIPTION

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..configuration import add_dataclass_arguments, build_config, flag_names, name_flags
+from ..io.configuration import add_dataclass_arguments, build_config, flag_names, name_flags
 from ..training.config import ModelKind, TrainConfig, check_output_dir
 
 HELP = "train the SDM (subject model) or the TDM (scene model) on FFHQ-wild data"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..configuration import add_dataclass_arguments, build_config
+from ..io.configuration import add_dataclass_arguments, build_config
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ DESCRIPTION = (
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..world.build import WorldConfig, run_stages
+    from ..lab.world.build import WorldConfig, run_stages
 
     config = build_config(WorldConfig, args)
     times = run_stages(config, PARTS[args.part])
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..world.build import WorldConfig
+    from ..lab.world.build import WorldConfig
 
     parser = subparsers.add_parser("world", help="build the procedural world and its networks", description=DESCRIPTION)
     parts = parser.add_subparsers(dest="part", required=True, metavar="PART")

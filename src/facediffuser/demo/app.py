@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..configuration import name_flags
 from ..fusion import SubjectGuidanceBase
 from ..images import IMAGE_EXTENSIONS
-from ..loading import MINI_MODEL, SCHEDULERS
+from ..io.configuration import name_flags
+from ..io.loading import MINI_MODEL, SCHEDULERS
 from ..prompting import DEFAULT_PLACEHOLDER
 from .core import MAX_PEOPLE, Control, DemoRunner, number_text
 
@@ -62,7 +62,7 @@ def mini_people() -> list[tuple[str, list[str]]]:
     """The mini model's shipped example references (``data/examples/mini``, a subject folder), sorted by name: each
     person's class noun and photos; empty when this installation has none."""
     from ..evaluation.benchmarks import load_subjects
-    from ..package_data import MINI_EXAMPLES, packaged
+    from ..io.package_data import MINI_EXAMPLES, packaged
 
     try:
         people = load_subjects(packaged(MINI_EXAMPLES))
@@ -172,7 +172,7 @@ def make_handler(runner: DemoRunner):
 
 
 def model_note(model: str) -> str:
-    from ..loading import MINI_MODEL, TINY_MODEL
+    from ..io.loading import MINI_MODEL, TINY_MODEL
 
     if model == TINY_MODEL:
         return "**Model: `tiny`**, random weights: it draws noise. Start the demo with `--model` for real weights."

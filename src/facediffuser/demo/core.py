@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fusion import SubjectGuidanceBase
-from ..loading import dtype_name
+from ..io.loading import dtype_name
 from ..settings import SamplingSettings, check_image_size
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ class DemoRunner:
     scheduler; memory then grows with the activations of the runs in flight, not with copies of the models.
 
     Args:
-        pipe: the pipeline, as :func:`facediffuser.loading.load_pipeline` returns it.
+        pipe: the pipeline, as :func:`facediffuser.io.loading.load_pipeline` returns it.
         workdir: where the PNGs go; the caller owns it (the app removes it on exit).
         model: the model's name as given to ``--model``, recorded in each PNG.
         concurrency: runs allowed at the same time.
@@ -170,7 +170,7 @@ class DemoRunner:
         face_check: bool = True,
         recorded: dict[str, Any] | None = None,
     ):
-        from ..inputs import reference_detector
+        from ..io.inputs import reference_detector
 
         if concurrency < 1:
             raise ValueError(f"The concurrency limit must be at least 1, got {concurrency}.")
@@ -211,11 +211,11 @@ class DemoRunner:
     def check(self, request: DemoRequest) -> list[list]:
         """All checks that need no model run; returns the loaded reference photos, one list per person.
 
-        The request checks are :func:`facediffuser.inputs.check_request`, ``generate``'s own; a person is named by
+        The request checks are :func:`facediffuser.io.inputs.check_request`, ``generate``'s own; a person is named by
         the file names of their photos. Raises ``ValueError`` / ``FileNotFoundError``.
         """
-        from ..inputs import check_request
-        from ..loading import SCHEDULERS
+        from ..io.inputs import check_request
+        from ..io.loading import SCHEDULERS
 
         count = request.num_images
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_IMAGES:
@@ -300,9 +300,9 @@ class DemoRunner:
         and their mask strips under :attr:`workdir`."""
         import torch
 
-        from ..loading import scheduler_name, swap_scheduler
-        from ..outputs import PARAMETERS_KEY, parameters_text, write_png
-        from ..visualize import mask_strip, mask_strip_description
+        from ..io.loading import scheduler_name, swap_scheduler
+        from ..io.outputs import PARAMETERS_KEY, parameters_text, write_png
+        from ..io.visualize import mask_strip, mask_strip_description
 
         references = self.check(request)
         seed = request.seed if request.seed is not None else random.SystemRandom().randrange(SEED_LIMIT)
@@ -358,7 +358,7 @@ class DemoRunner:
 
     def parameters(self, request: DemoRequest, people: list[list], seed: int, scheduler: str | None, image) -> dict:
         """The ``parameters`` chunk of one image, as ``generate`` writes it (the same keys, the same words)."""
-        from ..outputs import generation_parameters
+        from ..io.outputs import generation_parameters
 
         return generation_parameters(
             prompt=request.prompt,

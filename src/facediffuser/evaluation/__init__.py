@@ -3,11 +3,13 @@ harness that compares the TDM, the SDM and Face-diffuser on them (REFERENCE sect
 
 from .benchmarks import (
     BENCHMARKS,
+    LAZY_BENCHMARKS,
     Benchmark,
     Case,
     Person,
     Photo,
     PromptSet,
+    benchmark_names,
     load_benchmark,
     load_prompt_file,
     load_subjects,
@@ -27,6 +29,7 @@ from .metrics import (
 
 __all__ = [
     "BENCHMARKS",
+    "LAZY_BENCHMARKS",
     "DEFAULT_CLIP_MODEL",
     "IP_BACKENDS",
     "Benchmark",
@@ -50,6 +53,7 @@ __all__ = [
     "identity_similarity_matrix",
     "load_benchmark",
     "load_prompt_file",
+    "benchmark_names",
     "load_subjects",
     "parse_method",
     "parse_methods",

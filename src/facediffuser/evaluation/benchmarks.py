@@ -1,6 +1,6 @@
 """Benchmarks: a data file of prompts plus a loader that pairs them with people.
 
-Registered benchmarks (:data:`BENCHMARKS`):
+Registered benchmarks (:data:`BENCHMARKS`; the lab's ``mini`` by name, :data:`LAZY_BENCHMARKS`):
 
 * ``single-subject``: ``data/benchmarks/single_subject.json``, 4 groups (accessory, style, action, context) of 10
   prompts, for every person of a subject folder.
@@ -9,7 +9,7 @@ Registered benchmarks (:data:`BENCHMARKS`):
 * ``ffhq-wild``: the FFHQ-wild test split (``image_ids_test.txt``, ``<id[:5]>/<id>.jpg|.json``); each image's caption
   with a placeholder after every person, the people's bounding-box crops as references.
 * ``mini``: held-out people of the procedural world in scenes the mini SDM's training data holds rarely or never,
-  one and two people, each case with the attributes it asks for (:mod:`facediffuser.world.benchmark`); its images
+  one and two people, each case with the attributes it asks for (:mod:`facediffuser.lab.world.benchmark`); its images
   are also scored per attribute (place, time, clothing colour, identity).
 
 A **subject folder** holds one sub-folder of photos per person; the sub-folder's name is the person's name. An
@@ -26,6 +26,7 @@ stand for each person's class noun and placeholder. :func:`load_prompt_file` rea
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import itertools
 import json
@@ -39,9 +40,9 @@ from typing import Any
 
 import PIL.Image
 
-from ..ffhq_wild import insert_placeholders, parse_annotation, person_segments, sample_paths
-from ..files import parse_json, read_json, read_text
 from ..images import list_image_files, load_image
+from ..io.ffhq_wild import insert_placeholders, parse_annotation, person_segments, sample_paths
+from ..io.files import parse_json, read_json, read_text
 from ..prompting import DEFAULT_PLACEHOLDER
 
 logger = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class BenchmarkDefaults:
     ip_backend: str | None = None
     clip_model: Callable[[], str] | None = None
     methods: tuple[str, ...] | None = None
+    data_hint: str | None = None  # what --data takes, for the message when it is missing
 
 
 @dataclass(frozen=True)
@@ -238,6 +240,25 @@ def shipped_prompts(filename: str) -> PromptSet:
 BenchmarkLoader = Callable[..., Benchmark]
 BENCHMARKS: dict[str, BenchmarkLoader] = {}
 BENCHMARK_DEFAULTS: dict[str, BenchmarkDefaults] = {}
+# name -> the module that registers the benchmark when it is imported, for benchmarks of the layers above evaluation
+# (the lab's ``mini``): this module reaches them by name, never by import.
+LAZY_BENCHMARKS: dict[str, str] = {"mini": "facediffuser.lab.world.benchmark"}
+
+
+def benchmark_names() -> list[str]:
+    """Every benchmark that can be run: those registered and those registered when first asked for."""
+    return sorted(set(BENCHMARKS) | set(LAZY_BENCHMARKS))
+
+
+def is_benchmark(name: str) -> bool:
+    """Whether ``name`` is a benchmark (importing the module that registers it, for a lazy one)."""
+    if name not in BENCHMARKS and name in LAZY_BENCHMARKS:
+        importlib.import_module(LAZY_BENCHMARKS[name])
+    return name in BENCHMARKS
+
+
+def unknown_benchmark(name: str) -> ValueError:
+    return ValueError(f"Unknown benchmark {name!r}; choose from {', '.join(benchmark_names())}.")
 
 
 def register_benchmark(
@@ -256,12 +277,13 @@ def register_benchmark(
 
 def benchmark_defaults(name: str) -> BenchmarkDefaults:
     """The defaults registered with the benchmark ``name`` (empty ones for an unknown name)."""
+    is_benchmark(name)
     return BENCHMARK_DEFAULTS.get(name, BenchmarkDefaults())
 
 
 def takes_prompts(name: str) -> bool:
     """Whether the benchmark ``name`` accepts ``--prompts`` (its loader has a ``prompts`` parameter)."""
-    return name in BENCHMARKS and "prompts" in inspect.signature(BENCHMARKS[name]).parameters
+    return is_benchmark(name) and "prompts" in inspect.signature(BENCHMARKS[name]).parameters
 
 
 def benchmark_source(name: str, source: str | Path | None) -> Path:
@@ -272,13 +294,10 @@ def benchmark_source(name: str, source: str | Path | None) -> Path:
     """
     if source is not None:
         return Path(source)
-    default = benchmark_defaults(name).data
-    found = default() if default is not None else None
+    defaults = benchmark_defaults(name)
+    found = defaults.data() if defaults.data is not None else None
     if found is None:
-        what = {
-            "ffhq-wild": "the FFHQ-wild dataset root (image_ids_test.txt, <id[:5]>/<id>.jpg|.json)",
-            "mini": "the world's reference folder, WORLD/references from `facediffuser world build --out WORLD`",
-        }.get(name, "a subject folder: one sub-folder of photos per person, e.g. subjects/ada/1.jpg")
+        what = defaults.data_hint or "a subject folder: one sub-folder of photos per person, e.g. subjects/ada/1.jpg"
         raise ValueError(f"Benchmark {name!r} needs --data: {what}.")
     return Path(found)
 
@@ -293,8 +312,8 @@ def load_benchmark(
         ValueError: an unknown benchmark, or a source that does not fit it.
         FileNotFoundError: ``source`` does not exist.
     """
-    if name not in BENCHMARKS:
-        raise ValueError(f"Unknown benchmark {name!r}; choose from {', '.join(sorted(BENCHMARKS))}.")
+    if not is_benchmark(name):
+        raise unknown_benchmark(name)
     if prompts is not None and not takes_prompts(name):
         raise ValueError(f"Benchmark {name!r} takes its prompts from its data; drop --prompts.")
     source = benchmark_source(name, source)
@@ -472,7 +491,10 @@ def ffhq_case(root: Path, image_id: str, placeholder: str = DEFAULT_PLACEHOLDER)
     return Case(image_id, prompt, people, f"{len(people)}-person")
 
 
-@register_benchmark("ffhq-wild")
+@register_benchmark(
+    "ffhq-wild",
+    BenchmarkDefaults(data_hint="the FFHQ-wild dataset root (image_ids_test.txt, <id[:5]>/<id>.jpg|.json)"),
+)
 def ffhq_wild_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
     """The FFHQ-wild test split at ``source`` (the layout of REFERENCE section 5); images without people skipped."""
     ids_file = source / "image_ids_test.txt"
@@ -486,34 +508,3 @@ def ffhq_wild_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) ->
     if len(cases) < len(ids):
         logger.info("ffhq-wild: %d of %d test images show no person and are skipped.", len(ids) - len(cases), len(ids))
     return Benchmark("ffhq-wild", "multi", tuple(cases), 1)
-
-
-# ---------------------------------------------------------------------------------------------------- mini
-def _mini_references() -> Path | None:
-    from ..world.benchmark import default_references
-
-    return default_references()
-
-
-def _mini_clip_model() -> str:
-    from ..world.benchmark import default_clip_model
-
-    return default_clip_model()
-
-
-@register_benchmark(
-    "mini",
-    BenchmarkDefaults(
-        data=_mini_references,
-        ip_backend="mini",
-        clip_model=_mini_clip_model,
-        # both guidance bases whatever --subject-guidance-base says (the run's own base is the unsuffixed row)
-        methods=("tdm", "sdm", "face-diffuser:0.3:0.6:text", "face-diffuser:0.3:0.6:null"),
-    ),
-)
-def mini_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
-    """The mini model's benchmark: 20 held-out people of the world's reference folder ``source`` in scenes the mini
-    SDM's data holds rarely or never (:func:`facediffuser.world.benchmark.mini_cases`)."""
-    from ..world.benchmark import mini_cases
-
-    return mini_cases(source, placeholder)

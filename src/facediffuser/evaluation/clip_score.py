@@ -27,7 +27,7 @@ MINI_CLIP_MODEL = "mini"  # the world's CLIP shipped in the package (facediffuse
 
 def packaged_world_clip() -> Path:
     """The folder of the shipped world CLIP, whether or not this installation has it."""
-    from ..package_data import WORLD_CLIP, packaged
+    from ..io.package_data import WORLD_CLIP, packaged
 
     return packaged(WORLD_CLIP)
 
@@ -101,7 +101,7 @@ class ClipScorer:
         the package, :func:`packaged_world_clip`), in ``dtype`` whatever the stored precision.
 
         A local folder without tokenizer files takes the project's CLIP tokenizer
-        (:func:`facediffuser.tokenizer.load_clip_tokenizer`, the vocabulary of every OpenAI CLIP and of the world's).
+        (:func:`facediffuser.io.tokenizer.load_clip_tokenizer`, the vocabulary of every OpenAI CLIP and of the world's).
 
         Raises:
             ValueError: the weights cannot be had (no network and no local copy); the message says how to get them.
@@ -114,7 +114,7 @@ class ClipScorer:
         try:
             model = CLIPModel.from_pretrained(source, dtype=dtype)
             if local.is_dir():
-                from ..tokenizer import load_folder_tokenizer
+                from ..io.tokenizer import load_folder_tokenizer
 
                 tokenizer = load_folder_tokenizer(local, model.config.text_config.max_position_embeddings)
             else:

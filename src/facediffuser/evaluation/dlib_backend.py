@@ -29,7 +29,7 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..faces import INSTALL_HINT, FaceDetector, import_dlib, to_dlib_array
+from ..io.faces import INSTALL_HINT, FaceDetector, import_dlib, to_dlib_array
 from .identity import Face, IdentityBackend
 
 logger = logging.getLogger(__name__)

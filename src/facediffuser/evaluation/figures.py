@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..fusion import Stage
-from ..outputs import atomic_write
-from ..visualize import FLAT, map_to_image
+from ..io.outputs import atomic_write
+from ..io.visualize import FLAT, map_to_image
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from ..outputs import atomic_write
+from ..io.outputs import atomic_write
 from ..prompting import DEFAULT_PLACEHOLDER
 from ..settings import SamplingSettings
 from .benchmarks import Benchmark

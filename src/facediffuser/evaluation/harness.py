@@ -39,22 +39,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..configuration import name_flags
 from ..fusion import SubjectGuidanceBase
-from ..loading import MINI_MODEL
-from ..output_folders import check as check_output
-from ..output_folders import claim, own
-from ..outputs import atomic_write
+from ..io.configuration import name_flags
+from ..io.loading import MINI_MODEL
+from ..io.output_folders import check as check_output
+from ..io.output_folders import claim, own
+from ..io.outputs import atomic_write
 from ..settings import SamplingSettings
 from .benchmarks import (
-    BENCHMARKS,
     Benchmark,
     PromptSet,
     benchmark_defaults,
+    benchmark_names,
     benchmark_source,
+    is_benchmark,
     load_benchmark,
     load_prompt_file,
     takes_prompts,
+    unknown_benchmark,
 )
 from .clip_score import DEFAULT_CLIP_MODEL, MINI_CLIP_MODEL, ClipScorer
 from .figures import GRID_ROWS, MaskAccumulator, image_grid, load_mask_arrays, sweep_plot, write_mask_images
@@ -69,7 +71,7 @@ logger = logging.getLogger(__name__)
 
 _SAMPLING = {f.name: f for f in dataclasses.fields(SamplingSettings)}
 ATTRIBUTES = "attributes"  # the --metrics name of a benchmark's attribute accuracies
-COMMAND = "evaluate"  # the command named in --out's marker (see facediffuser.output_folders)
+COMMAND = "evaluate"  # the command named in --out's marker (see facediffuser.io.output_folders)
 
 
 def _is_older_run(folder: Path) -> bool:
@@ -125,7 +127,7 @@ class EvaluationConfig:
         },
     )
     out: Path = field(default=Path("outputs/evaluation"), metadata={"help": "output folder (resumable)"})
-    benchmark: str = field(default="single-subject", metadata={"help": f"one of {', '.join(sorted(BENCHMARKS))}"})
+    benchmark: str = field(default="single-subject", metadata={"help": f"one of {', '.join(benchmark_names())}"})
     prompts: Path | None = field(
         default=None,
         metadata={
@@ -205,8 +207,8 @@ class EvaluationConfig:
         """A copy with what the flags left open filled in: the benchmark's defaults, else the harness's (dlib,
         ``openai/clip-vit-large-patch14``, tdm sdm face-diffuser). ``--data`` left open and without a default is
         refused with what it takes."""
-        if self.benchmark not in BENCHMARKS:
-            raise ValueError(f"Unknown benchmark {self.benchmark!r}; choose from {', '.join(sorted(BENCHMARKS))}.")
+        if not is_benchmark(self.benchmark):
+            raise unknown_benchmark(self.benchmark)
         defaults = benchmark_defaults(self.benchmark)
         changes: dict[str, Any] = {}
         if self.data is None:
@@ -236,8 +238,8 @@ class EvaluationConfig:
     def check(self) -> tuple[list[ModelSpec], list[Variant], PromptSet | None]:
         """Raises ``ValueError`` (or ``FileNotFoundError``) for settings that cannot work, before anything heavy is
         loaded; returns the parsed models, variants and prompts. Call it on a :meth:`resolved` config."""
-        if self.benchmark not in BENCHMARKS:
-            raise ValueError(f"Unknown benchmark {self.benchmark!r}; choose from {', '.join(sorted(BENCHMARKS))}.")
+        if not is_benchmark(self.benchmark):
+            raise unknown_benchmark(self.benchmark)
         if self.data is None or self.methods is None or self.ip_backend is None:
             return self.resolved().check()
         unknown = sorted(set(self.metrics) - {*METRICS, ATTRIBUTES})
@@ -343,7 +345,7 @@ def evaluate(
     """
     from accelerate.utils import gather_object
 
-    from ..loading import load_pipeline, resolve_device, resolve_dtype
+    from ..io.loading import load_pipeline, resolve_device, resolve_dtype
 
     config = config.resolved()
     models, variants, prompts = config.check()

@@ -94,7 +94,7 @@ class IdentityBackend(abc.ABC):
 IP_BACKENDS: dict[str, str] = {
     "dlib": "facediffuser.evaluation.dlib_backend:DlibBackend",
     "facenet": "facediffuser.evaluation.facenet_backend:FacenetBackend",
-    "mini": "facediffuser.world.face_backend:MiniFaceBackend",
+    "mini": "facediffuser.lab.world.face_backend:MiniFaceBackend",
 }
 
 

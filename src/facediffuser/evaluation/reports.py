@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..outputs import atomic_write
+from ..io.outputs import atomic_write
 from .methods import Variant
 from .statistics import CONFIDENCE, RESAMPLES, bootstrap_mean
 

@@ -101,7 +101,7 @@ class ScoreCache:
 class Scorers:
     """The scorers of a run and their caches; a scorer left ``None`` gives NaN scores.
 
-    ``attribute_scorer`` (a benchmark's, e.g. :class:`facediffuser.world.benchmark.MiniAttributeScorer`) has
+    ``attribute_scorer`` (a benchmark's, e.g. :class:`facediffuser.lab.world.benchmark.MiniAttributeScorer`) has
     ``settings() -> dict`` and ``score(images, case) -> [{metric: value, ..., "predicted": {...}}]``.
     """
 

@@ -1,7 +1,7 @@
 """The world's face detector as a pipeline component: it finds the faces (head and hair) in a reference photo.
 
 :class:`FaceDetector` is a CenterNet-style fully convolutional network: on a ``64 x 64`` input it predicts, per
-``4 x 4`` cell, a face-centre heat map, the sub-cell offset and the box size. :mod:`facediffuser.world.faces` trains
+``4 x 4`` cell, a face-centre heat map, the sub-cell offset and the box size. :mod:`facediffuser.lab.world.faces` trains
 it on the renderer's face boxes and scores faces with it (``--ip-backend mini``); a pipeline whose SDM was trained
 on head references carries it as its ``face_detector`` (``FaceDiffuserPipeline``), which is why it lives here, with
 the other model components, rather than in ``world/``: diffusers loads a component only from a module already
@@ -84,7 +84,7 @@ class FaceDetector(ModelMixin, ConfigMixin):
 
     def count_faces(self, image: Image.Image) -> int:
         """How many faces :meth:`find_faces` finds at the saved threshold: the reference check of ``generate`` and
-        the demo (:func:`facediffuser.faces.check_faces`) for a pipeline that cuts its references with it."""
+        the demo (:func:`facediffuser.io.faces.check_faces`) for a pipeline that cuts its references with it."""
         return len(self.find_faces(image))
 
 

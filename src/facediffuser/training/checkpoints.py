@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..weight_files import first_line
+from ..io.weight_files import first_line
 
 logger = logging.getLogger(__name__)
 

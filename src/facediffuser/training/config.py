@@ -238,9 +238,9 @@ def output_inputs(config: TrainConfig) -> list[Path]:
 
 
 def check_output_dir(config: TrainConfig) -> Path:
-    """Whether ``config.output_dir`` may take this run (see :mod:`facediffuser.output_folders`); writes nothing."""
-    from ..output_folders import check, check_own
-    from .export import pipeline_entries
+    """Whether ``config.output_dir`` may take this run (see :mod:`facediffuser.io.output_folders`); writes nothing."""
+    from ..io.loading import pipeline_entries
+    from ..io.output_folders import check, check_own
 
     out = check(
         config.output_dir, command="train", inputs=output_inputs(config), flag="--output-dir", legacy=RUN_LEGACY

@@ -1,6 +1,6 @@
 """The FFHQ-wild data set as released for FastComposer (``mit-han-lab/ffhq-fastcomposer``), read as it is.
 
-The layout (REFERENCE section 5) and its file-format helpers are in :mod:`facediffuser.ffhq_wild`.
+The layout (REFERENCE section 5) and its file-format helpers are in :mod:`facediffuser.io.ffhq_wild`.
 
 For the SDM, a placeholder is inserted at each kept ``person`` segment's ``end`` offset (the character just after
 its noun phrase), so ``"a man riding a horse"`` with a segment ending at 5 reads ``"a man <|image|> riding a
@@ -16,7 +16,7 @@ SDM, a readable annotation whose people cannot be placed (no ``segments`` list, 
 :data:`FLAW_WARNINGS` ids), and its id travels with the batch (``flawed``) to be counted every time.
 
 The recipe cuts each person's reference from the training image itself. Where the data set names who each person is
-(a segment's ``identity``, :mod:`facediffuser.ffhq_wild`), ``other_image_reference_prob`` cuts it instead from
+(a segment's ``identity``, :mod:`facediffuser.io.ffhq_wild`), ``other_image_reference_prob`` cuts it instead from
 another image of the same person in the split, so that the reference shares only the person with the target: not
 the clothing, light or pose of that one image, which the model could otherwise copy instead of the identity. With
 ``reference_region = "head"`` the reference is cut to the person's ``head_box`` (another extension) instead of their
@@ -42,7 +42,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
-from ..ffhq_wild import (
+from ..images import clip_preprocess, pil_to_tensor
+from ..io.ffhq_wild import (
     PERSON_LABEL,
     Segment,
     box_inside,
@@ -53,7 +54,6 @@ from ..ffhq_wild import (
     read_split,
     sample_paths,
 )
-from ..images import clip_preprocess, pil_to_tensor
 from ..prompting import DEFAULT_PLACEHOLDER, TokenizedPrompt, tokenize_prompt
 from .augment import ReferenceAugmentation, map_geometry, noise_background_crop, plain_reference, target_geometry
 from .config import REFERENCE_REGIONS

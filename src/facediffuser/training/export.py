@@ -24,13 +24,6 @@ def trained_tensors(denoiser: torch.nn.Module) -> dict[str, dict[str, torch.Tens
     return state
 
 
-def pipeline_entries() -> list[str]:
-    """What ``save_pretrained`` of a Face-diffuser pipeline may write into a folder: ``model_index.json`` and a
-    sub-folder per component (the optional ones too)."""
-    modules, _ = FaceDiffuserPipeline._get_signature_keys(FaceDiffuserPipeline)
-    return ["model_index.json", *(f"{name}/" for name in sorted(modules))]
-
-
 def export_pipeline(
     kind: ModelKind, state: dict[str, dict[str, torch.Tensor]], base: FaceDiffuserPipeline, output_dir: Path
 ) -> Path:

@@ -18,9 +18,9 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from ..loading import check_pipeline_folder
+from ..io.loading import check_pipeline_folder
+from ..io.tiny import TinyConfig, build_tiny_pipeline
 from ..pipeline import FaceDiffuserPipeline
-from ..tiny import TinyConfig, build_tiny_pipeline
 from .config import ModelKind
 
 TINY = "tiny"

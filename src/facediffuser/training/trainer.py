@@ -32,17 +32,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .. import output_folders
-from ..configuration import config_to_dict
+from ..io import output_folders
+from ..io.configuration import config_to_dict
+from ..io.loading import pipeline_entries
+from ..io.tiny import TinyConfig
 from ..pipeline import FaceDiffuserPipeline
-from ..tiny import TinyConfig
 from . import checkpoints, tracking
 from .allocator import keep_freed_blocks
 from .attention import AttentionStore, install_attention_capture
 from .augment import ReferenceAugmentation
 from .config import RUN_ENTRIES, RUN_LEGACY, MixedPrecision, ModelKind, TrainConfig, output_inputs
 from .data import EpochSampler, FFHQWild, collate, seeded_generator
-from .export import export_pipeline, pipeline_entries, trained_tensors
+from .export import export_pipeline, trained_tensors
 from .launch import launched_without_accelerator, process_count_mismatch
 from .losses import denoising_loss, head_loss_weights, localization_loss, min_snr_weights, subject_union_masks
 from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline, parameter_groups

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..ffhq_wild import split_file
 from ..images import CLIP_MEAN, CLIP_STD
+from ..io.ffhq_wild import split_file
 from ..pipeline import FaceDiffuserPipeline
 from ..settings import SamplingSettings
 from .config import ModelKind, TrainConfig

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .prompting import DEFAULT_PLACEHOLDER
+from ..prompting import DEFAULT_PLACEHOLDER
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ detector is built into dlib itself, so it needs no model files. dlib is optional
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -23,9 +24,25 @@ INSTALL_HINT = 'pip install dlib-bin face_recognition_models  (or: pip install "
 class FaceCounter(Protocol):
     """What the reference check asks of a detector: dlib's :class:`FaceDetector`, a pipeline's own
     (:class:`facediffuser.models.FaceDetector`) or the world's
-    (:class:`facediffuser.world.face_backend.MiniFaceBackend`)."""
+    (:class:`facediffuser.lab.world.face_backend.MiniFaceBackend`)."""
 
     def count_faces(self, image: PIL.Image.Image) -> int: ...
+
+
+# model name -> "module:function" giving ``(face_check, detector)`` for that model's reference photos, for models
+# whose references dlib cannot read (the lab's mini model: renders of its world). Reached by name, never by import, so
+# that this layer knows nothing of the lab.
+REFERENCE_FACE_CHECKS: dict[str, str] = {"mini": "facediffuser.lab.world.face_backend:reference_face_check"}
+
+
+def model_face_check(model: str, face_check: bool) -> tuple[bool, FaceCounter | None] | None:
+    """``(face_check, detector)`` from the check registered for ``model`` (:data:`REFERENCE_FACE_CHECKS`), or
+    ``None`` when none is."""
+    target = REFERENCE_FACE_CHECKS.get(model)
+    if target is None:
+        return None
+    module_name, function_name = target.split(":")
+    return getattr(importlib.import_module(module_name), function_name)(model, face_check)
 
 
 def import_dlib():

@@ -1,20 +1,20 @@
 """``facediffuser mini ship``: put a finished mini build and its world into the package's data folder.
 
-What it writes (:mod:`facediffuser.package_data` names the places): every folder is built beside its place and all
+What it writes (:mod:`facediffuser.io.package_data` names the places): every folder is built beside its place and all
 are swapped in together once all are complete (a refusal or Ctrl-C before that leaves the old package whole). It
 replaces only folders whose files an earlier ship wrote (the package folder's ``.facediffuser.json`` lists them; the
 installation's own data folder, shipped into before that record existed, is the package's):
 
 - ``mini/pipeline``: the mini Face-diffuser (the build's ``sdm/train``) with every weight in float16 safetensors and
   the tokenizer as ``vocab.json`` + ``merges.txt``; its text tower pruned to the world's vocabulary
-  (:mod:`facediffuser.mini.vocab`: the tokens of the world's texts and the bytes, 701 of CLIP's 49,408 for the
+  (:mod:`facediffuser.lab.mini.vocab`: the tokens of the world's texts and the bytes, 701 of CLIP's 49,408 for the
   present world; the world's texts must give exactly the same text features, else nothing is shipped); at most
   ``max_mib`` (40 MiB, issue 13) in all, else refused;
 - ``mini/stages``: the build's stage markers (``stages/*.json``: each stage's settings and wall time), and the
   package's own markers of the stages the build took from it (``--from``), so that ``facediffuser mini build --from
   STAGE`` can start from the shipped stages with the settings they were built with;
 - ``world/clip``: the world's CLIP in float16 safetensors (``--clip-model mini``); without tokenizer files when its
-  tokenizer is the project's (:func:`facediffuser.tokenizer.load_clip_tokenizer`), which the scorer then uses;
+  tokenizer is the project's (:func:`facediffuser.io.tokenizer.load_clip_tokenizer`), which the scorer then uses;
 - ``world/faces``: the world's face detector and embedder (``--ip-backend mini``), copied as they are (float32,
   0.7 MB: their held-out figures were measured so);
 - ``examples/mini``: 3 renders each of a few held-out people of the world (never seen in training), chosen
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import package_data
+from ...io import package_data
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class ShipConfig:
             raise ValueError(f"--max-mib must be a positive number of MiB, got {self.max_mib}.")
         if self.people < 1:
             raise ValueError(f"--people must be at least 1, got {self.people}.")
-        from ..settings import SamplingSettings
+        from ...settings import SamplingSettings
 
         SamplingSettings(subject_guidance_scale=self.subject_guidance_scale)  # the sampling rules, with their words
 
@@ -124,7 +124,7 @@ class ShipReport:
 # ------------------------------------------------------------------------------------------------ checks
 def check_build(build: Path) -> Path:
     """The build's final pipeline folder (``sdm/train``), or a ``ValueError`` when the build is not finished."""
-    from ..loading import check_pipeline_folder
+    from ...io.loading import check_pipeline_folder
     from .build import marker_path
 
     pipeline = build / "sdm" / "train"
@@ -150,7 +150,7 @@ def check_world(world: Path) -> None:
         )
 
 
-COMMAND = "mini ship"  # the command named in the package folder's marker (see facediffuser.output_folders)
+COMMAND = "mini ship"  # the command named in the package folder's marker (see facediffuser.io.output_folders)
 
 
 def shipped_folders(target: Path) -> dict[str, Path]:
@@ -176,7 +176,7 @@ def check_target(target: Path, inputs: tuple[Path, ...] = ()) -> dict | None:
     them); none may be, hold or lie inside an input (the build, the world). The installation's own data folder,
     shipped before markers existed, is the package's: its shipped folders are replaced as they are.
     """
-    from ..output_folders import absolute, check_apart, foreign_files, protected_reason, read_marker
+    from ...io.output_folders import absolute, check_apart, foreign_files, protected_reason, read_marker
 
     if str(target).strip() == "":
         raise ValueError("--package-dir is empty: name the package's data folder, or leave the flag out.")
@@ -290,15 +290,15 @@ def write_pipeline(
     source: Path, folder: Path, max_mib: float, subject_guidance_scale: float | None = None
 ) -> tuple[dict[str, int], dict[str, int]]:
     """The pipeline of ``source`` in float16 into ``folder``, its text tower pruned to the world's vocabulary
-    (:mod:`facediffuser.mini.vocab`), drawing with ``subject_guidance_scale`` by default when it is given (else as
+    (:mod:`facediffuser.lab.mini.vocab`), drawing with ``subject_guidance_scale`` by default when it is given (else as
     the build's); its sizes and what the pruning kept and checked. ``ValueError`` when over
-    ``max_mib``; :class:`~facediffuser.mini.vocab.PruningError` when the shipped tokenizer and text encoder do not
+    ``max_mib``; :class:`~facediffuser.lab.mini.vocab.PruningError` when the shipped tokenizer and text encoder do not
     give exactly what the full ones give on the world's texts."""
     import copy
 
     import torch
 
-    from ..pipeline import FaceDiffuserPipeline
+    from ...pipeline import FaceDiffuserPipeline
     from . import vocab
 
     pipe = FaceDiffuserPipeline.from_pretrained(source, use_safetensors=True, dtype=torch.float32)
@@ -373,7 +373,7 @@ def write_world_clip(source: Path, folder: Path) -> None:
     import torch
     from transformers import CLIPModel, CLIPTokenizer
 
-    from ..tokenizer import has_tokenizer_files, load_clip_tokenizer
+    from ...io.tokenizer import has_tokenizer_files, load_clip_tokenizer
 
     model = CLIPModel.from_pretrained(source, dtype=torch.float32)
     model.to(torch.float16).save_pretrained(folder)
@@ -504,7 +504,7 @@ def write_examples(world: Path, folder: Path, count: int) -> list[str]:
 def write_benchmark_people(world: Path, folder: Path) -> list[str]:
     """The 20 held-out people of ``evaluate --benchmark mini`` (the benchmark's own seeded choice from the world's
     references), as a subject folder, so that the benchmark runs offline on the same people as on the world."""
-    from ..evaluation.benchmarks import load_subjects
+    from ...evaluation.benchmarks import load_subjects
     from ..world.benchmark import benchmark_people
 
     chosen = benchmark_people(load_subjects(world / "references"))
@@ -552,7 +552,7 @@ def ship(config: ShipConfig) -> ShipReport:
     """Checks the build, the world, the people asked for and the target; builds every shipped folder beside its
     place (a pipeline over budget, or any refusal, stops the ship before anything is replaced), then swaps them all
     in, and removes the interim ``mini/vae``. A refusal or Ctrl-C before the swap leaves the old package whole."""
-    from ..output_folders import listed_files, write_folders_atomically, write_marker
+    from ...io.output_folders import listed_files, write_folders_atomically, write_marker
 
     target = config.target
     inputs = (config.build, config.world)

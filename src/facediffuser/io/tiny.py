@@ -13,8 +13,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from .models import SubjectFuser
-from .pipeline import FaceDiffuserPipeline
+from ..models import SubjectFuser
+from ..pipeline import FaceDiffuserPipeline
 from .tokenizer import load_clip_tokenizer
 
 SD_SCHEDULER_CONFIG = {

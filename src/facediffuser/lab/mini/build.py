@@ -3,7 +3,8 @@
 Stages, in order (each under ``--out``, each ending with a marker ``stages/<stage>.json``: its settings, wall time
 of all its runs):
 
-- ``vae``: a small ``AutoencoderKL`` on the world's renders (:mod:`facediffuser.mini.vae`); ``vae/vae`` is the model;
+- ``vae``: a small ``AutoencoderKL`` on the world's renders (:mod:`facediffuser.lab.mini.vae`); ``vae/vae`` is the
+  model;
 - ``tdm``: a pipeline folder is assembled (``tdm/base``: the VAE, the world CLIP's text tower and tokenizer, its
   vision tower, a fresh UNet of the ``[unet]`` settings, a fresh fuser), then the project's trainer
   (``facediffuser train tdm``) trains its scene UNet on the world's ``scenes`` data set into ``tdm/train``;
@@ -11,7 +12,7 @@ of all its runs):
   ``facediffuser train sdm`` on the world's ``portraits`` into ``sdm/train``: the mini model.
 
 The recipes are TOML files (``configs/mini_vae.toml``, ``configs/mini_tdm.toml``, ``configs/mini_sdm.toml``): the
-VAE's keys are :class:`~facediffuser.mini.vae.VaeSettings` fields, the TDM's and SDM's are ``facediffuser train``
+VAE's keys are :class:`~facediffuser.lab.mini.vae.VaeSettings` fields, the TDM's and SDM's are ``facediffuser train``
 settings (``TrainConfig`` fields) plus, for the TDM, an ``[unet]`` table (:class:`UNetSettings`). The build sets the
 data root, output folder, base model and seed itself.
 
@@ -40,14 +41,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .. import package_data
-from ..configuration import check_file_values, config_to_dict, load_toml
-from ..files import read_json, read_stage_marker
+from ...io import package_data
+from ...io.configuration import check_file_values, config_to_dict, load_toml
+from ...io.files import read_json, read_stage_marker
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("vae", "tdm", "sdm")
-COMMAND = "mini build"  # the command named in --out's marker (see facediffuser.output_folders)
+COMMAND = "mini build"  # the command named in --out's marker (see facediffuser.io.output_folders)
 # A build folder written before the marker existed: a stage's marker, or a stage's started settings.
 LEGACY = tuple(f"stages/{s}.json" for s in STAGES) + tuple(f"{s}/settings.json" for s in STAGES)
 # Set by the build, never by a recipe file.
@@ -157,8 +158,8 @@ def read_vae_recipe(config: MiniConfig):
 
 def read_train_recipe(config: MiniConfig, stage: str) -> tuple[dict[str, Any], UNetSettings | None]:
     """The ``TrainConfig`` values of a stage's TOML (without the keys the build sets) and its ``[unet]`` table."""
-    from ..configuration import build_config, flag_names
-    from ..training.config import TrainConfig
+    from ...io.configuration import build_config, flag_names
+    from ...training.config import TrainConfig
 
     path = config.tdm_config if stage == "tdm" else config.sdm_config
     data = load_toml(path)
@@ -473,7 +474,7 @@ def fresh_fuser(seed: int, width: int):
     """The fuser both starting pipelines get: fresh, seeded by ``seed + 1`` (the fresh UNet takes ``seed``)."""
     import torch
 
-    from ..models.fuser import SubjectFuser
+    from ...models.fuser import SubjectFuser
 
     torch.manual_seed(seed + 1)
     return SubjectFuser(embed_dim=width)
@@ -496,9 +497,9 @@ def assemble_tdm_base(config: MiniConfig, unet_settings: UNetSettings, folder: P
     from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import CLIPTextModel, CLIPVisionModelWithProjection
 
-    from ..pipeline import FaceDiffuserPipeline
-    from ..tiny import SD_SCHEDULER_CONFIG
-    from ..tokenizer import load_folder_tokenizer
+    from ...io.tiny import SD_SCHEDULER_CONFIG
+    from ...io.tokenizer import load_folder_tokenizer
+    from ...pipeline import FaceDiffuserPipeline
 
     clip = config.world / "clip"
     if not (clip / "config.json").is_file():
@@ -526,7 +527,7 @@ def assemble_tdm_base(config: MiniConfig, unet_settings: UNetSettings, folder: P
 
 def assemble_sdm_base(tdm: Path, folder: Path) -> None:
     """The SDM's starting pipeline: the trained TDM pipeline with its scene UNet copied into the subject slot."""
-    from ..pipeline import FaceDiffuserPipeline
+    from ...pipeline import FaceDiffuserPipeline
 
     pipe = FaceDiffuserPipeline.from_pretrained(tdm, use_safetensors=True)
     pipe.subject_unet.load_state_dict(pipe.unet.state_dict())
@@ -543,8 +544,8 @@ def assemble_sdm_base_from_package(config: MiniConfig, source: PackageSource, fo
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-    from ..pipeline import FaceDiffuserPipeline
-    from ..tiny import SD_SCHEDULER_CONFIG
+    from ...io.tiny import SD_SCHEDULER_CONFIG
+    from ...pipeline import FaceDiffuserPipeline
 
     parts = source.folders
     text_encoder = CLIPTextModel.from_pretrained(parts["text_encoder"], dtype=torch.float32)
@@ -565,10 +566,10 @@ def assemble_sdm_base_from_package(config: MiniConfig, source: PackageSource, fo
 
 def run_trainer(config: MiniConfig, stage: str, base: Path) -> Path:
     """``facediffuser train <stage>``'s Python entry on the world's data, resuming the stage's latest checkpoint."""
-    from ..configuration import build_config
-    from ..training import checkpoints
-    from ..training.config import ModelKind, TrainConfig
-    from ..training.trainer import train
+    from ...io.configuration import build_config
+    from ...training import checkpoints
+    from ...training.config import ModelKind, TrainConfig
+    from ...training.trainer import train
 
     values, _ = read_train_recipe(config, stage)
     data = config.world / ("scenes" if stage == "tdm" else "portraits")
@@ -613,7 +614,7 @@ def attach_face_detector(pipeline: Path, detector: Path) -> None:
     references (``reference_region = "head"``), which must read head crops at test too. Idempotent."""
     import shutil
 
-    from ..models import FaceDetector
+    from ...models import FaceDetector
 
     index_file = pipeline / "model_index.json"
     index = json.loads(index_file.read_text(encoding="utf-8"))
@@ -659,7 +660,7 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
     """Runs the stages from ``--from`` on (skipping those built with the same settings); returns wall seconds."""
     import torch
 
-    from ..output_folders import check, claim, own
+    from ...io.output_folders import check, claim, own
 
     inputs = [config.world, config.vae_config, config.tdm_config, config.sdm_config]
     check(config.out, command=COMMAND, inputs=inputs, legacy=LEGACY)

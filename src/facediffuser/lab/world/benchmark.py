@@ -11,7 +11,7 @@ The cases (:func:`mini_cases`):
   beach, desert, mountains (never), forest (5%); night (never), sunset (10%); yellow (never), orange, purple (1%),
   green (2%) clothing. Each value is used equally often (a seeded, balanced draw); the weather is clear and there is
   no object (the world's CLIP does not read objects, docs/world.md).
-* **Prompts** are the world's captions (:func:`facediffuser.world.attributes.caption`) with a placeholder after
+* **Prompts** are the world's captions (:func:`facediffuser.lab.world.attributes.caption`) with a placeholder after
   each class noun: ``a woman <|image|> in a yellow sweater on a beach at night``. Two people are named left to
   right, as in the world's data.
 * Two single-subject cases per person (group ``single``) and one two-subject case per person (group ``multi``):
@@ -20,10 +20,10 @@ The cases (:func:`mini_cases`):
 The scores (:class:`MiniAttributeScorer`), per image, each 1 (right) or 0 (wrong), averaged over the people of a
 two-person image:
 
-* ``place``, ``time``: CLIP zero-shot, the prompts of :func:`facediffuser.world.clip.zero_shot_prompts` naming the
+* ``place``, ``time``: CLIP zero-shot, the prompts of :func:`facediffuser.lab.world.clip.zero_shot_prompts` naming the
   people the image should show ("a woman and a man in a desert");
 * ``clothing``: zero-shot over each person's colour, the ensemble over garments of
-  :func:`~facediffuser.world.clip.zero_shot_prompts` ("a woman in a yellow shirt / sweater / jacket"). Two people:
+  :func:`~facediffuser.lab.world.clip.zero_shot_prompts` ("a woman in a yellow shirt / sweater / jacket"). Two people:
   each on their half of the image (the left half for the first-named person, as the world's captions order people),
   stretched back to a square (:func:`person_halves`). On the world's own renders of the benchmark's two-person
   cases, halves read 100% of 200 colours at 32 px, and whole-image prompts naming both colours only 55%;
@@ -46,10 +46,10 @@ import PIL.Image
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.benchmarks import Benchmark, Case, Person, load_subjects
-from ..ffhq_wild import insert_placeholders
-from ..package_data import WORLD_REFERENCES, packaged
-from ..prompting import DEFAULT_PLACEHOLDER
+from ...evaluation.benchmarks import Benchmark, BenchmarkDefaults, Case, Person, load_subjects, register_benchmark
+from ...io.ffhq_wild import insert_placeholders
+from ...io.package_data import WORLD_REFERENCES, packaged
+from ...prompting import DEFAULT_PLACEHOLDER
 from .attributes import GARMENTS, GENDERS, Identity, PersonSpec, SceneSpec, caption
 from .clip import zero_shot_prompts
 
@@ -76,7 +76,7 @@ def default_references() -> Path | None:
 def default_clip_model() -> str:
     """The world's CLIP the package ships (``facediffuser/data/world/clip``); without it, a ``ValueError`` naming the
     flag."""
-    from ..evaluation.clip_score import MINI_CLIP_MODEL, packaged_world_clip
+    from ...evaluation.clip_score import MINI_CLIP_MODEL, packaged_world_clip
 
     if (packaged_world_clip() / "config.json").is_file():
         return MINI_CLIP_MODEL
@@ -206,7 +206,7 @@ def mini_cases(source: str | Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Be
         tuple(cases),
         IMAGES_PER_PROMPT,
         gallery=tuple(people),
-        attribute_scorer="facediffuser.world.benchmark:MiniAttributeScorer",
+        attribute_scorer="facediffuser.lab.world.benchmark:MiniAttributeScorer",
     )
 
 
@@ -252,7 +252,7 @@ class MiniAttributeScorer:
 
     def settings(self) -> dict[str, Any]:
         """What decides the scores besides the image and the case: part of the score cache's key."""
-        from ..evaluation.scoring import references_digest
+        from ...evaluation.scoring import references_digest
 
         return {
             "version": ATTRIBUTE_VERSION,
@@ -375,3 +375,20 @@ def load_identities(world_json: str | Path) -> dict[str, Identity]:
     data = json.loads(Path(world_json).read_text(encoding="utf-8"))
     people = [Identity.from_dict(p) for p in data["people"]]
     return {p.name: p for p in people}
+
+
+@register_benchmark(
+    "mini",
+    BenchmarkDefaults(
+        data=default_references,
+        ip_backend="mini",
+        clip_model=default_clip_model,
+        # both guidance bases whatever --subject-guidance-base says (the run's own base is the unsuffixed row)
+        methods=("tdm", "sdm", "face-diffuser:0.3:0.6:text", "face-diffuser:0.3:0.6:null"),
+        data_hint="the world's reference folder, WORLD/references from `facediffuser world build --out WORLD`",
+    ),
+)
+def mini_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
+    """The mini model's benchmark (``evaluate --benchmark mini``): :func:`mini_cases` of the world's reference folder
+    ``source``. Registered when this module is first imported; evaluation reaches it by name."""
+    return mini_cases(source, placeholder)

@@ -155,7 +155,7 @@ def generation_parameters(
     command line: ``model``, ``scheduler="ddim"``, ``device="cpu"``, ``dtype="float32"``, ...). References are
     stored as file names (``ref``) and pixel hashes (``ref_sha256``), never as full paths.
     """
-    from . import __version__
+    from .. import __version__
 
     return {
         "prompt": prompt,

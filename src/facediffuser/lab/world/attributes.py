@@ -258,7 +258,7 @@ class PersonSpec:
 
 @dataclass(frozen=True)
 class SceneSpec:
-    """Everything one image shows; :func:`facediffuser.world.render.render` draws it."""
+    """Everything one image shows; :func:`facediffuser.lab.world.render.render` draws it."""
 
     place: str
     time: str

@@ -28,10 +28,10 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
+from ..models import SubjectFuser
+from ..pipeline import FaceDiffuserPipeline
 from .loading import check_scene_model, load_scene_unet
-from .models import SubjectFuser
 from .output_folders import protected_reason, sibling, write_folder_atomically
-from .pipeline import FaceDiffuserPipeline
 from .weight_files import check_safetensors_file, check_weights_folder, file_format, first_line, refused_global
 
 logger = logging.getLogger(__name__)

@@ -1,19 +1,21 @@
 """Vocabulary pruning of the mini pipeline's text tower: keep the tokens the world's texts use, and the bytes.
 
-The mini pipeline's text encoder is the frozen text tower of the world's CLIP (:mod:`facediffuser.world.clip`). That
+The mini pipeline's text encoder is the frozen text tower of the world's CLIP (:mod:`facediffuser.lab.world.clip`). That
 CLIP was trained on the world's captions only, with its token table frozen at its seeded random values, so the only
 rows of the 49,408 x 128 table that mean anything are those of the tokens the world's texts use (about a hundred);
 the table is 12.6 MB of the shipped pipeline in float16, and the tokenizer's ``vocab.json`` + ``merges.txt`` 1.4 MB.
 ``facediffuser mini ship`` prunes both (:func:`prune_vocabulary`), by these rules:
 
 1. **The world's texts** (:func:`world_texts`) are every text the world's CLIP text tower was trained on or is asked
-   about, generated from :mod:`facediffuser.world.attributes` (no word list is typed here, so they follow the world):
-   the captions of :func:`~facediffuser.world.attributes.caption` for every identity of the code
-   (:func:`~facediffuser.world.attributes.identity_code`) and every value of every scene attribute, clothing colour
+   about, generated from :mod:`facediffuser.lab.world.attributes` (no word list is typed here, so they follow the
+   world):
+   the captions of :func:`~facediffuser.lab.world.attributes.caption` for every identity of the code
+   (:func:`~facediffuser.lab.world.attributes.identity_code`) and every value of every scene attribute, clothing colour
    and garment, one and two people, with and without the looks, with the scene phrases that training leaves out
-   (:func:`~facediffuser.world.clip.training_caption` drops any of ``clothing``, ``object``, ``place``, ``time``,
-   ``weather``); the zero-shot prompts (:func:`~facediffuser.world.clip.zero_shot_prompts`) of every attribute for
-   one and two people of either class noun; the benchmark prompts (:func:`~facediffuser.world.benchmark.mini_prompt`,
+   (:func:`~facediffuser.lab.world.clip.training_caption` drops any of ``clothing``, ``object``, ``place``, ``time``,
+   ``weather``); the zero-shot prompts (:func:`~facediffuser.lab.world.clip.zero_shot_prompts`) of every attribute for
+   one and two people of either class noun; the benchmark prompts
+   (:func:`~facediffuser.lab.world.benchmark.mini_prompt`,
    placeholders and all) for every place, time, colour and garment. Their **words** are what the tokenizer's own
    normalizer and pre-tokenizer make of them (lower case, split into letter runs, single digits and punctuation
    runs), around the placeholders as :func:`facediffuser.prompting.tokenize_prompt` splits a prompt.
@@ -174,9 +176,9 @@ def zero_shot_texts(groups: list[list[str]]) -> list[str]:
 
 
 def benchmark_texts() -> list[str]:
-    """Benchmark prompts (:func:`~facediffuser.world.benchmark.mini_prompt`, with their placeholders) for every
+    """Benchmark prompts (:func:`~facediffuser.lab.world.benchmark.mini_prompt`, with their placeholders) for every
     place, time, clothing colour and garment, one and two people of either class noun."""
-    from ..evaluation.benchmarks import Person
+    from ...evaluation.benchmarks import Person
     from ..world.attributes import CLOTHING_COLOURS, GARMENTS, GENDERS, PLACES, TIMES
     from ..world.benchmark import mini_prompt
 
@@ -196,7 +198,7 @@ def benchmark_texts() -> list[str]:
 def text_words(tokenizer, text: str) -> list[str]:
     """The words BPE sees in ``text``: the tokenizer's normalizer and pre-tokenizer applied to each piece between
     placeholders, as :func:`~facediffuser.prompting.tokenize_prompt` splits a prompt."""
-    from ..prompting import DEFAULT_PLACEHOLDER
+    from ...prompting import DEFAULT_PLACEHOLDER
 
     backend = tokenizer.backend_tokenizer
     words = []
@@ -351,7 +353,7 @@ def check_pruning(
     full one has none), decode as before and encode. Returns the counts checked."""
     import torch
 
-    from ..prompting import DEFAULT_PLACEHOLDER, tokenize_prompts
+    from ...prompting import DEFAULT_PLACEHOLDER, tokenize_prompts
 
     texts = world_texts() if texts is None else texts
     sample = check_texts(full_tokenizer) if sample is None else sample
@@ -387,6 +389,6 @@ def check_pruning(
 
 def _tokens(tokenizer, text: str) -> list[str]:
     """The token strings of ``text`` as the pipeline tokenizes it (placeholders out), with BOS, EOS and padding."""
-    from ..prompting import tokenize_prompt
+    from ...prompting import tokenize_prompt
 
     return tokenizer.convert_ids_to_tokens(tokenize_prompt(tokenizer, text).input_ids)

@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..models.face_detector import DETECTOR_SIZE, STRIDE, FaceDetector, conv_block, to_input
+from ...models.face_detector import DETECTOR_SIZE, STRIDE, FaceDetector, conv_block, to_input
 
 logger = logging.getLogger(__name__)
 
@@ -305,3 +305,16 @@ def detection_figures(
         "found": predicted,
         "iou": iou,
     }
+
+
+def at_detector_size(samples: Sequence[Any]) -> tuple[np.ndarray, list[list[list[float]]]]:
+    """Images at the detector's side and their face boxes scaled to it."""
+    images, boxes = [], []
+    for s in samples:
+        scale = DETECTOR_SIZE / s.image.shape[1]
+        image = s.image
+        if scale != 1:
+            image = np.asarray(Image.fromarray(image).resize((DETECTOR_SIZE, DETECTOR_SIZE), Image.Resampling.BICUBIC))
+        images.append(image)
+        boxes.append([[v * scale for v in p["face_box"]] for p in s.data["attributes"]["people"]])
+    return np.stack(images), boxes

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from .faces import FaceCounter, check_faces, optional_face_detector
-from .images import ImageInput, load_person
-from .prompting import DEFAULT_PLACEHOLDER, check_placeholders
+from ..images import ImageInput, load_person
+from ..prompting import DEFAULT_PLACEHOLDER, check_placeholders
+from .faces import FaceCounter, check_faces, model_face_check, optional_face_detector
 
 # One person's reference: a photo (path or PIL image), a folder of photos, or a list of photos.
 Reference = ImageInput | Sequence[ImageInput]
@@ -70,20 +70,15 @@ def reference_detector(model: str, face_check: bool, own: FaceCounter | None = N
     """``(face_check, detector)`` for :func:`check_request` on a request to ``model`` (``generate``'s and the demo's).
 
     The pipeline's own face detector (``own``: its optional ``face_detector`` component) when it has one, since the
-    pipeline cuts its references with it; else, for the mini model, the world's detector
-    (:func:`facediffuser.world.face_backend.reference_face_check`: dlib finds no face in a render); else the default
-    check (dlib, ``detector`` ``None``)."""
+    pipeline cuts its references with it; else the check registered for the model (:data:`facediffuser.io.faces.
+    REFERENCE_FACE_CHECKS`: for the mini model, the world's detector, since dlib finds no face in a render); else the
+    default check (dlib, ``detector`` ``None``)."""
     if not face_check:
         return False, None
     if own is not None:
         return True, own
-    from .loading import MINI_MODEL  # loaded already by both callers
-
-    if model != MINI_MODEL:
-        return True, None
-    from .world.face_backend import reference_face_check  # the world's modules, for the mini model only
-
-    return reference_face_check(model, face_check)
+    registered = model_face_check(model, face_check)
+    return registered if registered is not None else (True, None)
 
 
 def check_request(

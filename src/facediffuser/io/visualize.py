@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .fusion import Stage
-from .pipeline import FusionTrace
+from ..fusion import Stage
+from ..pipeline import FusionTrace
 
 STAGE_COLOURS = {Stage.TEXT: (66, 135, 245), Stage.FUSION: (245, 166, 35), Stage.SUBJECT: (214, 48, 49)}
 

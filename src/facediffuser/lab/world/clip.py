@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel
 
-from ..images import CLIP_MEAN, CLIP_STD
-from ..tokenizer import load_clip_tokenizer
+from ...images import CLIP_MEAN, CLIP_STD
+from ...io.tokenizer import load_clip_tokenizer
 from .attributes import (
     CLOTHING_COLOURS,
     GARMENTS,
@@ -248,7 +248,7 @@ def evaluate_clip(clip_dir: str | Path, samples: Sequence[Any], *, batch_size: i
     """
     from PIL import Image
 
-    from ..evaluation.clip_score import ClipScorer
+    from ...evaluation.clip_score import ClipScorer
 
     scorer = ClipScorer.from_pretrained(clip_dir, batch_size=batch_size)
     images = [Image.fromarray(s.image) for s in samples]

@@ -1,7 +1,7 @@
 """Loading a pipeline the way the command line, the evaluation harness and the demo all do.
 
 Weights load from safetensors only (``use_safetensors=True``): no pickled code runs. Released ``.bin`` checkpoints
-go through :mod:`facediffuser.convert` first, which reads them with ``torch.load(weights_only=True)``.
+go through :mod:`facediffuser.io.convert` first, which reads them with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from .pipeline import FaceDiffuserPipeline
+from ..pipeline import FaceDiffuserPipeline
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def read_model_index(folder: Path) -> dict:
 def read_placeholder(folder: Path, index: dict | None = None) -> str:
     """The placeholder a pipeline folder's prompts use (``model_index.json``, or its parsed ``index``), read without
     loading the pipeline."""
-    from .prompting import DEFAULT_PLACEHOLDER
+    from ..prompting import DEFAULT_PLACEHOLDER
 
     declared = read_model_index(folder) if index is None else index
     placeholder = declared.get("placeholder", DEFAULT_PLACEHOLDER)
@@ -249,7 +249,7 @@ def read_face_detector(folder: Path, index: dict | None = None):
     loaded alone in float32, without the rest of the pipeline; ``None`` when the folder has none. ``generate``
     checks the reference photos with it before the models load, so that its verdict is the pipeline's. ``index``:
     the folder's parsed ``model_index.json``, when the caller has read it."""
-    from .models import FaceDetector
+    from ..models import FaceDetector
 
     entry = (read_model_index(folder) if index is None else index).get("face_detector")
     if not entry or entry[0] is None or not (folder / "face_detector" / "config.json").is_file():
@@ -378,3 +378,10 @@ def load_pipeline(
     if compile_unets:
         pipe.compile_unets()
     return pipe
+
+
+def pipeline_entries() -> list[str]:
+    """What ``save_pretrained`` of a Face-diffuser pipeline may write into a folder: ``model_index.json`` and a
+    sub-folder per component (the optional ones too)."""
+    modules, _ = FaceDiffuserPipeline._get_signature_keys(FaceDiffuserPipeline)
+    return ["model_index.json", *(f"{name}/" for name in sorted(modules))]

@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from ..files import read_json, read_stage_marker
-from ..output_folders import check, claim, own
-from ..outputs import atomic_write
+from ...io.files import read_json, read_stage_marker
+from ...io.output_folders import check, claim, own
+from ...io.outputs import atomic_write
 from .attributes import Identity, make_identities, split_identities
 
 logger = logging.getLogger(__name__)
@@ -117,7 +116,7 @@ ENTRIES: dict[str, tuple[str, ...]] = {
     "faces": ("faces/",),
     "report": ("report/",),
 }
-COMMAND = "world"  # the command named in the folder's marker (see facediffuser.output_folders)
+COMMAND = "world"  # the command named in the folder's marker (see facediffuser.io.output_folders)
 LEGACY = tuple(f"stages/{s}.json" for s in STAGES)  # a world folder written before the marker existed
 
 
@@ -224,23 +223,8 @@ def build_clip_stage(config: WorldConfig) -> None:
     train_clip(images, [s.data["attributes"] for s in samples], config.out / "clip", settings)
 
 
-def at_detector_size(samples: Sequence[Any]) -> tuple[np.ndarray, list[list[list[float]]]]:
-    """Images at the detector's side and their face boxes scaled to it."""
-    from .faces import DETECTOR_SIZE
-
-    images, boxes = [], []
-    for s in samples:
-        scale = DETECTOR_SIZE / s.image.shape[1]
-        image = s.image
-        if scale != 1:
-            image = np.asarray(Image.fromarray(image).resize((DETECTOR_SIZE, DETECTOR_SIZE), Image.Resampling.BICUBIC))
-        images.append(image)
-        boxes.append([[v * scale for v in p["face_box"]] for p in s.data["attributes"]["people"]])
-    return np.stack(images), boxes
-
-
 def build_faces_stage(config: WorldConfig) -> None:
-    from .faces import FaceSettings, train_detector, train_embedder
+    from .faces import FaceSettings, at_detector_size, train_detector, train_embedder
 
     samples = read_train(config)
     settings = FaceSettings(
@@ -282,7 +266,7 @@ def check_output(config: WorldConfig) -> None:
 def run_stages(config: WorldConfig, stages: Sequence[str] = STAGES) -> dict[str, float]:
     """Runs the named stages in order (skipping those already built); returns the wall seconds of each run.
 
-    ``--out`` is claimed (:func:`facediffuser.output_folders.claim`) only once every check has passed, and each stage
+    ``--out`` is claimed (:func:`facediffuser.io.output_folders.claim`) only once every check has passed, and each stage
     writes only the entries it owns there."""
     import torch
 

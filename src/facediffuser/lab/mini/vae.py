@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..weight_files import first_line, refused_global
+from ...io.weight_files import first_line, refused_global
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Writing the world's data sets in the FFHQ-wild layout, its reference folders, and reading them back.
 
-A data set is an FFHQ-wild root (REFERENCE section 5, :mod:`facediffuser.ffhq_wild`): ``image_ids_{train,test}.txt``
+A data set is an FFHQ-wild root (REFERENCE section 5, :mod:`facediffuser.io.ffhq_wild`): ``image_ids_{train,test}.txt``
 and, per image, ``<id[:5]>/<id>.jpg`` (4:4:4 JPEG, so that small flat colours keep their hue), ``.npy`` (uint8
 segment ids) and ``.json``. The json has the ``caption`` and ``segments`` of the released format (each ``person``
-segment with the ``identity`` id of who it is and its ``head_box``, :mod:`facediffuser.ffhq_wild`'s extensions),
+segment with the ``identity`` id of who it is and its ``head_box``, :mod:`facediffuser.io.ffhq_wild`'s extensions),
 plus an ``attributes`` record: the scene's attributes and, per person, their identity id, features, clothing and
 face box.
 
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..ffhq_wild import read_split, sample_paths, split_file
+from ...io.ffhq_wild import read_split, sample_paths, split_file
 from .attributes import (
     DISTRIBUTIONS,
     OBJECTS,

@@ -1,5 +1,5 @@
-"""The renderer: a :class:`~facediffuser.world.attributes.SceneSpec` in, an image, its person segments and face boxes
-out. numpy and PIL only.
+"""The renderer: a :class:`~facediffuser.lab.world.attributes.SceneSpec` in, an image, its person segments and face
+boxes out. numpy and PIL only.
 
 Shapes are drawn flat at :data:`SUPERSAMPLE` times the output side and box-filtered down, so edges are anti-aliased
 and the output is a pure function of the spec (the same spec gives the same bytes). Coordinates in a spec are

@@ -54,12 +54,12 @@ def _faces_of(samples) -> tuple[list[tuple[int, list[float]]], list[int]]:
 @torch.no_grad()
 def face_figures(out: Path, samples) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Detection and verification figures on held-out test samples; also returns the same/different scores."""
-    from .build import at_detector_size
     from .face_backend import MiniFaceBackend
     from .faces import (
         CROP_SIZE,
         FaceDetector,
         FaceEmbedder,
+        at_detector_size,
         crop_face,
         detection_figures,
         equal_error_rate,

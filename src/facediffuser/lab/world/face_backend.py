@@ -17,9 +17,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from ..evaluation.identity import Face, IdentityBackend
-from ..images import to_rgb
-from ..package_data import WORLD_FACES, packaged
+from ...evaluation.identity import Face, IdentityBackend
+from ...images import to_rgb
+from ...io.package_data import WORLD_FACES, packaged
 from .faces import FaceDetector, FaceEmbedder, crop_face, to_input
 
 ENV_VAR = "FACEDIFFUSER_MINI_FACES"
@@ -53,7 +53,7 @@ def reference_face_check(model: str, face_check: bool) -> tuple[bool, MiniFaceBa
     The mini model's references are renders of the world, in which dlib finds no face: for ``model == "mini"`` the
     world's own detector checks them when the package ships it, and nothing does when it does not. Any other model
     keeps the default check (dlib, ``detector`` ``None``)."""
-    from ..loading import MINI_MODEL
+    from ...io.loading import MINI_MODEL
 
     if model != MINI_MODEL or not face_check:
         return face_check, None
