@@ -357,10 +357,12 @@ def test_a_model_that_names_its_subject_guidance_scale_starts_the_page_with_it(t
 @pytest.mark.parametrize(
     ("name", "value", "words"),
     [
-        ("steps", 2.5, "The number of denoising steps must be a positive integer, got 2.5."),  # SamplingSettings'
+        # SamplingSettings' words, the setting named as the page names it
+        ("steps", 2.5, "Steps (the number of denoising steps) must be a positive integer, got 2.5."),
         ("count", 2.5, "The number of images must be a whole number from 1 to 4, got 2.5."),
         ("h", 64.5, "Height must be a positive multiple of 8, got 64.5."),  # check_image_size's
-        ("steps", "8", "The number of denoising steps must be a positive integer, got '8'."),  # an API client's text
+        # an API client's text
+        ("steps", "8", "Steps (the number of denoising steps) must be a positive integer, got '8'."),
         ("guidance", float("nan"), "Guidance scale must be a finite number >= 0 (non-negative), got nan."),
     ],
 )

@@ -304,7 +304,7 @@ def test_steps_2_5_is_refused_on_the_default_model(mini_page):
     set_number(page, "steps", 2.5)
     page.click("#generate")
     text = error_text(page)
-    assert "The number of denoising steps must be a positive integer, got 2.5." in text, text
+    assert "Steps (the number of denoising steps) must be a positive integer, got 2.5." in text, text
 
 
 def test_a_bad_upload_on_the_default_model_shows_a_readable_error(mini_page, tmp_path):

@@ -8,7 +8,6 @@ Run it on several processes or GPUs with accelerate; each process takes its own 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -49,6 +48,7 @@ def register(subparsers) -> None:
 def combine(runs: list[Path], out: Path) -> Path:
     from ..evaluation.harness import COMMAND, ENTRIES, LEGACY
     from ..evaluation.reports import combine_tables
+    from ..io.files import read_json
     from ..io.output_folders import check, claim, own
     from ..io.outputs import atomic_write
 
@@ -58,7 +58,7 @@ def combine(runs: list[Path], out: Path) -> Path:
         path = run_dir / "summary.json" if run_dir.is_dir() else run_dir
         if not path.is_file():
             raise FileNotFoundError(f"No summary.json in {run_dir}: give the --out folder of a finished evaluation.")
-        summaries.append(json.loads(path.read_text(encoding="utf-8")))
+        summaries.append(read_json(path, dict, "the summary of an evaluation"))
     table = combine_tables(summaries).encode("utf-8")
     claim(out, command=COMMAND, inputs=runs, legacy=LEGACY, entries=ENTRIES)
     (target,) = own(out, "table1.md", command=COMMAND)

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..io.configuration import add_dataclass_arguments, build_config, flag_names, name_flags
+from ..io.configuration import add_dataclass_arguments, build_config
 from ..training.config import ModelKind, TrainConfig, check_output_dir
 
 HELP = "train the SDM (subject model) or the TDM (scene model) on FFHQ-wild data"
@@ -29,10 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     # The trainer (accelerate, the data reader, the losses) loads here, when a run starts: importing this module, or
     # facediffuser.training, loads only the settings.
-    try:
-        config = build_config(TrainConfig, args, args.config)
-    except ValueError as err:  # the settings' words name fields (`resolution`): the user gave flags (--resolution)
-        raise ValueError(name_flags(str(err), flag_names(TrainConfig))) from err
+    config = build_config(TrainConfig, args, args.config, name_flags_in_errors=True)
     check_output_dir(config)  # before any model loads; the trainer claims the folder when the run starts
     from ..training.trainer import train  # settings checked first: a refusal costs no import of the trainer
 

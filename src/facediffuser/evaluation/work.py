@@ -8,7 +8,6 @@ process before any of them writes.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..io.files import read_json
 from .benchmarks import Case
 from .methods import Variant
 
@@ -80,9 +80,9 @@ def check_run_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file() or not any(p.is_file() for p in (out / "images").rglob("*.png")):
         return settings
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it to reuse the images there.") from err
+        previous = read_json(path, dict, "a record of the run's settings")
+    except ValueError as err:
+        raise ValueError(f"{str(err).rstrip('.')}; delete it to reuse the images there.") from None
     changed = [
         f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if k != "models" and previous.get(k) != v
     ]

@@ -220,6 +220,7 @@ def build_config(
     config_file: str | Path | None = None,
     base: dict[str, Any] | None = None,
     base_source: str = "the base settings",
+    name_flags_in_errors: bool = False,
 ) -> T:
     """``cls`` from its defaults, then ``base`` (e.g. the settings recorded in an image), then ``config_file`` (TOML,
     keys are field names), then the flags in ``namespace``.
@@ -228,7 +229,7 @@ def build_config(
     type-checked against their fields first (:func:`check_file_values`), so that a string where a number belongs is
     one sentence naming the file and the key. Raises ``ValueError`` for unknown keys in the file and for required
     fields that were never given; an invalid value of a flattened dataclass raises its own ``ValueError``, with the
-    flags named.
+    flags named; with ``name_flags_in_errors``, so does ``cls``'s own (for a command whose settings are flags).
     """
     values: dict[str, Any] = dict(base or {})
     check_file_values(cls, values, base_source)
@@ -242,7 +243,7 @@ def build_config(
         values.update(data)
     if namespace is not None:
         values.update(vars(namespace))
-    return _build(cls, values)
+    return _build(cls, values, {} if name_flags_in_errors else None)
 
 
 def _build(cls: type[T], values: dict[str, Any], renames: dict[str, str] | None = None) -> T:

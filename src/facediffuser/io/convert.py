@@ -15,7 +15,7 @@ Tokenizer, scheduler configuration and any part missing from the files come from
 
 from __future__ import annotations
 
-import json
+import codecs
 import logging
 import os
 import pickle
@@ -30,6 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisio
 
 from ..models import SubjectFuser
 from ..pipeline import FaceDiffuserPipeline
+from .files import read_json
 from .loading import check_scene_model, load_scene_unet
 from .output_folders import protected_reason, sibling, write_folder_atomically
 from .weight_files import check_safetensors_file, check_weights_folder, file_format, first_line, refused_global
@@ -195,9 +196,14 @@ def _read_config(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"Config not found: {path}")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({first_line(err)}): copy it again.") from err
+        config = read_json(path, dict, "a model config")
+    except ValueError as err:
+        raise ValueError(f"{str(err).rstrip('.')}; copy it again.") from None
+    if path.read_bytes().startswith(codecs.BOM_UTF8):  # read by diffusers and transformers too
+        raise ValueError(
+            f"{path} starts with a byte-order mark, which diffusers cannot read: save it as UTF-8 without one."
+        )
+    return config
 
 
 _SD_PARTS = ("tokenizer", "scheduler", "unet", "text_encoder", "vae")

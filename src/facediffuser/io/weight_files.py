@@ -6,12 +6,14 @@ so that a renamed, empty or truncated file gets the same words wherever it is gi
 
 from __future__ import annotations
 
-import json
+import codecs
 import os
 import re
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
+
+from .files import read_json
 
 
 def first_line(err: BaseException, limit: int = 160) -> str:
@@ -82,9 +84,17 @@ def check_weights_folder(folder: Path, stem: str, alternative: str = "") -> None
         return
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{index} is not valid JSON ({first_line(err)}): download it again.") from err
+            weight_map = read_json(index, dict, "a safetensors index").get("weight_map", {})
+        except ValueError as err:
+            raise ValueError(f"{str(err).rstrip('.')}; download it again.") from None
+        if index.read_bytes().startswith(codecs.BOM_UTF8):  # read by diffusers and transformers too
+            raise ValueError(
+                f"{index} starts with a byte-order mark, which diffusers cannot read: save it as UTF-8 without one."
+            )
+        if not isinstance(weight_map, dict):
+            raise ValueError(
+                f"{index} is not a safetensors index (its `weight_map` is not an object): download it again."
+            )
         for shard in sorted(set(weight_map.values())):
             check_safetensors_file(folder / shard)
         return

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..io.files import read_json
 from ..io.weight_files import first_line
 
 logger = logging.getLogger(__name__)
@@ -77,9 +78,11 @@ def resolve_resume(resume: str, folder: Path) -> Path:
 
 def read_state(path: Path) -> dict[str, Any]:
     try:
-        return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+        return read_json(path / STATE_FILE, dict, "a training state")
+    except OSError as err:
         raise ValueError(f"{path / STATE_FILE} cannot be read ({err}); the checkpoint is damaged.") from err
+    except ValueError as err:
+        raise ValueError(f"{str(err).rstrip('.')}; the checkpoint is damaged.") from None
 
 
 def check_pickles(path: Path) -> None:

@@ -27,7 +27,6 @@ denoising loss weighted toward the heads.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections import defaultdict
@@ -54,6 +53,7 @@ from ..io.ffhq_wild import (
     read_split,
     sample_paths,
 )
+from ..io.files import read_json
 from ..prompting import DEFAULT_PLACEHOLDER, TokenizedPrompt, tokenize_prompt
 from .augment import ReferenceAugmentation, map_geometry, noise_background_crop, plain_reference, target_geometry
 from .config import REFERENCE_REGIONS
@@ -176,7 +176,7 @@ class FFHQWild(Dataset):
         (their samples are skipped when read)."""
         for image_id in self.image_ids:
             try:
-                data = json.loads(sample_paths(self.root, image_id)[2].read_text(encoding="utf-8"))
+                data = read_json(sample_paths(self.root, image_id)[2])
                 caption, segments = parse_annotation(data, image_id)
             except (OSError, ValueError):
                 continue
@@ -257,10 +257,10 @@ class FFHQWild(Dataset):
             with Image.open(jpg) as opened:
                 image = opened.convert("RGB")
             segmap = np.load(npy, allow_pickle=False)
-            annotation = json.loads(js.read_text(encoding="utf-8"))
+            annotation = read_json(js)  # a broken one names itself
             caption, segments = parse_annotation(annotation, image_id)
         except FileNotFoundError as err:
-            raise SampleUnreadable(f"missing file {err.filename}") from err
+            raise SampleUnreadable(f"missing file {err.filename or js}") from err
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
             raise SampleUnreadable(f"corrupt file ({err})") from err
         if segmap.ndim != 2 or not np.issubdtype(segmap.dtype, np.integer):

@@ -617,7 +617,7 @@ def attach_face_detector(pipeline: Path, detector: Path) -> None:
     from ...models import FaceDetector
 
     index_file = pipeline / "model_index.json"
-    index = json.loads(index_file.read_text(encoding="utf-8"))
+    index = read_json(index_file, dict, "a model index")
     if not (detector / "config.json").is_file():
         raise FileNotFoundError(f"{detector} holds no face detector: give the faces/detector of `world build`.")
     target = pipeline / "face_detector"

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ...io import package_data
+from ...io.files import read_json, read_stage_marker
 
 logger = logging.getLogger(__name__)
 
@@ -407,9 +408,12 @@ def choose_people(world: Path, count: int) -> list[dict[str, Any]]:
     Men and women alternate (as far as there are both); each next person is the one of that gender whose looks
     (:data:`LOOKS`) add the most values not yet shown, the lowest id on a tie.
     """
-    record = json.loads((world / "world.json").read_text(encoding="utf-8"))
-    heldout = set(record["split"]["heldout"])
-    people = [p for p in record["people"] if p["id"] in heldout and (world / "references" / person_name(p)).is_dir()]
+    from ..world.build import load_people
+
+    identities, split = load_people(world)  # a broken world.json names itself
+    heldout = set(split["heldout"])
+    people = [p.to_dict() for p in identities]
+    people = [p for p in people if p["id"] in heldout and (world / "references" / person_name(p)).is_dir()]
     if len(people) < count:
         raise ValueError(f"{world} has {len(people)} held-out people with references; {count} were asked for.")
     people.sort(key=lambda p: p["id"])
@@ -473,7 +477,7 @@ def write_examples(world: Path, folder: Path, count: int) -> list[str]:
     """Copies the references of :func:`choose_people` into ``folder`` as a subject folder; returns the names."""
     people = choose_people(world, count)
     world_nouns_file = world / "references" / "subjects.json"
-    world_nouns = json.loads(world_nouns_file.read_text(encoding="utf-8")) if world_nouns_file.is_file() else {}
+    world_nouns = read_json(world_nouns_file, dict, "a map of class nouns") if world_nouns_file.is_file() else {}
     nouns = {}
     for person in people:
         name = person_name(person)
@@ -519,7 +523,8 @@ def write_benchmark_people(world: Path, folder: Path) -> list[str]:
 def _references_settings(world: Path) -> dict[str, Any]:
     marker = world / "stages" / "references.json"
     if marker.is_file():
-        return json.loads(marker.read_text(encoding="utf-8")).get("settings", {})
+        rebuild = "rebuild the world's references with `facediffuser world build --redo references`"
+        return read_stage_marker(marker, rebuild)["settings"]
     return {}
 
 
@@ -532,7 +537,8 @@ def write_stages(build: Path, folder: Path, shipped: Path | None = None) -> None
     from_package: set[str] = set()
     for stage in STAGES:
         if marker_path(build, stage).is_file():
-            record = json.loads(marker_path(build, stage).read_text(encoding="utf-8"))
+            rebuild = f"move it and {build / stage} away and rebuild the stage with `facediffuser mini build`"
+            record = read_stage_marker(marker_path(build, stage), rebuild)
             from_package.update((record["settings"].get("from_package") or {}).get("stages", []))
     for stage in STAGES:
         if marker_path(build, stage).is_file():

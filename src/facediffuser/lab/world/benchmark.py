@@ -34,7 +34,6 @@ two-person image:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 
 from ...evaluation.benchmarks import Benchmark, BenchmarkDefaults, Case, Person, load_subjects, register_benchmark
 from ...io.ffhq_wild import insert_placeholders
+from ...io.files import read_json
 from ...io.package_data import WORLD_REFERENCES, packaged
 from ...prompting import DEFAULT_PLACEHOLDER
 from .attributes import GARMENTS, GENDERS, Identity, PersonSpec, SceneSpec, caption
@@ -372,7 +372,7 @@ def render_case(case: Case, identities: Mapping[str, Identity], size: int = 64, 
 
 def load_identities(world_json: str | Path) -> dict[str, Identity]:
     """name -> :class:`Identity` of every person of a ``world.json`` (written by ``facediffuser world render``)."""
-    data = json.loads(Path(world_json).read_text(encoding="utf-8"))
+    data = read_json(world_json, dict, "a world's people")
     people = [Identity.from_dict(p) for p in data["people"]]
     return {p.name: p for p in people}
 

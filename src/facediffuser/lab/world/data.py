@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ...io.ffhq_wild import read_split, sample_paths, split_file
+from ...io.files import read_json
 from .attributes import (
     DISTRIBUTIONS,
     OBJECTS,
@@ -208,5 +209,5 @@ def read_samples(root: str | Path, split: str, limit: int | None = None, progres
         jpg, _, js = sample_paths(root, image_id_)
         with Image.open(jpg) as opened:
             image = np.asarray(opened.convert("RGB"))
-        out.append(WorldSample(image_id_, image, json.loads(js.read_text(encoding="utf-8"))))
+        out.append(WorldSample(image_id_, image, read_json(js, dict, "a rendered sample's record")))
     return out

@@ -269,9 +269,11 @@ def distinct_people(people: list[Identity], count: int) -> list[Identity]:
 
 def write_report(out: Path) -> Path:
     """Measures everything on the test splits and writes ``out/report``."""
+    from .build import load_people
     from .clip import evaluate_clip
     from .data import read_samples
 
+    people, split = load_people(out)  # first: a broken world.json names itself before anything is measured
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     scenes = read_samples(out / "scenes", "test")
@@ -289,8 +291,7 @@ def write_report(out: Path) -> Path:
     p_one = [s for s in portraits if len(s.data["attributes"]["people"]) == 1]
     p_two = [s for s in portraits if len(s.data["attributes"]["people"]) == 2]
     sample_grid(one[:8] + two[:8] + p_one[:8] + p_two[:8], report / "renders.png")
-    world = json.loads((out / "world.json").read_text(encoding="utf-8"))
-    heldout = [Identity.from_dict(world["people"][i]) for i in world["split"]["heldout"]]
+    heldout = [people[i] for i in split["heldout"]]
     for k, identity in enumerate(distinct_people(heldout, 3)):
         identity_sheet(identity, report / f"identity_{k}.png", size=s_size(scenes))
     (report / "tables.md").write_text(attribute_tables() + "\n", encoding="utf-8")
