@@ -97,7 +97,7 @@ def test_validation_people_renders_training_people_as_the_world_renders_referenc
     from PIL import Image
 
     from facediffuser.cli.main import main as cli
-    from facediffuser.lab.world.build import load_people
+    from facediffuser.lab.world.attributes import load_people
 
     module = script_module("mini_validation_people")
     world = tmp_path / "w"

@@ -305,7 +305,7 @@ def test_a_stage_marker_with_a_byte_order_mark_is_read(tmp_path):
     ],
 )
 def test_a_broken_world_json_is_one_sentence(tmp_path, content, words):
-    from facediffuser.lab.world.build import load_people
+    from facediffuser.lab.world.attributes import load_people
 
     (tmp_path / "world.json").write_bytes(content)
     with pytest.raises(ValueError, match="^" + str(tmp_path / "world.json")) as err:

@@ -408,7 +408,7 @@ def choose_people(world: Path, count: int) -> list[dict[str, Any]]:
     Men and women alternate (as far as there are both); each next person is the one of that gender whose looks
     (:data:`LOOKS`) add the most values not yet shown, the lowest id on a tie.
     """
-    from ..world.build import load_people
+    from ..world.attributes import load_people
 
     identities, split = load_people(world)  # a broken world.json names itself
     heldout = set(split["heldout"])

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ...io.files import read_json
 
 # ---------------------------------------------------------------------------------------------- identity features
 GENDERS = ("man", "woman")  # the class noun of the captions
@@ -383,3 +386,19 @@ def caption(scene: SceneSpec, *, looks: bool = False, drop: frozenset[str] = fro
         if phrase and key not in drop:
             text += " " + phrase
     return text, ends
+
+
+def load_people(out: Path) -> tuple[list[Identity], dict[str, list[int]]]:
+    path = out / "world.json"
+    data = read_json(path, dict, "a world's people")
+    try:
+        people = [Identity.from_dict(p) for p in data["people"]]
+        split = data["split"]
+        if not all(isinstance(split[k], list) for k in ("train", "heldout")):
+            raise TypeError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError(
+            f"{path} is not a world's people (`people` and `split` as the identities stage writes them): rebuild it "
+            "with --redo identities (the stages after it are rebuilt too)."
+        ) from None
+    return people, split

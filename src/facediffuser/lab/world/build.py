@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ...io.files import read_json, read_stage_marker
+from ...io.files import read_stage_marker
 from ...io.output_folders import check, claim, own
 from ...io.outputs import atomic_write
-from .attributes import Identity, make_identities, split_identities
+from .attributes import Identity, load_people, make_identities, split_identities
 
 logger = logging.getLogger(__name__)
 
@@ -158,22 +158,6 @@ def stage_done(config: WorldConfig, stage: str) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------ people
-def load_people(out: Path) -> tuple[list[Identity], dict[str, list[int]]]:
-    path = out / "world.json"
-    data = read_json(path, dict, "a world's people")
-    try:
-        people = [Identity.from_dict(p) for p in data["people"]]
-        split = data["split"]
-        if not all(isinstance(split[k], list) for k in ("train", "heldout")):
-            raise TypeError
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise ValueError(
-            f"{path} is not a world's people (`people` and `split` as the identities stage writes them): rebuild it "
-            "with --redo identities (the stages after it are rebuilt too)."
-        ) from None
-    return people, split
-
-
 def build_identities(config: WorldConfig) -> None:
     people = make_identities(config.identities, config.seed)
     split = split_identities(config.identities, config.heldout, config.seed)

@@ -269,7 +269,7 @@ def distinct_people(people: list[Identity], count: int) -> list[Identity]:
 
 def write_report(out: Path) -> Path:
     """Measures everything on the test splits and writes ``out/report``."""
-    from .build import load_people
+    from .attributes import load_people
     from .clip import evaluate_clip
     from .data import read_samples
 
