@@ -570,3 +570,75 @@ def test_a_broken_runs_record_is_one_sentence(tmp_path, text):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ValueError, match="^" + str(path) + " is not "):
         B.read_runs(tmp_path, "vae")
+
+
+# ------------------------------------------------------------------------------------------ the world, by what it is
+def _strings(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_no_shipped_stage_marker_holds_an_absolute_path():
+    """The shipped markers record the world by its settings and its CLIP's sha256, never by the folder it lay in on
+    the machine that built it; the sha256 is that of the CLIP shipped beside them."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    from facediffuser.lab.world.build import clip_sha256
+
+    markers = sorted(package_data.packaged(package_data.MINI_STAGES).glob("*.json"))
+    assert [p.name for p in markers] == ["sdm.json", "tdm.json", "vae.json"]
+    clip = package_data.packaged(package_data.WORLD_CLIP)
+    for path in markers:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        paths = [s for s in _strings(record) if PurePosixPath(s).is_absolute() or PureWindowsPath(s).is_absolute()]
+        assert paths == [], path
+        world = record["settings"]["world"]
+        assert set(world) == {"settings", "clip_sha256"} and world["settings"]["seed"] == 0, path
+        if (clip / "config.json").is_file():
+            assert world["clip_sha256"] == clip_sha256(clip), path
+
+
+def test_a_build_records_its_world_by_what_it_is_and_reads_markers_that_named_its_folder(world, tmp_path):
+    """A stage's settings hold the world's settings (its markers) and its CLIP's sha256, not its path; a marker
+    written when they held the path still counts as built on that folder's world, and on no other."""
+    from facediffuser.lab.world.build import clip_sha256
+
+    config = mini_config(tmp_path / "out", world, recipes(tmp_path / "recipes"))
+    wanted = B.stage_settings(config, "vae")
+    assert wanted["world"] == {"settings": {}, "clip_sha256": clip_sha256(world / "clip")}
+    assert wanted["world"]["clip_sha256"] is not None and str(world) not in json.dumps(wanted)
+    # The world's float16 copy (as `mini ship` stores it) is the same world.
+    from transformers import CLIPModel
+
+    CLIPModel.from_pretrained(world / "clip").half().save_pretrained(tmp_path / "half")
+    assert clip_sha256(tmp_path / "half") == wanted["world"]["clip_sha256"]
+    # A marker of an earlier build names the folder: the same folder is the same world.
+    marker = B.marker_path(config.out, "vae")
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"settings": {**wanted, "world": str(world.resolve())}, "seconds": 1.0}))
+    assert B.stage_state(config, "vae", wanted) == "done"
+    marker.write_text(json.dumps({"settings": {**wanted, "world": str(tmp_path / "elsewhere")}, "seconds": 1.0}))
+    with pytest.raises(ValueError, match=r"'vae'.*other settings \(changed: world\)"):
+        B.stage_state(config, "vae", wanted)
+
+
+def test_mini_ship_writes_a_marker_that_named_its_world_by_what_it_is(world, tmp_path):
+    from facediffuser.lab.mini import ship as S
+    from facediffuser.lab.world.build import world_record
+
+    build, new = tmp_path / "build", tmp_path / "new"
+    (build / "stages").mkdir(parents=True)
+    new.mkdir()
+    record = {"settings": {"seed": 0, "world": str(world.resolve()), "resolution": 32}, "seconds": 2.0}
+    (build / "stages" / "vae.json").write_text(json.dumps(record))
+    S.write_stages(build, new, world=world)
+    shipped = json.loads((new / "vae.json").read_text())
+    assert shipped == {**record, "settings": {**record["settings"], "world": world_record(world)}}
+    with pytest.raises(ValueError, match="records its world by the path .* ship it with that world as --world"):
+        S.write_stages(build, new, world=tmp_path)

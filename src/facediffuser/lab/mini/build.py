@@ -18,8 +18,10 @@ data root, output folder, base model and seed itself.
 
 A stage whose marker holds the same settings is skipped. A stage that was started writes its settings first
 (``<stage>/settings.json``), so an interrupted stage continues from its last checkpoint (the trainers' exact resume)
-only with the same settings; a stage built or started with other settings is refused, never mixed. Each stage's
-settings include those of the stages before it.
+only with the same settings; a stage built or started with other settings is refused, never mixed (the bookkeeping
+is :mod:`facediffuser.lab.stages`, shared with ``world build``). Each stage's settings include those of the stages
+before it, and the world by what it is (:func:`~facediffuser.lab.world.build.world_record`: its settings and the
+sha256 of its CLIP), never by where it lies.
 
 ``--from STAGE`` takes the stages before it from ``--out`` when the stage right before is built there, else from the
 mini model shipped in the package (:func:`package_source`): ``--from tdm`` its VAE, ``--from sdm`` its VAE, text
@@ -35,7 +37,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -44,6 +45,11 @@ from typing import Any
 from ...io import package_data
 from ...io.configuration import check_file_values, config_to_dict, load_toml
 from ...io.files import read_json, read_stage_marker
+from ..stages import StageBook, changed_keys, marker_path
+from ..stages import read_runs as read_runs  # (a stage's records, read by tests and scripts)
+from ..stages import runs_path as runs_path
+from ..stages import started_path as started_path
+from ..world.build import world_record
 
 logger = logging.getLogger(__name__)
 
@@ -199,12 +205,15 @@ def read_train_recipe(config: MiniConfig, stage: str) -> tuple[dict[str, Any], U
     return data, settings
 
 
-def stage_settings(config: MiniConfig, stage: str) -> dict[str, Any]:
-    """What a stage's result depends on: its recipe, the seed, the data, and the settings of the stages before it."""
-    common = {"seed": config.seed, "world": str(config.world.resolve()), "resolution": config.resolution}
+def stage_settings(config: MiniConfig, stage: str, world: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a stage's result depends on: its recipe, the seed, the world (by what it is:
+    :func:`~facediffuser.lab.world.build.world_record`, ``world`` when already read), and the settings of the stages
+    before it."""
+    world = world_record(config.world) if world is None else world
+    common = {"seed": config.seed, "world": world, "resolution": config.resolution}
     if stage == "vae":
         return {**common, "vae": read_vae_recipe(config).to_dict()}
-    before = stage_settings(config, STAGES[STAGES.index(stage) - 1])
+    before = stage_settings(config, STAGES[STAGES.index(stage) - 1], world)
     train, unet = read_train_recipe(config, stage)
     out = {**before, stage: train}
     if unet is not None:
@@ -213,56 +222,43 @@ def stage_settings(config: MiniConfig, stage: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ markers
-def marker_path(out: Path, stage: str) -> Path:
-    return out / "stages" / f"{stage}.json"
+def recorded_as(config: MiniConfig, recorded: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """A stage's recorded settings in today's terms: a record written before the world was recorded by what it is
+    holds the world folder's path, which stands for today's record of the same folder."""
+    world = recorded.get("world")
+    if isinstance(world, str) and world == str(config.world.resolve()) and "world" in wanted:
+        return {**recorded, "world": wanted["world"]}
+    return recorded
 
 
-def started_path(out: Path, stage: str) -> Path:
-    return out / stage / "settings.json"
+def stage_book(config: MiniConfig) -> StageBook:
+    """The bookkeeping of the build's stages in ``--out`` (:mod:`facediffuser.lab.stages`): resumable, each stage
+    refused when built or started with other settings."""
 
+    def hint(stage: str) -> str:
+        where = f"{marker_path(config.out, stage)} and {config.out / stage}"
+        return f"move {where} away to rebuild the stage, or build into another --out"
 
-def runs_path(out: Path, stage: str) -> Path:
-    """The wall seconds of each run of a stage so far (``seconds``): the marker's ``seconds`` is their sum. While a
-    run is going, ``running_since`` holds its start (seconds since the epoch): a run killed outright leaves it, and
-    the next run counts the killed one up to the last file it wrote (:func:`read_runs`)."""
-    return out / stage / "runs.json"
-
-
-def read_runs(out: Path, stage: str) -> list[float]:
-    """The seconds of the stage's finished runs, and of a run killed outright (``running_since`` left behind), from
-    its start to the last file written in the stage's folder, the last sign of its work (a lower bound)."""
-    path = runs_path(out, stage)
-    if not path.is_file():
-        return []
-    record = read_json(path, dict, "a record of the stage's runs")
-    runs, since = record.get("seconds"), record.get("running_since")
-    number = (int, float)
-    if not (
-        isinstance(runs, list)
-        and all(isinstance(r, number) and not isinstance(r, bool) for r in runs)
-        and (since is None or isinstance(since, number) and not isinstance(since, bool))
-    ):
-        raise ValueError(
-            f"{path} is not a record of the stage's runs (`seconds`: a list of numbers, `running_since`: a number): "
-            "delete it to go on (only the wall time of the stage's earlier runs is lost)."
-        )
-    runs = list(runs)
-    if since is not None:
-        written = [f.stat().st_mtime for f in (out / stage).rglob("*") if f.is_file() and f != path]
-        runs.append(round(max(max(written, default=since) - since, 0.0), 1))
-    return runs
+    return StageBook(
+        out=config.out,
+        label="mini",
+        refuse=lambda stage, recorded, wanted, what: _refuse_if_changed(recorded, wanted, stage, config, what),
+        marker_hint=hint,
+        resumable=True,
+        recorded_as=lambda recorded, wanted: recorded_as(config, recorded, wanted),
+    )
 
 
 def _refuse_if_changed(
     recorded: dict[str, Any], wanted: dict[str, Any], stage: str, config: MiniConfig, what: str, shipped: bool = False
 ):
     if recorded != wanted:
-        changed = ", ".join(sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k)))
+        changed = ", ".join(changed_keys(recorded, wanted))
         if shipped:
             raise ValueError(
                 f"The {stage!r} stage shipped in the package ({shipped_marker_path(stage)}) was built with other "
-                f"settings than this build's (changed: {changed}). Give the recipes, --seed and --resolution it was "
-                f"built with, or build the stage into --out (--from {stage}): stages are never mixed."
+                f"settings than this build's (changed: {changed}). Give the recipes, --seed, --resolution and "
+                f"--world it was built with, or build the stage into --out (--from {stage}): stages are never mixed."
             )
         hint = ""
         if recorded.get("from_package") != wanted.get("from_package"):
@@ -281,25 +277,12 @@ def _refuse_if_changed(
 
 def stage_state(config: MiniConfig, stage: str, wanted: dict[str, Any]) -> str:
     """``"done"``, ``"started"`` (resumable) or ``"new"``; ``ValueError`` when built or started with other settings."""
-    done = marker_path(config.out, stage)
-    rebuild = f"move {done} and {config.out / stage} away to rebuild the stage, or build into another --out"
-    if done.is_file():
-        _refuse_if_changed(read_stage_marker(done, rebuild)["settings"], wanted, stage, config, "built")
-        return "done"
-    started = started_path(config.out, stage)
-    if started.is_file():
-        try:
-            recorded = read_json(started, dict, "the settings of a started stage")
-        except ValueError as err:
-            raise ValueError(f"{str(err).rstrip('.')}; move {config.out / stage} away to rebuild the stage.") from None
-        _refuse_if_changed(recorded, wanted, stage, config, "started")
-        return "started"
-    return "new"
+    return stage_book(config).state(stage, wanted)
 
 
 # ------------------------------------------------------------------------------------------------ shipped stages
 # Settings that say where a stage ran, not what it is: left out when a shipped stage's settings are compared.
-PLACE_KEYS = ("world", "from_package")
+PLACE_KEYS = ("from_package",)
 # The parts of the shipped pipeline the SDM stage starts from (the scene UNet is the trained TDM's).
 SDM_BASE_PARTS = ("vae", "text_encoder", "tokenizer", "unet")
 
@@ -409,16 +392,20 @@ def package_source(config: MiniConfig) -> PackageSource | None:
     return PackageSource(stages=before, folders=folders)
 
 
-def _what_it_is(settings: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in settings.items() if k not in PLACE_KEYS}
+def _what_it_is(settings: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without :data:`PLACE_KEYS`, nor the world when ``recorded`` names it by a path (as markers did
+    before the world was recorded by what it is): then it says where the stage ran, not on what."""
+    place = PLACE_KEYS + (("world",) if isinstance(recorded.get("world"), str) else ())
+    return {k: v for k, v in settings.items() if k not in place}
 
 
 def check_shipped_settings(config: MiniConfig, source: PackageSource, wanted: dict[str, dict[str, Any]]) -> None:
-    """The shipped stages were built with this build's recipes, seed and resolution (wherever their world was)."""
+    """The shipped stages were built with this build's recipes, seed, resolution and world (wherever it lies)."""
     for stage in source.stages:
         reship = f"reinstall the package, or build the {stage!r} stage into --out (--from {stage})"
         recorded = read_stage_marker(shipped_marker_path(stage), reship)["settings"]
-        _refuse_if_changed(_what_it_is(recorded), _what_it_is(wanted[stage]), stage, config, "built", shipped=True)
+        ours = _what_it_is(wanted[stage], recorded)
+        _refuse_if_changed(_what_it_is(recorded, recorded), ours, stage, config, "built", shipped=True)
 
 
 def check_world_clip(config: MiniConfig, source: PackageSource) -> None:
@@ -432,7 +419,7 @@ def check_world_clip(config: MiniConfig, source: PackageSource) -> None:
     if not (shipped / "config.json").is_file():
         logger.warning(
             "This installation ships no world CLIP: whether --world %s is the world of the shipped %s cannot be "
-            "checked (its settings record the world folder it was built from).",
+            "checked here (their settings record the world they were trained on: its settings and its CLIP's sha256).",
             config.world,
             ", ".join(source.stages),
         )
@@ -665,7 +652,8 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
     inputs = [config.world, config.vae_config, config.tdm_config, config.sdm_config]
     check(config.out, command=COMMAND, inputs=inputs, legacy=LEGACY)
     source = check_inputs(config)
-    wanted = {stage: stage_settings(config, stage) for stage in STAGES}
+    world = world_record(config.world)
+    wanted = {stage: stage_settings(config, stage, world) for stage in STAGES}
     if source is None:
         inherited = inherited_record(config)
         if inherited is not None:  # --out's earlier stages were built on shipped ones: so are the stages after them
@@ -674,41 +662,22 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
         for stage in STAGES[len((inherited or {"stages": []})["stages"]) : STAGES.index(config.stages[0])]:
             stage_state(config, stage, wanted[stage])  # a skipped earlier stage must still match
     else:
+        check_world_clip(config, source)  # another world's CLIP is named as such, before the settings' difference
         check_shipped_settings(config, source, wanted)
-        check_world_clip(config, source)
         record = source.record()
         logger.info("mini: the %s stage(s) come from the package: %s", ", ".join(source.stages), record["sha256"])
         for stage in config.stages:
             wanted[stage] = {**wanted[stage], "from_package": record}
     # Every stage to run is checked before the first runs: a later one built on other stages is refused up front.
-    states = {stage: stage_state(config, stage, wanted[stage]) for stage in config.stages}
+    for stage in config.stages:
+        stage_state(config, stage, wanted[stage])
     claim(config.out, command=COMMAND, inputs=inputs, legacy=LEGACY, entries=[*(s + "/" for s in STAGES), "stages/"])
     torch.set_num_threads(config.threads)
-    times = {}
-    for stage in config.stages:
-        state = states[stage]
-        if state == "done":
-            logger.info("mini %s: already built in %s, skipping", stage, config.out)
-            continue
-        logger.info("mini %s: %s", stage, "resuming" if state == "started" else "building")
-        own(config.out, f"{stage}/", "stages/", command=COMMAND)
-        runs = read_runs(config.out, stage)  # before anything is written in the stage's folder
-        started = started_path(config.out, stage)
-        started.parent.mkdir(parents=True, exist_ok=True)
-        started.write_text(json.dumps(wanted[stage], indent=1), encoding="utf-8")
-        runs_file = runs_path(config.out, stage)
-        runs_file.write_text(json.dumps({"seconds": runs, "running_since": time.time()}), encoding="utf-8")
-        start = time.perf_counter()
-        try:
-            torch.manual_seed(config.seed)
-            BUILDERS[stage](config, wanted[stage], source)
-        finally:  # an interrupted or failed run counts too: its time is part of the stage's
-            times[stage] = time.perf_counter() - start
-            runs.append(round(times[stage], 1))
-            runs_file.write_text(json.dumps({"seconds": runs}), encoding="utf-8")
-        marker = marker_path(config.out, stage)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        record = {"settings": wanted[stage], "seconds": round(sum(runs), 1), "runs": runs}
-        marker.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        logger.info("mini %s: done in %.0f s", stage, times[stage])
-    return times
+
+    def build(stage: str) -> None:
+        torch.manual_seed(config.seed)
+        BUILDERS[stage](config, wanted[stage], source)
+
+    return stage_book(config).run(
+        config.stages, wanted, build=build, own=lambda stage: own(config.out, f"{stage}/", "stages/", command=COMMAND)
+    )

@@ -528,21 +528,36 @@ def _references_settings(world: Path) -> dict[str, Any]:
     return {}
 
 
-def write_stages(build: Path, folder: Path, shipped: Path | None = None) -> None:
-    """The build's stage markers, as they are (small JSON: each stage's settings and wall time). A stage the build
-    took from the package (``mini build --from``, recorded in its later stages' ``from_package``) keeps the marker
-    shipped in ``shipped``: the shipped stages stay described, and ``--from`` can continue from them again."""
+def write_stages(build: Path, folder: Path, shipped: Path | None = None, world: Path | None = None) -> None:
+    """The build's stage markers (small JSON: each stage's settings and wall time), as they are but for a world
+    recorded by its path (markers written before the world was recorded by what it is): that path must be ``world``
+    (``--world``), and the marker ships :func:`~facediffuser.lab.world.build.world_record` of it instead, so no
+    shipped file names a folder of the machine that built it. A stage the build took from the package (``mini build
+    --from``, recorded in its later stages' ``from_package``) keeps the marker shipped in ``shipped``: the shipped
+    stages stay described, and ``--from`` can continue from them again."""
+    from ..world.build import world_record
     from .build import STAGES, marker_path
 
     from_package: set[str] = set()
+    records = {}
     for stage in STAGES:
         if marker_path(build, stage).is_file():
             rebuild = f"move it and {build / stage} away and rebuild the stage with `facediffuser mini build`"
-            record = read_stage_marker(marker_path(build, stage), rebuild)
-            from_package.update((record["settings"].get("from_package") or {}).get("stages", []))
+            records[stage] = read_stage_marker(marker_path(build, stage), rebuild)
+            from_package.update((records[stage]["settings"].get("from_package") or {}).get("stages", []))
     for stage in STAGES:
-        if marker_path(build, stage).is_file():
-            shutil.copyfile(marker_path(build, stage), folder / f"{stage}.json")
+        if stage in records:
+            path = records[stage]["settings"].get("world")
+            if not isinstance(path, str):
+                shutil.copyfile(marker_path(build, stage), folder / f"{stage}.json")
+                continue
+            if world is None or str(world.resolve()) != path:
+                raise ValueError(
+                    f"{marker_path(build, stage)} records its world by the path {path}, not by what it is: ship it "
+                    "with that world as --world (its settings and CLIP are shipped in the path's stead)."
+                )
+            record = {**records[stage], "settings": {**records[stage]["settings"], "world": world_record(world)}}
+            (folder / f"{stage}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
         elif stage in from_package:
             if shipped is None or not (shipped / f"{stage}.json").is_file():
                 raise ValueError(
@@ -580,7 +595,7 @@ def ship(config: ShipConfig) -> ShipReport:
 
     writers = {
         "pipeline": pipeline,
-        "stages": lambda new: write_stages(config.build, new, folders["stages"]),
+        "stages": lambda new: write_stages(config.build, new, folders["stages"], config.world),
         "clip": lambda new: write_world_clip(config.world / "clip", new),
         "faces": lambda new: write_faces(config.world / "faces", new),
         "examples": lambda new: people.extend(write_examples(config.world, new, config.people)),

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from ...io.files import read_stage_marker
 from ...io.output_folders import check, claim, own
 from ...io.outputs import atomic_write
+from ..stages import StageBook, changed_keys
+from ..stages import marker_path as marker_path  # (where the world's markers lie, for scripts)
 from .attributes import Identity, load_people, make_identities, split_identities
+from .faces import at_detector_size
 
 logger = logging.getLogger(__name__)
 
@@ -120,41 +121,78 @@ COMMAND = "world"  # the command named in the folder's marker (see facediffuser.
 LEGACY = tuple(f"stages/{s}.json" for s in STAGES)  # a world folder written before the marker existed
 
 
-def stage_inputs(out: Path, stage: str) -> dict[str, int | None]:
-    """The modification stamps of the markers of the stages ``stage`` reads (``None`` for one not built)."""
-    stamps = {}
-    for dep in DEPENDS[stage]:
-        path = marker_path(out, dep)
-        stamps[dep] = path.stat().st_mtime_ns if path.is_file() else None
-    return stamps
-
-
 def stage_settings(config: WorldConfig, stage: str) -> dict[str, Any]:
     return {k: getattr(config, k) for k in STAGE_KEYS[stage]}
 
 
-def marker_path(out: Path, stage: str) -> Path:
-    return out / "stages" / f"{stage}.json"
+def _refuse(config: WorldConfig, stage: str, recorded: dict[str, Any], wanted: dict[str, Any], what: str) -> None:
+    raise ValueError(
+        f"Stage {stage!r} of {config.out} was built with other settings ({', '.join(changed_keys(recorded, wanted))}). "
+        f"Rebuild it with --redo {stage} (its files are overwritten), or build into another --out."
+    )
+
+
+def stage_book(config: WorldConfig) -> StageBook:
+    """The bookkeeping of the world's stages in ``--out`` (:mod:`facediffuser.lab.stages`)."""
+    return StageBook(
+        out=config.out,
+        label="world",
+        refuse=lambda *args: _refuse(config, *args),
+        marker_hint=lambda stage: f"rebuild the stage with --redo {stage}",
+        depends=DEPENDS,
+    )
 
 
 def stage_done(config: WorldConfig, stage: str) -> bool:
     """Whether ``stage`` is built with these settings; ``ValueError`` when it was built with others."""
-    path = marker_path(config.out, stage)
-    if stage in config.redo or not path.is_file():
-        return False
-    marker = read_stage_marker(path, f"rebuild the stage with --redo {stage}")
-    recorded = marker["settings"]
-    wanted = stage_settings(config, stage)
-    if recorded != wanted:
-        changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
-        raise ValueError(
-            f"Stage {stage!r} of {config.out} was built with other settings ({', '.join(changed)}). Rebuild it with "
-            f"--redo {stage} (its files are overwritten), or build into another --out."
-        )
-    if marker.get("inputs", stage_inputs(config.out, stage)) != stage_inputs(config.out, stage):
+    state = stage_book(config).state(stage, stage_settings(config, stage), redo=stage in config.redo)
+    if state == "stale":
         logger.info("world %s: a stage it reads was rebuilt since, rebuilding", stage)
-        return False
-    return True
+    return state == "done"
+
+
+def world_settings(out: Path) -> dict[str, Any]:
+    """What the world in ``out`` was built with: the settings of the stages a model trained on it reads (its data
+    sets and its CLIP), from their markers; empty for a world without markers."""
+    book = StageBook(
+        out=out,
+        label="world",
+        refuse=lambda *args: None,
+        marker_hint=lambda stage: f"rebuild the world's {stage} with `facediffuser world build --redo {stage}`",
+    )
+    settings: dict[str, Any] = {}
+    for stage in ("scenes", "portraits", "clip"):
+        marker = book.read_marker(stage)
+        settings.update(marker["settings"] if marker is not None else {})
+    return dict(sorted(settings.items()))
+
+
+def clip_sha256(folder: Path) -> str | None:
+    """sha256 of the CLIP in ``folder`` as ``mini ship`` stores it: each tensor by name, its floating-point values
+    rounded to float16 (so the float32 CLIP of a world folder and its shipped float16 copy hash alike, as
+    ``mini build --from`` compares them); ``None`` when the folder holds no CLIP."""
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors")) if (folder / "config.json").is_file() else []
+    if not files:
+        return None
+    tensors = {k: v for path in files for k, v in load_file(path).items()}
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key]
+        value = value.to(torch.float16) if value.is_floating_point() else value
+        digest.update(f"{key}\0{value.dtype}\0{list(value.shape)}\0".encode())
+        digest.update(value.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def world_record(out: Path) -> dict[str, Any]:
+    """The world in ``out`` by what it is, not where it lies: its settings (:func:`world_settings`) and the sha256 of
+    its CLIP (:func:`clip_sha256`). What a model trained on it records of it (``mini build``'s stage settings)."""
+    return {"settings": world_settings(out), "clip_sha256": clip_sha256(out / "clip")}
 
 
 # ------------------------------------------------------------------------------------------------------ people
@@ -208,7 +246,7 @@ def build_clip_stage(config: WorldConfig) -> None:
 
 
 def build_faces_stage(config: WorldConfig) -> None:
-    from .faces import FaceSettings, at_detector_size, train_detector, train_embedder
+    from .faces import FaceSettings, train_detector, train_embedder
 
     samples = read_train(config)
     settings = FaceSettings(
@@ -264,26 +302,13 @@ def run_stages(config: WorldConfig, stages: Sequence[str] = STAGES) -> dict[str,
         )
     claim(config.out, command=COMMAND, legacy=LEGACY, entries=[*(e for v in ENTRIES.values() for e in v), "stages/"])
     torch.set_num_threads(config.threads)
-    times = {}
-    for stage in stages:
-        if stage_done(config, stage):
-            logger.info("world %s: already built in %s, skipping", stage, config.out)
-            continue
-        own(config.out, *ENTRIES[stage], "stages/", command=COMMAND)
-        logger.info("world %s: building", stage)
-        start = time.perf_counter()
-        BUILDERS[stage](config)
-        times[stage] = time.perf_counter() - start
-        path = marker_path(config.out, stage)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "settings": stage_settings(config, stage),
-            "seconds": round(times[stage], 1),
-            "inputs": stage_inputs(config.out, stage),
-        }
-        path.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        logger.info("world %s: done in %.0f s", stage, times[stage])
-    return times
+    return stage_book(config).run(
+        stages,
+        {stage: stage_settings(config, stage) for stage in stages},
+        build=lambda stage: BUILDERS[stage](config),
+        own=lambda stage: own(config.out, *ENTRIES[stage], "stages/", command=COMMAND),
+        redo=config.redo,
+    )
 
 
 def config_fields() -> list[str]:
