@@ -18,6 +18,7 @@ from facediffuser.io.convert import _read_config
 from facediffuser.io.weight_files import check_weights_folder
 from facediffuser.lab.mini import ship
 from facediffuser.lab.mini.build import attach_face_detector
+from facediffuser.lab.world import package as world_package
 from facediffuser.lab.world.benchmark import load_identities
 from facediffuser.lab.world.data import read_samples
 from facediffuser.lab.world.report import write_report
@@ -128,7 +129,7 @@ def test_the_model_index_that_gets_a_face_detector_names_itself(tmp_path, kind):
 @ALL
 def test_mini_ship_names_a_broken_world_json(tmp_path, kind):
     words = broken(tmp_path / "world.json", kind)
-    message = raised(ship.choose_people, tmp_path, 1)
+    message = raised(world_package.choose_people, tmp_path, 1)
     assert_names(message, tmp_path / "world.json", words.replace("a JSON object", "a world's people, a JSON object"))
 
 
@@ -136,8 +137,8 @@ def test_mini_ship_names_a_broken_world_json(tmp_path, kind):
 def test_mini_ship_names_the_worlds_broken_class_nouns(tmp_path, kind, monkeypatch):
     nouns = tmp_path / "world" / "references" / "subjects.json"
     words = broken(nouns, kind)
-    monkeypatch.setattr(ship, "choose_people", lambda world, count: [])
-    message = raised(ship.write_examples, tmp_path / "world", tmp_path / "examples", 1)
+    monkeypatch.setattr(world_package, "choose_people", lambda world, count: [])
+    message = raised(world_package.write_examples, tmp_path / "world", tmp_path / "examples", 1)
     assert_names(message, nouns, words)
 
 
@@ -149,7 +150,7 @@ def test_mini_ship_names_a_broken_stage_marker(tmp_path, kind):
     assert_names(message, tmp_path / "build" / "stages" / "vae.json", words)
     assert message.endswith("rebuild the stage with `facediffuser mini build`.")
     words = broken(tmp_path / "world" / "stages" / "references.json", kind)
-    message = raised(ship._references_settings, tmp_path / "world")
+    message = raised(world_package._references_settings, tmp_path / "world")
     assert_names(message, tmp_path / "world" / "stages" / "references.json", words)
 
 

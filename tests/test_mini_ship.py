@@ -398,7 +398,9 @@ def test_a_late_refusal_or_a_ctrl_c_leaves_the_old_package_whole(stand_in, tmp_p
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(S, "write_examples", interrupted)
+    from facediffuser.lab.world import package as world_package
+
+    monkeypatch.setattr(world_package, "write_examples", interrupted)
     try:  # (not pytest.raises: pytest takes a KeyboardInterrupt for the user's own)
         S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=3, subject_guidance_scale=2))
     except KeyboardInterrupt:
