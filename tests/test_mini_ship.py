@@ -342,7 +342,7 @@ def test_the_benchmarks_people_ship_with_their_references(shipped, stand_in):
 
 def test_a_pruning_that_changes_a_world_text_is_refused_and_the_old_pipeline_stays(stand_in, shipped, monkeypatch):
     """The exactness check of the pruned text tower (mini/vocab.py) runs inside the ship, on what was written."""
-    from facediffuser.lab.mini import vocab as V
+    from facediffuser.io import vocab_pruning as V
 
     build, world = stand_in
     package, _ = shipped
