@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ..io.outputs import atomic_write
 from ..prompting import DEFAULT_PLACEHOLDER
 from ..settings import SamplingSettings
-from .benchmarks import Benchmark
+from .cases import Benchmark
 from .figures import mask_arrays, save_mask_arrays
 from .work import WorkUnit
 

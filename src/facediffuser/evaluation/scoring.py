@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..prompting import strip_placeholders
-from .benchmarks import Person
+from .cases import Person
 from .clip_score import ClipScorer
 from .identity import IdentityBackend
 from .reports import ATTRIBUTE_METRICS, ScoreRow

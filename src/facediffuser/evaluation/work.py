@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import torch
 
 from ..io.files import read_json
-from .benchmarks import Case
+from .cases import Case
 from .methods import Variant
 
 T = TypeVar("T")

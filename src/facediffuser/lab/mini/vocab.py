@@ -162,7 +162,7 @@ def zero_shot_texts(groups: list[list[str]]) -> list[str]:
 def benchmark_texts() -> list[str]:
     """Benchmark prompts (:func:`~facediffuser.lab.world.benchmark.mini_prompt`, with their placeholders) for every
     place, time, clothing colour and garment, one and two people of either class noun."""
-    from ...evaluation.benchmarks import Person
+    from ...evaluation.cases import Person
     from ..world.attributes import CLOTHING_COLOURS, GARMENTS, GENDERS, PLACES, TIMES
     from ..world.benchmark import mini_prompt
 

@@ -274,7 +274,7 @@ def write_examples(world: Path, folder: Path, count: int) -> list[str]:
 def write_benchmark_people(world: Path, folder: Path) -> list[str]:
     """The 20 held-out people of ``evaluate --benchmark mini`` (the benchmark's own seeded choice from the world's
     references), as a subject folder, so that the benchmark runs offline on the same people as on the world."""
-    from ...evaluation.benchmarks import load_subjects
+    from ...evaluation.cases import load_subjects
     from .benchmark import benchmark_people
 
     chosen = benchmark_people(load_subjects(world / "references"))
