@@ -20,12 +20,12 @@ from facediffuser.lab.world.data import annotation, image_id, scene_for, write_s
 from facediffuser.lab.world.render import render
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=64)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     people = make_identities(1200, 0)
     train = [people[i] for i in split_identities(1200, 200, 0)["train"]]
     print(f"load average (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -1,14 +1,20 @@
-"""Benchmark scripts run on tiny inputs: the speed benchmark end to end on the tiny components (its figures are for
-docs/performance.md, not tests), the identity-feature count of a mini run on a hand-made one, the validation-people
-script's training people on a tiny rendered world."""
+"""One smoke test per maintained benchmark of benchmarks/ (benchmarks/README.md), and one for the README's figures
+(docs/mini/figures.py): each runs on tiny settings and checks the rows it prints, so a broken script fails here. Their
+figures are for docs/performance.md, not tests."""
 
 import importlib.util
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pipeline_speed.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "pipeline_speed.py"
+MAINTAINED = ["generate_speed.py", "pipeline_speed.py", "train_throughput.py", "world_render_speed.py"]
 
 
 @pytest.fixture(scope="module")
@@ -23,12 +29,28 @@ def pipeline_speed():
         del sys.modules[spec.name]
 
 
-def script_module(name: str):
-    """A script of benchmarks/ loaded as a module (its ``main`` and helpers, without running it)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
+def script_module(path: Path):
+    """A script loaded as a module (its ``main`` and helpers, without running it)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_script(name: str, *argv: str) -> str:
+    """Runs ``benchmarks/<name>`` as a user does, in a fresh process; returns what it printed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *argv], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_benchmarks_holds_the_maintained_benchmarks_and_their_readme():
+    assert sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")) == MAINTAINED
+    readme = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    assert all(f"python benchmarks/{name}" in readme for name in MAINTAINED)
 
 
 @pytest.mark.slow
@@ -42,7 +64,7 @@ def test_pipeline_speed_runs_on_tiny_components(pipeline_speed, capsys):
     }
     assert rows["FD text"][4] == "10" and rows["FD null"][4] == "13"  # (2) + (2+2) + 2*(2) and (2) + (2+3) + 2*(3)
     assert "SNF:" in out and "VAE decode" in out
-    assert "ratios at T=50, alpha 0.3 beta 0.6: text 1.30x, null 1.65x" in out  # REFERENCE section 8
+    assert "ratios at T=50, alpha 0.3 beta 0.6: text 1.30x, null 1.65x" in out  # the stage schedule's UNet calls
 
 
 def test_flags_default_to_the_sampling_settings(pipeline_speed):
@@ -53,158 +75,42 @@ def test_flags_default_to_the_sampling_settings(pipeline_speed):
     assert (args.alpha, args.beta, args.guidance_scale) == (defaults.alpha, defaults.beta, defaults.guidance_scale)
 
 
-def test_identity_features_counts_what_the_first_choice_shares_with_the_asked_person(tmp_path, capsys):
-    import csv
-    import json
-
-    from facediffuser.lab.world.attributes import Identity
-
-    module = script_module("mini_identity_features")
-    looks = dict(hair_colour="black", hair_style="short", glasses="none", facial_hair="none", face_shape="round")
-    people = [
-        Identity(1, "man", "light", **looks),
-        Identity(2, "man", "dark", **looks),  # differs from id0001 in skin only
-        Identity(3, "woman", "dark", **{**looks, "face_shape": "long"}),
-    ]
-    (tmp_path / "world.json").write_text(json.dumps({"people": [p.to_dict() for p in people]}))
-    run = tmp_path / "run"
-    run.mkdir()
-    rows = [  # id0001 taken for id0002 once, id0003 right, a face not found
-        ("fd", "id0001", {"identity": ["id0002"]}),
-        ("fd", "id0003", {"identity": ["id0003"]}),
-        ("fd", "id0002;id0003", {"identity": [None, "id0001"]}),
-    ]
-    with (run / "scores.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["method", "subjects", "predicted"])
-        writer.writerows([m, s, json.dumps(p)] for m, s, p in rows)
-    module.main([str(run), "--world", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert "fd: 3 persons, 1 right" in out
-    # skin: id0002 for id0001 no, id0003 right yes, id0001 for id0003 no -> 1 of 3; the others of the gallery share
-    # id0001's skin 0 of 2, id0003's dark skin 1 of 2 (id0002), twice -> (0 + 0.5 + 0.5) / 3
-    assert "skin 33% (33%)" in out
-    # gender: man for man, right, man for woman -> 2 of 3; blind: 1/2 (id0002), 0/2, 0/2 -> 17%
-    assert "gender 67% (17%)" in out
-    # face shape: round for round, right, round for long -> 2 of 3; blind: 1/2 (id0002 round), 0/2, 0/2 -> 17%
-    assert "face_shape 67% (17%)" in out
+@pytest.mark.slow
+def test_generate_speed_times_the_readme_command_and_its_phases():
+    out = run_script("generate_speed.py", "--rounds", "1", "--steps", "1")
+    assert "image 32x32 px" in out  # the shipped mini model's size
+    assert re.search(r"end-to-end `facediffuser generate` \(median\): \d+\.\d\d s", out)
+    phases = re.findall(r"^  (.+?)\s+(\d+\.\d\d) s\s+(\d+\.\d)%$", out, re.M)
+    names = [name.strip() for name, _, _ in phases]
+    assert names[:6] == ["import torch", "import diffusers", "import transformers", "import facediffuser",
+                         "checks + references", "load model"] and names[-1] == "write png"  # fmt: skip
+    assert "call: subject_unet (SDM)" in names and "call: vae decode" in names
+    assert abs(sum(float(share) for _, _, share in phases) - 100) < 1  # shares of one sum (rounded to 0.1% each)
 
 
-def test_validation_people_renders_training_people_as_the_world_renders_references(tmp_path):
-    import json
-
-    import numpy as np
-    from PIL import Image
-
-    from facediffuser.cli.main import main as cli
-    from facediffuser.lab.world.attributes import load_people
-
-    module = script_module("mini_validation_people")
-    world = tmp_path / "w"
-    counts = ["--scenes-train", "2", "--scenes-test", "1", "--portraits-train", "2", "--portraits-test", "1"]
-    assert cli(["world", "render", "--out", str(world), "--identities", "20", "--heldout", "4", *counts]) == 0
-    people, split = load_people(world)
-
-    out = tmp_path / "train-people"
-    assert module.render_training(world, out, 5).startswith("5 training people, 3 renders each")
-    chosen = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert len(chosen) == 5 and {f"id{i:04d}" for i in split["train"]} >= set(chosen)
-    nouns = json.loads((out / "subjects.json").read_text())
-    assert nouns == {p.name: p.noun for p in people if p.name in chosen}
-    assert all(sorted(f.name for f in (out / name).iterdir()) == ["1.png", "2.png", "3.png"] for name in chosen)
-    # the same form as the held-out people's references (same size), and none of them is a training image
-    held = next(p for p in (world / "references").iterdir() if p.is_dir())
-    assert Image.open(out / chosen[0] / "1.png").size == Image.open(held / "1.png").size
-    train_images = [np.asarray(Image.open(p).convert("RGB")) for p in (world / "portraits").rglob("*.jpg")]
-    for reference in out.rglob("*.png"):
-        pixels = np.asarray(Image.open(reference).convert("RGB")).astype(int)
-        # the same render through the data set's JPEG differs by a few levels on average; another render by tens
-        assert min(np.abs(pixels - image).mean() for image in train_images) > 8.0
-    # seeded: a second folder holds the same people and bytes; an existing folder is refused, untouched
-    module.render_training(world, tmp_path / "again", 5)
-    assert sorted(p.name for p in (tmp_path / "again").iterdir() if p.is_dir()) == chosen
-    assert (tmp_path / "again" / chosen[0] / "2.png").read_bytes() == (out / chosen[0] / "2.png").read_bytes()
-    before = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
-    with pytest.raises(SystemExit, match="exists already"):
-        module.main(["--world", str(world), "--out", str(out), "--training", "5"])
-    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == before
-    with pytest.raises(SystemExit, match="between 1 and"):
-        module.render_training(world, tmp_path / "too-many", 17)
+@pytest.mark.slow
+def test_train_throughput_measures_a_tiny_training_step():
+    out = run_script("train_throughput.py", "--models", "tiny", "--kinds", "tdm", "--steps", "1", "--warmup", "0",
+                     "--resolution", "64")  # fmt: skip
+    row = next(line.split() for line in out.splitlines() if line.startswith("tiny"))
+    assert (
+        row[1] == "tdm" and float(row[2]) > 0 and abs(float(row[3]) - 1 / float(row[2])) < 0.01 + 0.01 * float(row[3])
+    )
+    assert int(row[5]) > 0  # the child's peak resident memory, from the kernel
 
 
-def test_export_checkpoint_writes_a_checkpoints_ema_or_raw_weights_and_leaves_the_run_alone(tmp_path):
-    import torch
-    from accelerate.state import AcceleratorState, GradientState
-
-    from facediffuser.pipeline import FaceDiffuserPipeline
-    from facediffuser.training import ModelKind, TrainConfig, Trainer
-    from facediffuser.training.synthetic import write_synthetic_ffhq_wild
-
-    def fresh_accelerate_state() -> None:  # each trainer builds its own Accelerator (process-wide singletons)
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-
-    module = script_module("mini_export_checkpoint")
-    data = write_synthetic_ffhq_wild(tmp_path / "data", num_images=4, size=72, test_images=1)
-    run = tmp_path / "run"
-    settings = dict(data_root=data, output_dir=run, resolution=64, train_batch_size=2, max_train_steps=2)
-    settings.update(checkpointing_steps=1, checkpoints_total_limit=3, validation_steps=0, log_with="csv")
-    settings.update(use_ema=True, ema_decay=0.5, learning_rate=1e-2)  # a short EMA, far from the raw weights
-    fresh_accelerate_state()
-    trainer = Trainer(ModelKind.SDM, TrainConfig(**settings))
-    trainer.train()
-    ema = trainer.trained_state()["unet"]
-    raw = {n.removeprefix("unet."): p.detach() for n, p in trainer.denoiser.named_parameters() if n.startswith("unet.")}
-    assert any(not torch.equal(ema[n], raw[n]) for n in ema)
-    before = {f: f.read_bytes() for f in run.rglob("*") if f.is_file()}
-
-    for weights, expected in (("ema", ema), ("raw", raw)):
-        fresh_accelerate_state()
-        module.main(["--train", str(run), "--step", "2", "--weights", weights, "--out", str(tmp_path / weights)])
-        exported = dict(FaceDiffuserPipeline.from_pretrained(tmp_path / weights).subject_unet.named_parameters())
-        for name, tensor in expected.items():  # float32 in, float32 out: exact by construction
-            assert torch.equal(exported[name], tensor), f"{weights}: {name}"
-    assert {f: f.read_bytes() for f in run.rglob("*") if f.is_file()} == before  # the run is only read
-
-    fresh_accelerate_state()
-    with pytest.raises(SystemExit, match="exists"):
-        module.main(["--train", str(run), "--step", "2", "--out", str(tmp_path / "raw")])
-    with pytest.raises(SystemExit, match="no checkpoint of step 7"):
-        module.main(["--train", str(run), "--step", "7", "--out", str(tmp_path / "seven")])
-    fresh_accelerate_state()
+def test_world_render_speed_renders_each_distribution(capsys):
+    script_module(ROOT / "benchmarks" / "world_render_speed.py").main(
+        ["--images", "2", "--rounds", "1", "--size", "32"]
+    )
+    rows = re.findall(r"^(\w+)\s+32 px: render (\d+\.\d) ms/image, write (\d+\.\d) ms/image", capsys.readouterr().out,
+                      re.M)  # fmt: skip
+    assert [name for name, _, _ in rows] == ["scenes", "portraits"]
+    assert all(float(render) > 0 for _, render, _ in rows)
 
 
-def test_fresh_subject_unet_replaces_only_the_subject_unet_seeded(tmp_path, tiny_pipe):
-    import torch
-
-    from facediffuser.pipeline import FaceDiffuserPipeline
-
-    module = script_module("mini_fresh_subject_unet")
-    tiny_pipe.subject_unet.load_state_dict(tiny_pipe.unet.state_dict())  # as the SDM's base: the TDM in both slots
-    tiny_pipe.save_pretrained(tmp_path / "base")
-    for name in ("a", "b"):
-        module.main(["--base", str(tmp_path / "base"), "--out", str(tmp_path / name), "--seed", "3"])
-    a, b = (FaceDiffuserPipeline.from_pretrained(tmp_path / name) for name in ("a", "b"))
-    tdm = tiny_pipe.unet.state_dict()
-    fresh = a.subject_unet.state_dict()
-    assert {k: v.shape for k, v in fresh.items()} == {k: v.shape for k, v in tdm.items()}  # the same architecture
-    assert not any(torch.equal(fresh[k], tdm[k]) for k in fresh if k.endswith("conv_in.weight"))
-    assert all(torch.equal(fresh[k], v) for k, v in b.subject_unet.state_dict().items())  # seeded
-    for part in ("unet", "vae", "text_encoder", "image_encoder", "subject_fuser"):
-        kept, base = getattr(a, part).state_dict(), getattr(tiny_pipe, part).state_dict()
-        assert all(torch.equal(kept[k], v) for k, v in base.items()), part
-    with pytest.raises(SystemExit, match="exists"):
-        module.main(["--base", str(tmp_path / "base"), "--out", str(tmp_path / "a")])
-
-
-def test_step_variants_read_labels_and_toml_settings():
-    module = script_module("mini_sdm_step_variants")
-    assert module.parse_variant("recipe") == ("recipe", {})
-    label, overrides = module.parse_variant(' no loss : localization_weight=0, mixed_precision="bf16", use_ema=false ')
-    assert label == "no loss" and overrides == {"localization_weight": 0, "mixed_precision": "bf16", "use_ema": False}
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
-        module.parse_variant("x: localization_weight")
-    with pytest.raises(SystemExit, match="not a TOML value"):
-        module.parse_variant("x: mixed_precision=bf16")  # a string needs its quotes
-    defaults = [module.parse_variant(v) for v in module.DEFAULT_VARIANTS]
-    assert defaults[0] == ("recipe", {}) and all(overrides for _, overrides in defaults[1:])
+@pytest.mark.slow
+def test_readme_figures_draw_both_pictures(tmp_path):
+    script_module(ROOT / "docs" / "mini" / "figures.py").main(["--out", str(tmp_path), "--steps", "1"])
+    committed = {name: Image.open(ROOT / "docs" / "mini" / name).size for name in ("example.png", "seeds.png")}
+    assert {name: Image.open(tmp_path / name).size for name in committed} == committed  # the same layout

@@ -68,6 +68,7 @@ def test_generate_writes_png_with_parameters_and_masks(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result-masks.png", "result.png"]
 
 
+@pytest.mark.slow
 def test_generate_is_reproducible_and_seeded(tmp_path):
     argv = ["generate", "--model", "tiny", "-p", "a man <|image|>", "--ref", ASTRONAUT, "--steps", "2"]
     main([*argv, "-o", str(tmp_path / "a.png")])
@@ -220,6 +221,7 @@ def test_overwrite_and_the_umask(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_an_image_reruns_from_its_recorded_parameters(tmp_path):
     first = tmp_path / "first.png"
     argv = [
@@ -277,6 +279,7 @@ def test_float16_on_the_cpu_is_said_once(tmp_path, capfd, caplog):
     assert (err + caplog.text).count("float16 on the CPU") == 1
 
 
+@pytest.mark.slow
 def test_importing_the_package_prints_no_torchvision_notice():
     done = subprocess.run(
         [sys.executable, "-c", "import facediffuser.pipeline"], capture_output=True, text=True, env=_env(), check=True
@@ -288,6 +291,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(Path(facediffuser.__file__).parents[1])}
 
 
+@pytest.mark.slow
 def test_generate_help_imports_no_training_or_evaluation_module():
     # Issue 8: the CLI imported every sub-command, and so the trainer and the evaluation harness.
     script = (

@@ -88,6 +88,7 @@ def test_without_tdm_the_sd_unet_draws_the_scene(release):
     assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in scene.state_dict().items())
 
 
+@pytest.mark.slow
 def test_scene_model_from_a_single_safetensors_file(release, tmp_path):
     root, _, _ = release
     community = build_tiny_pipeline(seed=9).unet
@@ -101,6 +102,7 @@ def test_scene_model_from_a_single_safetensors_file(release, tmp_path):
     assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in community.state_dict().items())
 
 
+@pytest.mark.slow
 def test_convert_command_writes_a_loadable_folder(release, tmp_path):
     root, source, _ = release
     out = tmp_path / "face-diffuser"

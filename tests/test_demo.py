@@ -143,6 +143,7 @@ def huge_png(path: Path, side: int = 9000) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_page_names_an_oversized_or_faceless_photo_by_its_file_name(tiny_pipe, tmp_path, monkeypatch):
     gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
     from facediffuser.demo.app import make_handler
@@ -179,6 +180,7 @@ def test_a_pipeline_with_a_face_detector_checks_the_references_with_it(tiny_pipe
     assert DemoRunner(tiny_pipe, tmp_path / "out", model="tiny", face_check=False)._face_detector is None
 
 
+@pytest.mark.slow
 def test_alpha_above_beta_has_the_clis_words(runner, capsys, tmp_path):
     gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
     from facediffuser.cli.generate import GenerateConfig

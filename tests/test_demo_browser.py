@@ -26,6 +26,8 @@ from PIL import Image
 from facediffuser.io.outputs import read_parameters
 from facediffuser.io.tiny import build_tiny_pipeline
 
+pytestmark = pytest.mark.slow  # a browser and a demo server per module: minutes in all
+
 ASTRONAUT = str(resources.files("facediffuser") / "data" / "examples" / "astronaut.jpg")
 CHROMIUM = os.environ.get("FACEDIFFUSER_CHROMIUM", "/usr/bin/chromium")
 PROMPT = "a woman <|image|> on the moon"

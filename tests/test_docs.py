@@ -217,6 +217,7 @@ def test_commands_were_found():
     assert {"facediffuser", "accelerate", "hf", "pip", "python"} <= programs, programs
 
 
+@pytest.mark.slow
 def test_the_readmes_first_command_runs_as_written(tmp_path, monkeypatch):
     """The README's first ``facediffuser generate`` runs from a fresh clone, offline, on the shipped mini model; a
     checkout without the shipped weights runs it on the tiny pipeline in their place."""

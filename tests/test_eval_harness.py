@@ -81,6 +81,7 @@ def config(subjects, clip_folder, out, **changes):
     return EvaluationConfig(**values)
 
 
+@pytest.mark.slow
 def test_end_to_end_writes_every_output_and_resumes(subjects, clip_folder, tmp_path, caplog):
     out = tmp_path / "run"
     first = evaluate(config(subjects, clip_folder, out))
@@ -152,6 +153,7 @@ def test_end_to_end_writes_every_output_and_resumes(subjects, clip_folder, tmp_p
         evaluate(config(subjects, clip_folder, out, steps=3))
 
 
+@pytest.mark.slow
 def test_prompts_two_models_and_three_methods_make_one_table_with_intervals(
     subjects, clip_folder, tmp_path, monkeypatch
 ):
@@ -268,6 +270,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_work_without_duplicates_or_gaps(subjects, clip_folder, tmp_path):
     out = tmp_path / "two"
     launch = [
@@ -336,6 +339,7 @@ def test_flags_and_toml_build_the_config(tmp_path):
     assert build_config(EvaluationConfig, two).model == ["a=x/", "b=y/"]
 
 
+@pytest.mark.slow
 def test_scoring_finds_the_person_in_a_real_photo(subjects, tmp_path):
     """The scoring path on a real face: the mirrored reference photo stands in for a generated image."""
     from facediffuser.evaluation.benchmarks import load_benchmark

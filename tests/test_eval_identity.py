@@ -71,6 +71,7 @@ def test_dlib_scores_images_without_a_face_zero(dlib_backend, astronaut):
     assert dlib_backend.embed_reference([gray]) is None
 
 
+@pytest.mark.slow
 def test_dlib_multi_subject_matches_each_person_to_their_face(astronaut, grace_hopper):
     dlib_backend = build_ip_backend("dlib", options={"dlib_upsample": 0})  # both faces are large; 3x faster
     canvas = Image.new("RGB", (1024, 600), (255, 255, 255))
@@ -151,6 +152,7 @@ class ConstantBackend(IdentityBackend):
         return [Face(embedding=torch.ones(self.width))]
 
 
+@pytest.mark.slow
 def test_a_backend_registers_with_one_line_and_is_imported_only_when_built(monkeypatch):
     monkeypatch.setitem(IP_BACKENDS, "constant", f"{__name__}:ConstantBackend")
     backend = build_ip_backend("constant", options={"constant_width": 5})

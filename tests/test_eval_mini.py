@@ -259,6 +259,7 @@ def scorers(tmp_path_factory, save_tiny_world_clip):
     return root
 
 
+@pytest.mark.slow
 def test_one_image_run_writes_the_attribute_columns_and_reruns_from_the_cache(world, scorers, tmp_path):
     from facediffuser.cli.evaluate import main as evaluate_main
 

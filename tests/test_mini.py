@@ -150,6 +150,7 @@ def unet_state(folder: Path, slot: str) -> dict[str, torch.Tensor]:
     return load_file(next((folder / slot).glob("*.safetensors")))
 
 
+@pytest.mark.slow
 def test_build_runs_every_stage_through_the_trainer_and_skips_what_is_built(world, tmp_path):
     """(The SDM is trained on head references here, so its pipeline carries the world's face detector.)"""
     reset_accelerate()
@@ -193,6 +194,7 @@ def test_build_runs_every_stage_through_the_trainer_and_skips_what_is_built(worl
         B.run_stages(mini_config(out, world, recipes(tmp_path / "recipes", sdm_extra=head), seed=1))
 
 
+@pytest.mark.slow
 def test_an_interrupted_stage_resumes_from_its_checkpoint_and_from_needs_earlier_stages(world, tmp_path, monkeypatch):
     from facediffuser.training.trainer import Trainer
 
@@ -333,6 +335,7 @@ def pipeline_tensors(folder: Path) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.slow
 def test_from_sdm_starts_from_the_shipped_stages_as_the_build_would_from_them(shipped, world, tmp_path, monkeypatch):
     from facediffuser.pipeline import FaceDiffuserPipeline
 
@@ -392,6 +395,7 @@ def test_from_sdm_starts_from_the_shipped_stages_as_the_build_would_from_them(sh
     assert not (out / "tdm").exists()
 
 
+@pytest.mark.slow
 def test_from_tdm_takes_the_shipped_vae(shipped, world, tmp_path, monkeypatch):
     build, package, recipe = shipped
     monkeypatch.setattr(package_data, "data_dir", lambda: package)
@@ -427,6 +431,7 @@ def test_from_tdm_takes_the_shipped_vae(shipped, world, tmp_path, monkeypatch):
     assert B.package_source(config) == B.PackageSource(stages=("vae",), folders={"vae": interim / "mini" / "vae"})
 
 
+@pytest.mark.slow
 def test_from_tdm_on_a_world_holding_the_shipped_clip_takes_the_projects_tokenizer(
     shipped, world, tmp_path, monkeypatch
 ):
@@ -454,6 +459,7 @@ def test_from_tdm_on_a_world_holding_the_shipped_clip_takes_the_projects_tokeniz
     assert tokenizer.model_max_length == 77  # the world CLIP's positions
 
 
+@pytest.mark.slow
 def test_from_shipped_stages_refuses_other_settings_another_world_and_a_missing_model(
     shipped, world, tmp_path, monkeypatch
 ):

@@ -33,7 +33,10 @@ NEEDED = ((MINI_PIPELINE, "model_index.json"), (WORLD_CLIP, "config.json"), (WOR
 SHIPPED = all((packaged(part) / name).exists() for part, name in NEEDED)
 if not SHIPPED and os.environ.get("CI"):
     raise RuntimeError("The mini model is not in the package (src/facediffuser/data/mini/pipeline): CI must test it.")
-pytestmark = pytest.mark.skipif(not SHIPPED, reason="the mini model is not shipped in this checkout")
+pytestmark = [
+    pytest.mark.skipif(not SHIPPED, reason="the mini model is not shipped in this checkout"),
+    pytest.mark.slow,  # its fixture draws the benchmark's cases with the shipped model: about 20 s
+]
 
 PLACES = ("beach", "desert", "mountains", "forest")  # portraits: never, never, never, 5% (docs/world.md)
 COLOURS = ("yellow", "green", "red", "blue")

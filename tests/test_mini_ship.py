@@ -122,6 +122,7 @@ def test_the_tokenizer_is_stored_as_vocab_and_merges_pruned_to_the_worlds_tokens
     assert f"vocabulary: {len(loaded):,d} of 49,408 tokens kept" in report.size_table()
 
 
+@pytest.mark.slow
 def test_mini_loads_the_shipped_folder_in_float32_equal_to_the_build_within_float16_rounding(packaged_here, stand_in):
     from facediffuser.io.loading import ModelSource, check_model_source, load_pipeline, model_folder
     from facediffuser.pipeline import FaceDiffuserPipeline
@@ -286,6 +287,7 @@ def test_an_unfinished_build_is_refused_and_nothing_is_written(stand_in, tmp_pat
     assert not package.exists()
 
 
+@pytest.mark.slow
 def test_a_pipeline_over_budget_is_refused_naming_the_biggest_parts_and_the_old_one_stays(stand_in, shipped, capsys):
     build, world = stand_in
     package, report = shipped
@@ -300,6 +302,7 @@ def test_a_pipeline_over_budget_is_refused_naming_the_biggest_parts_and_the_old_
     assert not [p for p in package.rglob(".*") if p.name.startswith(".pipeline.")]  # no half folder left behind
 
 
+@pytest.mark.slow
 def test_shipping_again_replaces_the_folders_as_a_whole(stand_in, tmp_path):
     build, world = stand_in
     package = tmp_path / "package"
@@ -340,6 +343,7 @@ def test_the_benchmarks_people_ship_with_their_references(shipped, stand_in):
             assert (package / person.name / photo.path.name).read_bytes() == photo.path.read_bytes()
 
 
+@pytest.mark.slow
 def test_a_pruning_that_changes_a_world_text_is_refused_and_the_old_pipeline_stays(stand_in, shipped, monkeypatch):
     """The exactness check of the pruned text tower (mini/vocab.py) runs inside the ship, on what was written."""
     from facediffuser.io import vocab_pruning as V
@@ -382,6 +386,7 @@ def _package_state(package: Path) -> dict[str, bytes]:
     return {p.relative_to(package).as_posix(): p.read_bytes() for p in sorted(package.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_late_refusal_or_a_ctrl_c_leaves_the_old_package_whole(stand_in, tmp_path, monkeypatch):
     """Every folder is built beside its place and swapped in only once all are complete: asking for more example
     people than the world has, or a Ctrl-C while the examples are written (after the pipeline, CLIP and faces), leaves
@@ -411,6 +416,7 @@ def test_a_late_refusal_or_a_ctrl_c_leaves_the_old_package_whole(stand_in, tmp_p
     assert sorted(p.relative_to(package).as_posix() for p in package.rglob("*")) == entries  # no .new/.old left
 
 
+@pytest.mark.slow
 def test_user_files_in_the_shipped_folders_are_refused_and_kept(stand_in, tmp_path):
     build, world = stand_in
     package = tmp_path / "package"

@@ -65,6 +65,7 @@ def test_the_pruned_tokenizer_keeps_the_bytes_the_paths_and_the_special_tokens_l
     ) == (pruned.size - 2, pruned.size - 1, pruned.size - 1)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_pruned_text_encoder_equals_the_full_one_exactly_on_the_worlds_texts(full, pruned):
     counts = V.check_pruning(*full, pruned.tokenizer, pruned.text_encoder)
     assert counts["texts"] == len(V.world_texts()) > 1000 and counts["encoded"] > 200
@@ -125,6 +126,7 @@ def test_the_pruned_pair_round_trips_through_save_and_from_pretrained_and_prunes
     assert again.old_ids == list(range(pruned.size)) and again.tokenizer.get_vocab() == tokenizer.get_vocab()
 
 
+@pytest.mark.slow
 def test_an_out_of_world_word_still_tokenizes_byte_by_byte_and_encodes(full, pruned):
     tokenizer, _ = full
     assert "astronaut" not in world_words(tokenizer)

@@ -318,6 +318,7 @@ def test_writing_commands_refuse_the_current_folder(user_and_inputs, capsys, mon
     _refused_quickly(ship, capsys, user.parent, "--package-dir . is the current folder")
 
 
+@pytest.mark.slow
 def test_a_training_run_owns_what_it_writes_and_resumes_in_its_folder(tmp_path, capsys):
     from facediffuser.training.synthetic import write_synthetic_ffhq_wild
 

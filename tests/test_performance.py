@@ -186,6 +186,7 @@ def test_vae_slicing_matches_and_tiling_runs(tiny_pipe, face_image):
     assert tiled.shape == (2, 128, 128, 3) and np.isfinite(tiled).all()
 
 
+@pytest.mark.slow
 def test_compile_unets_keeps_outputs(face_image):
     def run(pipe):
         generator = torch.Generator().manual_seed(0)

@@ -192,6 +192,7 @@ def test_batch_of_prompts_with_references(tiny_pipe, face_image):
     assert np.isfinite(single.images).all()
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(tiny_pipe, face_image, tmp_path):
     tiny_pipe.save_pretrained(tmp_path)
     assert (tmp_path / "subject_fuser" / "diffusion_pytorch_model.safetensors").is_file()
@@ -209,6 +210,7 @@ def test_save_and_load_round_trip(tiny_pipe, face_image, tmp_path):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_pipeline_config_sets_the_subject_guidance_scale_a_call_leaves_out(tiny_pipe, face_image, tmp_path):
     """A pipeline whose config names a subject guidance scale draws with it when a call gives none; a call's own
     scale wins; the value travels through save_pretrained / from_pretrained; a bad one is refused on construction."""
@@ -240,6 +242,7 @@ def tiny_face_detector(threshold: float = 0.0):
     return FaceDetector(channels=(8, 8, 8), threshold=threshold).eval()
 
 
+@pytest.mark.slow
 def test_a_face_detector_cuts_every_reference_to_its_face(tiny_pipe, face_image, tmp_path):
     """With a face_detector, the pipeline draws what it draws from the photo's most confident face, cut square; the
     detector travels through save_pretrained / from_pretrained; without one, photos are encoded as given."""

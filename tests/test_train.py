@@ -58,6 +58,7 @@ def read_metrics(out: Path) -> dict[str, list[float]]:
     return rows
 
 
+@pytest.mark.slow
 def test_sdm_trains_checkpoints_validates_and_exports_a_loadable_pipeline(data_root, tmp_path, face_image):
     out = tmp_path / "sdm"
     config = tiny_config(
@@ -146,6 +147,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(data_root, tmp_path, k
     assert all(not p.requires_grad for p in trainer.text_encoder.parameters())
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_run(data_root, tmp_path):
     common = dict(
         train_batch_size=1,
@@ -182,6 +184,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data_root, tmp_path)
     assert whole.lr_scheduler.get_last_lr() == resumed.lr_scheduler.get_last_lr()  # the same schedule arithmetic
 
 
+@pytest.mark.slow
 def test_tdm_run_exports_the_scene_unet_and_keeps_the_base_subject_model(data_root, tmp_path):
     out = Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "tdm", max_train_steps=3, logging_steps=5)).train()
     with (out / "logs" / "metrics.csv").open() as f:
@@ -220,6 +223,7 @@ def test_min_snr_weighting_changes_the_loss_by_the_timesteps_weights(data_root, 
         tiny_config(data_root, tmp_path / "bad", snr_gamma=0.0)
 
 
+@pytest.mark.slow
 def test_head_loss_weight_weighs_the_heads_of_the_batch(data_root, tmp_path, monkeypatch):
     """With ``head_loss_weight`` the SDM's denoising loss weighs each latent cell by 1 + the weight times the share of
     it the people's heads cover; 0 (the recipe's) reads no head masks; a data set without head boxes is refused."""
@@ -270,6 +274,7 @@ def test_head_loss_weight_weighs_the_heads_of_the_batch(data_root, tmp_path, mon
     )
 
 
+@pytest.mark.slow
 def test_reference_colour_augmentation_comes_from_the_config(data_root, tmp_path):
     """The SDM's references are colour-jittered and greyed as the config says (the recipe's 0.5 / 10% by default; the
     mini recipe keeps the world's colours); validation references are never augmented."""
@@ -306,6 +311,7 @@ def test_reference_colour_augmentation_comes_from_the_config(data_root, tmp_path
         Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "other", other_image_reference_prob=0.5))
 
 
+@pytest.mark.slow
 def test_fuser_learning_rate_is_its_own_parameter_group(data_root, tmp_path):
     """With ``fuser_learning_rate`` the SDM's fuser moves at its own rate: Adam's first step moves each parameter by
     about its group's rate (g / (|g| + eps)), so the largest move of the fuser and of the rest tell the two rates
@@ -348,6 +354,7 @@ def test_fuser_learning_rate_is_its_own_parameter_group(data_root, tmp_path):
             tiny_config(data_root, tmp_path / "bad", fuser_learning_rate=bad)
 
 
+@pytest.mark.slow
 def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
     out = tmp_path / "run"
     Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=1, checkpointing_steps=1)).train()
@@ -367,6 +374,7 @@ def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
         Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=2)).train()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_whose_pickles_could_run_code(data_root, tmp_path, pickled_call):
     out = tmp_path / "run"
     config = dict(checkpointing_steps=1, use_ema=True)
@@ -487,6 +495,7 @@ def test_shipped_training_configs_are_valid():
         assert config.max_train_steps >= 1, path
 
 
+@pytest.mark.slow
 def test_training_from_a_pipeline_folder(data_root, tmp_path):
     base_dir = tmp_path / "base"
     build_tiny_pipeline(seed=3).save_pretrained(base_dir, safe_serialization=True)
@@ -553,6 +562,7 @@ def test_validation_images_take_the_sampling_settings():
         TrainConfig(data_root=Path("d"), validation_inference_steps=0)
 
 
+@pytest.mark.slow
 def test_the_training_package_loads_no_trainer_until_asked(tmp_path):
     """`facediffuser.cli.train` (and so `facediffuser generate`, which registers it) loads the settings only."""
     import subprocess

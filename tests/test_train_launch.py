@@ -63,6 +63,7 @@ def _allocate(mode: str, **env: str) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_cpu_training_keeps_freed_large_blocks_on_the_heap():
     if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"):
         pytest.skip("needs glibc 2.33 or newer (mallinfo2)")

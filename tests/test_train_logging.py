@@ -35,6 +35,7 @@ def test_tensorboard_is_accelerates_own_tracker_when_installed(tmp_path):
     assert tracking.trackers(LogBackend.AUTO, tmp_path) == ["tensorboard"]
 
 
+@pytest.mark.slow
 def test_a_run_logs_scalars_and_the_validation_grid_to_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
     from accelerate.state import AcceleratorState, GradientState

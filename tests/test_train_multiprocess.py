@@ -18,6 +18,8 @@ import torch
 from facediffuser.pipeline import FaceDiffuserPipeline
 from facediffuser.training.synthetic import write_synthetic_ffhq_wild
 
+pytestmark = pytest.mark.slow  # accelerate launches of two training processes: about a minute
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # 8 images, 1 per process and micro-batch, 2 processes: 4 optimizer steps per epoch. The whole run takes 6 steps; the

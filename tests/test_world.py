@@ -122,6 +122,7 @@ def test_written_data_follows_the_ffhq_wild_layout_and_its_captions(world):
             assert not any(word in caption.split() for word in feature_words), caption
 
 
+@pytest.mark.slow
 def test_written_data_trains_through_the_trainer(world, tmp_path):
     from facediffuser.training.config import ModelKind, TrainConfig
     from facediffuser.training.trainer import Trainer
@@ -147,6 +148,7 @@ def test_written_data_trains_through_the_trainer(world, tmp_path):
         assert "loss" in rows
 
 
+@pytest.mark.slow
 def test_clip_trains_saves_and_loads_as_a_transformers_folder(world, tmp_path):
     from transformers import CLIPModel, CLIPTextModel, CLIPVisionModelWithProjection
 

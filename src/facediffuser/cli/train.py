@@ -1,4 +1,5 @@
 """``facediffuser train sdm|tdm``: train the subject-augmented or the text-driven model.
+``facediffuser train export``: a pipeline folder from one checkpoint of a run, with its EMA or its raw weights.
 
 Flags come from :class:`~facediffuser.training.TrainConfig`; ``--config run.toml`` supplies any of them (keys are
 the field names), and flags given on the command line win. Under several processes, launch the module with
@@ -17,13 +18,39 @@ from pathlib import Path
 from ..io.configuration import add_dataclass_arguments, build_config
 from ..training.config import ModelKind, TrainConfig, check_output_dir
 
-HELP = "train the SDM (subject model) or the TDM (scene model) on FFHQ-wild data"
+HELP = "train the SDM (subject model) or the TDM (scene model) on FFHQ-wild data, or export a checkpoint"
+MODEL_HELP = {
+    ModelKind.SDM.value: "train the SDM (subject-augmented model) on FFHQ-wild data",
+    ModelKind.TDM.value: "train the TDM (text-driven scene model) on FFHQ-wild data",
+}
+EXPORT_HELP = (
+    "write a pipeline folder from one checkpoint of a training run, with the weights its own export ships (the EMA "
+    "when the run kept one) or the raw weights the optimizer trained; the run folder is only read"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", choices=[k.value for k in ModelKind], help="which model to train")
+    """The flags of ``train sdm`` and ``train tdm``."""
     parser.add_argument("--config", type=Path, default=None, help="TOML file of settings (flags override it)")
     add_dataclass_arguments(parser, TrainConfig)
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", type=Path, required=True, help="the --output-dir of a `facediffuser train` run")
+    parser.add_argument("--step", type=int, required=True, help="the step of the checkpoint to export")
+    parser.add_argument(
+        "--weights",
+        choices=("ema", "raw"),
+        default="ema",
+        help="ema (default): what the run ships, its moving average when it kept one; raw: the optimizer's weights",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="the pipeline folder to write (a new folder)")
+    parser.add_argument(
+        "--face-detector",
+        type=Path,
+        default=None,
+        help="for an SDM trained on head references: a face detector folder (default: the run's own face_detector)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,10 +65,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    from ..training.checkpoint_export import export_checkpoint  # checks everything before a model loads
+
+    out = export_checkpoint(args.run, args.step, args.out, weights=args.weights, face_detector=args.face_detector)
+    logging.getLogger(__name__).info("Done: load the model with FaceDiffuserPipeline.from_pretrained(%r).", str(out))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=HELP)
-    add_arguments(parser)
-    parser.set_defaults(func=run)
+    actions = parser.add_subparsers(dest="model", required=True, metavar="{sdm,tdm,export}")
+    for kind in ModelKind:
+        model = actions.add_parser(kind.value, help=MODEL_HELP[kind.value], description=MODEL_HELP[kind.value])
+        add_arguments(model)
+        model.set_defaults(func=run)
+    export = actions.add_parser("export", help=EXPORT_HELP, description=EXPORT_HELP)
+    add_export_arguments(export)
+    export.set_defaults(func=run_export)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,3 +38,23 @@ def export_pipeline(
     base.save_pretrained(output_dir, safe_serialization=True)
     logger.info("Wrote the trained pipeline to %s", output_dir)
     return output_dir
+
+
+def attach_face_detector(pipeline: Path, detector: Path) -> None:
+    """Makes the pipeline folder ``pipeline`` cut its references to faces: ``detector`` (a folder of
+    ``FaceDetector.save_pretrained``) is copied in as its ``face_detector`` component, for an SDM trained on head
+    references (``reference_region = "head"``), which must read head crops at test too. Idempotent."""
+    import json
+    import shutil
+
+    from ..io.files import read_json
+    from ..models import FaceDetector
+
+    index_file = pipeline / "model_index.json"
+    index = read_json(index_file, dict, "a model index")
+    target = pipeline / "face_detector"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(detector, target)
+    index["face_detector"] = [FaceDetector.__module__, FaceDetector.__name__]
+    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")

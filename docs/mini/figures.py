@@ -4,7 +4,9 @@
   the defaults), each shown at 128 px (nearest-neighbour, so the model's 32 px stay visible);
 - ``seeds.png``: the same prompt and person, seeds 0-3 at the default alpha (top row), then at alpha 0.1 (bottom).
 
-    PYTHONPATH=src python benchmarks/mini_readme_figures.py --out docs/mini
+    PYTHONPATH=src python docs/mini/figures.py --out docs/mini
+
+It lives beside the pictures it draws: rerun it when the shipped model or the README's command changes.
 """
 
 from __future__ import annotations
@@ -51,17 +53,19 @@ def grid(rows: list[list[Image.Image]], side: int = 96) -> Image.Image:
     return canvas
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder for example.png and seeds.png")
     parser.add_argument("--model", default="mini")
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the sampling default)")
+    args = parser.parse_args(argv)
     pipe = load_pipeline(args.model, device="cpu", dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     photos = [load_image(p) for p in list_image_files(packaged(MINI_EXAMPLES) / PERSON)]
     args.out.mkdir(parents=True, exist_ok=True)
-    strip([*photos, draw(pipe, photos, 0)], extra_gap_before=len(photos)).save(args.out / "example.png")
-    rows = [[draw(pipe, photos, seed, **kwargs) for seed in range(4)] for kwargs in ({}, {"alpha": 0.1})]
+    steps = {} if args.steps is None else {"num_inference_steps": args.steps}
+    strip([*photos, draw(pipe, photos, 0, **steps)], extra_gap_before=len(photos)).save(args.out / "example.png")
+    rows = [[draw(pipe, photos, seed, **kwargs) for seed in range(4)] for kwargs in (steps, {**steps, "alpha": 0.1})]
     grid(rows).save(args.out / "seeds.png")
     print(f"wrote {args.out / 'example.png'} and {args.out / 'seeds.png'}")
 
