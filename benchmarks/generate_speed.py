@@ -1,6 +1,6 @@
 """How long `facediffuser generate` takes, from a fresh process to the PNG on disk, and where the seconds go.
 
-Issue 13's speed target: a fresh clone, the README's install, then the README's main command writes a PNG on 2 CPU
+The speed target: a fresh clone, the README's install, then the README's main command writes a PNG on 2 CPU
 cores in under 10 seconds, model load included (the goal beyond that: 2 seconds). Each round runs, one after the
 other, in fresh processes:
 

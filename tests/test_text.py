@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 THIS = Path(__file__).resolve().relative_to(ROOT).as_posix()  # this file spells out the words it looks for
 
 # Vendored data: CLIP's byte-pair vocabulary holds every English word, "session" and "#1" among them.
-VENDORED = re.compile(r"(^|/)tokenizer/(vocab\.json|merges\.txt)$")
+VENDORED = re.compile(r"tokenizer/(vocab\.json|merges\.txt)$")
 
 RULES = {
     "issue number": re.compile(

@@ -9,7 +9,7 @@ installation's own data folder, shipped into before that record existed, is the 
   the tokenizer as ``vocab.json`` + ``merges.txt``; its text tower pruned to the world's vocabulary
   (:mod:`facediffuser.lab.mini.vocab`: the tokens of the world's texts and the bytes, 701 of CLIP's 49,408 for the
   present world; the world's texts must give exactly the same text features, else nothing is shipped); at most
-  ``max_mib`` (40 MiB, issue 13) in all, else refused;
+  ``max_mib`` (40 MiB, the budget) in all, else refused;
 - ``mini/stages``: the build's stage markers (``stages/*.json``: each stage's settings and wall time), and the
   package's own markers of the stages the build took from it (``--from``), so that ``facediffuser mini build --from
   STAGE`` can start from the shipped stages with the settings they were built with;
@@ -43,7 +43,7 @@ from ...io.files import read_json, read_stage_marker
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_BUDGET_MIB = 40.0  # issue 13: the mini pipeline's weights, at most 40 MB in all
+PIPELINE_BUDGET_MIB = 40.0  # the budget of the mini pipeline's weights: at most 40 MB in all
 EXAMPLE_PEOPLE = 8
 # Looks that make the examples varied (world.json "people" fields); the first is balanced between the people.
 LOOKS = ("gender", "skin", "hair_colour", "hair_style", "glasses", "facial_hair", "face_shape")
@@ -69,7 +69,7 @@ class ShipConfig:
         default=None, metadata=_f("data folder to write into (default: this installation's facediffuser/data)")
     )
     max_mib: float = field(
-        default=PIPELINE_BUDGET_MIB, metadata=_f("largest size of the shipped pipeline folder, in MiB (issue 13)")
+        default=PIPELINE_BUDGET_MIB, metadata=_f("largest size of the shipped pipeline folder, in MiB")
     )
     people: int = field(default=EXAMPLE_PEOPLE, metadata=_f("held-out people to ship as example references"))
     subject_guidance_scale: float | None = field(
