@@ -31,7 +31,7 @@ VENDORED = re.compile(r"tokenizer/(vocab\.json|merges\.txt)$")
 
 RULES = {
     "issue number": re.compile(
-        r"(?i)\bissues?\s+#?\d+|(?<![&\w/])#\d+\b|\b(?:this|the|next|previous|an earlier|a later) issue\b"
+        r"(?i)\bissues?[\s-]+#?\d+|(?<![&\w/])#\d+\b|\b(?:this|the|next|previous|an earlier|a later) issue\b"
     ),
     "working-day chronology": re.compile(r"(?i)\bsessions?\b"),
     "build-machine path": re.compile(r"(?<![\w.~-])/(?:work|root)/|(?<![\w.~-])/(?:home|Users)/[\w.-]+/"),
@@ -95,6 +95,7 @@ def test_tracked_text_has_no(rule):
         ("issue number", "Issue 13 trains a mini model"),
         ("issue number", "## `facediffuser generate` (issues 8 and 11)"),
         ("issue number", "fixed in #12"),
+        ("issue number", "[generate](#facediffuser-generate-issues-8-and-11)"),
         ("issue number", "The next issue trains it"),
         ("working-day chronology", "the tenth session's run"),
         ("working-day chronology", "budgets split across sessions"),
