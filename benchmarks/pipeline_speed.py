@@ -5,7 +5,7 @@ text encoder, the VAE and the scheduler of the ``FaceDiffuserPipeline``), with t
 rounds. For each configuration it prints:
 
 * median seconds per image of each pipeline, and the Face-diffuser / SD ratio beside the UNet-evaluation ratio of
-  the stage schedule (``facediffuser.fusion.unet_evaluations_per_image``);
+  the stage schedule (``facediffuser.fusion.unet_evaluations_per_image``; docs/method.md, Cost per image);
 * the fraction of the time spent outside the UNets (the UNet forwards are timed with hooks);
 * peak memory: the weights each pipeline needs (distinct tensors) plus the activation peak of a call;
 * what the switches cost or save: the noise fusion per step, SDPA against the classic attention processor, VAE

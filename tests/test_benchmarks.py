@@ -64,7 +64,7 @@ def test_pipeline_speed_runs_on_tiny_components(pipeline_speed, capsys):
     }
     assert rows["FD text"][4] == "10" and rows["FD null"][4] == "13"  # (2) + (2+2) + 2*(2) and (2) + (2+3) + 2*(3)
     assert "SNF:" in out and "VAE decode" in out
-    assert "ratios at T=50, alpha 0.3 beta 0.6: text 1.30x, null 1.65x" in out  # the stage schedule's UNet calls
+    assert "ratios at T=50, alpha 0.3 beta 0.6: text 1.30x, null 1.65x" in out  # docs/method.md, Cost per image
 
 
 def test_flags_default_to_the_sampling_settings(pipeline_speed):

@@ -56,7 +56,7 @@ def test_generate_writes_png_with_parameters_and_masks(tmp_path):
     params = json.loads(image.text["parameters"])
     assert params["prompt"] == "a woman <|image|> on the moon" and params["seed"] == 7
     assert params["alpha"] == 0.2 and params["num_inference_steps"] == 5
-    # What was used, in the form the flags take back (issue 11): not "DDIMScheduler", "auto" or null.
+    # What was used, in the form the flags take back: not "DDIMScheduler", "auto" or null.
     assert params["scheduler"] == "ddim" and params["device"] == "cpu" and params["dtype"] == "float32"
     assert params["height"] == 64 and params["width"] == 48
     # The reference by file name and pixel hash only: a shared image must not tell where its author keeps photos.
@@ -293,7 +293,7 @@ def _env() -> dict:
 
 @pytest.mark.slow
 def test_generate_help_imports_no_training_or_evaluation_module():
-    # Issue 8: the CLI imported every sub-command, and so the trainer and the evaluation harness.
+    # Importing every sub-command would import the trainer and the evaluation harness for a --help.
     script = (
         "import sys\n"
         "from facediffuser.cli.main import main\n"

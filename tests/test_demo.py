@@ -444,7 +444,7 @@ def test_page_handler_turns_request_errors_into_readable_messages(runner, tmp_pa
     assert seed == "5" and len(images) == len(masks) == len(files) == 1
 
     def broken(*args, **kwargs):
-        raise RuntimeError("CUDA error at /home/someone/secret/path.py:12")
+        raise RuntimeError("CUDA error at /opt/someone/secret/path.py:12")
 
     runner.run = broken  # an unexpected failure: one line on the page, the details only in the server's log
     with pytest.raises(gr.Error) as err:

@@ -157,7 +157,7 @@ def test_end_to_end_writes_every_output_and_resumes(subjects, clip_folder, tmp_p
 def test_prompts_two_models_and_three_methods_make_one_table_with_intervals(
     subjects, clip_folder, tmp_path, monkeypatch
 ):
-    """The issue's 'done when': --prompts, two models saved with save_pretrained, three methods, one table; a rerun
+    """The harness end to end: --prompts, two models saved with save_pretrained, three methods, one table; a rerun
     scores nothing twice."""
     for seed, name in ((0, "alpha-model"), (1, "beta-model")):
         build_tiny_pipeline(seed).save_pretrained(tmp_path / name)

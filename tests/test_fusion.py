@@ -25,7 +25,7 @@ from facediffuser.settings import SamplingSettings
 
 
 def test_stage_counts_match_reference_table():
-    # REFERENCE section 8: T = 50, alpha = 0.3, beta = 0.6 -> 15 / 15 / 20 steps.
+    # docs/method.md, Cost per image: T = 50, alpha = 0.3, beta = 0.6 -> 15 / 15 / 20 steps.
     schedule = stage_schedule(50, 0.3, 0.6)
     assert [schedule.count(s) for s in Stage] == [15, 15, 20]
     assert schedule[14] is Stage.TEXT and schedule[15] is Stage.FUSION and schedule[30] is Stage.SUBJECT
@@ -159,7 +159,7 @@ def test_guidance_refuses_the_wrong_number_of_chunks():
 
 
 def test_unet_evaluations_match_reference_table():
-    # REFERENCE section 8, T = 50 with the default fractions (15 / 15 / 20 steps): plain SD takes 100 evaluations.
+    # docs/method.md, Cost per image: T = 50, default fractions (15 / 15 / 20 steps): plain SD takes 100 evaluations.
     defaults = SamplingSettings()
     stages = stage_schedule(50, defaults.alpha, defaults.beta)
     assert unet_evaluations_per_image(stages, "text") == 130

@@ -54,7 +54,7 @@ def png_header_only(width: int, height: int, bit_depth: int, colour_type: int) -
     [(10000, 10000, 16, 0), (12000, 12000, 8, 0), (6000, 6000, 8, 2)],  # 16-bit gray, 8-bit gray, RGB
 )
 def test_a_small_file_of_huge_dimensions_is_refused_from_its_header(tmp_path, width, height, bit_depth, colour_type):
-    # Issue 11: a 190 KB 16-bit 10000x10000 PNG took 3.2 GB. The header alone must decide: this file's pixel data is
+    # A 190 KB 16-bit 10000x10000 PNG would take 3.2 GB. The header alone must decide: this file's pixel data is
     # a stub, so an attempt to decode it would fail as "truncated" instead of "too large".
     path = tmp_path / "huge.png"
     path.write_bytes(png_header_only(width, height, bit_depth, colour_type))

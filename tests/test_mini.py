@@ -214,7 +214,7 @@ def test_an_interrupted_stage_resumes_from_its_checkpoint_and_from_needs_earlier
 
     def save_then_stop(self):
         original(self)
-        raise KeyboardInterrupt  # the session ends right after the first checkpoint of the TDM
+        raise KeyboardInterrupt  # the run is cut right after the first checkpoint of the TDM
 
     reset_accelerate()
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_stop)

@@ -1,4 +1,4 @@
-"""The shipped mini model draws the person of the reference in the scene of the prompt (issue 13's CI test).
+"""The shipped mini model draws the person of the reference in the scene of the prompt (its CI test).
 
 One seeded image for each of the first six example people of the package (``data/examples/mini``: held-out people
 of the world, never seen in training), each in a place that the SDM's training data (``portraits``) never or rarely
@@ -9,8 +9,8 @@ ships:
   :data:`PLACE_MIN` of the images.
 * **identity:** per image, the recognizer's cosine similarity between the image's largest face and the right
   person's references, minus the mean of its similarities to the other example people's references; its mean over
-  the images must reach :data:`IDENTITY_MARGIN`. (The SDMs shipped before the head-reference one did not: theirs
-  was a strict ``xfail`` until the fifth session's model passed it; docs/mini.md.)
+  the images must reach :data:`IDENTITY_MARGIN`. (SDMs trained on whole-person references do not pass it:
+  docs/mini-findings.md.)
 
 The bounds were set from the mini benchmark's run (``docs/mini.md``: other prompts and 20 other people), not from
 these images. Across CPUs the images differ in their last bits (float32 kernels), far below what moves these
@@ -42,7 +42,7 @@ PLACES = ("beach", "desert", "mountains", "forest")  # portraits: never, never, 
 COLOURS = ("yellow", "green", "red", "blue")
 # The mini benchmark (docs/mini.md, Face-diffuser 0.3/0.6, 60 cases of 20 other people): the place was right in
 # PLACE_MEASURED of its images; the bound leaves two of the six images here to chance.
-PLACE_MEASURED = 0.95  # the 6,000-step SDM (tenth session); 0.967 with the fifth session's, 1.0 before it
+PLACE_MEASURED = 0.95  # the shipped 6,000-step SDM; 0.967 with the 3,500-step one
 PEOPLE = 6  # 50 steps each: about 4 s an image on 2 CPU cores, so the module stays under a minute
 PLACE_MIN = 4  # of the PEOPLE images
 # A modest bar set by hand, not from any images: a tenth of the cosine scale. (The world's recognizer tells renders

@@ -108,7 +108,7 @@ class CountingUNet(torch.nn.Module):
             return getattr(self.inner, name)
 
 
-# REFERENCE section 8: (TDM, SDM) UNet evaluations per image and step of each stage.
+# docs/method.md, Cost per image: (TDM, SDM) UNet evaluations per image and step of each stage.
 @pytest.mark.parametrize(
     "base,per_step", [("text", {1: (2, 0), 2: (2, 2), 3: (0, 2)}), ("null", {1: (2, 0), 2: (2, 3), 3: (0, 3)})]
 )
@@ -135,7 +135,7 @@ def test_unet_evaluations_per_stage(tiny_pipe, face_image, base, per_step):
     assert len(sdm.calls) == sum(1 for s in stages if per_step[s][1])
     assert sum(rows for _, rows in tdm.calls) == sum(per_step[s][0] for s in stages)
     assert sum(rows for _, rows in sdm.calls) == sum(per_step[s][1] for s in stages)
-    # REFERENCE section 8 at T = 50: 130 (text) or 165 (null) evaluations.
+    # docs/method.md, Cost per image at T = 50: 130 (text) or 165 (null) evaluations.
     total_50 = sum(sum(per_step[s]) for s in [Stage.TEXT] * 15 + [Stage.FUSION] * 15 + [Stage.SUBJECT] * 20)
     assert total_50 == {"text": 130, "null": 165}[base]
     # ... and the pipeline calls its UNets as often as that table says.

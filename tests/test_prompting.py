@@ -65,7 +65,7 @@ def test_placeholder_lost_to_truncation_is_an_error(tokenizer):
     "prompt", ["a man <|image|><|image|>", "a man <|image|> <|image|>", "a man <|image|>, <|image|> at sea"]
 )
 def test_adjacent_placeholders_are_refused_with_what_to_write(tokenizer, prompt):
-    # Issue 11: both photos landed on "man", and the second overwrote the first, with exit 0.
+    # Without the refusal both photos would land on "man", the second overwriting the first, with exit 0.
     with pytest.raises(ValueError, match="no word between them") as caught:
         tokenize_prompt(tokenizer, prompt)
     assert "a man <|image|> and a woman <|image|>" in str(caught.value)

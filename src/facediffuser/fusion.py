@@ -76,7 +76,7 @@ def stage_boundaries(num_steps: int, alpha: float, beta: float) -> tuple[int, in
     (``floor`` forgives float error: ``0.29 * 100`` counts as 29.)
 
     Example: ``T = 50`` with :class:`~facediffuser.settings.SamplingSettings`' default fractions (the paper's
-    Fig. 8) gives 15 / 15 / 20 steps (REFERENCE section 8).
+    Fig. 8) gives 15 / 15 / 20 steps (docs/method.md, Cost per image).
     ``alpha = beta = 1`` is the TDM alone (plain Stable Diffusion); ``alpha = beta = 0`` the SDM alone.
     """
     check_stage_fractions(alpha, beta)
@@ -187,7 +187,7 @@ def unet_evaluations(stage: Stage, base: SubjectGuidanceBase | str) -> tuple[int
 def unet_evaluations_per_image(stages: Sequence[Stage], base: SubjectGuidanceBase | str) -> int:
     """UNet evaluations of both models per image over a stage schedule (plain SD with CFG: ``2 * T``).
 
-    REFERENCE section 8: at ``T = 50`` with 15 / 15 / 20 steps, 130 with the release's base and 165 with eq. 2.
+    docs/method.md, Cost per image: ``T = 50`` with 15 / 15 / 20 steps, 130 with the release's base and 165 with eq. 2.
     """
     return sum(sum(unet_evaluations(stage, base)) for stage in stages)
 

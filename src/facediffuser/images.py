@@ -160,8 +160,8 @@ def clip_preprocess(
 ) -> torch.Tensor:
     """CLIP input for the subject encoder: ``(N, 3, H, W)`` in ``[0, 1]`` -> ``(N, 3, size, size)``.
 
-    A bilinear, antialiased resize to ``size x size`` then CLIP normalization (REFERENCE section 1). The photo is not
-    cropped: give face crops that are roughly square.
+    A bilinear, antialiased resize to ``size x size`` then CLIP normalization (docs/method.md, The two models). The
+    photo is not cropped: give face crops that are roughly square.
     """
     x = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -3,7 +3,8 @@
 A prompt names each person with a class noun followed by a placeholder, ``"a man <|image|> and a woman <|image|>"``.
 Tokenization removes the placeholders from the token ids and marks the token just before each one (the class noun);
 the ``k``-th marked token receives the ``k``-th person's reference embedding. The ids are exactly those of the prompt
-with the placeholders removed, so the TDM and the SDM read the same text (REFERENCE sections 1-2).
+with the placeholders removed, so the TDM and the SDM read the same text (docs/method.md,
+The two models and Guidance responses).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ MAX_GUIDANCE_SCALE = 3.4028234663852886e38
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
-    """How one Face-diffuser sample is drawn (paper Sec. 3.2.3 and 3.3; REFERENCE sections 2-4).
+    """How one Face-diffuser sample is drawn (paper Sec. 3.2.3 and 3.3; eqs. 1-5, docs/method.md).
 
     Defaults are the paper's and the release's: ``T = 50`` steps, ``alpha = 0.3``, ``beta = 0.6`` (Fig. 8) and
     ``w = 5`` for both models.

@@ -1,5 +1,6 @@
 """Evaluation: the paper's identity-preservation (IP) and prompt-consistency (PC) scores, its benchmarks, and a
-harness that compares the TDM, the SDM and Face-diffuser on them (REFERENCE section 6, ``docs/evaluation.md``)."""
+harness that compares the TDM, the SDM and Face-diffuser on them (paper Sec. 4.1, FastComposer's protocol;
+``docs/evaluation.md``)."""
 
 from .benchmarks import (
     BENCHMARKS,

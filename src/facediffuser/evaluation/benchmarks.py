@@ -262,7 +262,7 @@ def ffhq_case(root: Path, image_id: str, placeholder: str = DEFAULT_PLACEHOLDER)
     BenchmarkDefaults(data_hint="the FFHQ-wild dataset root (image_ids_test.txt, <id[:5]>/<id>.jpg|.json)"),
 )
 def ffhq_wild_benchmark(source: Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Benchmark:
-    """The FFHQ-wild test split at ``source`` (the layout of REFERENCE section 5); images without people skipped."""
+    """The FFHQ-wild test split at ``source`` (docs/method.md, Training data); images without people skipped."""
     ids_file = source / "image_ids_test.txt"
     if not ids_file.is_file():
         raise FileNotFoundError(

@@ -1,8 +1,9 @@
 """Prompt consistency (PC): the cosine similarity of CLIP image and text features.
 
 Images are resized so that their short side is the model's input size (bicubic), centre-cropped to a square and
-CLIP-normalized, the preprocessing of the original CLIP release (REFERENCE section 6). It is written here with PIL and
-torch so that it does not depend on an image-processor backend. The text is the prompt with its placeholders removed.
+CLIP-normalized, the preprocessing of the original CLIP release (paper Sec. 4.1, FastComposer's protocol). It is
+written here with PIL and torch so that it does not depend on an image-processor backend.
+The text is the prompt with its placeholders removed.
 """
 
 from __future__ import annotations

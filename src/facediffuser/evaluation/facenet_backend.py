@@ -25,7 +25,7 @@ from .identity import Face, IdentityBackend
 
 logger = logging.getLogger(__name__)
 
-# REFERENCE section 6 (FastComposer's protocol).
+# The identity score of paper Sec. 4.1 (FastComposer's protocol; docs/method.md, Evaluation).
 MTCNN_SETTINGS = {
     "image_size": 160,
     "margin": 0,

@@ -2,9 +2,10 @@
 run with one of the models of the evaluation.
 
 All three methods are the same :class:`~facediffuser.FaceDiffuserPipeline` with different stage fractions
-(REFERENCE section 3): ``alpha = beta = 1`` leaves only stage I (the TDM, plain Stable Diffusion), ``alpha = beta = 0``
-only stage III (the SDM). A model is a pipeline folder (or hub id, ``mini``, ``tiny``) with a short name; a FastComposer
-checkpoint converted to a pipeline and run as ``sdm`` is FastComposer's row of Table 1.
+(paper Sec. 3.3 and its appendix algorithm): ``alpha = beta = 1`` leaves only stage I (the TDM, plain Stable
+Diffusion), ``alpha = beta = 0`` only stage III (the SDM). A model is a pipeline folder (or hub id, ``mini``,
+``tiny``) with a short name; a FastComposer checkpoint converted to a pipeline and run as ``sdm`` is FastComposer's
+row of Table 1.
 
 Method specs: ``tdm``, ``sdm``, ``face-diffuser`` (the default ``alpha``/``beta`` of
 :class:`~facediffuser.settings.SamplingSettings`), ``face-diffuser:ALPHA:BETA``; a method that runs the SDM may end in

@@ -1,4 +1,4 @@
-"""The paper's two scores as pure functions over embeddings (REFERENCE section 6, FastComposer's protocol).
+"""The paper's two scores as pure functions over embeddings (paper Sec. 4.1, FastComposer's protocol).
 
 * **IP (identity preservation)**: the cosine similarity of face embeddings, clipped at 0. A generated image with no
   face scores 0. With several people, generated faces and references are paired by greedy matching and the image

@@ -1,8 +1,8 @@
 """Importing the released Face-diffuser (and FastComposer) checkpoints into a pipeline folder of safetensors.
 
 Each release file is one ``pytorch_model.bin``: the pickled ``state_dict`` of the whole training wrapper
-(REFERENCE section 7). It is read with ``torch.load(weights_only=True)``, which refuses any pickled code, and split by
-key prefix:
+(docs/method.md, Checkpoint layouts). It is read with ``torch.load(weights_only=True)``, which refuses any pickled
+code, and split by key prefix:
 
 * ``unet.*`` of the SDM file -> ``subject_unet``; ``unet.*`` of the TDM file -> ``unet``
 * ``text_encoder.{embeddings,encoder,final_layer_norm}.*`` -> ``text_encoder`` (the CLIP text transformer)

@@ -1,4 +1,5 @@
-"""The FFHQ-wild layout as released for FastComposer (``mit-han-lab/ffhq-fastcomposer``, REFERENCE section 5).
+"""The FFHQ-wild layout as released for FastComposer (``mit-han-lab/ffhq-fastcomposer``;
+docs/method.md, Training data).
 
 File-format helpers shared by the training reader (:mod:`facediffuser.training.data`) and the ``ffhq-wild``
 evaluation benchmark (:mod:`facediffuser.evaluation.benchmarks`)::

@@ -1,7 +1,7 @@
 """The subject fuser of the SDM: it writes a reference face into the class-noun token of the prompt.
 
 For a marked token embedding ``t`` and the subject embedding ``o`` of its reference image(s)
-(REFERENCE section 1, after FastComposer's post-fuse module)::
+(docs/method.md, The two models, after FastComposer's post-fuse module)::
 
     MLP(x)  = fc2(GELU(fc1(LayerNorm(x))))          (+ x when residual)
     h       = mlp1(concat(t, o)) + t                 mlp1: 2D -> D -> D, no residual

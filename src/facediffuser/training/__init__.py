@@ -1,4 +1,4 @@
-"""Training the two models of Face-diffuser on FFHQ-wild data (REFERENCE section 5).
+"""Training the two models of Face-diffuser on FFHQ-wild data (paper Sec. 4.1; docs/method.md, Training).
 
 Importing this package loads only the settings (:mod:`.config`); the trainer, the data reader and the losses load
 on first use (``from facediffuser.training import Trainer``), so a command that only parses flags never pays for

@@ -12,7 +12,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
 
-# The cross-attention layers of the localization loss (REFERENCE section 5).
+# The cross-attention layers of the localization loss (paper Sec. 4.1; docs/method.md, Training).
 LOCALIZATION_LAYERS = ("down_blocks.1", "down_blocks.2", "mid_block", "up_blocks.1", "up_blocks.2")
 
 

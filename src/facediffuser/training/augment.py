@@ -1,6 +1,6 @@
 """Image geometry and augmentations for training, in PIL and torch only (no torchvision).
 
-Two pipelines (REFERENCE section 5):
+Two pipelines (paper Sec. 4.1; docs/method.md, Training):
 
 - the **target** image and its segmentation map share one geometry: the short side resized to the training
   resolution, a random horizontal flip, then a centre crop (or a pad when a side falls short);
@@ -205,7 +205,7 @@ def elastic(x: torch.Tensor, alpha: float, sigma: float, generator: torch.Genera
 
 @dataclass(frozen=True)
 class ReferenceAugmentation:
-    """The reference-crop augmentations of FastComposer's recipe (REFERENCE section 5), with their probabilities.
+    """The reference-crop augmentations of FastComposer's recipe (docs/method.md, Training), with probabilities.
 
     Blur and elastic strengths are fractions of the output side, so a 224 px crop gets a blur sigma in
     ``[0.1, 2]`` px and an elastic warp of alpha 50 px / sigma 5 px (the usual defaults), and smaller encoders get

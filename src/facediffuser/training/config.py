@@ -47,7 +47,7 @@ def _f(help_text: str, **extra) -> dict:
 
 @dataclass
 class TrainConfig:
-    """Settings of one training run. Defaults follow the released recipe (REFERENCE section 5) except the step count.
+    """Settings of one training run. Defaults follow the released recipe (docs/method.md, Training) but the step count.
 
     The model kind (``sdm`` or ``tdm``) is not a setting: it is the command (``facediffuser train sdm``).
     """

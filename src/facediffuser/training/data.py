@@ -1,6 +1,6 @@
 """The FFHQ-wild data set as released for FastComposer (``mit-han-lab/ffhq-fastcomposer``), read as it is.
 
-The layout (REFERENCE section 5) and its file-format helpers are in :mod:`facediffuser.io.ffhq_wild`.
+The layout (docs/method.md, Training data) and its file-format helpers are in :mod:`facediffuser.io.ffhq_wild`.
 
 For the SDM, a placeholder is inserted at each kept ``person`` segment's ``end`` offset (the character just after
 its noun phrase), so ``"a man riding a horse"`` with a segment ending at 5 reads ``"a man <|image|> riding a

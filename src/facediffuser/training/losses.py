@@ -1,4 +1,4 @@
-"""The training losses of the SDM and the TDM (REFERENCE section 5), as small pure functions.
+"""The training losses of the SDM and the TDM (paper Sec. 4.1; docs/method.md, Training), as small pure functions.
 
 - :func:`denoising_loss`: the MSE between the UNet's prediction and its target (noise, or velocity).
 - :func:`subject_union_masks` and the ``mask`` argument of :func:`denoising_loss`: the mask loss, where prediction

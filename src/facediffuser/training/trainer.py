@@ -1,4 +1,4 @@
-"""The training loop of Face-diffuser, one loop for both models (REFERENCE section 5).
+"""The training loop of Face-diffuser, one loop for both models (paper Sec. 4.1; docs/method.md, Training).
 
 ``sdm`` and ``tdm`` are two configurations of the same loop; they differ only in what is trained and what
 conditions the UNet (see :mod:`facediffuser.training.model`). Everything else (VAE, text encoder, the rest of the

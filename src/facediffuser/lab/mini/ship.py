@@ -10,7 +10,7 @@ installation's own data folder, shipped into before that record existed, is the 
   the tokenizer as ``vocab.json`` + ``merges.txt``; its text tower pruned to the world's vocabulary
   (:mod:`facediffuser.lab.mini.vocab`: the tokens of the world's texts and the bytes, 701 of CLIP's 49,408 for the
   present world; the world's texts must give exactly the same text features, else nothing is shipped); at most
-  ``max_mib`` (40 MiB, issue 13) in all, else refused;
+  ``max_mib`` (40 MiB, the budget) in all, else refused;
 - ``mini/stages``: the build's stage markers (``stages/*.json``: each stage's settings and wall time), and the
   package's own markers of the stages the build took from it (``--from``), so that ``facediffuser mini build --from
   STAGE`` can start from the shipped stages with the settings they were built with;
@@ -52,7 +52,7 @@ from ..world.package import (  # noqa: F401 (the world's files, shipped beside t
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_BUDGET_MIB = 40.0  # issue 13: the mini pipeline's weights, at most 40 MB in all
+PIPELINE_BUDGET_MIB = 40.0  # the budget of the mini pipeline's weights: at most 40 MB in all
 MIB = 1024 * 1024
 
 
@@ -70,7 +70,7 @@ class ShipConfig:
         default=None, metadata=_f("data folder to write into (default: this installation's facediffuser/data)")
     )
     max_mib: float = field(
-        default=PIPELINE_BUDGET_MIB, metadata=_f("largest size of the shipped pipeline folder, in MiB (issue 13)")
+        default=PIPELINE_BUDGET_MIB, metadata=_f("largest size of the shipped pipeline folder, in MiB")
     )
     people: int = field(default=EXAMPLE_PEOPLE, metadata=_f("held-out people to ship as example references"))
     subject_guidance_scale: float | None = field(

@@ -1,6 +1,6 @@
 """The mini VAE: a small ``diffusers.AutoencoderKL`` trained on world renders.
 
-What makes a small VAE learn fast on a CPU (issue 13), each a setting of :class:`VaeSettings`:
+What makes a small VAE learn fast on a CPU, each a setting of :class:`VaeSettings`:
 
 - random crops (``crop``): the encoder and decoder are fully convolutional (no mid-block attention), so a 32 px crop
   of a 64 px render trains them at a quarter of the cost of the whole image, and held-out images are scored whole;
@@ -196,7 +196,7 @@ def train_vae(
     """Trains (or resumes) the mini VAE in ``out``; returns the final figures when ``settings.steps`` are done.
 
     ``out/checkpoint.pt`` holds everything a resume needs; a checkpoint of other settings is refused. ``max_steps``
-    stops early (at that global step, after checkpointing) without finishing: for budgets split across sessions and
+    stops early (at that global step, after checkpointing) without finishing: for budgets split across runs and
     for tests. When done, ``out/vae`` is the ``AutoencoderKL`` folder (``scaling_factor`` measured on the training
     images) and ``out/metrics.json`` the held-out figures and wall time.
     """

@@ -1,6 +1,6 @@
 """Writing the world's data sets in the FFHQ-wild layout, its reference folders, and reading them back.
 
-A data set is an FFHQ-wild root (REFERENCE section 5, :mod:`facediffuser.io.ffhq_wild`): ``image_ids_{train,test}.txt``
+A data set is an FFHQ-wild root (docs/method.md, Training data): ``image_ids_{train,test}.txt``
 and, per image, ``<id[:5]>/<id>.jpg`` (4:4:4 JPEG, so that small flat colours keep their hue), ``.npy`` (uint8
 segment ids) and ``.json``. The json has the ``caption`` and ``segments`` of the released format (each ``person``
 segment with the ``identity`` id of who it is and its ``head_box``, :mod:`facediffuser.io.ffhq_wild`'s extensions),
