@@ -283,6 +283,9 @@ def test_flags_named_in_the_prose_exist(monkeypatch, tmp_path):
     unknown = []
     for doc in DOCS:
         for span in re.findall(r"`([^`\n]+)`", SHELL_BLOCK.sub("", doc.read_text(encoding="utf-8"))):
+            script = re.match(r"(benchmarks/\w+\.py)\b", span)
+            if script and not (ROOT / script.group(1)).is_file():
+                continue  # a one-off script cited with the commit that holds it (docs/mini-findings.md)
             unknown += [f"{doc.name}: {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", span)]
     missing = [u for u in unknown if u.split(": ")[1] not in known]
     assert unknown and not missing, missing

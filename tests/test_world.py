@@ -211,7 +211,7 @@ def test_roc_auc_and_equal_error_rate_on_known_scores():
 
 
 def test_face_networks_train_and_load_as_the_mini_backend(world, tmp_path):
-    from facediffuser.lab.world.build import at_detector_size
+    from facediffuser.lab.world.faces import at_detector_size
 
     samples = read_samples(world["root"] / "portraits", "train")
     settings = FaceSettings(detector_steps=2, embedder_steps=2, detector_batch=4, embedder_batch=4)

@@ -380,9 +380,9 @@ def load_identities(world_json: str | Path) -> dict[str, Identity]:
 @register_benchmark(
     "mini",
     BenchmarkDefaults(
-        data=default_references,
+        data=lambda: default_references(),  # looked up when asked, as the package's data may change meanwhile
         ip_backend="mini",
-        clip_model=default_clip_model,
+        clip_model=lambda: default_clip_model(),
         # both guidance bases whatever --subject-guidance-base says (the run's own base is the unsuffixed row)
         methods=("tdm", "sdm", "face-diffuser:0.3:0.6:text", "face-diffuser:0.3:0.6:null"),
         data_hint="the world's reference folder, WORLD/references from `facediffuser world build --out WORLD`",

@@ -30,7 +30,6 @@ from ...io.outputs import atomic_write
 from ..stages import StageBook, changed_keys
 from ..stages import marker_path as marker_path  # (where the world's markers lie, for scripts)
 from .attributes import Identity, load_people, make_identities, split_identities
-from .faces import at_detector_size
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +245,7 @@ def build_clip_stage(config: WorldConfig) -> None:
 
 
 def build_faces_stage(config: WorldConfig) -> None:
-    from .faces import FaceSettings, train_detector, train_embedder
+    from .faces import FaceSettings, at_detector_size, train_detector, train_embedder
 
     samples = read_train(config)
     settings = FaceSettings(
