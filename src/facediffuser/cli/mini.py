@@ -1,6 +1,8 @@
 """``facediffuser mini build``: train the mini Face-diffuser on the procedural world (VAE, then TDM, then SDM).
 ``facediffuser mini ship``: put a finished build, the world's CLIP and face recognizer and example references into
 the package (see :mod:`facediffuser.lab.mini.ship`).
+``facediffuser mini people``: a folder of validation people, on whom settings are chosen rather than on the
+benchmark's (see :mod:`facediffuser.lab.mini.people`).
 
 Run it after ``facediffuser world build``. Every stage is seeded, resumes where it was interrupted, and is skipped
 when already built with the same settings (see :mod:`facediffuser.lab.mini.build`).
@@ -52,8 +54,25 @@ def run_ship(args: argparse.Namespace) -> int:
     return 0
 
 
+PEOPLE_DESCRIPTION = (
+    "Write a folder of validation people for `facediffuser evaluate --benchmark mini --data OUT`: the world's "
+    "held-out people that the benchmark does not score (or, with --training N, renders of N training people), so "
+    "that settings are chosen on them and reported on the benchmark."
+)
+
+
+def run_people(args: argparse.Namespace) -> int:
+    from ..lab.mini.people import PeopleConfig, write_people
+
+    config = build_config(PeopleConfig, args)
+    names = write_people(config)
+    print(f"{len(names)} people -> {config.out}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     from ..lab.mini.build import MiniConfig
+    from ..lab.mini.people import PeopleConfig
     from ..lab.mini.ship import ShipConfig
 
     parser = subparsers.add_parser(
@@ -66,3 +85,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parts.add_parser("ship", help="put a finished build into the package", description=SHIP_DESCRIPTION)
     add_dataclass_arguments(sub, ShipConfig)
     sub.set_defaults(func=run_ship)
+    sub = parts.add_parser("people", help="a folder of validation people", description=PEOPLE_DESCRIPTION)
+    add_dataclass_arguments(sub, PeopleConfig)
+    sub.set_defaults(func=run_people)
