@@ -18,7 +18,15 @@ from PIL import Image
 from facediffuser.evaluation.benchmarks import Person, Photo, load_benchmark
 from facediffuser.evaluation.identity import Face, IdentityBackend
 from facediffuser.evaluation.methods import parse_method, parse_variants
-from facediffuser.evaluation.reports import ATTRIBUTE_METRICS
+from facediffuser.evaluation.reports import (
+    ATTRIBUTE_METRICS,
+    TWO_PERSON_METRICS,
+    ScoreRow,
+    markdown_table,
+    read_scores,
+    summarize,
+    write_scores,
+)
 from facediffuser.fusion import SubjectGuidanceBase
 from facediffuser.io import package_data
 from facediffuser.lab.world import attributes as A
@@ -27,6 +35,7 @@ from facediffuser.lab.world.data import write_references
 from facediffuser.settings import SamplingSettings
 
 HELD_OUT = 6
+ONE_PERSON = [m for m in ATTRIBUTE_METRICS if m not in TWO_PERSON_METRICS]
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +86,23 @@ def test_twenty_people_half_women_drawn_with_a_fixed_seed(tmp_path):
     assert MB.benchmark_people(people[:20]) == people[:20]  # a folder of 20 (the shipped one) is taken whole
     few_women = [Person(f"id{k:04d}", "woman" if k < 3 else "man", (photo,)) for k in range(40)]
     assert sum(p.class_noun == "woman" for p in MB.benchmark_people(few_women)) == 3
+
+
+def test_a_folder_of_more_than_twenty_people_gives_twenty_of_them(tmp_path, caplog):
+    """`--data VAL` with many validation people: the benchmark draws 10 women and 10 men and runs on them."""
+    nouns = {f"id{k:04d}": "woman" if k % 2 else "man" for k in range(27)}
+    for name in nouns:
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "1.png")
+    (tmp_path / "subjects.json").write_text(json.dumps(nouns))
+    benchmark = load_benchmark("mini", tmp_path)
+    people = [p.name for p in benchmark.gallery]
+    assert len(people) == MB.MINI_PEOPLE and sum(nouns[p] == "woman" for p in people) == MB.MINI_PEOPLE // 2
+    multis = [c for c in benchmark.cases if c.group == "multi"]
+    assert len(benchmark.cases) == (MB.SINGLE_PER_PERSON + 1) * MB.MINI_PEOPLE
+    assert {p.name for c in benchmark.cases for p in c.people} == set(people)  # only the drawn people
+    assert sorted(c.people[0].name for c in multis) == sorted(c.people[1].name for c in multis) == people
+    assert "found" not in caplog.text  # no warning about fewer people
 
 
 def test_data_and_clip_defaults_say_which_flag_to_give(monkeypatch):
@@ -176,18 +202,20 @@ class SeeingClip:
 
 
 class SeeingFaces(IdentityBackend):
-    """A face-recognizer stub: the faces of an image are the embeddings the test gave it (by pixel digest)."""
+    """A face-recognizer stub: the faces of an image are the embeddings (and boxes, by default shrinking squares in
+    the top left corner) the test gave it (by pixel digest), in the given order as the largest first."""
 
     name = "seeing-faces"
 
     def __init__(self):
-        self.faces_of: dict[str, list[torch.Tensor]] = {}
+        self.faces_of: dict[str, list[Face]] = {}
 
-    def show(self, image: Image.Image, embeddings: list[torch.Tensor]) -> None:
-        self.faces_of[_digest(image)] = embeddings
+    def show(self, image: Image.Image, embeddings: list[torch.Tensor], boxes=None) -> None:
+        boxes = boxes or [(0, 0, 10 - k, 10 - k) for k in range(len(embeddings))]
+        self.faces_of[_digest(image)] = [Face(e, b) for e, b in zip(embeddings, boxes)]
 
     def faces(self, image):
-        return [Face(e, (0, 0, 10 - k, 10 - k)) for k, e in enumerate(self.faces_of.get(_digest(image), []))]
+        return list(self.faces_of.get(_digest(image), []))
 
 
 def test_the_attribute_scorer_reads_what_the_stubs_see_on_real_renders(world):
@@ -212,10 +240,11 @@ def test_the_attribute_scorer_reads_what_the_stubs_see_on_real_renders(world):
     clip.see(wrong, {other_place, asked["time"], other_colour})
     faces.show(wrong, [identity[other_person]])
     good, bad = scorer.score([right, wrong], single)
-    assert {m: good[m] for m in ATTRIBUTE_METRICS} == dict.fromkeys(ATTRIBUTE_METRICS, 1.0)
-    assert {m: bad[m] for m in ATTRIBUTE_METRICS} == {
+    assert {m: good[m] for m in ONE_PERSON} == dict.fromkeys(ONE_PERSON, 1.0)
+    assert {m: bad[m] for m in ONE_PERSON} == {
         "place": 0.0, "time": 1.0, "clothing": 0.0, "scene": 0.0, "identity": 0.0,
     }  # fmt: skip
+    assert all(math.isnan(r[m]) for r in (good, bad) for m in TWO_PERSON_METRICS)  # not applicable to one person
     assert bad["predicted"] == {"place": other_place, "time": asked["time"], "clothing": [other_colour],
                                 "identity": [other_person]}  # fmt: skip
 
@@ -243,6 +272,104 @@ def test_the_attribute_scorer_reads_what_the_stubs_see_on_real_renders(world):
     faces.show(image, [])
     (faceless,) = scorer.score([image], pair)
     assert faceless["identity"] == 0.0 and faceless["predicted"]["identity"] == []
+
+
+def test_two_person_images_say_who_is_drawn_where_leaks_swaps_and_swapped_colours(world):
+    """Each of the two largest faces is placed by its box's centre; the left half is the first-named person's."""
+    benchmark = load_benchmark("mini", world["references"])
+    names = [p.name for p in benchmark.gallery]
+    clip, faces = SeeingClip(), SeeingFaces()
+    identity = {name: torch.eye(len(names), dtype=torch.float64)[k] for k, name in enumerate(names)}
+    for person in benchmark.gallery:
+        for photo in person.photos:
+            faces.show(photo.load(), [identity[person.name]])
+    scorer = MB.MiniAttributeScorer.from_scorers(clip, faces, benchmark.gallery)
+    assert scorer.metrics == ATTRIBUTE_METRICS  # the scorer's and the reports' lists agree
+
+    pair = next(c for c in benchmark.cases if c.group == "multi")
+    one, two = (p.name for p in pair.people)
+    third = next(n for n in names if n not in (one, two))
+    first, second = (p["clothing"] for p in pair.attributes["people"])
+    image = MB.render_case(pair, world["identities"], size=32)
+    left, right = MB.person_halves(image)
+    clip.see(image, {pair.attributes["place"], pair.attributes["time"]})
+    L, R, MIDDLE = (4, 8, 12, 16), (20, 8, 28, 16), (12, 8, 20, 16)  # centres x = 8, 24, 16 of a 32 px image
+
+    def read(shown, colours=(first, second)):
+        faces.show(image, [identity[n] for n, _ in shown], [box for _, box in shown])
+        clip.see(left, {colours[0]})
+        clip.see(right, {colours[1]})
+        (result,) = scorer.score([image], pair)
+        return [result[m] for m in ("identity", *TWO_PERSON_METRICS)], result["predicted"]["placed"]
+
+    #        identity, identity_placed, leak, swap, clothing_swap
+    assert read([(one, L), (two, R)]) == ([1.0, 1.0, 0.0, 0.0, 0.0], [one, two])
+    assert read([(two, R), (one, L)]) == ([1.0, 1.0, 0.0, 0.0, 0.0], [one, two])  # the right one the larger
+    assert read([(one, L), (two, MIDDLE)]) == ([1.0, 1.0, 0.0, 0.0, 0.0], [one, two])  # the middle line is right
+    # a swap: both drawn, so `identity` is 1, but each in the other's place
+    assert read([(two, L), (one, R)]) == ([1.0, 0.0, 0.0, 1.0, 0.0], [two, one])
+    # a leak: the first person drawn twice, the second not at all
+    assert read([(one, L), (one, R)]) == ([0.5, 0.5, 1.0, 0.0, 0.0], [one, one])
+    assert read([(two, L), (two, R)]) == ([0.5, 0.5, 1.0, 0.0, 0.0], [two, two])
+    assert read([(third, L), (third, R)]) == ([0.0, 0.0, 0.0, 0.0, 0.0], [third, third])  # not an asked person
+    # only the two largest faces count: a third, smaller one is no leak
+    assert read([(one, L), (two, R), (one, (0, 0, 2, 2))]) == ([1.0, 1.0, 0.0, 0.0, 0.0], [one, two])
+    # missing faces: no leak, no swap, 0 for the person whose half holds no face
+    assert read([(two, R)]) == ([0.5, 0.5, 0.0, 0.0, 0.0], [None, two])
+    assert read([(two, L)]) == ([0.5, 0.0, 0.0, 0.0, 0.0], [two, None])
+    assert read([]) == ([0.0, 0.0, 0.0, 0.0, 0.0], [None, None])
+    # both faces in the left half: the larger is read there, the right half has none
+    assert read([(one, L), (two, (2, 2, 6, 6))]) == ([1.0, 1.0 / 2, 0.0, 0.0, 0.0], [one, None])
+    # colours: each half in the other person's colour is a swap; one wrong colour is not
+    other = next(c for c in MB.MINI_COLOURS if c not in (first, second))
+    assert read([(one, L), (two, R)], (second, first))[0][-1] == 1.0
+    assert read([(one, L), (two, R)], (second, other))[0][-1] == 0.0
+    (result,) = scorer.score([image], pair)
+    assert result["clothing"] == 0.0 and result["predicted"]["clothing"] == [second, other]
+
+
+def test_the_table_gives_the_two_person_metrics_with_intervals_and_not_applicable_on_one_person_rows(tmp_path):
+    (variant,) = parse_variants(["face-diffuser"], [_model()])
+
+    def row(case, group, subjects, **scores):
+        return ScoreRow(
+            model="m", method=variant.label, alpha=0.3, beta=0.6, case_id=case, group=group, subjects=subjects,
+            prompt="p", text="p", image_index=0, image="x.png", ip=0.5, faces=2, pc=0.3, ip_backend="mini",
+            clip_model="clip", rank=0, generated=True, **scores,
+        )  # fmt: skip
+
+    right = {"place_acc": 1.0, "time_acc": 1.0, "clothing_acc": 1.0, "scene_acc": 1.0, "identity_acc": 1.0}
+    rows = [
+        row("a/single-0", "single", "a", **right),
+        row("b/single-0", "single", "b", **right),
+        row("a+b/multi", "multi", "a;b", **right, identity_placed_acc=1.0, leak_rate=0.0, swap_rate=0.0,
+            clothing_swap_rate=0.0),
+        row("b+a/multi", "multi", "b;a", **{**right, "clothing_acc": 0.0, "scene_acc": 0.0, "identity_acc": 0.5},
+            identity_placed_acc=0.5, leak_rate=1.0, swap_rate=0.0, clothing_swap_rate=1.0),
+    ]  # fmt: skip
+    write_scores(tmp_path / "scores.csv", rows)
+    back = read_scores(tmp_path / "scores.csv")  # the new columns go to scores.csv and come back
+    assert [(r.identity_placed_acc, r.leak_rate, r.clothing_swap_rate) for r in back[2:]] == [(1, 0, 0), (0.5, 1, 1)]
+    assert math.isnan(back[0].leak_rate)
+    header = {"benchmark": "mini", "kind": "mixed", "ip_backend": "mini", "clip_model": "clip", "gallery": 2}
+    summary = summarize(rows, [variant], header)
+    result = summary["methods"][variant.label]
+    assert result["accuracy"]["leak"] == {"mean": 0.5, "low": 0.0, "high": 1.0, "images": 2}  # two cases: 0 and 1
+    assert result["groups"]["single"]["two_person_images"] == 0
+    assert result["groups"]["single"]["accuracy"]["leak"]["images"] == 0
+    assert result["groups"]["multi"]["accuracy"]["identity_placed"]["mean"] == 0.75
+
+    lines = markdown_table(summary).splitlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith("| model | method | group | place"))
+    assert lines[start].endswith("| identity top-1 | identity in place | leak | swap | clothing swapped | images |")
+    table = lines[start + 2 : start + 5]  # the accuracy rows: all, multi, single
+    by_group = {line.split("|")[3].strip(): line for line in table}
+    assert by_group["single"].endswith("| 1.000 [1.000, 1.000] | n/a | n/a | n/a | n/a | 2 |")
+    assert by_group["multi"].endswith(
+        "| 0.750 [0.500, 1.000] | 0.500 [0.000, 1.000] | 0.000 [0.000, 0.000] | 0.500 [0.000, 1.000] | 2 |"
+    )
+    # over all four images, the two-person metrics count the two two-person images
+    assert "| 0.500 [0.000, 1.000] (n=2) | 0.000 [0.000, 0.000] (n=2) |" in by_group["all"]
 
 
 # -------------------------------------------------------------------------------------------------- end to end
@@ -276,9 +403,11 @@ def test_one_image_run_writes_the_attribute_columns_and_reruns_from_the_cache(wo
     assert summary["methods"]["tiny/face-diffuser_a0.3_b0.6_null"]["guidance_base"] == "null"
     for result in summary["methods"].values():
         assert result["images"] == 1
-        for metric in ATTRIBUTE_METRICS:
+        for metric in ONE_PERSON:
             estimate = result["accuracy"][metric]
             assert estimate["images"] == 1 and estimate["mean"] in (0.0, 1.0)  # one image: right or wrong
+        for metric in TWO_PERSON_METRICS:  # the one case is a one-person case: not applicable
+            assert result["accuracy"][metric] == {"mean": None, "low": None, "high": None, "images": 0}
     with (out / "scores.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
@@ -288,12 +417,18 @@ def test_one_image_run_writes_the_attribute_columns_and_reruns_from_the_cache(wo
         assert row["place_acc"] == str(float(predicted["place"] == case.attributes["place"]))
         assert row["time_acc"] == str(float(predicted["time"] == case.attributes["time"]))
         assert not math.isnan(float(row["identity_acc"]))
+        assert math.isnan(float(row["leak_rate"])) and "placed" not in predicted
     table = (out / "table.md").read_text()
     assert "| single IP [95% CI] | single PC [95% CI] | single images | multi IP" in table
     header = next(line for line in table.splitlines() if line.startswith("| model | method | group | place"))
-    assert header.endswith("| place+time+clothing | identity top-1 | images |")
+    assert header.endswith(
+        "| place+time+clothing | identity top-1 | identity in place | leak | swap | clothing swapped | images |"
+    )
     assert re.search(
-        r"\| tiny \| Face-diffuser \(alpha=0.3, beta=0.6, SDM guidance base null\) \| all \| [01]\.000 \[", table
+        r"\| tiny \| Face-diffuser \(alpha=0.3, beta=0.6, SDM guidance base null\) \| all \| [01]\.000 \[.*"
+        r"\| n/a \| n/a \| n/a \| n/a \| 1 \|$",
+        table,
+        re.MULTILINE,
     )
     assert "chance 17% among 6 people" in table
     grid = Image.open(out / "grid.png")

@@ -25,8 +25,8 @@ Layout of ``out``::
 
 A benchmark may set its own defaults for ``--data``, ``--ip-backend``, ``--clip-model`` and ``--methods``
 (:class:`~.benchmarks.BenchmarkDefaults`; the mini benchmark does), and its cases may carry attributes that a
-scorer of its own checks (place, time, clothing, identity): their accuracies join ``scores.csv``, ``summary.json``
-and ``table.md``.
+scorer of its own checks (place, time, clothing, identity, and for two people who is drawn where): their scores
+join ``scores.csv``, ``summary.json`` and ``table.md``.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ class EvaluationConfig:
         default_factory=lambda: [*METRICS, ATTRIBUTES],
         metadata={
             "help": "scores to compute: ip pc attributes (attributes: for benchmarks whose cases ask for some, e.g. "
-            "mini: place, time, clothing colour and identity accuracy)"
+            "mini: place, time, clothing colour and identity accuracy, and for two people leaks and swaps)"
         },
     )
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N cases of the benchmark"})

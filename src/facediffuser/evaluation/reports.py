@@ -31,15 +31,25 @@ PAPER_TABLE_1 = {
 }
 METRICS = ("ip", "pc")
 # Per-image accuracies of what a case asked for (benchmarks whose cases carry attributes, e.g. mini): 1 right, 0
-# wrong, the mean over the people of a two-person image; NaN where not scored.
-ATTRIBUTE_METRICS = ("place", "time", "clothing", "scene", "identity")
+# wrong, the mean over the people of a two-person image; NaN where not scored. The two-person ones (NaN on one-person
+# images: not applicable) are what the means hide: each person's face in their own place, one person drawn twice
+# (leak), the two drawn in each other's places (swap), each half wearing the other person's colour.
+TWO_PERSON_METRICS = ("identity_placed", "leak", "swap", "clothing_swap")
+ATTRIBUTE_METRICS = ("place", "time", "clothing", "scene", "identity", *TWO_PERSON_METRICS)
 ATTRIBUTE_TITLES = {
     "place": "place",
     "time": "time",
     "clothing": "clothing colour",
     "scene": "place+time+clothing",
     "identity": "identity top-1",
+    "identity_placed": "identity in place",
+    "leak": "leak",
+    "swap": "swap",
+    "clothing_swap": "clothing swapped",
 }
+# Their scores.csv columns: ``<metric>_acc`` for accuracies (1 right), ``<metric>_rate`` for faults (1: it happened).
+FAULTS = ("leak", "swap", "clothing_swap")
+ATTRIBUTE_COLUMNS = {m: f"{m}_rate" if m in FAULTS else f"{m}_acc" for m in ATTRIBUTE_METRICS}
 # Settings under which two runs' scores are comparable (run.json keys), whatever their benchmark.
 SCORE_SETTINGS = ("seed", "sampling", "scheduler", "dtype", "height", "width")
 # ... and, for two runs of one benchmark kind, the cases themselves.
@@ -73,7 +83,11 @@ class ScoreRow:
     clothing_acc: float = math.nan
     scene_acc: float = math.nan
     identity_acc: float = math.nan
-    predicted: str = ""  # JSON: what the attribute scorer read (place, time, clothing, identity)
+    identity_placed_acc: float = math.nan
+    leak_rate: float = math.nan
+    swap_rate: float = math.nan
+    clothing_swap_rate: float = math.nan
+    predicted: str = ""  # JSON: what the attribute scorer read (place, time, clothing, identity, placed)
 
 
 def write_scores(path: Path, rows: Sequence[ScoreRow]) -> None:
@@ -106,7 +120,8 @@ def write_json(path: Path, data: Any) -> None:
 # ---------------------------------------------------------------------------------------------------- summary
 def _estimates(rows: Sequence[ScoreRow], attributes: bool = False) -> dict[str, Any]:
     """``images`` plus, per metric, the mean, its interval and the images behind it (cases resampled); with
-    ``attributes``, also ``accuracy``: the same per attribute metric."""
+    ``attributes``, also ``accuracy``: the same per attribute metric, and ``two_person_images`` (where the
+    two-person metrics apply)."""
     out: dict[str, Any] = {"images": len(rows)}
 
     def estimate(column: str) -> dict[str, Any]:
@@ -118,13 +133,14 @@ def _estimates(rows: Sequence[ScoreRow], attributes: bool = False) -> dict[str, 
     for metric in METRICS:
         out[metric] = estimate(metric)
     if attributes:
-        out["accuracy"] = {m: estimate(f"{m}_acc") for m in ATTRIBUTE_METRICS}
+        out["accuracy"] = {m: estimate(ATTRIBUTE_COLUMNS[m]) for m in ATTRIBUTE_METRICS}
+        out["two_person_images"] = sum(1 for row in rows if len(row.subjects.split(";")) == 2)
     return out
 
 
 def has_attributes(rows: Sequence[ScoreRow]) -> bool:
     """Whether any row carries an attribute score (the summary and tables then show them)."""
-    return any(math.isfinite(getattr(r, f"{m}_acc")) for r in rows for m in ATTRIBUTE_METRICS)
+    return any(math.isfinite(getattr(r, ATTRIBUTE_COLUMNS[m])) for r in rows for m in ATTRIBUTE_METRICS)
 
 
 def summarize(rows: Sequence[ScoreRow], variants: Sequence[Variant], header: dict[str, Any]) -> dict[str, Any]:
@@ -208,14 +224,19 @@ def _mixed_table(results) -> list[str]:
 
 
 def _accuracy_table(results, gallery: int | None) -> list[str]:
-    """Per-attribute accuracy rows (mean [95% CI]), overall and per group."""
+    """Per-attribute accuracy rows (mean [95% CI]), overall and per group; ``n/a`` for a two-person metric of rows
+    with no two-person image."""
     chance = f"; chance {100 / gallery:.0f}% among {gallery} people" if gallery else ""
     lines = [
         "",
         "Per-attribute accuracy: share of images where what the prompt asked is what CLIP zero-shot reads (place, "
-        "time, each person's clothing colour; `place+time+clothing`: all of them) and where the face recognizer's "
-        f"first choice among the benchmark's people is the asked person (identity{chance}). Two-person images count "
-        "each person half.",
+        "time, each person's clothing colour on their own half, the first-named person's on the left; "
+        "`place+time+clothing`: all of them) and where the face recognizer's first choice among the benchmark's "
+        f"people is the asked person (identity{chance}). Two-person images count each person half. Two-person "
+        "images only (`n/a` on one-person images): `identity in place`, the face whose centre is in a person's half "
+        "is that person (left: the first-named); `leak`, share of images whose two faces are the same asked person; "
+        "`swap`, share with the left face the second-named person and the right face the first-named; `clothing "
+        "swapped`, share with each half in the other person's colour. A missing face is neither a leak nor a swap.",
         "",
         "| model | method | group | " + " | ".join(ATTRIBUTE_TITLES[m] for m in ATTRIBUTE_METRICS) + " | images |",
         "|---|---|---|" + "---|" * len(ATTRIBUTE_METRICS) + "---|",
@@ -224,7 +245,12 @@ def _accuracy_table(results, gallery: int | None) -> list[str]:
         rows = [("all", r)] + sorted(r["groups"].items()) if len(r["groups"]) > 1 else [("all", r)]
         for name, cell in rows:
             accuracy = cell.get("accuracy") or {}
-            cells = " | ".join(_cell(accuracy.get(m), cell["images"]) for m in ATTRIBUTE_METRICS)
+            cells = " | ".join(
+                "n/a"
+                if m in TWO_PERSON_METRICS and cell.get("two_person_images") == 0
+                else _cell(accuracy.get(m), cell["images"])
+                for m in ATTRIBUTE_METRICS
+            )
             lines.append(f"| {r['model']} | {r['display_name']} | {name} | {cells} | {cell['images']} |")
     return lines
 

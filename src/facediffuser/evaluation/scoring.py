@@ -28,7 +28,7 @@ from ..prompting import strip_placeholders
 from .cases import Person
 from .clip_score import ClipScorer
 from .identity import IdentityBackend
-from .reports import ATTRIBUTE_METRICS, ScoreRow
+from .reports import ATTRIBUTE_COLUMNS, ATTRIBUTE_METRICS, ScoreRow
 from .work import WorkUnit
 
 logger = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def score_units(
         attributes = scorers.score_attributes(unit, paths)
         case, variant = unit.case, unit.variant
         for k, path in enumerate(paths):
-            accuracy = {f"{m}_acc": float(attributes[k].get(m, math.nan)) for m in ATTRIBUTE_METRICS}
+            accuracy = {ATTRIBUTE_COLUMNS[m]: float(attributes[k].get(m, math.nan)) for m in ATTRIBUTE_METRICS}
             predicted = attributes[k].get("predicted")
             rows.append(
                 ScoreRow(

@@ -30,6 +30,20 @@ two-person image:
 * ``scene``: place, time and every person's clothing all right;
 * ``identity``: the face recognizer (the IP backend) finds the image's largest faces (as many as people asked);
   a person is right when one of those faces is nearest (cosine) to that person's references among the gallery.
+
+Two-person images also get what the averages above hide (NaN on one-person images: not applicable), read on the two
+largest faces, each placed in the half of the image that holds its box's centre (:func:`placed_faces`):
+
+* ``identity_placed``: per person, 1 when the face in that person's half (the left for the first-named; the larger
+  when both faces are in one half) is nearest to that person among the gallery, 0 otherwise, a face missing
+  included; the mean over the two;
+* ``leak``: 1 when both faces are nearest to the same one of the two asked people (one drawn twice, the other not
+  at all);
+* ``swap``: 1 when the left face is nearest to the second-named person and the right face to the first-named;
+* ``clothing_swap``: 1 when each half's colour is the other person's.
+
+With fewer than two faces found there is neither a leak nor a swap (0), and a person whose half holds no face has
+``identity_placed`` 0.
 """
 
 from __future__ import annotations
@@ -46,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from ...evaluation.benchmarks import Benchmark, BenchmarkDefaults, Case, Person, load_subjects, register_benchmark
+from ...evaluation.identity import Face
 from ...io.ffhq_wild import insert_placeholders
 from ...io.files import read_json
 from ...io.package_data import WORLD_REFERENCES, packaged
@@ -64,7 +79,9 @@ MINI_PEOPLE = 20
 SINGLE_PER_PERSON = 2
 IMAGES_PER_PROMPT = 1  # 60 cases x 4 methods: ~11 minutes on 1 CPU thread (docs/evaluation.md, "The mini benchmark")
 SEED = 0
-ATTRIBUTE_VERSION = 1  # bump when the zero-shot prompts or the rules change: part of the score cache's key
+# Read on two-person images only (NaN on one-person images): see the module docstring.
+TWO_PERSON_METRICS = ("identity_placed", "leak", "swap", "clothing_swap")
+ATTRIBUTE_VERSION = 2  # bump when the zero-shot prompts or the rules change: part of the score cache's key
 
 
 def default_references() -> Path | None:
@@ -226,6 +243,20 @@ def person_halves(image: PIL.Image.Image) -> list[PIL.Image.Image]:
     return [image.crop(box).resize((width, height), PIL.Image.Resampling.BICUBIC) for box in halves]
 
 
+def placed_faces(faces: Sequence[Face], width: int) -> list[Face | None]:
+    """The face in the left and the face in the right half of an image ``width`` pixels wide (``None`` where none
+    is), each placed by its box's centre (a centre on the middle line counts as right). Of two faces in one half, the
+    first of ``faces`` (backends list the largest first); a face without a box is in neither half."""
+    halves: list[Face | None] = [None, None]
+    for face in faces:
+        if face.box is None:
+            continue
+        side = int((face.box[0] + face.box[2]) / 2 >= width / 2)
+        if halves[side] is None:
+            halves[side] = face
+    return halves
+
+
 class MiniAttributeScorer:
     """Scores the mini benchmark's images for what their case asked (see the module docstring).
 
@@ -235,7 +266,7 @@ class MiniAttributeScorer:
         gallery: the people among whom a face's identity is chosen.
     """
 
-    metrics = ("place", "time", "clothing", "scene", "identity")  # as reports.ATTRIBUTE_METRICS
+    metrics = ("place", "time", "clothing", "scene", "identity", *TWO_PERSON_METRICS)  # as reports.ATTRIBUTE_METRICS
 
     def __init__(self, clip, backend, gallery: Sequence[Person]):
         self.clip = clip
@@ -296,13 +327,32 @@ class MiniAttributeScorer:
         values, classes = self._class_features(attribute, people)
         return values[int((classes @ feature).argmax())]
 
-    def identities(self, image: PIL.Image.Image, count: int) -> list[str]:
-        """The gallery name nearest to each of the ``count`` largest faces of ``image`` (fewer when fewer are found)."""
+    def _first_choices(self, faces: Sequence[Face]) -> list[str]:
+        """The gallery name nearest (cosine) to each of ``faces`` (none when the gallery is empty)."""
         names, gallery = self._gallery_features()
         if not names:
             return []
-        found = self.backend.faces(image)[:count]
-        return [names[int((gallery @ F.normalize(f.embedding.double(), dim=0)).argmax())] for f in found]
+        return [names[int((gallery @ F.normalize(f.embedding.double(), dim=0)).argmax())] for f in faces]
+
+    def identities(self, image: PIL.Image.Image, count: int) -> list[str]:
+        """The gallery name nearest to each of the ``count`` largest faces of ``image`` (fewer when fewer are found)."""
+        return self._first_choices(self.backend.faces(image)[:count])
+
+    @staticmethod
+    def _two_people(
+        image: PIL.Image.Image, faces: Sequence[Face], found: Sequence[str], asked: Sequence[str], scorable: bool
+    ) -> tuple[dict[str, float], list[str | None]]:
+        """The identity metrics of a two-person image (see the module docstring) from its two largest ``faces`` and
+        their first choices ``found``, and who is read in the left and in the right half."""
+        choice = {id(face): name for face, name in zip(faces, found)}
+        placed = [None if face is None else choice.get(id(face)) for face in placed_faces(faces, image.width)]
+        if not scorable:
+            return dict.fromkeys(("identity_placed", "leak", "swap"), math.nan), placed
+        return {
+            "identity_placed": float(np.mean([placed[k] == asked[k] for k in range(2)])),
+            "leak": float(len(found) == 2 and found[0] == found[1] and found[0] in asked),
+            "swap": float(placed == [asked[1], asked[0]]),
+        }, placed
 
     def score(self, images: Sequence[PIL.Image.Image], case: Case) -> list[dict[str, Any]]:
         """Per image: each metric (1 right, 0 wrong, the mean over people for clothing and identity; NaN when it
@@ -326,17 +376,25 @@ class MiniAttributeScorer:
             time = self._pick("time", people, feature)
             read = [self._pick("clothing", f"a {p['class_noun']}", c) for p, c in zip(wanted, clothes)]
             clothing = float(np.mean([r == c for r, c in zip(read, colours)]))
-            found = self.identities(image, len(wanted))
-            scorable = [p["name"] in gallery_names for p in wanted]
-            identity = float(np.mean([p["name"] in found for p in wanted])) if all(scorable) else math.nan
+            faces = self.backend.faces(image)[: len(wanted)]
+            found = self._first_choices(faces)
+            scorable = all(p["name"] in gallery_names for p in wanted)
+            identity = float(np.mean([p["name"] in found for p in wanted])) if scorable else math.nan
             right = {"place": float(place == asked["place"]), "time": float(time == asked["time"])}
+            predicted = {"place": place, "time": time, "clothing": read, "identity": found}
+            two: dict[str, float] = dict.fromkeys(TWO_PERSON_METRICS, math.nan)  # one person: not applicable
+            if len(wanted) == 2:
+                names = [p["name"] for p in wanted]
+                placement, predicted["placed"] = self._two_people(image, faces, found, names, scorable)
+                two.update(placement, clothing_swap=float(read == colours[::-1]))
             out.append(
                 {
                     **right,
                     "clothing": clothing,
                     "scene": float(right["place"] and right["time"] and clothing == 1.0),
                     "identity": identity,
-                    "predicted": {"place": place, "time": time, "clothing": read, "identity": found},
+                    **two,
+                    "predicted": predicted,
                 }
             )
         return out
