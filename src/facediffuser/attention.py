@@ -109,17 +109,19 @@ class CrossAttentionCaptureProcessor:
         return out / attn.rescale_output_factor
 
 
-def cross_attention_names(unet: UNet2DConditionModel, layers: tuple[str, ...] = LOCALIZATION_LAYERS) -> list[str]:
+def cross_attention_names(
+    unet: UNet2DConditionModel, layers: tuple[str, ...] = LOCALIZATION_LAYERS, strict: bool = True
+) -> list[str]:
     """The processor names of the cross-attention (``attn2``) layers of the blocks named in ``layers``.
 
-    Raises ``ValueError`` when a requested block has no cross-attention layer (the UNet is not SD1.x-shaped).
+    Raises ``ValueError`` when a requested block has no cross-attention layer (the UNet is not SD1.x-shaped); with
+    ``strict=False`` it gives those it finds instead, or every cross-attention layer when it finds none.
     """
-    names = [
-        name
-        for name in unet.attn_processors
-        if name.endswith("attn2.processor") and name.split(".attentions.")[0] in layers
-    ]
+    every = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    names = [name for name in every if name.split(".attentions.")[0] in layers]
     absent = [layer for layer in layers if not any(n.startswith(layer + ".") for n in names)]
+    if not strict:
+        return names or every
     if absent:
         raise ValueError(
             f"The UNet has no cross-attention in {absent}: the localization loss and the person regions need an "

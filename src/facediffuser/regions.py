@@ -4,7 +4,8 @@ regions).
 :class:`RegionSampler` is what :class:`~facediffuser.pipeline.FaceDiffuserPipeline` holds during one call when the
 regions are wanted (``return_masks=True``, or a region option of
 :class:`~facediffuser.settings.SamplingSettings`): it puts a :class:`~facediffuser.attention.SideAttentionProcessor`
-on the cross-attention layers of :data:`~facediffuser.attention.LOCALIZATION_LAYERS` of each UNet for the call only,
+on the cross-attention layers of :data:`~facediffuser.attention.LOCALIZATION_LAYERS` (those it has; all of them
+when it has none) of each UNet for the call only,
 and before each model's UNet call says what those processors do:
 
 * stage I, TDM: the probabilities of each person's class-noun column, for the ``c`` rows of the batch, computed beside
@@ -110,7 +111,9 @@ class RegionSampler:
                 def make(name, old, control=control):
                     return SideAttentionProcessor(old, name.removesuffix(".processor"), control)
 
-                stack.enter_context(attention_processors(unet, make, cross_attention_names(unet, LOCALIZATION_LAYERS)))
+                stack.enter_context(
+                    attention_processors(unet, make, cross_attention_names(unet, LOCALIZATION_LAYERS, strict=False))
+                )
             yield self
 
     # ------------------------------------------------------------------ before each UNet call

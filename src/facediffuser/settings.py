@@ -171,8 +171,13 @@ class SamplingSettings:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: enums as their values (the form the CLI flags take back)."""
-        return {k: v.value if hasattr(v, "value") else v for k, v in self.pipeline_kwargs().items()}
+        """JSON-friendly: enums as their values (the form the CLI flags take back). The region options appear only
+        when on, so that what the paper's sampling records (in a PNG's parameters, a run's files) reads as before."""
+        return {
+            k: v.value if hasattr(v, "value") else v
+            for k, v in self.pipeline_kwargs().items()
+            if not (k in REGION_OPTIONS and v is False)
+        }
 
 
 # The largest side ``check_image_size`` takes: 8 times SD1.x's 512 px (SDXL draws 1024 px). A larger side asks for
