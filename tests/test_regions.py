@@ -177,3 +177,73 @@ def test_without_stage_one_the_options_do_nothing_and_say_so_once(tiny_pipe, fac
     assert np.array_equal(out.images, plain)
     assert out.fusion_trace.regions is None
     assert sum("no stage I" in r.message for r in caplog.records) == 1
+
+
+# ------------------------------------------------------------------ the world: each person's true segment is known
+def world_regions(pipe, scene, reverse=False, steps=(2, 5, 8, 11, 14)):
+    """The regions the pipeline's own code reads from the TDM for a rendered two-person scene, noised to stage-I
+    timesteps of a 50-step DDIM schedule; with ``reverse`` the prompt names the people right to left."""
+    import torch.nn.functional as F
+
+    from facediffuser.fusion import TEXT_MODEL_GUIDANCE, Stage
+    from facediffuser.lab.world import attributes as A
+    from facediffuser.lab.world.render import render
+    from facediffuser.prompting import tokenize_prompts
+
+    rendered = render(scene)
+    named = A.SceneSpec(**{**scene.__dict__, "people": scene.people[::-1]}) if reverse else scene
+    text, ends = A.caption(named)
+    for end in reversed(ends):
+        text = text[:end] + " <|image|>" + text[end:]
+    pixels = torch.from_numpy(np.array(rendered.image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+    ids, marks = tokenize_prompts(pipe.tokenizer, [text], pipe.placeholder)
+    embeds = torch.cat(
+        [pipe.encode_text(tokenize_prompts(pipe.tokenizer, [""])[0], "cpu"), pipe.encode_text(ids, "cpu")]
+    )
+    pipe.scheduler.set_timesteps(50)
+    sampler = RegionSampler(_settings(), marks, 1, latents.shape[-2:], embeds.shape[1], torch.device("cpu"))
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    with sampler.installed(pipe.unet):
+        for i in steps:
+            t = pipe.scheduler.timesteps[i]
+            x = pipe.scheduler.add_noise(latents, noise, t[None])
+            sampler.before_text_model(pipe.unet, Stage.TEXT, TEXT_MODEL_GUIDANCE)
+            pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=embeds)
+    sampler.after_step(Stage.TEXT, None)
+    segmap = torch.from_numpy(rendered.segmap.astype(np.int64))
+    segments = torch.stack([(segmap == k + 1).float() for k in range(2)])[None]
+    segments = F.interpolate(segments, size=latents.shape[-2:], mode="area")[0] > 0.5
+    regions = sampler.regions[0]
+    if reverse:
+        regions = regions.flip(0)  # back to left-to-right order
+    # share of each person's region (rows) inside each person's true segment (columns)
+    return torch.stack([torch.stack([(regions[k] * segments[j]).sum() for j in range(2)]) for k in range(2)])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured on the shipped mini model: its TDM's attention to a class noun does not single out that person "
+    "(both people's regions put most of their mass on the same person; the own-segment share is 0.16-0.29 against "
+    "0.17-0.35 on the other's), so the regions are not yet where the people are; this test passes, and must lose its "
+    "xfail, once a model's regions are",
+)
+@torch.no_grad()
+def test_world_regions_overlap_their_own_person_and_swap_with_the_prompt():
+    from facediffuser import FaceDiffuserPipeline
+    from facediffuser.io.package_data import data_dir
+    from facediffuser.lab.world import attributes as A
+
+    pipe = FaceDiffuserPipeline.from_pretrained(
+        data_dir() / "mini" / "pipeline", use_safetensors=True, dtype=torch.float32
+    )
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    people = A.make_identities(20, 0)
+    for seed in range(4):
+        scene = A.sample_scene(A.SCENES, people[2 * seed : 2 * seed + 2], np.random.default_rng(seed), size)
+        share = world_regions(pipe, scene)
+        swapped = world_regions(pipe, scene, reverse=True)
+        for k in range(2):
+            assert share[k, k] > share[k, 1 - k], (seed, share)
+            assert swapped[k, k] > swapped[k, 1 - k], (seed, swapped)
