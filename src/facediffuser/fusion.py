@@ -17,6 +17,10 @@ al., CVPR 2024):
     - fused noise:   ``eps = M * eps_S + (1 - M) * eps_T``
 * Sec. 3.3, three stages over the ``T`` denoising steps: stage I (TDM only) for the first ``alpha * T`` steps,
   stage II (both models, SNF) until ``beta * T``, stage III (SDM only) after.
+* Person regions (this project's, off by default; docs/method.md, Person regions): the TDM's stage-I cross-attention
+  to each person's class-noun token, as a soft map per person (:func:`person_regions`) and a hard assignment of each
+  latent position to one person or none (:func:`assign_regions`); used by region attention
+  (:func:`region_key_bias`) and region saliency (:func:`normalize_saliency_by_region`).
 
 All maps here are ``(B, H, W)`` saliency maps or ``(B, 1, H, W)`` masks over the latent grid; noise predictions are
 ``(B, C, H, W)``. Nothing assumes a resolution.
@@ -275,6 +279,7 @@ def saliency_adaptive_noise_fusion(
     eps_subject: torch.Tensor,
     scaled_response_text: torch.Tensor,
     scaled_response_subject: torch.Tensor,
+    assignment: torch.Tensor | None = None,
     **smooth_kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SNF in one call (Sec. 3.3.1).
@@ -282,13 +287,96 @@ def saliency_adaptive_noise_fusion(
     Args:
         eps_text, eps_subject: guided predictions ``eps_T`` and ``eps_S``, ``(B, C, H, W)``.
         scaled_response_text, scaled_response_subject: ``w * R_T`` and ``w * R_S``, ``(B, C, H, W)``.
+        assignment: ``None`` (the paper), or ``(B, H, W)`` person regions: region saliency, each map normalised by
+            :func:`normalize_saliency_by_region`.
         smooth_kwargs: ``smoothing``, ``kernel_size``, ``sigma`` of :func:`smooth`.
 
     Returns:
         ``(eps, mask, normalized_text, normalized_subject)``: the fused prediction, ``M`` as ``(B, 1, H, W)`` bool,
         and the two softmax-normalized saliency maps ``(B, H, W)``.
     """
-    norm_t = normalize_saliency(saliency_map(scaled_response_text, **smooth_kwargs))
-    norm_s = normalize_saliency(saliency_map(scaled_response_subject, **smooth_kwargs))
+    if assignment is None:
+        norm_t = normalize_saliency(saliency_map(scaled_response_text, **smooth_kwargs))
+        norm_s = normalize_saliency(saliency_map(scaled_response_subject, **smooth_kwargs))
+    else:
+        norm_t = normalize_saliency_by_region(saliency_map(scaled_response_text, **smooth_kwargs), assignment)
+        norm_s = normalize_saliency_by_region(saliency_map(scaled_response_subject, **smooth_kwargs), assignment)
     mask = fusion_mask(norm_t, norm_s)
     return fuse_noise(eps_text, eps_subject, mask), mask, norm_t, norm_s
+
+
+# ------------------------------------------------------------------ person regions (docs/method.md, Person regions)
+# A latent position belongs to the person whose region map, scaled to a peak of 1, is largest there, when that value
+# is at least this share of the peak; else to no one.
+REGION_THRESHOLD = 0.3
+NO_PERSON = -1
+
+
+def person_regions(attention: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft region maps: ``(B, K, h, w)`` summed (or averaged) attention to each person's token -> each map scaled to
+    sum to 1 over its positions. A person that is not ``present`` (``(B, K)`` bool: a prompt with fewer people than
+    ``K``) gets an all-zero map."""
+    maps = attention.float().clamp_min(0)
+    total = maps.flatten(2).sum(-1)[..., None, None]
+    maps = torch.where(total > 0, maps / total.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(maps))
+    if present is not None:
+        maps = maps * present[..., None, None].to(maps)
+    return maps
+
+
+def assign_regions(regions: torch.Tensor, threshold: float = REGION_THRESHOLD) -> torch.Tensor:
+    """Hard assignment: ``(B, K, h, w)`` soft maps -> ``(B, h, w)`` long, the index of the person whose map (scaled
+    to a peak of 1) is largest at each position, or :data:`NO_PERSON` where that is below ``threshold`` (and where
+    there are no people). Ties go to the earlier person."""
+    b, k, h, w = regions.shape
+    if k == 0:
+        return torch.full((b, h, w), NO_PERSON, dtype=torch.long, device=regions.device)
+    peak = regions.flatten(2).amax(-1)[..., None, None]
+    scaled = torch.where(peak > 0, regions / peak.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(regions))
+    best, who = scaled.max(dim=1)
+    return torch.where((best >= threshold) & (best > 0), who, torch.full_like(who, NO_PERSON))
+
+
+def region_masks(assignment: torch.Tensor, num_people: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``(B, h, w)`` assignment -> ``(B, K, h', w')`` bool, person ``k``'s region at ``size`` (default: the same):
+    a cell of a coarser grid is inside when any part of it is (area resize, then ``> 0``)."""
+    people = torch.arange(num_people, device=assignment.device)
+    onehot = (assignment[:, None] == people[None, :, None, None]).float()
+    if size is None or tuple(size) == tuple(onehot.shape[-2:]):
+        return onehot > 0
+    return F.interpolate(onehot, size=size, mode="area") > 0
+
+
+def region_key_bias(
+    inside: torch.Tensor, columns: torch.Tensor, num_keys: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The additive attention bias of region attention: ``(B, h*w, L)``, ``-inf`` at person ``k``'s key column
+    (``columns`` ``(B, K)``) for the query positions outside ``inside[:, k]`` (``(B, K, h, w)`` bool), ``0``
+    elsewhere. A person whose region is empty is not restricted (their token would attend nowhere)."""
+    b, k = columns.shape
+    outside = ~inside.flatten(2)  # (B, K, HW)
+    outside = outside & inside.flatten(2).any(-1, keepdim=True)  # an empty region restricts nothing
+    blocked = torch.zeros(b, outside.shape[-1], num_keys, device=inside.device)
+    index = columns.to(inside.device)[:, None, :].expand(-1, outside.shape[-1], -1)
+    blocked.scatter_(-1, index, outside.transpose(1, 2).float())
+    bias = torch.zeros(b, outside.shape[-1], num_keys, dtype=dtype, device=inside.device)
+    return bias.masked_fill(blocked > 0, float("-inf"))
+
+
+def normalize_saliency_by_region(omega: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    """Region saliency: like :func:`normalize_saliency`, but the softmax runs over the positions of each person's
+    region separately (``assignment`` ``(B, h, w)`` from :func:`assign_regions`), so one person's strong response
+    does not take the other's positions; positions of no person keep the softmax over the whole image.
+
+    ``(B, h, w), (B, h, w) -> (B, h, w)``; each region's values sum to 1.
+    """
+    out = normalize_saliency(omega)
+    flat = omega.float().reshape(omega.shape[0], -1)
+    who = assignment.reshape(assignment.shape[0], -1)
+    for k in who.unique().tolist():
+        if k == NO_PERSON:
+            continue
+        inside = who == k
+        local = torch.softmax(flat.masked_fill(~inside, float("-inf")), dim=-1)
+        out = torch.where(inside.reshape(out.shape), local.reshape(out.shape), out)
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ from .models import SubjectFuser
 from .offload import OneModelAtATimeOffloadMixin
 from .prompting import DEFAULT_PLACEHOLDER, tokenize_prompts
 from .references import normalize_negative_prompts, normalize_prompts, normalize_references
+from .regions import RegionSampler, regions_wanted
 from .settings import SamplingSettings, check_image_size
 from .step import FusionTrace, StepTrace, face_diffuser_step
 
@@ -300,6 +302,9 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         smoothing: Smoothing | str = _DEFAULTS.smoothing,
         smoothing_kernel_size: int = _DEFAULTS.smoothing_kernel_size,
         smoothing_sigma: float = _DEFAULTS.smoothing_sigma,
+        region_attention: bool = _DEFAULTS.region_attention,
+        region_attention_text: bool = _DEFAULTS.region_attention_text,
+        region_saliency: bool = _DEFAULTS.region_saliency,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -312,7 +317,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
     ) -> FaceDiffuserPipelineOutput | tuple:
         r"""Generates images of the referenced people in the prompted scene.
 
-        The sampling arguments (``num_inference_steps`` to ``smoothing_sigma``) are the fields of
+        The sampling arguments (``num_inference_steps`` to ``region_saliency``) are the fields of
         :class:`~facediffuser.settings.SamplingSettings`, which holds their defaults and their rules:
         ``pipe(prompt, reference_images=refs, **settings.pipeline_kwargs())`` passes a whole settings object.
 
@@ -340,13 +345,18 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                 (:data:`~facediffuser.fusion.SUBJECT_MODEL_GUIDANCE`).
             smoothing, smoothing_kernel_size, smoothing_sigma: the ``Smooth`` of SNF. ``"box"`` is the release's;
                 ``"gaussian"`` blurs with ``smoothing_sigma``.
+            region_attention, region_attention_text, region_saliency: the options that use the person regions (the
+                TDM's stage-I cross-attention to each person's class noun; docs/method.md, Person regions), all off
+                by default: in stages II-III each fused token of the SDM attends only inside its person's region; in
+                stage II the TDM's class-noun tokens the same; SNF's softmax runs over each person's region apart.
+                With ``alpha = 0`` there is no stage I, hence no regions: the options have no effect (logged once).
             num_images_per_prompt: images per prompt.
             eta: DDIM's eta (ignored by other schedulers).
             generator, latents: randomness, as in every diffusers pipeline.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`FaceDiffuserPipelineOutput` rather than a tuple.
             return_masks: also return a :class:`~facediffuser.step.FusionTrace` of the per-step masks and saliency
-                maps.
+                maps, and the person regions (read beside the TDM's attention: the images do not change).
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` called after every step; it may
                 replace any of the tensors named in ``callback_on_step_end_tensor_inputs`` (default ``["latents"]``).
 
@@ -370,6 +380,9 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
             smoothing=smoothing,
             smoothing_kernel_size=smoothing_kernel_size,
             smoothing_sigma=smoothing_sigma,
+            region_attention=region_attention,
+            region_attention_text=region_attention_text,
+            region_saliency=region_saliency,
         )
         default_size = self.unet.config.sample_size * self.vae_scale_factor
         height = default_size if height is None else height
@@ -412,22 +425,48 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
-        # 5. Denoise: each model the stage uses evaluates its conditions in one batched call; the Face-diffuser step
+        # 5. Person regions, when asked for (the trace, or a region option) and there is a stage I: the TDM's
+        #    attention to each person's class noun, read beside its own attention during stage I.
+        marks = (
+            tokenize_prompts(self.tokenizer, prompts, self.placeholder)[1]
+            if return_masks or settings.uses_regions
+            else []
+        )
+        regions = None
+        if regions_wanted(settings, return_masks, stages, max(map(len, marks), default=0)):
+            regions = RegionSampler(
+                settings, marks, num_images_per_prompt, latents.shape[-2:], prompt_embeds.shape[1], device
+            )
+
+        # 6. Denoise: each model the stage uses evaluates its conditions in one batched call; the Face-diffuser step
         #    turns the predictions into one (stage I: eps_T, stage II: SNF, stage III: eps_S); the scheduler steps.
         #    Whether each step's latents are finite is noted on the device (one reduction, no wait for it).
         step_traces: list[StepTrace] = []
         finite: list[torch.Tensor] = []
         self._num_timesteps = len(timesteps)
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
+        #    With regions, side processors sit on both UNets for this loop only.
+        with (
+            self.progress_bar(total=len(timesteps)) as progress_bar,
+            regions.installed(self.unet, self.subject_unet) if regions else nullcontext(),
+        ):
             for i, t in enumerate(timesteps):
                 text_guidance, subject_guidance = stage_guidance(stages[i], settings.subject_guidance_base)
                 model_input = self.scheduler.scale_model_input(latents, t)
+                if regions:
+                    regions.before_text_model(self.unet, stages[i], text_guidance)
+                text_predictions = self._predict_noise(self.unet, text_guidance, model_input, t, embeds)
+                if regions:
+                    regions.before_subject_model(self.subject_unet, subject_guidance)
+                subject_predictions = self._predict_noise(self.subject_unet, subject_guidance, model_input, t, embeds)
+                if regions:
+                    regions.after_step(stages[i], stages[i + 1] if i + 1 < len(stages) else None)
                 noise_pred, step_trace = face_diffuser_step(
                     stages[i],
-                    self._predict_noise(self.unet, text_guidance, model_input, t, embeds),
-                    self._predict_noise(self.subject_unet, subject_guidance, model_input, t, embeds),
+                    text_predictions,
+                    subject_predictions,
                     settings,
                     trace=return_masks,
+                    regions=regions.assignment if regions else None,
                 )
                 if return_masks:
                     step_traces.append(step_trace)
@@ -440,17 +479,25 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                 finite.append(torch.isfinite(latents).all())
                 progress_bar.update()
 
-        # 6. Refuse latents that overflowed (NaN or inf) rather than decode them into a black image.
+        # 7. Refuse latents that overflowed (NaN or inf) rather than decode them into a black image.
         check_finite_steps(finite, settings)
 
-        # 7. Decode.
+        # 8. Decode.
         if output_type == "latent":
             image = latents
         else:
             image = self.vae_decode(latents, generator)
             image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=[True] * batch)
 
-        fusion_trace = FusionTrace.from_steps(stages, timesteps, step_traces) if return_masks else None
+        fusion_trace = None
+        if return_masks:
+            fusion_trace = FusionTrace.from_steps(
+                stages,
+                timesteps,
+                step_traces,
+                regions.regions if regions else None,
+                regions.assignment if regions else None,
+            )
         self.maybe_free_model_hooks()
         if not return_dict:
             return image, fusion_trace

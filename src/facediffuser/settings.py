@@ -30,6 +30,9 @@ MAX_STEPS = 1000
 # float16: the pipeline checks the latents of every step for that.
 MAX_GUIDANCE_SCALE = 3.4028234663852886e38
 
+# The options that use the person regions (docs/method.md, Person regions); all off by default.
+REGION_OPTIONS = ("region_attention", "region_attention_text", "region_saliency")
+
 # Field metadata: ``help`` is the text of the matching CLI flag (see :mod:`facediffuser.io.configuration`); ``ui_range``
 # is the (min, max) a slider offers (the demo). Validation in ``__post_init__`` is the rule; a range is only a UI bound.
 
@@ -80,6 +83,27 @@ class SamplingSettings:
     smoothing_sigma: float = dataclasses.field(
         default=1.0, metadata={"help": "sigma of the 'gaussian' smoothing", "ui_range": (0.1, 5.0)}
     )
+    region_attention: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "in stages II-III, each person's fused token in the SDM attends only inside that person's region "
+            "(the TDM's stage-I attention to their class noun); off: the paper's sampling"
+        },
+    )
+    region_attention_text: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "in stage II, each person's class-noun token in the TDM attends only inside that person's region; "
+            "off: the paper's sampling"
+        },
+    )
+    region_saliency: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "in SNF, the saliency softmax runs over each person's region separately (the background keeps "
+            "the softmax over the image); off: the paper's sampling"
+        },
+    )
 
     def __post_init__(self) -> None:
         # Enums may be given by value ("null"); store the members.
@@ -121,6 +145,14 @@ class SamplingSettings:
         sigma = self.smoothing_sigma
         if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise ValueError(f"`smoothing_sigma` must be a finite number > 0, got {sigma!r}.")
+        for name in REGION_OPTIONS:
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"`{name}` must be true or false, got {getattr(self, name)!r}.")
+
+    @property
+    def uses_regions(self) -> bool:
+        """Whether an option that needs the person regions is on."""
+        return any(getattr(self, name) for name in REGION_OPTIONS)
 
     @property
     def effective_subject_guidance_scale(self) -> float:
@@ -139,8 +171,13 @@ class SamplingSettings:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly: enums as their values (the form the CLI flags take back)."""
-        return {k: v.value if hasattr(v, "value") else v for k, v in self.pipeline_kwargs().items()}
+        """JSON-friendly: enums as their values (the form the CLI flags take back). The region options appear only
+        when on, so that what the paper's sampling records (in a PNG's parameters, a run's files) reads as before."""
+        return {
+            k: v.value if hasattr(v, "value") else v
+            for k, v in self.pipeline_kwargs().items()
+            if not (k in REGION_OPTIONS and v is False)
+        }
 
 
 # The largest side ``check_image_size`` takes: 8 times SD1.x's 512 px (SDXL draws 1024 px). A larger side asks for

@@ -48,6 +48,7 @@ def face_diffuser_step(
     settings: SamplingSettings,
     *,
     trace: bool = False,
+    regions: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, StepTrace | None]:
     """One step's noise prediction from both models' predictions.
 
@@ -61,6 +62,8 @@ def face_diffuser_step(
         settings: the guidance scales, the SDM's guidance base and the SNF smoothing.
         trace: also return the :class:`StepTrace` (in stages I and III this computes saliency maps the step itself
             does not need).
+        regions: ``(B, h, w)`` person index of each latent position (:func:`~facediffuser.fusion.assign_regions`):
+            with ``settings.region_saliency``, SNF normalises the saliency per person region; ``None``: as the paper.
 
     Returns:
         ``(eps, trace)``: the ``(B, C, h, w)`` noise prediction for the scheduler, and the trace or ``None``.
@@ -81,8 +84,9 @@ def face_diffuser_step(
     }
 
     if stage is Stage.FUSION:
+        assignment = regions if settings.region_saliency else None
         eps, mask, norm_text, norm_subject = saliency_adaptive_noise_fusion(
-            eps_text, eps_subject, scaled_text, scaled_subject, **smooth_kwargs
+            eps_text, eps_subject, scaled_text, scaled_subject, assignment=assignment, **smooth_kwargs
         )
         return eps, StepTrace(mask, norm_text, norm_subject) if trace else None
 
@@ -113,6 +117,10 @@ class FusionTrace:
         masks: ``(T, B, h, w)`` float, 1 where the SDM's prediction was used (all 0 in stage I, all 1 in stage III).
         saliency_text: ``(T, B, h, w)`` ``softmax(Omega_T)``, NaN at steps where the TDM was not evaluated.
         saliency_subject: ``(T, B, h, w)`` ``softmax(Omega_S)``, NaN at steps where the SDM was not evaluated.
+        regions: ``(B, K, h, w)`` each person's soft region (the TDM's stage-I attention to their class noun, each map
+            summing to 1), or ``None`` when there is no stage I or no person.
+        region_assignment: ``(B, h, w)`` long, the person each latent position belongs to (``-1``: no one), or
+            ``None`` with ``regions``.
     """
 
     stages: list[Stage]
@@ -120,9 +128,18 @@ class FusionTrace:
     masks: torch.Tensor
     saliency_text: torch.Tensor
     saliency_subject: torch.Tensor
+    regions: torch.Tensor | None = None
+    region_assignment: torch.Tensor | None = None
 
     @classmethod
-    def from_steps(cls, stages: list[Stage], timesteps: torch.Tensor, steps: Sequence[StepTrace]) -> FusionTrace:
+    def from_steps(
+        cls,
+        stages: list[Stage],
+        timesteps: torch.Tensor,
+        steps: Sequence[StepTrace],
+        regions: torch.Tensor | None = None,
+        region_assignment: torch.Tensor | None = None,
+    ) -> FusionTrace:
         """Stacks the :class:`StepTrace` of every step, on the CPU."""
 
         def stack(maps: list[torch.Tensor | None], like: list[torch.Tensor]) -> torch.Tensor:
@@ -135,6 +152,8 @@ class FusionTrace:
             masks=torch.stack(masks).cpu(),
             saliency_text=stack([step.saliency_text for step in steps], masks),
             saliency_subject=stack([step.saliency_subject for step in steps], masks),
+            regions=None if regions is None else regions.detach().float().cpu(),
+            region_assignment=None if region_assignment is None else region_assignment.detach().cpu(),
         )
 
     def stage_mean(self, stage: Stage, what: str = "masks") -> torch.Tensor:
