@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from facediffuser.cli.main import main
 from facediffuser.evaluation.cases import load_subjects
 from facediffuser.io.package_data import WORLD_REFERENCES, packaged
