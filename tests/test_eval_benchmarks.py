@@ -173,6 +173,62 @@ def test_method_specs():
             parse_method(bad)
 
 
+def test_method_sampling_options_make_their_own_rows():
+    ra = parse_method("face-diffuser:0.3:0.6:text:ra")
+    assert ra.label == "face-diffuser_a0.3_b0.6_ra" and ra.display_name.endswith("region attention)")
+    both = parse_method("face-diffuser:0.3:0.6:rs:ra")
+    assert both == parse_method("face-diffuser:ra:rs") == parse_method("face-diffuser:region_saliency=true:ra")
+    assert both.label == "face-diffuser_a0.3_b0.6_ra_rs"  # SamplingSettings' field order, whatever the spec's
+    assert parse_method("face-diffuser:rat").label == "face-diffuser_a0.3_b0.6_rat"
+    run = SamplingSettings(guidance_scale=3.0)
+    sampling = both.sampling(run)
+    assert (sampling.region_attention, sampling.region_attention_text, sampling.region_saliency) == (True, False, True)
+    assert sampling.guidance_scale == 3.0 and not parse_method("face-diffuser").sampling(run).uses_regions
+    # the generic KEY=VALUE form: any SamplingSettings field, the value checked and stored by SamplingSettings
+    gaussian = parse_method("face-diffuser:0.3:0.6:null:smoothing=gaussian:ra")
+    assert gaussian.label == "face-diffuser_a0.3_b0.6_null_smoothing-gaussian_ra"
+    assert gaussian.sampling(run).smoothing.value == "gaussian" and "smoothing=gaussian" in gaussian.display_name
+    assert parse_method("face-diffuser:region_attention=false") == parse_method("face-diffuser")  # the run's own
+    # the fixed methods take the options that change what they draw
+    assert parse_method("sdm:null:num_inference_steps=20").label == "sdm_null_num_inference_steps-20"
+    assert parse_method("tdm:guidance_scale=7.5").sampling(run).guidance_scale == 7.5
+    variants = parse_variants(
+        ["face-diffuser", "face-diffuser:ra", "face-diffuser:0.3:0.6:ra:rs", "face-diffuser:rs:ra"],
+        [ModelSpec("m", "t")],
+    )
+    assert [v.method.label for v in variants] == [
+        "face-diffuser_a0.3_b0.6",
+        "face-diffuser_a0.3_b0.6_ra",
+        "face-diffuser_a0.3_b0.6_ra_rs",
+    ]
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("sdm:ra", "Method 'sdm:ra': the SDM alone runs only stage III (no stage I, no fusion), so region_attention "
+                   "changes nothing in it; give it to face-diffuser (e.g. face-diffuser:0.3:0.6:ra)."),
+        ("tdm:rs", "the TDM alone runs only stage I (no fusion, no SDM), so region_saliency changes nothing"),
+        ("sdm:smoothing=gaussian", "so smoothing changes nothing in it"),
+        ("face-diffuser:region_attention=yes",
+         "Method 'face-diffuser:region_attention=yes': `region_attention` must be true or false, got 'yes'."),
+        ("face-diffuser:region_saliency=1", "`region_saliency` must be true or false, got 1."),
+        ("face-diffuser:smoothing=median", "`smoothing` must be one of ['box', 'gaussian'], got 'median'."),
+        ("face-diffuser:steps=20", "'steps' is not a sampling setting; write ra, rat, rs or KEY=VALUE with KEY one of "
+                                   "num_inference_steps,"),
+        ("face-diffuser:alpha=0.2", "alpha is set by the method's ALPHA, not by alpha=..."),
+        ("face-diffuser:ra:region_attention=true", "sets region_attention twice; give it once."),
+        ("face-diffuser:smoothing=../x", "must be a number or a word of letters, digits"),
+        ("face-diffuser:0.3:ra", "write face-diffuser:ALPHA:BETA"),
+        ("face-diffuser:null:text", "give one SDM guidance base"),
+    ],
+)  # fmt: skip
+def test_method_options_are_refused_in_one_sentence(spec, message):
+    with pytest.raises(ValueError) as caught:
+        parse_method(spec)
+    assert message in str(caught.value)
+
+
 def test_models_and_method_at_model_specs():
     models = parse_models(["fd=pipes/fd", "converted/fastcomposer/", "tiny", "fd=pipes/fd"])
     assert models == [

@@ -236,3 +236,20 @@ def test_sweep_plot_ticks_labels_and_colours(tmp_path, monkeypatch):
     assert {tuple(np.round(to_rgba(c), 3)) for c in legend_colours} == scatter_colours  # one colour per line
     image = np.asarray(Image.open(tmp_path / "sweep.png"))
     assert image.shape[1] == 1400  # 14 in at 100 dpi
+
+
+def test_sweep_plot_draws_a_method_with_sampling_options_as_its_own_line(tmp_path, monkeypatch):
+    import facediffuser.evaluation.figures as figures
+
+    drawn = []
+    original = figures._matplotlib_figure
+    monkeypatch.setattr(figures, "_matplotlib_figure", lambda *a: drawn.append(original(*a)) or drawn[-1])
+    estimate = {"mean": 0.3, "low": 0.2, "high": 0.4, "images": 4}
+    results = {
+        f"m/{label}": {"model": "m", "alpha": alpha, "beta": 0.6, "images": 4, "ip": estimate, "pc": estimate}
+        | ({"options": {"region_attention": True}} if label.endswith("ra") else {})
+        for label, alpha in [("a1", 0.1), ("a3", 0.3), ("a1_ra", 0.1), ("a3_ra", 0.3)]
+    }
+    assert sweep_plot({"benchmark": "b", "ip_backend": "dlib", "methods": results}, tmp_path / "sweep.png")
+    legend = [t.get_text() for t in drawn[0].legends[0].get_texts()]
+    assert legend == ["beta=0.6", "beta=0.6, region_attention=True"]

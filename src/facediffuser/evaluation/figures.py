@@ -80,8 +80,10 @@ def sweep_plot(summary: dict[str, Any], path: Path) -> bool:
         return False
     several_models = len({r.get("model") for r in results}) > 1
     series: dict[tuple[str, float, str], list[dict]] = defaultdict(list)
-    for r in results:  # a method with its own SDM guidance base is a line of its own
-        series[(r.get("model") or "", r["beta"], r.get("guidance_base") or "")].append(r)
+    for r in results:  # a method with its own SDM guidance base or sampling options is a line of its own
+        options = ", ".join(f"{k}={v}" for k, v in (r.get("options") or {}).items())
+        base = ", ".join(filter(None, [f"SDM base {r['guidance_base']}" if r.get("guidance_base") else "", options]))
+        series[(r.get("model") or "", r["beta"], base)].append(r)
     ax_ip, ax_pc, ax_both = figure.subplots(1, 3)
     points = np.array([[_value(r, "pc"), _value(r, "ip")] for r in results])
     finite = points[np.isfinite(points).all(axis=1)]
@@ -92,7 +94,7 @@ def sweep_plot(summary: dict[str, Any], path: Path) -> bool:
         colour = f"C{index % 10}"
         rs = sorted(rs, key=lambda r: r["alpha"])
         name = f"{model}, beta={beta:g}" if several_models else f"beta={beta:g}"
-        name += f", SDM base {base}" if base else ""
+        name += f", {base}" if base else ""
         alphas = [r["alpha"] for r in rs]
         for ax, key in ((ax_ip, "ip"), (ax_pc, "pc")):
             means = np.array([_value(r, key) for r in rs])

@@ -10,15 +10,21 @@ row of Table 1.
 Method specs: ``tdm``, ``sdm``, ``face-diffuser`` (the default ``alpha``/``beta`` of
 :class:`~facediffuser.settings.SamplingSettings`), ``face-diffuser:ALPHA:BETA``; a method that runs the SDM may end in
 ``:text`` or ``:null``, the SDM's guidance base for that row only (``face-diffuser:0.3:0.6:null``, ``sdm:null``;
-without it, the run's ``--subject-guidance-base``); ``SPEC@MODEL`` runs it with that model only
+without it, the run's ``--subject-guidance-base``); a Face-diffuser spec may end in sampling options, each a further
+``:`` token: ``ra``, ``rat`` and ``rs`` (the person-region options ``region_attention``, ``region_attention_text``,
+``region_saliency``), or ``KEY=VALUE`` for any other field of :class:`~facediffuser.settings.SamplingSettings`
+(``face-diffuser:0.3:0.6:ra:rs``, ``face-diffuser:smoothing=gaussian``); ``SPEC@MODEL`` runs it with that model only
 (``sdm@fastcomposer``), a spec without ``@`` runs with every model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Any
 
 from ..fusion import SubjectGuidanceBase
 from ..settings import SamplingSettings
@@ -27,6 +33,24 @@ FIXED_METHODS = {"tdm": (1.0, 1.0), "sdm": (0.0, 0.0)}
 FACE_DIFFUSER = "face-diffuser"
 METHOD_NAMES = (*FIXED_METHODS, FACE_DIFFUSER)
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# The short method tokens of the sampling options that use the person regions (docs/method.md, Person regions).
+SHORT_OPTIONS = {"ra": "region_attention", "rat": "region_attention_text", "rs": "region_saliency"}
+SHORT_NAMES = {
+    "region_attention": "region attention",
+    "region_attention_text": "region attention on the TDM's class nouns",
+    "region_saliency": "region saliency",
+}
+# What a KEY=VALUE option's value may be: it becomes part of the row's folder name.
+OPTION_VALUE = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+# Set by the method's own tokens (ALPHA:BETA, :text/:null), not by KEY=VALUE.
+POSITIONAL_FIELDS = {"alpha": "ALPHA", "beta": "BETA", "subject_guidance_base": ":text or :null"}
+# The options the fixed methods take: only these change what they draw (the TDM alone runs stage I only, the SDM
+# alone stage III only: no stage II to fuse in, no stage I to read person regions from).
+FIXED_OPTIONS = {
+    "tdm": ("num_inference_steps", "guidance_scale"),
+    "sdm": ("num_inference_steps", "guidance_scale", "subject_guidance_scale"),
+}
+FIXED_STAGES = {"tdm": "runs only stage I (no fusion, no SDM)", "sdm": "runs only stage III (no stage I, no fusion)"}
 
 
 @dataclass(frozen=True)
@@ -38,33 +62,85 @@ class Method:
     alpha: float
     beta: float
     guidance_base: SubjectGuidanceBase | None = None
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def option_tokens(self) -> list[str]:
+        """This method's own sampling options as they read in its label: ``ra``, ``rat``, ``rs`` for a region option
+        that is on, ``KEY-VALUE`` for any other (``smoothing-gaussian``)."""
+        short = {field: token for token, field in SHORT_OPTIONS.items()}
+        return [short[k] if k in short and v is True else f"{k}-{option_text(v)}" for k, v in self.options]
 
     @property
     def label(self) -> str:
         """Unique and file-name safe: ``tdm``, ``sdm``, ``face-diffuser_a0.2_b0.7``, ``face-diffuser_a0.3_b0.6_null``
-        (a method with its own SDM guidance base)."""
+        (a method with its own SDM guidance base), ``face-diffuser_a0.3_b0.6_ra_rs`` (with sampling options)."""
         base = f"_{self.guidance_base.value}" if self.guidance_base is not None else ""
+        options = "".join(f"_{token}" for token in self.option_tokens)
         if self.name in FIXED_METHODS:
-            return self.name + base
-        return f"{self.name}_a{self.alpha:g}_b{self.beta:g}{base}"
+            return self.name + base + options
+        return f"{self.name}_a{self.alpha:g}_b{self.beta:g}{base}{options}"
 
     @property
     def display_name(self) -> str:
         """The row title of a table: ``TDM (alpha=beta=1)``, ``Face-diffuser (alpha=0.2, beta=0.7)``, with
-        ``, SDM guidance base null`` when the method sets its own."""
+        ``, SDM guidance base null`` when the method sets its own and its options (``, region attention``,
+        ``, smoothing=gaussian``)."""
         base = f", SDM guidance base {self.guidance_base.value}" if self.guidance_base is not None else ""
+        base += "".join(
+            f", {SHORT_NAMES[k]}" if k in SHORT_NAMES and v is True else f", {k}={option_text(v)}"
+            for k, v in self.options
+        )
         if self.name == "tdm":
-            return "TDM alone (alpha=beta=1)"
+            return f"TDM alone (alpha=beta=1{base})"
         if self.name == "sdm":
             return f"SDM alone (alpha=beta=0{base})"
         return f"Face-diffuser (alpha={self.alpha:g}, beta={self.beta:g}{base})"
 
     def sampling(self, run: SamplingSettings) -> SamplingSettings:
-        """The run's sampling settings with this method's stage fractions (and guidance base, when it sets one)."""
-        changes = {"alpha": self.alpha, "beta": self.beta}
+        """The run's sampling settings with this method's stage fractions (and guidance base and options, when it
+        sets them)."""
+        changes = {"alpha": self.alpha, "beta": self.beta, **dict(self.options)}
         if self.guidance_base is not None:
             changes["subject_guidance_base"] = self.guidance_base
         return run.replace(**changes)
+
+
+def option_text(value: Any) -> str:
+    """A setting's value as a method token writes it: ``true``, ``gaussian``, ``1.5``, ``none``."""
+    value = getattr(value, "value", value)
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def parse_option(spec: str, token: str) -> tuple[str, Any]:
+    """One option token of method ``spec``: ``ra``/``rat``/``rs`` (that region option on) or ``KEY=VALUE``, the value
+    read as JSON (``true``, ``2``, ``1.5``, ``null``) or else kept as a word (``gaussian``); the value is checked by
+    :class:`SamplingSettings`, not here."""
+    if token in SHORT_OPTIONS:
+        return SHORT_OPTIONS[token], True
+    key, _, text = token.partition("=")
+    fields = [f.name for f in dataclasses.fields(SamplingSettings)]
+    if key in POSITIONAL_FIELDS:
+        raise ValueError(
+            f"Method {spec!r}: {key} is set by the method's {POSITIONAL_FIELDS[key]}, not by {key}=...; e.g. "
+            "face-diffuser:0.3:0.6:null."
+        )
+    if key not in fields:
+        raise ValueError(
+            f"Method {spec!r}: {key!r} is not a sampling setting; write {', '.join(SHORT_OPTIONS)} or KEY=VALUE with "
+            f"KEY one of {', '.join(f for f in fields if f not in POSITIONAL_FIELDS)}."
+        )
+    if not OPTION_VALUE.match(text):
+        raise ValueError(
+            f"Method {spec!r}: the value of {key} must be a number or a word of letters, digits, '.', '+' or '-', "
+            f"got {text!r}."
+        )
+    try:
+        return key, json.loads(text)
+    except ValueError:
+        return key, text
 
 
 @dataclass(frozen=True)
@@ -129,24 +205,38 @@ def parse_models(specs: list[str]) -> list[ModelSpec]:
 
 def parse_method(spec: str, defaults: SamplingSettings | None = None) -> Method:
     """``tdm``, ``sdm``, ``face-diffuser`` (with ``defaults``' alpha and beta) or ``face-diffuser:ALPHA:BETA``, each
-    but ``tdm`` optionally ending in ``:text`` or ``:null`` (the SDM's guidance base for this method).
+    but ``tdm`` optionally followed by ``:text`` or ``:null`` (the SDM's guidance base for this method), and by
+    sampling options: ``:ra``, ``:rat``, ``:rs`` (the person-region options) or ``:KEY=VALUE`` (any other field of
+    :class:`SamplingSettings`, checked by it). The fixed methods take only the options that change what they draw.
 
-    A guidance base equal to ``defaults``' is the run's own and is not kept on the method, so that
-    ``face-diffuser:0.3:0.6:text`` in a run with the default base is the row ``face-diffuser``, not a second one.
+    A guidance base or option equal to ``defaults``' is the run's own and is not kept on the method, so that
+    ``face-diffuser:0.3:0.6:text`` in a run with the default base is the row ``face-diffuser``, not a second one; the
+    options are kept in :class:`SamplingSettings`' field order, so ``:rs:ra`` and ``:ra:rs`` are one row.
 
     Example: ``parse_method("face-diffuser:0.1:0.6")`` is Face-diffuser with stage II from 10% to 60% of the steps;
-    ``parse_method("face-diffuser:0.3:0.6:null")`` the same at 0.3 / 0.6 with paper eq. 2's SDM guidance.
+    ``parse_method("face-diffuser:0.3:0.6:null")`` the same at 0.3 / 0.6 with paper eq. 2's SDM guidance;
+    ``parse_method("face-diffuser:0.3:0.6:ra:rs")`` at 0.3 / 0.6 with region attention and region saliency.
     """
     defaults = defaults or SamplingSettings()
-    name, *fractions = spec.strip().lower().split(":")
+    name, *tokens = spec.strip().lower().split(":")
     base = None
     bases = [b.value for b in SubjectGuidanceBase]
-    if fractions and fractions[-1] in bases:
-        base = SubjectGuidanceBase(fractions.pop())
-        if name == "tdm":
-            raise ValueError(f"Method {spec!r}: the TDM alone runs no SDM, so it has no guidance base; write 'tdm'.")
-        if base == defaults.subject_guidance_base:
-            base = None
+    fractions: list[str] = []
+    options: dict[str, Any] = {}
+    for token in tokens:
+        if token in bases:
+            if base is not None:
+                raise ValueError(f"Method {spec!r}: give one SDM guidance base, :text or :null.")
+            base = SubjectGuidanceBase(token)
+        elif token in SHORT_OPTIONS or "=" in token:
+            key, value = parse_option(spec, token)
+            if key in options:
+                raise ValueError(f"Method {spec!r} sets {key} twice; give it once.")
+            options[key] = value
+        else:
+            fractions.append(token)
+    if base is not None and name == "tdm":
+        raise ValueError(f"Method {spec!r}: the TDM alone runs no SDM, so it has no guidance base; write 'tdm'.")
     if name in FIXED_METHODS:
         if fractions:
             raise ValueError(
@@ -155,25 +245,49 @@ def parse_method(spec: str, defaults: SamplingSettings | None = None) -> Method:
                 if name == "sdm"
                 else f"Method {spec!r}: {name} has fixed stage fractions; write just {name!r}."
             )
-        return Method(name, *FIXED_METHODS[name], base)
-    if name != FACE_DIFFUSER:
+        for key in options:
+            if key not in FIXED_OPTIONS[name]:
+                raise ValueError(
+                    f"Method {spec!r}: the {name.upper()} alone {FIXED_STAGES[name]}, so {key} changes nothing in "
+                    f"it; give it to face-diffuser (e.g. face-diffuser:0.3:0.6:{token_of(key, options[key])})."
+                )
+        alpha, beta = FIXED_METHODS[name]
+    elif name != FACE_DIFFUSER:
         raise ValueError(
             f"Unknown method {spec!r}; choose from {', '.join(METHOD_NAMES)}, or face-diffuser:ALPHA:BETA "
             "(e.g. face-diffuser:0.2:0.7)."
         )
-    alpha, beta = defaults.alpha, defaults.beta
-    if fractions:
-        if len(fractions) != 2:
-            raise ValueError(
-                f"Method {spec!r}: write face-diffuser:ALPHA:BETA, e.g. face-diffuser:0.2:0.7, optionally followed "
-                f"by :{' or :'.join(bases)} (the SDM's guidance base)."
-            )
-        try:
-            alpha, beta = (float(f) for f in fractions)
-        except ValueError as err:
-            raise ValueError(f"Method {spec!r}: ALPHA and BETA must be numbers ({err}).") from err
-    settings = defaults.replace(alpha=alpha, beta=beta)  # validates the fractions
-    return Method(FACE_DIFFUSER, float(settings.alpha), float(settings.beta), base)
+    else:
+        alpha, beta = defaults.alpha, defaults.beta
+        if fractions:
+            if len(fractions) != 2:
+                raise ValueError(
+                    f"Method {spec!r}: write face-diffuser:ALPHA:BETA, e.g. face-diffuser:0.2:0.7, optionally "
+                    f"followed by :{' or :'.join(bases)} (the SDM's guidance base) and options (:ra, :rat, :rs, "
+                    ":KEY=VALUE)."
+                )
+            try:
+                alpha, beta = (float(f) for f in fractions)
+            except ValueError as err:
+                raise ValueError(f"Method {spec!r}: ALPHA and BETA must be numbers ({err}).") from err
+    try:  # validates the fractions and the options, in SamplingSettings' words
+        settings = defaults.replace(alpha=alpha, beta=beta, **options)
+    except ValueError as err:
+        raise ValueError(f"Method {spec!r}: {err}") from None
+    if base == defaults.subject_guidance_base:
+        base = None
+    own = tuple(
+        (f.name, getattr(settings, f.name))
+        for f in dataclasses.fields(SamplingSettings)
+        if f.name in options and getattr(settings, f.name) != getattr(defaults, f.name)
+    )
+    return Method(name, float(settings.alpha), float(settings.beta), base, own)
+
+
+def token_of(key: str, value: Any) -> str:
+    """How a method spec writes an option: ``ra`` for ``region_attention`` on, else ``KEY=VALUE``."""
+    short = {field: token for token, field in SHORT_OPTIONS.items()}
+    return short[key] if key in short and value is True else f"{key}={option_text(value)}"
 
 
 def parse_methods(specs: list[str], defaults: SamplingSettings | None = None) -> list[Method]:
@@ -184,7 +298,9 @@ def parse_methods(specs: list[str], defaults: SamplingSettings | None = None) ->
         if method.label not in {m.label for m in methods}:
             methods.append(method)
     if not methods:
-        raise ValueError("Give at least one method: tdm, sdm, face-diffuser or face-diffuser:ALPHA:BETA.")
+        raise ValueError(
+            "Give at least one method: tdm, sdm, face-diffuser or face-diffuser:ALPHA:BETA (optionally :ra, :rat, :rs)."
+        )
     return methods
 
 
@@ -210,7 +326,9 @@ def parse_variants(
         else:
             wanted += [(method, model) for model in models]
     if not wanted:
-        raise ValueError("Give at least one method: tdm, sdm, face-diffuser or face-diffuser:ALPHA:BETA.")
+        raise ValueError(
+            "Give at least one method: tdm, sdm, face-diffuser or face-diffuser:ALPHA:BETA (optionally :ra, :rat, :rs)."
+        )
     variants: list[Variant] = []
     for model in models:
         for method, chosen in wanted:

@@ -173,6 +173,7 @@ def summarize(rows: Sequence[ScoreRow], variants: Sequence[Variant], header: dic
             "alpha": variant.method.alpha,
             "beta": variant.method.beta,
             "guidance_base": variant.method.guidance_base.value if variant.method.guidance_base else None,
+            "options": {k: getattr(v, "value", v) for k, v in variant.method.options},
             **_estimates(mine, attributes),
             "ip_unscorable": sum(1 for r in mine if not math.isfinite(r.ip)),
             "all_faces_found": (sum(1 for r, n in zip(mine, people) if r.faces >= n) / len(mine)) if mine else None,
