@@ -141,8 +141,8 @@ class EvaluationConfig:
         metadata={
             "help": "methods to compare: tdm, sdm, face-diffuser (with --alpha/--beta) or face-diffuser:A:B; sdm and "
             "face-diffuser may end in :text or :null (that row's SDM guidance base), face-diffuser in sampling options "
-            "(:ra, :rat, :rs for the person-region options, :KEY=VALUE for any sampling setting); METHOD@MODEL runs it with "
-            "that model only (e.g. sdm@fastcomposer) (default: tdm sdm face-diffuser; for mini, tdm sdm "
+            "(:ra, :rat, :rs for the person-region options, :KEY=VALUE for any sampling setting); METHOD@MODEL runs "
+            "it with that model only (e.g. sdm@fastcomposer) (default: tdm sdm face-diffuser; for mini, tdm sdm "
             "face-diffuser:0.3:0.6:text face-diffuser:0.3:0.6:null)"
         },
     )
