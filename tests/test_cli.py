@@ -68,6 +68,40 @@ def test_generate_writes_png_with_parameters_and_masks(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result-masks.png", "result.png"]
 
 
+TWO = ["--model", "tiny", "-p", "a man <|image|> and a woman <|image|>", "--ref", ASTRONAUT, "--ref", ASTRONAUT]
+
+
+def test_save_masks_draws_the_person_regions_of_two_people(tmp_path):
+    out = tmp_path / "two.png"
+    assert (
+        main(["generate", *TWO, "--steps", "4", "--height", "32", "--width", "32", "--save-masks", "-o", str(out)]) == 0
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two-masks.png", "two-regions.png", "two.png"]
+    regions = Image.open(tmp_path / "two-regions.png")
+    params = json.loads(Image.open(out).text["parameters"])
+    assert json.loads(regions.text["parameters"]) == params
+    description = regions.text["Description"]
+    assert description.startswith("Person regions of two.png") and "person 2 (woman) in blue" in description
+    assert regions.width > 4 * regions.height  # a row of tiles: image, 2 people, assignment, on the image
+
+
+def test_one_person_with_a_region_option_gets_the_regions_picture_too(tmp_path):
+    out = tmp_path / "one.png"
+    argv = ["generate", *ONE, "--steps", "4", "--height", "32", "--width", "32", "--save-masks", "-o", str(out)]
+    assert main([*argv, "--region-saliency"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one-masks.png", "one-regions.png", "one.png"]
+    assert "person 1 (man) in red" in Image.open(tmp_path / "one-regions.png").text["Description"]
+
+
+def test_an_existing_regions_picture_is_refused_before_any_model_loads(tmp_path, capsys, no_model_load):
+    (tmp_path / "two-regions.png").write_bytes(b"the user's own file")
+    assert main(["generate", *TWO, "--save-masks", "-o", str(tmp_path / "two.png")]) == 2
+    err = capsys.readouterr().err
+    assert "two-regions.png already exists: choose another output name, or pass --overwrite" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two-regions.png"]
+    assert (tmp_path / "two-regions.png").read_bytes() == b"the user's own file"
+
+
 @pytest.mark.slow
 def test_generate_is_reproducible_and_seeded(tmp_path):
     argv = ["generate", "--model", "tiny", "-p", "a man <|image|>", "--ref", ASTRONAUT, "--steps", "2"]
@@ -459,6 +493,11 @@ def test_a_png_is_obeyed_only_in_what_generate_records(tmp_path, monkeypatch, ca
         ({"height": "32"}, "In the parameters recorded in "),
         ({"seed": True}, "`seed` must be an integer, got True."),
         ({"subject_guidance_base": "eq2"}, "`subject_guidance_base` must be one of 'text', 'null', got 'eq2'."),
+        (
+            {"region_attention": "yes"},
+            "In the parameters recorded in a.png, `region_attention` must be true or false, got 'yes'.",
+        ),
+        ({"region_saliency": 1}, "`region_saliency` must be true or false, got 1."),
     ],
 )
 def test_png_values_are_checked_as_their_flags_before_any_model_loads(

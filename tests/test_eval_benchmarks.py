@@ -309,13 +309,18 @@ def test_bad_prompt_files_say_what_to_write(tmp_path):
         ({"height": 10**6}, "--height must be at most 4096 pixels, got 1000000."),
         ({"width": 20}, "--width must be a positive multiple of 8, got 20."),
         ({"guidance_scale": 1e39}, "must be at most 3.403e+38, the largest float32 number"),
+        (
+            {"methods": ["face-diffuser:region_attention=yes"]},
+            "Method 'face-diffuser:region_attention=yes': `region_attention` must be true or false, got 'yes'.",
+        ),
+        ({"methods": ["sdm:ra"]}, "Method 'sdm:ra': the SDM alone runs only stage III (no stage I, no fusion)"),
     ],
 )
 def test_evaluate_refuses_absurd_counts_and_seeds_before_anything_loads(tmp_path, changes, words):
     from facediffuser.evaluation.harness import EvaluationConfig
 
     people = make_subjects(tmp_path / "people", {"ada": 1})
-    config = EvaluationConfig(model=["tiny"], data=people, metrics=["ip"], methods=["tdm"], **changes)
+    config = EvaluationConfig(model=["tiny"], data=people, metrics=["ip"], **{"methods": ["tdm"], **changes})
     with pytest.raises(ValueError) as err:
         config.check()
     assert words in str(err.value)

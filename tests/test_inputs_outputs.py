@@ -98,3 +98,61 @@ def test_generation_parameters_are_json_and_hash_pixels_not_paths():
     assert params["alpha"] == 0.25 and params["subject_guidance_base"] == "text" and params["scheduler"] == "ddim"
     assert params["ref_sha256"] == [photos_fingerprint([photo.copy()])]
     assert photos_fingerprint([photo]) != photos_fingerprint([Image.new("RGB", (3, 3), (9, 9, 8))])
+
+
+# ------------------------------------------------------------------ the person regions picture (--save-masks)
+def _region_trace(regions, assignment):
+    import torch
+
+    from facediffuser.fusion import Stage
+    from facediffuser.step import FusionTrace
+
+    b, _, h, w = regions.shape
+    maps = torch.zeros(2, b, h, w)
+    return FusionTrace([Stage.TEXT, Stage.FUSION], torch.tensor([1, 0]), maps, maps, maps, regions, assignment)
+
+
+def test_the_regions_picture_colours_each_person_and_the_assignment_with_sharp_pixels():
+    import numpy as np
+    import torch
+
+    from facediffuser.io.visualize import NO_ONE_COLOUR, PERSON_COLOURS, region_description, region_picture
+
+    # a 4 x 4 latent: person 1 on the left half, person 2 on the right top, no one on the right bottom
+    regions = torch.zeros(1, 2, 4, 4)
+    regions[0, 0, :, :2] = 1.0
+    regions[0, 1, :2, 2:] = 1.0
+    regions = regions / regions.flatten(2).sum(-1)[..., None, None]
+    assignment = torch.full((1, 4, 4), -1)
+    assignment[0, :, :2], assignment[0, :2, 2:] = 0, 1
+    image = Image.new("RGB", (8, 8), (10, 200, 10))
+    trace = _region_trace(regions, assignment)
+    picture = np.asarray(region_picture(trace, 0, image, ["man", "woman"], cell=32))
+    # tiles of 32 px (+4 px gaps) under a 6 px band: image, person 1, person 2, assigned, on the image
+    assert picture.shape[1] == 5 * 36 - 4
+    y_top, y_bottom = 6 + 4, 6 + 28  # rows of latent row 0 and latent row 3
+    tile = lambda k: 36 * k  # noqa: E731
+    assert tuple(picture[y_top, tile(0) + 16]) == (10, 200, 10)  # the image, enlarged
+    assert tuple(picture[y_top, tile(1) + 4]) == PERSON_COLOURS[0] and tuple(picture[y_top, tile(1) + 28]) == (255,) * 3
+    assert tuple(picture[y_top, tile(2) + 28]) == PERSON_COLOURS[1] and tuple(picture[y_top, tile(2) + 4]) == (255,) * 3
+    assert tuple(picture[y_top, tile(3) + 4]) == PERSON_COLOURS[0]
+    assert tuple(picture[y_top, tile(3) + 28]) == PERSON_COLOURS[1]
+    assert tuple(picture[y_bottom, tile(3) + 28]) == NO_ONE_COLOUR
+    assert tuple(picture[y_bottom, tile(4) + 28]) == (10, 200, 10)  # no one: the image untouched
+    # NEAREST: a latent position is an 8 x 8 square of one colour, no blend at its edges
+    assert len({tuple(p) for p in picture[6 + 1 : 6 + 31, tile(3) + 1 : tile(3) + 31].reshape(-1, 3)}) == 3
+    text = region_description(trace, 0, "x.png", ["man", "woman"])
+    assert "person 1 (man) in red, 50% of the positions; person 2 (woman) in blue, 25%" in text
+    assert text.endswith("no one 25%.")
+
+
+def test_the_regions_picture_is_drawn_for_two_people_or_an_option_with_a_stage_one():
+    from facediffuser.io.visualize import person_nouns, regions_shown
+
+    plain = SamplingSettings()
+    assert not regions_shown(1, plain)  # the README's command: no new file
+    assert regions_shown(2, plain) and regions_shown(1, plain.replace(region_saliency=True))
+    assert not regions_shown(2, plain.replace(alpha=0.0))  # no stage I, no regions
+    assert not regions_shown(2, plain.replace(num_inference_steps=2))  # floor(0.3 * 2) = 0 stage-I steps
+    assert not regions_shown(0, plain.replace(region_attention=True))
+    assert person_nouns("a man <|image|> and a woman <|image|> at sea", "<|image|>") == ["man", "woman"]

@@ -79,7 +79,13 @@ class GenerateConfig:
         default=Offload.NONE, metadata={"help": "model: one model on the GPU at a time; sequential: layer by layer"}
     )
     compile: bool = field(default=False, metadata={"help": "torch.compile both UNets (slow first call)"})
-    save_masks: bool = field(default=False, metadata={"help": "also write a picture of the fusion masks per step"})
+    save_masks: bool = field(
+        default=False,
+        metadata={
+            "help": "also write a picture of the fusion masks per step (X-masks.png) and, with two or more people or a "
+            "region option, of the person regions (X-regions.png)"
+        },
+    )
     face_check: bool = field(
         default=True,
         metadata={
@@ -109,6 +115,19 @@ def output_paths(out: Path, count: int) -> list[Path]:
 
 def mask_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}-masks.png")
+
+
+def regions_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}-regions.png")
+
+
+def writes_regions(config: GenerateConfig, placeholder: str) -> bool:
+    """Whether this run writes ``X-regions.png`` beside each ``X-masks.png``: with ``--save-masks`` and the person
+    regions in the trace, that is two or more people, or a region option on (``visualize.regions_shown``)."""
+    from ..io.visualize import regions_shown
+    from ..prompting import count_placeholders
+
+    return config.save_masks and regions_shown(count_placeholders(config.prompt, placeholder), config.sampling)
 
 
 def rerun_settings(parameters: dict[str, Any], source: str = "the recorded parameters") -> dict[str, Any]:
@@ -178,7 +197,10 @@ def check_before_loading(config: GenerateConfig):
     index = read_model_index(folder) if folder is not None else None
     placeholder = read_placeholder(folder, index) if folder is not None else None
     paths = output_paths(config.out, config.num_images)
-    for path in paths + ([mask_path(p) for p in paths] if config.save_masks else []):
+    pictures = [mask_path(p) for p in paths] if config.save_masks else []
+    if writes_regions(config, placeholder or DEFAULT_PLACEHOLDER):
+        pictures += [regions_path(p) for p in paths]
+    for path in paths + pictures:
         check_output_file(path, overwrite=config.overwrite, overwrite_hint="pass --overwrite to replace it")
     if config.parameters_from is not None and not config.ref:
         raise ValueError(
@@ -208,7 +230,7 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
     from ..io.inputs import check_prompt, reference_name
     from ..io.loading import dtype_name, load_pipeline, scheduler_name
     from ..io.outputs import PARAMETERS_KEY, generation_parameters, parameters_text, photos_fingerprint, write_png
-    from ..io.visualize import mask_strip, mask_strip_description
+    from ..io.visualize import mask_strip, mask_strip_description, person_nouns, region_description, region_picture
 
     # 1. Check everything that can be checked before the (slow) model load.
     device, dtype, paths, people = check_before_loading(config)
@@ -270,6 +292,13 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
             text["Description"] = mask_strip_description(result.fusion_trace, path.name)
             write_png(strip, mask_path(path), text=text, overwrite=config.overwrite)
             logger.info("Wrote %s", mask_path(path))
+        trace = result.fusion_trace
+        if writes_regions(config, pipe.placeholder) and trace is not None and trace.regions is not None:
+            names = person_nouns(config.prompt, pipe.placeholder)
+            picture = region_picture(trace, i, image, names)
+            text["Description"] = region_description(trace, i, path.name, names)
+            write_png(picture, regions_path(path), text=text, overwrite=config.overwrite)
+            logger.info("Wrote %s", regions_path(path))
     return paths
 
 

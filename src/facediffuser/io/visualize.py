@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..fusion import Stage
+from ..fusion import REGION_THRESHOLD, Stage
 from ..pipeline import FusionTrace
 
 STAGE_COLOURS = {Stage.TEXT: (66, 135, 245), Stage.FUSION: (245, 166, 35), Stage.SUBJECT: (214, 48, 49)}
@@ -78,3 +78,140 @@ def mask_strip_description(trace: FusionTrace, image_name: str | None = None, wi
     if with_image:
         text += " Last column: the image, tinted red where stage II's mean mask gave it to the SDM."
     return text
+
+
+# ------------------------------------------------------------------ person regions (docs/method.md, Person regions)
+# One colour per person, in placeholder order (distinct on white and on each other, and for the common colour
+# blindnesses between the first two); a position assigned to no one is dark gray.
+PERSON_COLOURS = ((230, 25, 75), (0, 130, 200), (60, 180, 75), (245, 130, 48), (145, 30, 180), (70, 200, 200))
+NO_ONE_COLOUR = (64, 64, 64)
+COLOUR_NAMES = ("red", "blue", "green", "orange", "purple", "teal")
+
+
+def regions_shown(people: int, settings, num_steps: int | None = None) -> bool:
+    """Whether ``generate --save-masks`` draws the person regions of a call: with two or more people, or one person
+    and a region option on (``settings.uses_regions``), when the call has a stage I to read them in. One person
+    without an option draws no regions picture, so its outputs are those of the paper's sampling."""
+    from ..fusion import stage_boundaries
+
+    steps = settings.num_inference_steps if num_steps is None else num_steps
+    has_stage_one = stage_boundaries(steps, settings.alpha, settings.beta)[0] > 0
+    return has_stage_one and (people >= 2 or (people >= 1 and settings.uses_regions))
+
+
+def person_nouns(prompt: str, placeholder: str) -> list[str]:
+    """The word before each placeholder of ``prompt`` (each person's class noun), in order."""
+    words = []
+    for segment in prompt.split(placeholder)[:-1]:
+        tail = segment.split()
+        words.append(tail[-1] if tail else "")
+    return words
+
+
+def person_colour(k: int) -> tuple[int, int, int]:
+    return PERSON_COLOURS[k % len(PERSON_COLOURS)]
+
+
+def _tile(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` at ``size``: enlarged with sharp pixels (NEAREST), reduced smoothly (BICUBIC)."""
+    image = image.convert("RGB")
+    smaller = image.width > size[0] or image.height > size[1]
+    return image.resize(size, Image.Resampling.BICUBIC if smaller else Image.Resampling.NEAREST)
+
+
+def _soft_region(values: torch.Tensor, colour: tuple[int, int, int], size: tuple[int, int]) -> Image.Image:
+    """A ``(h, w)`` soft region from white (0) to ``colour`` (the map's peak), enlarged with NEAREST."""
+    values = values.float()
+    peak = float(values.max()) if values.numel() else 0.0
+    share = (values / peak).clamp(0, 1).numpy() if peak > 0 else np.zeros(tuple(values.shape))
+    white = np.array([255.0, 255.0, 255.0])
+    pixels = white * (1 - share[..., None]) + np.array(colour, dtype=np.float64) * share[..., None]
+    tile = Image.fromarray(np.round(pixels).astype(np.uint8), mode="RGB")
+    return tile.resize(size, Image.Resampling.NEAREST)
+
+
+def _assignment_colours(assignment: torch.Tensor) -> np.ndarray:
+    """``(h, w)`` person index (``-1``: no one) -> ``(h, w, 3)`` uint8 colours."""
+    who = assignment.numpy()
+    pixels = np.empty((*who.shape, 3), dtype=np.uint8)
+    pixels[:] = NO_ONE_COLOUR
+    for k in range(int(who.max()) + 1 if who.size else 0):
+        pixels[who == k] = person_colour(k)
+    return pixels
+
+
+def region_picture(
+    trace: FusionTrace,
+    index: int = 0,
+    image: Image.Image | None = None,
+    names: list[str] | None = None,
+    cell: int = 128,
+) -> Image.Image:
+    """The person regions of image ``index`` in one row of tiles, each captioned underneath: the image (when given);
+    each person's soft region, white to the person's colour at its peak; the hard assignment (each position in its
+    person's colour, dark gray: no one); the image with the assigned positions tinted by their person's colour.
+    Latent maps and small images are enlarged with NEAREST, so each latent position is a visible square (a 32 px
+    image and its 16 x 16 latent read at ``cell = 128``). ``names``: each person's class noun, for the captions."""
+    from PIL import ImageFont
+
+    if trace.regions is None or trace.region_assignment is None:
+        raise ValueError("This fusion trace holds no person regions (no stage I, or no person in the prompt).")
+    regions = trace.regions[index]  # (K, h, w)
+    assignment = trace.region_assignment[index]  # (h, w)
+    people, (h, w) = regions.shape[0], regions.shape[-2:]
+    size = (cell, max(1, round(cell * h / w)))
+    font = ImageFont.load_default()
+    caption, band, gap = 14, 6, 4
+    tiles: list[tuple[Image.Image, str, tuple[int, int, int]]] = []
+    if image is not None:
+        tiles.append((_tile(image, size), "image", (0, 0, 0)))
+    for k in range(people):
+        noun = names[k] if names and k < len(names) and names[k] else ""
+        label = f"person {k + 1}" + (f": {noun}" if noun else "")
+        if not float(regions[k].max()) > 0:
+            label += " (none)"
+        tiles.append((_soft_region(regions[k], person_colour(k), size), label, person_colour(k)))
+    colours = _assignment_colours(assignment)
+    assigned = Image.fromarray(colours, mode="RGB").resize(size, Image.Resampling.NEAREST)
+    tiles.append((assigned, "assigned", (0, 0, 0)))
+    if image is not None:
+        base = _tile(image, size)
+        tint = Image.fromarray(colours, mode="RGB").resize(size, Image.Resampling.NEAREST)
+        inside = Image.fromarray(((assignment.numpy() >= 0) * 128).astype(np.uint8), mode="L")
+        tiles.append(
+            (Image.composite(tint, base, inside.resize(size, Image.Resampling.NEAREST)), "on the image", (0, 0, 0))
+        )
+    canvas = Image.new("RGB", (len(tiles) * (size[0] + gap) - gap, band + size[1] + caption), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, (tile, label, colour) in enumerate(tiles):
+        x = i * (size[0] + gap)
+        if colour != (0, 0, 0):
+            draw.rectangle([x, 0, x + size[0] - 1, band - 2], fill=colour)
+        canvas.paste(tile, (x, band))
+        draw.rectangle([x, band, x + size[0] - 1, band + size[1] - 1], outline=(160, 160, 160))
+        draw.text((x + 2, band + size[1] + 2), label, fill=colour, font=font)
+    return canvas
+
+
+def region_description(
+    trace: FusionTrace, index: int = 0, image_name: str | None = None, names: list[str] | None = None
+) -> str:
+    """What a :func:`region_picture` shows, in words, with the share of the positions assigned to each person: for
+    the PNG's ``Description`` chunk."""
+    assignment = trace.region_assignment[index]
+    people = trace.regions.shape[1]
+    total = max(1, assignment.numel())
+    parts = []
+    for k in range(people):
+        noun = f" ({names[k]})" if names and k < len(names) and names[k] else ""
+        share = float((assignment == k).sum()) / total
+        parts.append(f"person {k + 1}{noun} in {COLOUR_NAMES[k % len(COLOUR_NAMES)]}, {share:.0%} of the positions")
+    nobody = float((assignment < 0).sum()) / total
+    of = f" of {image_name}" if image_name else ""
+    return (
+        f"Person regions{of}, read from the scene model's (TDM) stage-I cross-attention to each person's class noun. "
+        "Tiles: the image; each person's soft region, from white (none) to the person's colour (its peak); the hard "
+        "assignment, each latent position in the colour of the person whose region is strongest there (dark gray: "
+        f"no one, below {REGION_THRESHOLD:g} of every peak); the image tinted by the assignment. "
+        f"Assigned: {'; '.join(parts)}; no one {nobody:.0%}."
+    )
