@@ -25,6 +25,7 @@ MINI_EXAMPLES = Path(str(resources.files("facediffuser") / "data" / "examples" /
 ID0006 = [str(MINI_EXAMPLES / "id0006" / f"{k}.png") for k in (1, 2, 3)]  # the README's person
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAST = SamplingSettings(num_inference_steps=4, alpha=0.25, beta=0.75)
+NO_REGION_OPTIONS = (False, False, False)  # the page's three region checkboxes, as it starts
 
 
 @pytest.fixture
@@ -80,6 +81,51 @@ def test_mask_strip_is_wrapped_into_a_square(runner):
     band = {(0, 0): (66, 135, 245), (1, 4): (245, 166, 35), (4, 0): (214, 48, 49), (4, 4): (255, 255, 255)}
     for (row, col), colour in band.items():
         assert strip.getpixel((left + col * 50 + 5, row * 56 + 2)) == colour, (row, col)
+
+
+def test_a_two_person_run_shows_its_person_regions_and_a_one_person_run_none(runner):
+    two = DemoRequest(prompt="a man <|image|> and a woman <|image|>", people=[[ASTRONAUT], [ASTRONAUT]], seed=1)
+    result = runner.run(dataclasses.replace(two, settings=FAST))
+    (picture,) = result.regions
+    assert picture.name == "face-diffuser-1-0-regions.png" and picture.parent == result.images[0].parent
+    description = Image.open(picture).text["Description"]
+    assert "person 1 (man) in red" in description and "person 2 (woman) in blue" in description
+    one = DemoRequest(prompt="a man <|image|>", people=[[ASTRONAUT]], settings=FAST, seed=1)
+    assert runner.run(one).regions == []
+    option = runner.run(dataclasses.replace(one, settings=FAST.replace(region_attention=True)))
+    assert len(option.regions) == 1  # one person, with a region option on: its region is shown
+
+
+def test_the_region_checkboxes_reach_sampling_settings_off_by_default(runner):
+    plain = runner.page_request(prompt="a man <|image|>", people=[[ASTRONAUT]])
+    assert not plain.settings.uses_regions
+    on = runner.page_request(prompt="a man <|image|>", people=[[ASTRONAUT]], region_attention_text=True)
+    assert (on.settings.region_attention, on.settings.region_attention_text, on.settings.region_saliency) == (
+        False,
+        True,
+        False,
+    )
+    with pytest.raises(ValueError, match=r"^`region_saliency` must be true or false, got 'yes'.$"):
+        runner.page_request(prompt="a man <|image|>", people=[[ASTRONAUT]], region_saliency="yes")
+
+
+def test_the_page_offers_the_region_options_unchecked_and_names_them_in_its_messages(runner):
+    gr = pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed: pip install -e '.[demo]'")
+    from facediffuser.demo.app import build_app, make_handler
+
+    app = build_app(runner)
+    boxes = {c.elem_id: c for c in app.blocks.values() if type(c).__name__ == "Checkbox"}
+    assert {k: box.value for k, box in boxes.items()} == {
+        "region-attention": False,
+        "region-attention-text": False,
+        "region-saliency": False,
+    }
+    (gallery,) = [c for c in app.blocks.values() if c.elem_id == "regions"]
+    assert gallery.visible is False  # until a run has person regions
+    values = ("a man <|image|>", "", 4, 0.3, 0.6, 5.0, None, "text", "ddim", "1", 1, 64, 64, False, False, "yes")
+    with pytest.raises(gr.Error) as err:  # an API client's value: refused, not read as true
+        make_handler(runner)(*values, [ASTRONAUT])
+    assert err.value.message == "Region saliency must be true or false, got 'yes'."
 
 
 def test_wrap_strip_keeps_short_strips():
@@ -150,7 +196,7 @@ def test_page_names_an_oversized_or_faceless_photo_by_its_file_name(tiny_pipe, t
 
     uploads = tmp_path / "uploads" / "0123abcd"  # where Gradio keeps an upload: <upload folder>/<hash>/<name>
     uploads.mkdir(parents=True)
-    values = ("a man <|image|>", "", 4, 0.3, 0.6, 5.0, None, "text", "ddim", "1", 1, 64, 64)
+    values = ("a man <|image|>", "", 4, 0.3, 0.6, 5.0, None, "text", "ddim", "1", 1, 64, 64, *NO_REGION_OPTIONS)
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     runner = DemoRunner(tiny_pipe, tmp_path / "out", model="tiny", face_check=True)
     handler = make_handler(runner)
@@ -205,7 +251,8 @@ def test_alpha_above_beta_has_the_clis_words(runner, capsys, tmp_path):
     cli = cli_error(capsys, [*argv, "-o", str(tmp_path / "x.png")])
     assert cli == name_flags(str(err.value), flag_names(GenerateConfig)) and cli.startswith("--alpha (0.8)")
     with pytest.raises(gr.Error) as page:
-        make_handler(runner)("a man <|image|>", "", 4, 0.8, 0.2, 5.0, None, "text", "ddim", "", 1, 64, 64, [ASTRONAUT])
+        values = ("a man <|image|>", "", 4, 0.8, 0.2, 5.0, None, "text", "ddim", "", 1, 64, 64, *NO_REGION_OPTIONS)
+        make_handler(runner)(*values, [ASTRONAUT])
     assert page.value.message == cli.replace("--alpha", "alpha").replace("--beta", "beta")
 
 
@@ -340,9 +387,10 @@ def test_the_page_as_it_starts_on_mini_is_a_request_mini_runs(mini_runner):
     assert start == {"steps": 50, "alpha": 0.3, "beta": 0.6, "guidance": 5.0, "subject-guidance": "", "count": 1}
     handler = make_handler(mini_runner)
     values = ("a woman <|image|> in a yellow sweater on a beach at night", "", 10, 0.3, 0.6, 5.0, "", "text")
-    values += ("model's own", "3", 1, widgets["height"].value, widgets["width"].value)
-    images, masks, files, seed = handler(*values, ID0006, None, None, None)  # 10 steps: the test's time, not 50
+    values += ("model's own", "3", 1, widgets["height"].value, widgets["width"].value, *NO_REGION_OPTIONS)
+    images, masks, regions, files, seed = handler(*values, ID0006, None, None, None)  # 10 steps, not 50: test time
     assert seed == "3" and len(images) == len(masks) == 1
+    assert regions == {"__type__": "update", "value": None, "visible": False}  # one person, no option: none
     assert Image.open(files[0]).size == (32, 32)
 
 
@@ -377,11 +425,12 @@ def test_an_integer_setting_given_a_fraction_is_refused_not_truncated(runner, na
     handler = make_handler(runner)
     values = dict(prompt="a man <|image|>", negative_prompt="", steps=4.0, alpha=0.3, beta=0.6, guidance=5.0)
     values |= dict(subject_guidance="", base="text", scheduler="ddim", seed="1", count=1.0, h=64.0, w=64.0)
+    values |= dict(zip(("ra", "rat", "rs"), NO_REGION_OPTIONS))
     with pytest.raises(gr.Error) as err:
         handler(*{**values, name: value}.values(), [ASTRONAUT], None, None, None)
     assert err.value.message == words
     assert not (runner.workdir).exists()  # refused before any run
-    _, _, files, _ = handler(*values.values(), [ASTRONAUT], None, None, None)  # the floats a slider sends: runs
+    _, _, _, files, _ = handler(*values.values(), [ASTRONAUT], None, None, None)  # the floats a slider sends: runs
     assert read_parameters(files[0])["num_inference_steps"] == 4
 
 
@@ -404,6 +453,7 @@ def test_a_value_outside_its_control_is_refused_in_the_pages_words(runner, name,
     assert page_widgets(runner)[ids[name]].preprocess(value) == value  # Gradio passes it on: the words are ours
     values = dict(prompt="a man <|image|>", negative_prompt="", steps=4, alpha=0.3, beta=0.6, guidance=5.0)
     values |= dict(subject_guidance=None, base="text", scheduler="ddim", seed="1", count=1, h=64, w=64)
+    values |= dict(zip(("ra", "rat", "rs"), NO_REGION_OPTIONS))
     with pytest.raises(gr.Error) as err:
         make_handler(runner)(*{**values, name: value}.values(), [ASTRONAUT], None, None, None)
     assert err.value.message == words
@@ -434,13 +484,14 @@ def test_page_handler_turns_request_errors_into_readable_messages(runner, tmp_pa
     handler = make_handler(runner)
     values = dict(prompt="a man <|image|>", negative_prompt="", steps=4, alpha=0.3, beta=0.6, guidance=5.0)
     values |= dict(subject_guidance=None, base="text", scheduler="ddim", seed="", count=1, h=64, w=64)
+    values |= dict(zip(("ra", "rat", "rs"), NO_REGION_OPTIONS))
     with pytest.raises(gr.Error, match="fill the person slots from the left"):
         handler(*values.values(), None, [ASTRONAUT], None, None)
     with pytest.raises(gr.Error, match="Height"):
         handler(*{**values, "h": 60}.values(), [ASTRONAUT], None, None, None)
     with pytest.raises(gr.Error, match="seed must be a whole number"):
         handler(*{**values, "seed": "abc"}.values(), [ASTRONAUT], None, None, None)
-    images, masks, files, seed = handler(*{**values, "seed": "5"}.values(), [ASTRONAUT], None, None, None)
+    images, masks, _, files, seed = handler(*{**values, "seed": "5"}.values(), [ASTRONAUT], None, None, None)
     assert seed == "5" and len(images) == len(masks) == len(files) == 1
 
     def broken(*args, **kwargs):

@@ -26,7 +26,7 @@ from ..images import IMAGE_EXTENSIONS
 from ..io.configuration import name_flags
 from ..io.loading import MINI_MODEL, SCHEDULERS
 from ..prompting import DEFAULT_PLACEHOLDER
-from .core import MAX_PEOPLE, Control, DemoRunner, number_text
+from .core import MAX_PEOPLE, REGION_LABELS, Control, DemoRunner, number_text
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ DEFAULT_HOST = "127.0.0.1"
 FIRST_PORT = 7860  # Gradio's: with no port given, it takes the first free one from here
 MODEL_SCHEDULER = "model's own"
 # The mini model's draws are 32 px: the browser shows them enlarged with sharp pixels rather than blurred.
-PAGE_CSS = "#images img, #masks img { image-rendering: pixelated; }"
+PAGE_CSS = "#images img, #masks img, #regions img { image-rendering: pixelated; }"
 # The README's prompt (mini draws its world: six places, three times of day, eight clothing colours).
 MINI_PROMPT = "a {noun} {placeholder} in a yellow sweater on a beach at night"
 
@@ -46,12 +46,29 @@ STAGE_LEGEND = (
     "<span style='color:#d63031'>&#9632;</span> III, subject model only. "
     "Read left to right, row by row; the last tile is the image with stage II's mean mask in red."
 )
+REGIONS_LABEL = (
+    "Person regions (the scene model's stage-I attention to each person's class noun): the image; each person's "
+    "region, white to their colour; who each position belongs to (dark gray: no one); the image tinted by it"
+)
+# What each region option's checkbox says (docs/method.md, Person regions); all off: the paper's sampling.
+REGION_INFO = {
+    "region_attention": "In stages II-III each person's fused token in the subject model attends only inside their "
+    "region.",
+    "region_attention_text": "In stage II each person's class noun in the scene model attends only inside their "
+    "region.",
+    "region_saliency": "The saliency mask is normalised over each person's region apart, so one person's strong "
+    "response does not take the other's pixels.",
+}
 
 
 def page_names(runner: DemoRunner) -> dict[str, str]:
     """How the library's messages name a setting (```alpha```), said on the page with the widget's name, as the
     command line says it with its flag (``configuration.name_flags``)."""
-    return {**{name: c.label for name, c in runner.controls.items()}, "subject_guidance_base": "Subject guidance base"}
+    return {
+        **{name: c.label for name, c in runner.controls.items()},
+        "subject_guidance_base": "Subject guidance base",
+        **REGION_LABELS,
+    }
 
 
 def example_photo(name: str = "astronaut.jpg") -> str:
@@ -122,7 +139,8 @@ def people_from_slots(slots: Sequence[Sequence[str] | str | None]) -> list[list[
 
 
 def make_handler(runner: DemoRunner):
-    """The page's generate function: the widgets' values in, ``(images, masks, PNG files, seed used)`` out.
+    """The page's generate function: the widgets' values in, ``(images, masks, regions, PNG files, seed used)`` out;
+    ``regions`` is an update of the regions gallery: its pictures, shown only when the run has them.
 
     A request error becomes a ``gr.Error`` carrying the check's own sentence; anything else is logged with its
     traceback on the server and shown on the page as one line.
@@ -136,7 +154,8 @@ def make_handler(runner: DemoRunner):
     names = page_names(runner)
 
     def generate(prompt, negative_prompt, steps, alpha, beta, guidance, subject_guidance, base, scheduler, seed,
-                 count, h, w, *slots, progress=gr.Progress()):  # fmt: skip
+                 count, h, w, region_attention, region_attention_text, region_saliency, *slots,
+                 progress=gr.Progress()):  # fmt: skip
         try:
             request = runner.page_request(
                 prompt=prompt,
@@ -145,6 +164,9 @@ def make_handler(runner: DemoRunner):
                 seed=seed,
                 scheduler=None if scheduler == MODEL_SCHEDULER else scheduler,
                 subject_guidance_base=base,
+                region_attention=region_attention,
+                region_attention_text=region_attention_text,
+                region_saliency=region_saliency,
                 num_inference_steps=steps,
                 alpha=alpha,
                 beta=beta,
@@ -166,7 +188,8 @@ def make_handler(runner: DemoRunner):
             ) from None
         images = [(str(p), f"image {i + 1}, seed {result.seed}") for i, p in enumerate(result.images)]
         masks = [str(p) for p in result.masks]  # no caption: it would cover the last tile
-        return images, masks, [str(p) for p in result.images], str(result.seed)
+        regions = gr.update(value=[str(p) for p in result.regions] or None, visible=bool(result.regions))
+        return images, masks, regions, [str(p) for p in result.images], str(result.seed)
 
     return generate
 
@@ -270,6 +293,10 @@ def build_app(runner: DemoRunner):
                     with gr.Row():
                         h = slider("height", "Height (px)", "height")
                         w = slider("width", "Width (px)", "width")
+                    region_options = [
+                        gr.Checkbox(False, label=label, info=REGION_INFO[name], elem_id=name.replace("_", "-"))
+                        for name, label in REGION_LABELS.items()
+                    ]  # off: the paper's sampling
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=4):
                 gallery = gr.Gallery(
@@ -291,14 +318,22 @@ def build_app(runner: DemoRunner):
                     fit_columns=False,
                     elem_id="masks",
                 )
+                regions = gr.Gallery(
+                    label=REGIONS_LABEL,
+                    columns=1,
+                    height="auto",
+                    object_fit="contain",
+                    visible=False,  # shown when a run has person regions: two or more people, or a region option
+                    elem_id="regions",
+                )
                 downloads = gr.File(label="PNG files (with their settings inside)", elem_id="downloads")
                 seed_used = gr.Textbox(label="Seed used", interactive=False, elem_id="seed-used")
         settings_widgets = [prompt, negative_prompt, steps, alpha, beta, guidance, subject_guidance, base, scheduler]
-        settings_widgets += [seed, count, h, w]
+        settings_widgets += [seed, count, h, w, *region_options]
         run.click(
             generate,
             inputs=[*settings_widgets, *slots],
-            outputs=[gallery, masks, downloads, seed_used],
+            outputs=[gallery, masks, regions, downloads, seed_used],
             api_name="generate",
         )
     return app

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..fusion import SubjectGuidanceBase
 from ..io.loading import dtype_name
-from ..settings import SamplingSettings, check_image_size
+from ..settings import REGION_OPTIONS, SamplingSettings, check_image_size
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,13 @@ LATENT_MAX = 128
 SEED_LIMIT = 2**31
 
 StepCallback = Callable[[int, int], None]
+# The page's checkboxes of the person-region options (docs/method.md, Person regions), by SamplingSettings' names.
+REGION_LABELS = {
+    "region_attention": "Region attention",
+    "region_attention_text": "Region attention on the scene model's class nouns",
+    "region_saliency": "Region saliency",
+}
+assert set(REGION_LABELS) == set(REGION_OPTIONS)
 
 
 def slider_range(name: str) -> tuple[float, float]:
@@ -135,11 +142,14 @@ class DemoRequest:
 
 @dataclass(frozen=True)
 class DemoResult:
-    """The PNGs of one run (each with its ``parameters`` chunk), one mask strip per image, and the seed used."""
+    """The PNGs of one run (each with its ``parameters`` chunk), one mask strip per image, the seed used, and one
+    picture of the person regions per image when the run has them (two or more people, or a region option; see
+    :func:`facediffuser.io.visualize.regions_shown`), else none."""
 
     images: list[Path]
     masks: list[Path]
     seed: int
+    regions: list[Path] = field(default_factory=list)
 
 
 class DemoRunner:
@@ -258,11 +268,16 @@ class DemoRunner:
         seed: str | int | None = None,
         scheduler: str | None = None,
         subject_guidance_base: str = SubjectGuidanceBase.TEXT.value,
+        region_attention: bool = False,
+        region_attention_text: bool = False,
+        region_saliency: bool = False,
         **numbers: Any,
     ) -> DemoRequest:
         """A :class:`DemoRequest` from the page's values as they arrive (``numbers``: the :attr:`controls`' values,
-        by their names; one left out takes its default). The settings go through :class:`SamplingSettings`, the
-        command line's own checks; nothing is rounded (see :func:`page_value`). Raises ``ValueError``."""
+        by their names; one left out takes its default; the region options: the page's checkboxes, off by default).
+        The settings go through :class:`SamplingSettings`, the command line's own checks (a region option that is
+        not ``True`` or ``False`` is refused, not read as truthy); nothing is rounded (see :func:`page_value`).
+        Raises ``ValueError``."""
         unknown = set(numbers) - set(self.controls)
         if unknown:
             raise TypeError(f"Unknown page values: {', '.join(sorted(unknown))}.")
@@ -281,6 +296,9 @@ class DemoRunner:
             guidance_scale=values["guidance_scale"],
             subject_guidance_scale=values["subject_guidance_scale"],
             subject_guidance_base=subject_guidance_base,
+            region_attention=region_attention,
+            region_attention_text=region_attention_text,
+            region_saliency=region_saliency,
         )
         return DemoRequest(
             prompt=prompt or "",
@@ -296,13 +314,20 @@ class DemoRunner:
 
     # ------------------------------------------------------------------ running
     def run(self, request: DemoRequest, on_step: StepCallback | None = None) -> DemoResult:
-        """Checks ``request``, waits for a free pipeline, draws the images, and writes them (PNG with parameters)
-        and their mask strips under :attr:`workdir`."""
+        """Checks ``request``, waits for a free pipeline, draws the images, and writes them (PNG with parameters),
+        their mask strips and, when the run has them, their person regions under :attr:`workdir`."""
         import torch
 
         from ..io.loading import scheduler_name, swap_scheduler
         from ..io.outputs import PARAMETERS_KEY, parameters_text, write_png
-        from ..io.visualize import mask_strip, mask_strip_description
+        from ..io.visualize import (
+            mask_strip,
+            mask_strip_description,
+            person_nouns,
+            region_description,
+            region_picture,
+            regions_shown,
+        )
 
         references = self.check(request)
         seed = request.seed if request.seed is not None else random.SystemRandom().randrange(SEED_LIMIT)
@@ -341,7 +366,10 @@ class DemoRunner:
                 self.in_flight -= 1
             self._pipes.put(pipe)
 
-        images, masks = [], []
+        images, masks, regions = [], [], []
+        trace = result.fusion_trace
+        shown = trace.regions is not None and regions_shown(len(references), request.settings)
+        names = person_nouns(request.prompt, self.placeholder)
         recorded = self.parameters(request, references, seed, scheduler, result.images[0])
         for i, image in enumerate(result.images):
             path = folder / f"face-diffuser-{seed}-{i}.png"
@@ -353,8 +381,12 @@ class DemoRunner:
                 mask_strip_description(result.fusion_trace, path.name) + " (Read left to right, row by row.)"
             )
             masks.append(write_png(strip, folder / f"face-diffuser-{seed}-{i}-masks.png", text=text))
+            if shown:
+                text["Description"] = region_description(trace, i, path.name, names)
+                picture = region_picture(trace, i, image, names)
+                regions.append(write_png(picture, folder / f"face-diffuser-{seed}-{i}-regions.png", text=text))
         logger.info("Run %s: %d image(s), seed %d.", folder.name, len(images), seed)
-        return DemoResult(images=images, masks=masks, seed=seed)
+        return DemoResult(images=images, masks=masks, seed=seed, regions=regions)
 
     def parameters(self, request: DemoRequest, people: list[list], seed: int, scheduler: str | None, image) -> dict:
         """The ``parameters`` chunk of one image, as ``generate`` writes it (the same keys, the same words)."""
