@@ -296,6 +296,9 @@ def test_the_two_person_example_fills_both_people_and_draws(mini_page):
     page.click("#generate")
     page.locator("#images img").first.wait_for()
     page.locator("#masks img").first.wait_for()
+    page.locator("#regions img").first.wait_for()  # two people: their regions below the mask strip
+    width = page.locator("#regions img").first.evaluate("img => img.complete && img.naturalWidth")
+    assert width > 4 * 32, width  # the image, two people, the assignment, the tinted image
     assert page.locator(".toast-body").count() == 0
 
 
