@@ -352,10 +352,10 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                 by default: in stages II-III each fused token of the SDM attends only inside its person's region; in
                 stage II the TDM's class-noun tokens the same; SNF's softmax runs over each person's region apart.
                 With ``alpha = 0`` there is no stage I, hence no regions: the options have no effect (logged once).
-            region_source: where the regions are read from: ``"sdm"`` (default), each fused token's attention in
-                the SDM less its class noun's, from one extra SDM call on ``c`` and ``c_aug`` at the last stage-I
-                step; ``"tdm"``, the TDM's attention to each class noun over stage I, at no extra UNet call. Used only
-                when a region option or ``return_masks`` asks for regions.
+            region_source: where the regions are read from: ``"tdm"`` (default), the TDM's attention to each class
+                noun over stage I, at no extra UNet call; ``"sdm"``, each fused token's attention in the SDM less its
+                class noun's, from one extra SDM call on ``c`` and ``c_aug`` at the last stage-I step. Used only when a
+                region option or ``return_masks`` asks for regions.
             num_images_per_prompt: images per prompt.
             eta: DDIM's eta (ignored by other schedulers).
             generator, latents: randomness, as in every diffusers pipeline.

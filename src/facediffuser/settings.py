@@ -106,12 +106,12 @@ class SamplingSettings:
     )
 
     region_source: RegionSource = dataclasses.field(
-        default=RegionSource.SDM,
+        default=RegionSource.TDM,
         metadata={
-            "help": "where the person regions are read from: 'sdm', each fused token's attention in the SDM less "
-            "its class noun's, probed once at the end of stage I (2 more UNet evaluations an image); 'tdm', the "
-            "TDM's attention to each class noun over stage I (no more evaluations). Only used when a region option "
-            "or the masks ask for regions"
+            "help": "where the person regions are read from: 'tdm', the TDM's attention to each class noun over "
+            "stage I (no more UNet evaluations); 'sdm', each fused token's attention in the SDM less its class "
+            "noun's, probed once at the end of stage I (2 more UNet evaluations an image). Only used when a region "
+            "option or the masks ask for regions"
         },
     )
 
