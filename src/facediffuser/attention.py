@@ -2,8 +2,8 @@
 
 Two users share this code: the localization loss of training (:mod:`facediffuser.training.losses`), which needs the
 softmax attention maps of a few cross-attention layers of the SDM with their gradients, and the per-person regions
-of sampling (:class:`~facediffuser.pipeline.FaceDiffuserPipeline`), which read the TDM's attention to each person's
-class-noun token during stage I and may then restrict where those tokens are attended to.
+of sampling (:class:`~facediffuser.pipeline.FaceDiffuserPipeline`), which read the TDM's or the SDM's attention to
+each person's token by the end of stage I and may then restrict where those tokens are attended to.
 
 * :class:`AttentionStore`, :class:`CrossAttentionCaptureProcessor` and :func:`install_attention_capture`: plain
   (non-fused) attention that records its whole probability tensor (training).

@@ -61,6 +61,13 @@ class SubjectGuidanceBase(str, enum.Enum):
     NULL = "null"  # paper eq. 2: eps_S(0) + w * R_S
 
 
+class RegionSource(str, enum.Enum):
+    """Which model's cross-attention the person regions are read from (docs/method.md, Person regions)."""
+
+    TDM = "tdm"  # the TDM's attention to each class noun, summed over stage I
+    SDM = "sdm"  # the SDM's attention to each fused token less its attention to the class noun, at stage I's end
+
+
 class Smoothing(str, enum.Enum):
     """The ``Smooth`` operator applied to ``|w * R|`` before the softmax."""
 

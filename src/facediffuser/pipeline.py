@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -305,6 +306,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         region_attention: bool = _DEFAULTS.region_attention,
         region_attention_text: bool = _DEFAULTS.region_attention_text,
         region_saliency: bool = _DEFAULTS.region_saliency,
+        region_source: str = _DEFAULTS.region_source,
         num_images_per_prompt: int = 1,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -345,18 +347,22 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                 (:data:`~facediffuser.fusion.SUBJECT_MODEL_GUIDANCE`).
             smoothing, smoothing_kernel_size, smoothing_sigma: the ``Smooth`` of SNF. ``"box"`` is the release's;
                 ``"gaussian"`` blurs with ``smoothing_sigma``.
-            region_attention, region_attention_text, region_saliency: the options that use the person regions (the
-                TDM's stage-I cross-attention to each person's class noun; docs/method.md, Person regions), all off
+            region_attention, region_attention_text, region_saliency: the options that use the person regions (read
+                from the models' cross-attention by the end of stage I; docs/method.md, Person regions), all off
                 by default: in stages II-III each fused token of the SDM attends only inside its person's region; in
                 stage II the TDM's class-noun tokens the same; SNF's softmax runs over each person's region apart.
                 With ``alpha = 0`` there is no stage I, hence no regions: the options have no effect (logged once).
+            region_source: where the regions are read from: ``"tdm"`` (default), the TDM's attention to each class
+                noun over stage I, at no extra UNet call; ``"sdm"``, each fused token's attention in the SDM less its
+                class noun's, from one extra SDM call on ``c`` and ``c_aug`` at the last stage-I step. Used only when a
+                region option or ``return_masks`` asks for regions.
             num_images_per_prompt: images per prompt.
             eta: DDIM's eta (ignored by other schedulers).
             generator, latents: randomness, as in every diffusers pipeline.
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             return_dict: return a :class:`FaceDiffuserPipelineOutput` rather than a tuple.
             return_masks: also return a :class:`~facediffuser.step.FusionTrace` of the per-step masks and saliency
-                maps, and the person regions (read beside the TDM's attention: the images do not change).
+                maps, and the person regions (read beside the models' own attention: the images do not change).
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` called after every step; it may
                 replace any of the tensors named in ``callback_on_step_end_tensor_inputs`` (default ``["latents"]``).
 
@@ -383,6 +389,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
             region_attention=region_attention,
             region_attention_text=region_attention_text,
             region_saliency=region_saliency,
+            region_source=region_source,
         )
         default_size = self.unet.config.sample_size * self.vae_scale_factor
         height = default_size if height is None else height
@@ -425,8 +432,8 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         )
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
-        # 5. Person regions, when asked for (the trace, or a region option) and there is a stage I: the TDM's
-        #    attention to each person's class noun, read beside its own attention during stage I.
+        # 5. Person regions, when asked for (the trace, or a region option) and there is a stage I: the models'
+        #    attention to each person's token, read beside their own attention by the end of stage I.
         marks = (
             tokenize_prompts(self.tokenizer, prompts, self.placeholder)[1]
             if return_masks or settings.uses_regions
@@ -459,7 +466,14 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                     regions.before_subject_model(self.subject_unet, subject_guidance)
                 subject_predictions = self._predict_noise(self.subject_unet, subject_guidance, model_input, t, embeds)
                 if regions:
-                    regions.after_step(stages[i], stages[i + 1] if i + 1 < len(stages) else None)
+                    next_stage = stages[i + 1] if i + 1 < len(stages) else None
+                    regions.probe_subject_model(
+                        self.subject_unet,
+                        stages[i],
+                        next_stage,
+                        partial(self._predict_noise, self.subject_unet, latents=model_input, t=t, embeds=embeds),
+                    )
+                    regions.after_step(stages[i], next_stage)
                 noise_pred, step_trace = face_diffuser_step(
                     stages[i],
                     text_predictions,

@@ -1,5 +1,5 @@
-"""Per-person regions at sampling time, read from the TDM's cross-attention during stage I (docs/method.md, Person
-regions).
+"""Per-person regions at sampling time, read from the models' cross-attention by the end of stage I (docs/method.md,
+Person regions).
 
 :class:`RegionSampler` is what :class:`~facediffuser.pipeline.FaceDiffuserPipeline` holds during one call when the
 regions are wanted (``return_masks=True``, or a region option of
@@ -8,10 +8,15 @@ on the cross-attention layers of :data:`~facediffuser.attention.LOCALIZATION_LAY
 when it has none) of each UNet for the call only,
 and before each model's UNet call says what those processors do:
 
-* stage I, TDM: the probabilities of each person's class-noun column, for the ``c`` rows of the batch, computed beside
-  SDPA (the TDM's output is unchanged) and summed at latent resolution; after the last stage-I step they become the
-  soft maps (:func:`~facediffuser.fusion.person_regions`) and the hard assignment
-  (:func:`~facediffuser.fusion.assign_regions`);
+* stage I, with ``region_source="tdm"``: in the TDM, the probabilities of each person's class-noun column, for the
+  ``c`` rows of the batch, computed beside SDPA (the TDM's output is unchanged) and summed at latent resolution;
+* the last stage-I step, with ``region_source="sdm"`` (:meth:`RegionSampler.probe_subject_model`): one extra SDM call
+  on ``c`` and ``c_aug`` (its guidance's conditions) at that step's latents, whose prediction is thrown away: each
+  person's column in the ``c_aug`` rows (the fused token) less the same column in the ``c`` rows (the class noun),
+  clipped at 0, so that what the reference adds, not the noun both people may share, makes the map (a fused token
+  that nowhere draws more than its noun keeps its own attention as its map);
+* after the last stage-I step the maps become the soft regions (:func:`~facediffuser.fusion.person_regions`) and the
+  hard assignment (:func:`~facediffuser.fusion.assign_regions`);
 * stages II-III, with ``region_attention``: in the SDM's ``c_aug`` rows, the bias of
   :func:`~facediffuser.fusion.region_key_bias` (each fused token attended only inside its person's region); stage II
   with ``region_attention_text``: the same on the TDM's ``c`` rows for the class-noun tokens.
@@ -22,7 +27,7 @@ The tensor rules are the pure functions of :mod:`facediffuser.fusion`; this modu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 import torch
@@ -35,7 +40,18 @@ from .attention import (
     attention_processors,
     cross_attention_names,
 )
-from .fusion import Condition, Guidance, Stage, assign_regions, person_regions, region_key_bias, region_masks
+from .fusion import (
+    SUBJECT_MODEL_GUIDANCE,
+    Condition,
+    Guidance,
+    RegionSource,
+    Stage,
+    SubjectGuidanceBase,
+    assign_regions,
+    person_regions,
+    region_key_bias,
+    region_masks,
+)
 from .settings import SamplingSettings
 
 logger = logging.getLogger(__name__)
@@ -64,6 +80,10 @@ def subject_columns(marks: list[list[int]], copies: int, device: torch.device) -
     return columns.repeat_interleave(copies, 0).to(device), present.repeat_interleave(copies, 0).to(device)
 
 
+# The SDM probe of ``region_source="sdm"``: one call on ``(c, c_aug)``, the conditions of the release's SDM guidance.
+PROBE_GUIDANCE = SUBJECT_MODEL_GUIDANCE[SubjectGuidanceBase.TEXT]
+
+
 def _rows(guidance: Guidance, condition: Condition, batch: int) -> slice:
     j = guidance.conditions.index(condition)
     return slice(j * batch, (j + 1) * batch)
@@ -85,7 +105,7 @@ class RegionSampler:
         self.columns, self.present = subject_columns(marks, copies, device)
         self.latent_size = tuple(latent_size)
         self.num_keys = num_keys
-        self.sums: torch.Tensor | None = None  # (B, K, h, w) attention summed over stage-I steps and layers
+        self.sums: torch.Tensor | None = None  # (R, K, h, w) attention summed over captured rows' layers and steps
         self.regions: torch.Tensor | None = None  # (B, K, h, w) soft maps, after stage I
         self.assignment: torch.Tensor | None = None  # (B, h, w) person index or NO_PERSON, after stage I
         self.controls: dict[int, SideAttentionControl] = {}
@@ -125,7 +145,7 @@ class RegionSampler:
         if guidance is None:
             return
         rows = _rows(guidance, Condition.TEXT, self.batch)
-        if stage is Stage.TEXT:
+        if stage is Stage.TEXT and self.settings.region_source is RegionSource.TDM:
             control.capture = (rows, self.columns, self._record)
         elif self.settings.region_attention_text and self.assignment is not None:
             control.bias = self._bias(rows, guidance.evaluations * self.batch)
@@ -137,9 +157,32 @@ class RegionSampler:
         if guidance is not None and self.settings.region_attention and self.assignment is not None:
             control.bias = self._bias(_rows(guidance, Condition.SUBJECT, self.batch), guidance.evaluations * self.batch)
 
+    def probe_subject_model(
+        self, unet, stage: Stage, next_stage: Stage | None, predict: Callable[[Guidance], object]
+    ) -> None:
+        """With ``region_source="sdm"``, at the last stage-I step: ``predict(guidance)`` runs the SDM once on
+        :data:`PROBE_GUIDANCE`'s conditions while its processors capture each person's column in every row; the
+        prediction is not used."""
+        if self.settings.region_source is not RegionSource.SDM or not _ends_stage_one(stage, next_stage):
+            return
+        control = self.controls[id(unet)]
+        rows = slice(0, PROBE_GUIDANCE.evaluations * self.batch)
+        control.capture = (rows, self.columns.repeat(PROBE_GUIDANCE.evaluations, 1), self._record)
+        control.bias = None
+        try:
+            predict(PROBE_GUIDANCE)
+        finally:
+            control.capture = None
+        if self.sums is not None:
+            maps = dict(zip(PROBE_GUIDANCE.conditions, self.sums.chunk(PROBE_GUIDANCE.evaluations)))
+            fused = maps[Condition.SUBJECT]
+            gain = (fused - maps[Condition.TEXT]).clamp_min(0)
+            # a fused token that nowhere draws more attention than its noun keeps its own map (no empty region)
+            self.sums = torch.where(gain.flatten(2).any(-1)[..., None, None], gain, fused)
+
     def after_step(self, stage: Stage, next_stage: Stage | None) -> None:
         """At the end of stage I, turns the summed attention into the regions."""
-        if stage is Stage.TEXT and next_stage is not Stage.TEXT and self.sums is not None:
+        if _ends_stage_one(stage, next_stage) and self.sums is not None:
             self.regions = person_regions(self.sums, self.present)
             self.assignment = assign_regions(self.regions)
             self.sums = None
@@ -168,6 +211,10 @@ class RegionSampler:
             return cache[key]
 
         return bias
+
+
+def _ends_stage_one(stage: Stage, next_stage: Stage | None) -> bool:
+    return stage is Stage.TEXT and next_stage is not Stage.TEXT
 
 
 def regions_wanted(settings: SamplingSettings, return_masks: bool, stages: list[Stage], people: int) -> bool:

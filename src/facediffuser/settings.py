@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .fusion import Smoothing, SubjectGuidanceBase, check_stage_fractions
+from .fusion import RegionSource, Smoothing, SubjectGuidanceBase, check_stage_fractions
 
 # The most denoising steps: SD1.x models are trained on 1000 timesteps, and DDIM and PNDM refuse more (others would
 # repeat timesteps). A count read from a file is held to it before a model loads, not after.
@@ -105,9 +105,23 @@ class SamplingSettings:
         },
     )
 
+    region_source: RegionSource = dataclasses.field(
+        default=RegionSource.TDM,
+        metadata={
+            "help": "where the person regions are read from: 'tdm', the TDM's attention to each class noun over "
+            "stage I (no more UNet evaluations); 'sdm', each fused token's attention in the SDM less its class "
+            "noun's, probed once at the end of stage I (2 more UNet evaluations an image). Only used when a region "
+            "option or the masks ask for regions"
+        },
+    )
+
     def __post_init__(self) -> None:
         # Enums may be given by value ("null"); store the members.
-        for name, kind in (("subject_guidance_base", SubjectGuidanceBase), ("smoothing", Smoothing)):
+        for name, kind in (
+            ("subject_guidance_base", SubjectGuidanceBase),
+            ("smoothing", Smoothing),
+            ("region_source", RegionSource),
+        ):
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, kind(value))
@@ -172,11 +186,12 @@ class SamplingSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: enums as their values (the form the CLI flags take back). The region options appear only
-        when on, so that what the paper's sampling records (in a PNG's parameters, a run's files) reads as before."""
+        when on, and the region source only with one of them, so that what the paper's sampling records (in a PNG's
+        parameters, a run's files) reads as before."""
         return {
             k: v.value if hasattr(v, "value") else v
             for k, v in self.pipeline_kwargs().items()
-            if not (k in REGION_OPTIONS and v is False)
+            if not (k in REGION_OPTIONS and v is False) and not (k == "region_source" and not self.uses_regions)
         }
 
 
