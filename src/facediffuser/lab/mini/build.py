@@ -596,23 +596,15 @@ def head_references(config: MiniConfig) -> bool:
 
 
 def attach_face_detector(pipeline: Path, detector: Path) -> None:
-    """Makes the pipeline folder ``pipeline`` cut its references to faces: the world's face detector (a folder of
-    ``FaceDetector.save_pretrained``) is copied in as its ``face_detector`` component, for an SDM trained on head
-    references (``reference_region = "head"``), which must read head crops at test too. Idempotent."""
-    import shutil
+    """Makes the SDM's pipeline folder cut its references to faces with the world's face detector (``faces/detector``
+    of `world build`), for an SDM trained on head references (``reference_region = "head"``); see
+    :func:`facediffuser.training.export.attach_face_detector`. Idempotent."""
+    from ...training.export import attach_face_detector as attach
 
-    from ...models import FaceDetector
-
-    index_file = pipeline / "model_index.json"
-    index = read_json(index_file, dict, "a model index")
+    read_json(pipeline / "model_index.json", dict, "a model index")  # a broken index names itself first
     if not (detector / "config.json").is_file():
         raise FileNotFoundError(f"{detector} holds no face detector: give the faces/detector of `world build`.")
-    target = pipeline / "face_detector"
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(detector, target)
-    index["face_detector"] = [FaceDetector.__module__, FaceDetector.__name__]
-    index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    attach(pipeline, detector)
 
 
 BUILDERS: dict[str, Callable[[MiniConfig, dict[str, Any], PackageSource | None], None]] = {
