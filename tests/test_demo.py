@@ -582,10 +582,13 @@ def test_four_requests_at_once_complete_in_queue_order_within_a_memory_bound(tmp
                 str(seed),
                 QUEUE_IMAGES,
             )
-            return client.submit(*args, QUEUE_SIZE, QUEUE_SIZE, [photo], None, None, None, api_name="/generate")
+            regions_off = (False, False, False)  # region attention, on the TDM's class nouns, region saliency
+            return client.submit(
+                *args, QUEUE_SIZE, QUEUE_SIZE, *regions_off, [photo], None, None, None, api_name="/generate"
+            )
 
         idle_peak = _status_kb(server.pid, "VmHWM")
-        assert submit(100).result(timeout=120)[3] == "100"  # warm: one run's peak
+        assert submit(100).result(timeout=120)[4] == "100"  # warm: one run's peak (outputs end with the seed used)
         warm_peak = _status_kb(server.pid, "VmHWM")
 
         jobs = []
@@ -602,7 +605,7 @@ def test_four_requests_at_once_complete_in_queue_order_within_a_memory_bound(tmp
             finished += [k for k, job in enumerate(jobs) if k not in finished and job.done()]
             time.sleep(0.02)
         assert finished == [0, 1, 2, 3]
-        assert [job.result()[3] for job in jobs] == ["0", "1", "2", "3"]
+        assert [job.result()[4] for job in jobs] == ["0", "1", "2", "3"]
         one_run_mb = (warm_peak - idle_peak) / 1024
         growth_mb = (_status_kb(server.pid, "VmHWM") - warm_peak) / 1024
         print(f"peak RSS: idle {idle_peak / 1024:.0f} MB, one run +{one_run_mb:.0f} MB, 4 queued +{growth_mb:.0f} MB")
