@@ -32,7 +32,7 @@ from ..models import SubjectFuser
 from ..pipeline import FaceDiffuserPipeline
 from .files import read_json
 from .loading import check_scene_model, load_scene_unet
-from .output_folders import protected_reason, sibling, write_folder_atomically
+from .output_folders import nearest_existing_folder, protected_reason, sibling, write_folder_atomically
 from .weight_files import check_safetensors_file, check_weights_folder, file_format, first_line, refused_global
 
 logger = logging.getLogger(__name__)
@@ -421,13 +421,7 @@ def check_output_folder(
                 "choose a new folder for --out."
             )
         return out
-    parent = out.parent
-    while not parent.exists():
-        if os.path.lexists(parent):  # a dangling symbolic link
-            raise ValueError(f"{parent} is a broken symbolic link: choose another --out.")
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ValueError(f"{out} lies below {parent}, which is a file, not a folder: choose another --out.")
+    parent = nearest_existing_folder(out, out)
     probe = sibling(parent / "probe", "write-test")
     try:  # a real write, not os.access: root passes os.access on read-only file systems too
         probe.mkdir()

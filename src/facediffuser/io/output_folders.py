@@ -173,6 +173,13 @@ def check(
                 )
         _probe_writable(path, path, flag)
         return path
+    _probe_writable(nearest_existing_folder(path, out, flag), path, flag)
+    return path
+
+
+def nearest_existing_folder(path: Path, out: PathLike, flag: str = "--out") -> Path:
+    """The nearest existing folder above ``path`` (an absolute path that does not exist yet, given as ``out``), where
+    it would be created; a broken symbolic link on the way, or a file there, is refused with one sentence."""
     parent = path.parent
     while not parent.exists():
         if os.path.lexists(parent):  # a dangling symbolic link
@@ -180,8 +187,7 @@ def check(
         parent = parent.parent
     if not parent.is_dir():
         raise ValueError(f"{out} lies below {parent}, which is a file, not a folder: choose another {flag}.")
-    _probe_writable(parent, path, flag)
-    return path
+    return parent
 
 
 def claim(
