@@ -2,6 +2,7 @@
 diffusers' own StableDiffusionPipeline with the same adapter."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -293,3 +294,86 @@ def test_a_pickle_with_code_is_refused_and_kept(tmp_path):
     with pytest.raises(ValueError, match=r"cannot be read as IP-Adapter weights .*: give a \.safetensors file"):
         pipe.load_ip_adapter(tmp_path, weight_name="ip-adapter.bin", image_encoder_folder=None)
     assert path.is_file()
+
+
+# ------------------------------------------------------------------ the command line
+@pytest.fixture
+def adapter_folder(tmp_path, faces):
+    """The layout of the public adapters: ``models/<weights>`` with ``models/image_encoder/`` beside it, made for
+    the tiny model; and two reference photos."""
+    from facediffuser.io.tiny import tiny_unet
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_file(adapter_state(tiny_unet()), models / "ip.safetensors")
+    tiny_image_encoder().save_pretrained(models / "image_encoder")
+    for name, face in zip("ab", faces):
+        face.save(tmp_path / f"{name}.png")
+    return tmp_path
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    from facediffuser.io import loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(loading, "load_pipeline", refuse)
+
+
+TWO = ["-p", "a man <|image|> and a woman <|image|> at a cafe", "--model", "tiny", "--no-face-check"]
+
+
+def test_generate_with_an_adapter_writes_the_image_masks_and_regions(adapter_folder):
+    from facediffuser.cli.main import main
+
+    d = adapter_folder
+    refs = ["--ref", str(d / "a.png"), "--ref", str(d / "b.png")]
+    argv = ["generate", *TWO, *refs, "--ip-adapter", str(d / "models"), "--steps", "6", "--save-masks"]
+    assert main([*argv, "-o", str(d / "two.png")]) == 0
+    assert {"two.png", "two-masks.png", "two-regions.png"} <= {p.name for p in d.iterdir()}
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d: write(d / "x.safetensors", b""), r"x.safetensors is empty \(0 bytes\)"),
+        (lambda d: write(d / "x.bin", b"hello"), r"x.bin is not a PyTorch or safetensors weight file"),
+        (lambda d: d / "models" / "image_encoder" / "model.safetensors", r"model.safetensors is not an IP-Adapter"),
+        (lambda d: d / "missing" / "x.safetensors", r"IP-Adapter not found: .*missing/x.safetensors"),
+        (lambda d: write(d / "lone" / "x", b"") and d / "lone", r"lone holds no .safetensors or .bin file: name"),
+    ],
+)
+def test_generate_refuses_a_wrong_adapter_file_before_any_model_loads(
+    adapter_folder, capsys, no_model_load, make, message
+):
+    from facediffuser.cli.main import main
+
+    d = adapter_folder
+    (d / "lone").mkdir()
+    spec = make(d)
+    before = sorted(p.name for p in d.rglob("*"))
+    argv = ["generate", *TWO, "--ref", str(d / "a.png"), "--ref", str(d / "b.png"), "--ip-adapter", str(spec)]
+    assert main([*argv, "-o", str(d / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("facediffuser generate: error: ")
+    assert re.search(message, err), err
+    assert sorted(p.name for p in d.rglob("*")) == before  # nothing written, nothing deleted
+
+
+def test_generate_embeddings_must_match_the_placeholders(adapter_folder, capsys, no_model_load):
+    from facediffuser.cli.main import main
+
+    d = adapter_folder
+    save_file({"image_embeds": torch.zeros(3, CLIP_DIM)}, d / "ids.safetensors")
+    argv = ["generate", *TWO, "--ip-adapter", str(d / "models"), "--ip-adapter-embeds", str(d / "ids.safetensors")]
+    assert main([*argv, "-o", str(d / "out.png")]) == 2
+    assert "The prompt has 2 placeholder(s) but" in capsys.readouterr().err
+    assert main(["generate", *TWO, "--ip-adapter-embeds", str(d / "ids.safetensors")]) == 2
+    assert "--ip-adapter-embeds stands for --ref with an --ip-adapter" in capsys.readouterr().err
