@@ -147,10 +147,10 @@ def _cross_attention_widths(unet: UNet2DConditionModel) -> list[int]:
 
 def _projection_width(image_proj: dict[str, torch.Tensor]) -> int | None:
     """The token width an image projection gives (``None`` where its layout does not say it in one place)."""
-    if "proj.weight" in image_proj and "norm.weight" in image_proj:  # IP-Adapter: Linear then LayerNorm
+    if "norm.weight" in image_proj:  # IP-Adapter (Linear then LayerNorm), FaceID
         return int(image_proj["norm.weight"].shape[0])
-    if "norm.weight" in image_proj:  # FaceID, Full
-        return int(image_proj["norm.weight"].shape[0])
+    if "proj.3.weight" in image_proj:  # Full (Plus-Face): its LayerNorm is proj.3
+        return int(image_proj["proj.3.weight"].shape[0])
     if "proj_out.weight" in image_proj:  # Plus
         return int(image_proj["proj_out.weight"].shape[0])
     return None
@@ -236,7 +236,8 @@ class AdapterSubjectMixin:
         if any(".to_k_lora." in k for k in state["ip_adapter"]):
             raise ValueError(
                 f"{where} carries LoRA weights for the UNet (IP-Adapter-FaceID): facediffuser loads only the "
-                "adapter's image layers; use an adapter without LoRA (FaceID-Plus-v2 or the *_sd15 files)."
+                "adapter's image layers; use an adapter without LoRA (such as ip-adapter_sd15, "
+                "ip-adapter-plus-face_sd15 or ip-adapter-faceid-portrait_sd15)."
             )
 
         if image_encoder is None and image_encoder_folder is not None:
