@@ -3,6 +3,7 @@
 figures are for docs/performance.md, not tests."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -114,3 +115,39 @@ def test_readme_figures_draw_both_pictures(tmp_path):
     script_module(ROOT / "docs" / "mini" / "figures.py").main(["--out", str(tmp_path), "--steps", "1"])
     committed = {name: Image.open(ROOT / "docs" / "mini" / name).size for name in ("example.png", "seeds.png")}
     assert {name: Image.open(tmp_path / name).size for name in committed} == committed  # the same layout
+
+
+def test_two_person_figure_draws_each_runs_methods_beside_the_references(tmp_path):
+    """docs/mini/two_people.py on two small runs of the shipped benchmark people: one row per two-person case (the
+    one-person row left out), one column per method of either run."""
+    from facediffuser.evaluation.figures import GRID_TILE
+    from facediffuser.evaluation.reports import ScoreRow, write_scores
+    from facediffuser.lab.world.benchmark import default_references
+
+    data = default_references()
+    pairs = ["id0020+id0051/multi", "id0051+id0020/multi"]
+    for run, methods in (("a", ["mini/tdm", "mini/sdm"]), ("b", ["mini/face-diffuser_a0.3_b0.6_ra"])):
+        folder = tmp_path / run
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"data": str(data)}), encoding="utf-8")
+        rows = []
+        for method in methods:
+            for case in [*pairs, "id0020/single-0"]:
+                image = f"images/{method}/{case}/0.png"
+                (folder / image).parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (32, 32), "red").save(folder / image)
+                rows.append(ScoreRow(
+                    model="mini", method=method, alpha=0.3, beta=0.6, case_id=case,
+                    group="single" if "single" in case else "multi", subjects="", prompt="a man <|image|> and a man",
+                    text="", image_index=0, image=image, ip=0.0, faces=0, pc=0.0, ip_backend="mini", clip_model="c",
+                    rank=0, generated=True,
+                ))  # fmt: skip
+        write_scores(folder / "scores.csv", rows)
+    out = tmp_path / "two.png"
+    script_module(ROOT / "docs" / "mini" / "two_people.py").main(
+        ["--runs", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]
+    )
+    width, height = Image.open(out).size
+    gap = 4
+    assert width == (2 + 3) * (GRID_TILE + gap) + gap  # two references, three methods
+    assert height == 28 + 2 * (GRID_TILE + 26 + gap) + gap  # two cases
