@@ -84,7 +84,7 @@ def test_the_paired_interval_is_that_of_the_differences():
     unpaired_a, unpaired_b = mean_of(base, "ip", "single"), mean_of(moved, "ip", "single")
     assert unpaired_a.high > unpaired_b.low  # unpaired: overlapping, "no difference"
     # rows of another group, or a score that is NaN on either side, are left out
-    other = [_row("m0", "multi", 0.9)]
+    other = [replace(_row("m0", "multi", 0.9), subjects="p;q")]
     nan = [replace(moved[0], ip=math.nan)] + moved[1:]
     assert paired_difference(moved + other, base, "ip", "single").cases == 6
     assert paired_difference(nan, base, "ip", "single").cases == 5
@@ -94,7 +94,10 @@ def _results(shift: float):
     from facediffuser.evaluation.samplers import SamplerSetting
 
     base = [
-        _row(f"c{i}", "single" if i < 6 else "multi", v, scene_acc=float(i % 2), identity_acc=float(i % 3 == 0))
+        replace(
+            _row(f"c{i}", "single" if i < 6 else "multi", v, scene_acc=float(i % 2), identity_acc=float(i % 3 == 0)),
+            subjects="p" if i < 6 else "p;q",
+        )
         for i, v in enumerate([0.1, 0.3, 0.5, 0.7, 0.2, 0.6, 0.3, 0.4])
     ]
     worse = [replace(r, ip=r.ip + shift) for r in base]
@@ -118,3 +121,78 @@ def test_the_cheapest_setting_within_noise_is_chosen_and_the_table_and_figure_sa
     assert compare(_results(+0.1), "ddim-50")["cheapest_within_noise"] == "dpm++-4"
     pytest.importorskip("matplotlib")
     assert pareto_plot(summary, tmp_path / "pareto.png") and (tmp_path / "pareto.png").stat().st_size > 10_000
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIP saved like a hub checkpoint (PC only: the study runs without a face recognizer)."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from facediffuser.io.tokenizer import load_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    text = {"vocab_size": 49408, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+    text.update({"num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": 49407})
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision.update({"image_size": 32, "patch_size": 8})
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
+    load_clip_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def _study_flags(tmp_path, clip, *extra):
+    from PIL import Image
+
+    people = tmp_path / "people"
+    (people / "eileen").mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (48, 48), (200, 150, 120)).save(people / "eileen" / "1.png")
+    (people / "subjects.json").write_text(json.dumps({"eileen": "woman"}))
+    return [
+        "evaluate", "--data", str(people), "--model", "tiny", "--clip-model", str(clip), "--metrics", "pc",
+        "--limit", "2", "--images-per-prompt", "1", "--no-save-masks", "--out", str(tmp_path / "study"), *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_study_runs_each_setting_as_an_evaluation_and_resumes(tmp_path, tiny_clip, capsys):
+    from facediffuser.cli.main import main
+
+    argv = _study_flags(tmp_path, tiny_clip, "--samplers", "ddim:3", "dpm++:2", "dpm++:2:noise")
+    assert main(argv) == 0
+    study = tmp_path / "study"
+    summary = json.loads((study / "samplers.json").read_text())
+    assert [s["label"] for s in summary["settings"]] == ["ddim-3", "dpm++-2", "dpm++-2-noise"]
+    for label, scheduler, steps in (("ddim-3", "ddim", 3), ("dpm++-2", "dpm++", 2), ("dpm++-2-noise", "dpm++", 2)):
+        run = json.loads((study / label / "run.json").read_text())
+        assert run["scheduler"] == scheduler and run["sampling"]["num_inference_steps"] == steps
+    assert (
+        json.loads((study / "dpm++-2-noise" / "run.json").read_text())["sampling"]
+        == json.loads((study / "dpm++-2" / "run.json").read_text())["sampling"]
+    )  # the stage rule is the method's (its label), the run's settings are shared
+    assert (study / "dpm++-2-noise" / "images" / "tiny" / "face-diffuser_a0.3_b0.6_stage_boundaries-noise").is_dir()
+    pc = summary["settings"][1]["differences"]["single PC"]
+    assert pc["images"] == 2 and pc["low"] <= pc["mean"] <= pc["high"]
+    assert "| `dpm++:2` |" in capsys.readouterr().out
+    # a second run draws nothing again: every setting's images are reused
+    before = {p: p.stat().st_mtime_ns for p in study.rglob("*.png") if "images" in p.parts}
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in study.rglob("*.png") if "images" in p.parts} == before
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--samplers", "ddim:3", "lcm:4"], "Sampler setting 'lcm:4': unknown scheduler 'lcm'"),
+        (["--samplers", "ddim:3"], "Give at least two sampler settings"),
+        (["--samplers", "ddim:3", "dpm++:2", "--steps", "5"], "--samplers sets the scheduler and the steps"),
+    ],
+)
+def test_a_bad_study_is_refused_in_one_sentence_before_any_model_loads(tmp_path, tiny_clip, capsys, extra, words):
+    from facediffuser.cli.main import main
+
+    assert main(_study_flags(tmp_path, tiny_clip, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("facediffuser evaluate: error: ") and words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "study").exists()

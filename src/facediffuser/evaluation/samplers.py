@@ -53,7 +53,7 @@ DEFAULT_SETTINGS = (
     "dpm++:10:noise",
     "dpm++-karras:10:noise",
 )
-# What the study compares: (scores.csv column, the group of cases it is read on or None for all, title).
+# What the study compares: (scores.csv column, the images it is read on: of one person, of several, or all, title).
 STUDY_METRICS = (
     ("ip", "single", "single IP"),
     ("pc", "single", "single PC"),
@@ -146,13 +146,14 @@ def paired_difference(rows: Sequence[Any], reference: Sequence[Any], column: str
     """The mean over images of ``column`` in ``rows`` less the same image's (same case, same image index, hence the
     same seed) in ``reference``, with its percentile interval under resampling of cases: a paired bootstrap.
 
-    ``group``: only the cases of that group (``None``: all). Images with a non-finite score on either side are left
-    out. Example: IP 0.40 and 0.30 in two cases against 0.38 and 0.29 is the difference 0.015, and as both cases
-    moved alike its interval is [0.01, 0.02], where the unpaired means' intervals both span 0.29 to 0.40."""
+    ``group``: only the images of one person (``"single"``) or of several (``"multi"``); ``None``: all. Images with
+    a non-finite score on either side are left out. Example: IP 0.40 and 0.30 in two cases against 0.38 and 0.29 is
+    the difference 0.015, and as both cases moved alike its interval is [0.01, 0.02], where the unpaired means'
+    intervals both span 0.29 to 0.40."""
     base = {(r.case_id, r.image_index): getattr(r, column) for r in reference}
     clusters: dict[str, list[float]] = defaultdict(list)
     for row in rows:
-        if group is not None and row.group != group:
+        if not _in_group(row, group):
             continue
         other = base.get((row.case_id, row.image_index))
         value = getattr(row, column)
@@ -165,9 +166,18 @@ def mean_of(rows: Sequence[Any], column: str, group: str | None) -> Estimate:
     """The setting's own mean of ``column`` (group ``None``: all cases), with its unpaired interval."""
     clusters: dict[str, list[float]] = defaultdict(list)
     for row in rows:
-        if group is None or row.group == group:
+        if _in_group(row, group):
             clusters[row.case_id].append(getattr(row, column))
     return bootstrap_mean(clusters)
+
+
+def _in_group(row: Any, group: str | None) -> bool:
+    """Whether ``row`` counts for ``group``: ``"single"`` images of one person, ``"multi"`` of two or more, ``None``
+    every image (whatever the benchmark calls its prompt groups)."""
+    if group is None:
+        return True
+    people = len(row.subjects.split(";"))
+    return people == 1 if group == "single" else people > 1
 
 
 def within_noise(difference: dict[str, Any]) -> bool:
@@ -327,11 +337,12 @@ def run_study(config: Any, specs: Sequence[str]) -> tuple[dict[str, Any], list[P
     out = Path(config.out)
     folder = model_folder(models[0].source)
     scheduler_config = _scheduler_config(folder, models[0].source)
-    check(out, command=COMMAND, inputs=config.inputs(models))
-    claim(out, command=COMMAND, inputs=config.inputs(models))
+    check(out, command=COMMAND, inputs=config.inputs(models), legacy=(_holds_only_runs,))
+    claim(out, command=COMMAND, inputs=config.inputs(models), legacy=(_holds_only_runs,))
     results: dict[str, dict[str, Any]] = {}
     for setting in settings:
-        own(out, f"{setting.label}/", command=COMMAND)
+        if not _is_run(out / setting.label):  # an evaluation's own folder is taken as it is (its run.json decides)
+            own(out, f"{setting.label}/", command=COMMAND)
         run = replace(
             config,
             out=out / setting.label,
@@ -367,6 +378,22 @@ def run_study(config: Any, specs: Sequence[str]) -> tuple[dict[str, Any], list[P
     if pareto_plot(summary, files[2]):
         written.append(files[2])
     return summary, written
+
+
+def _is_run(folder: Path) -> bool:
+    """Whether ``folder`` is an evaluation's output folder (it holds the marker of ``facediffuser evaluate``)."""
+    from ..io.output_folders import read_marker
+    from .harness import COMMAND
+
+    marker = read_marker(folder) if folder.is_dir() else None
+    return marker is not None and marker["command"] == COMMAND
+
+
+def _holds_only_runs(folder: Path) -> bool:
+    """A folder of evaluations and nothing else, such as a study's settings run one by one with ``evaluate``: the
+    study takes it over."""
+    entries = [p for p in folder.iterdir()]
+    return bool(entries) and all(_is_run(p) for p in entries)
 
 
 def _scheduler_config(folder: Path | None, source: str) -> dict[str, Any]:
