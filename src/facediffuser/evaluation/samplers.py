@@ -132,12 +132,10 @@ def unet_evaluations(setting: SamplerSetting, scheduler_config: dict[str, Any], 
     ``scheduler_config``: its scheduler's own timesteps (a multistep or PNDM sampler may take more than one per
     step), staged by ``sampling``'s alpha, beta and guidance base."""
     from ..fusion import unet_evaluations_per_image
-    from ..io.loading import SCHEDULER_OPTIONS, SCHEDULERS
+    from ..io.loading import scheduler_from_config
     from ..step import sampling_stages
 
-    scheduler = SCHEDULERS[setting.scheduler].from_config(
-        scheduler_config, **SCHEDULER_OPTIONS.get(setting.scheduler, {})
-    )
+    scheduler = scheduler_from_config(setting.scheduler, scheduler_config)
     scheduler.set_timesteps(setting.steps)
     staged = sampling.replace(num_inference_steps=setting.steps, stage_boundaries=setting.stage_boundaries)
     stages = sampling_stages(scheduler.timesteps, staged, scheduler.config.num_train_timesteps)

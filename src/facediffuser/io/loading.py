@@ -278,10 +278,16 @@ def read_face_detector(folder: Path, index: dict | None = None):
     return FaceDetector.from_pretrained(folder / "face_detector", use_safetensors=True, dtype=torch.float32).eval()
 
 
-def swap_scheduler(pipe: FaceDiffuserPipeline, name: str) -> None:
+def scheduler_from_config(name: str, config) -> object:
+    """The scheduler ``name`` (:data:`SCHEDULERS`) with ``config`` (a model's scheduler config: its training noise
+    schedule, timestep spacing) and what the name sets (:data:`SCHEDULER_OPTIONS`)."""
     if name not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}.")
-    pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config, **SCHEDULER_OPTIONS.get(name, {}))
+    return SCHEDULERS[name].from_config(config, **SCHEDULER_OPTIONS.get(name, {}))
+
+
+def swap_scheduler(pipe: FaceDiffuserPipeline, name: str) -> None:
+    pipe.scheduler = scheduler_from_config(name, pipe.scheduler.config)
 
 
 def check_scene_model(path: str | Path) -> None:
