@@ -109,3 +109,20 @@ def test_the_demo_offers_the_models_own_steps(own_folder):
     pipe = FaceDiffuserPipeline.from_pretrained(own_folder, use_safetensors=True)
     assert page_controls(pipe)["num_inference_steps"].default == OWN_STEPS
     assert page_controls(build_tiny_pipeline(seed=0))["num_inference_steps"].default == 50
+
+
+@pytest.mark.parametrize("value, words", [("10", "got '10'"), (0, "got 0"), (5000, "at most 1000")])
+def test_a_folders_bad_number_of_steps_is_refused_naming_the_file_before_any_model_loads(
+    own_folder, capsys, monkeypatch, value, words
+):
+    from facediffuser.io import loading
+
+    index = own_folder / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "num_inference_steps": value}))
+    Image.new("RGB", (32, 32)).save(own_folder.parent / "p.png")
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    argv = ["generate", "--model", str(own_folder), "-p", "a man <|image|>", "--ref", str(own_folder.parent / "p.png")]
+    assert main([*argv, "--no-face-check", "--steps", "2", "-o", str(own_folder.parent / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"facediffuser generate: error: In {index}, `num_inference_steps` (the number of denoising")
+    assert words in err and len(err.splitlines()) == 1 and not (own_folder.parent / "x.png").exists()

@@ -227,6 +227,12 @@ def check_before_loading(config: GenerateConfig):
     folder = model_folder(config.model)  # None for tiny and hub ids
     index = read_model_index(folder) if folder is not None else None
     placeholder = read_placeholder(folder, index) if folder is not None else None
+    own_steps = (index or {}).get("num_inference_steps")
+    if own_steps is not None:  # the pipeline would refuse it while it loads: say so now, naming the file
+        try:
+            SamplingSettings(num_inference_steps=own_steps)
+        except ValueError as err:
+            raise ValueError(f"In {folder / 'model_index.json'}, {err}") from None
     paths = output_paths(config.out, config.num_images)
     pictures = [mask_path(p) for p in paths] if config.save_masks else []
     if writes_regions(config, placeholder or DEFAULT_PLACEHOLDER, (index or {}).get("num_inference_steps")):
