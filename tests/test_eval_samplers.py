@@ -116,7 +116,7 @@ def test_the_cheapest_setting_within_noise_is_chosen_and_the_table_and_figure_sa
     assert summary["cheapest_within_noise"] == "dpm++-10"
     text = markdown(summary)
     assert "| `dpm++:4` | 10 |" in text and "**-0.100 [-0.100, -0.100]**" in text
-    assert text.strip().endswith("`dpm++-10`.")
+    assert text.strip().endswith("`dpm++:10`.")
     # a gain is no cost: the cheaper setting is chosen when it is better
     assert compare(_results(+0.1), "ddim-50")["cheapest_within_noise"] == "dpm++-4"
     pytest.importorskip("matplotlib")

@@ -256,13 +256,18 @@ def markdown(summary: dict[str, Any], header: str = "") -> str:
             cells.append(cell)
         verdict = "reference" if s["label"] == summary["reference"] else ("yes" if s["within_noise"] else "no")
         lines.append(f"| `{s['spec']}` | {s['evaluations']} | " + " | ".join(cells) + f" | {verdict} |")
-    cheapest = summary["cheapest_within_noise"]
+    cheapest = _spec_of(summary, summary["cheapest_within_noise"])
     lines += [
         "",
         f"Cheapest setting within noise at <= {summary['budget']} UNet evaluations per image: "
         + (f"`{cheapest}`." if cheapest else "none."),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _spec_of(summary: dict[str, Any], label: str | None) -> str | None:
+    """The spec (``dpm++:10``) of the setting labelled ``label`` (``dpm++-10``) in ``summary``."""
+    return next((s["spec"] for s in summary["settings"] if s["label"] == label), None)
 
 
 def pareto_plot(summary: dict[str, Any], path: Path) -> bool:
@@ -272,12 +277,17 @@ def pareto_plot(summary: dict[str, Any], path: Path) -> bool:
     from .figures import _matplotlib_figure
 
     titles = [title for _, _, title in STUDY_METRICS]
-    figure = _matplotlib_figure(4.2 * len(titles), 4.6)
+    figure = _matplotlib_figure(15, 9)
     if figure is None:
         return False
-    axes = figure.subplots(1, len(titles))
+    grid = figure.subplots(2, 3)
+    axes = list(grid.flat)
     settings = summary["settings"]
     reference = next(s for s in settings if s["label"] == summary["reference"])
+    # Settings of one cost sit side by side: each sampler family a little to the left or right of the true cost.
+    families = list(
+        dict.fromkeys(s["spec"].split(":")[0] + (":noise" if s["spec"].endswith(":noise") else "") for s in settings)
+    )
     for ax, title in zip(axes, titles):
         scale = 100.0 if title in ("place+time+clothing", "identity top-1") else 1.0
         points = []
@@ -285,15 +295,17 @@ def pareto_plot(summary: dict[str, Any], path: Path) -> bool:
             d = s["differences"].get(title) or {"mean": 0.0, "low": 0.0, "high": 0.0}
             if d["mean"] is None:
                 continue
-            x, y = s["evaluations"], d["mean"] * scale
+            family = s["spec"].split(":")[0] + (":noise" if s["spec"].endswith(":noise") else "")
+            shift = 1.0 + 0.035 * (families.index(family) - (len(families) - 1) / 2)
+            x, y = s["evaluations"] * shift, d["mean"] * scale
             err = [[y - d["low"] * scale], [d["high"] * scale - y]]
             filled = s is reference or within_noise(d)
             colour = "black" if s is reference else ("tab:blue" if filled else "tab:red")
             ax.errorbar(
-                x, y, yerr=err, fmt="o", color=colour, mfc=colour if filled else "white", ms=5, capsize=2, lw=0.8
+                x, y, yerr=err, fmt="o", color=colour, mfc=colour if filled else "white", ms=4, capsize=2, lw=0.8
             )
-            ax.annotate(s["spec"], (x, y), textcoords="offset points", xytext=(4, 3), fontsize=6.5)
-            points.append((x, y))
+            ax.annotate(s["spec"], (x, y), textcoords="offset points", xytext=(3, 2), fontsize=6)
+            points.append((s["evaluations"], y))
         front, best = [], -math.inf
         for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
             if y > best:
@@ -305,11 +317,26 @@ def pareto_plot(summary: dict[str, Any], path: Path) -> bool:
         ax.set_xscale("log")
         ax.set_xlabel("UNet evaluations per image (log)")
         unit = " (points)" if scale == 100.0 else ""
-        ax.set_title(f"{title}: difference from {reference['spec']}{unit}", fontsize=9)
-    figure.suptitle(
-        "Paired 95% intervals over cases; filled: within noise; green: the Pareto front; dotted: the 26-evaluation "
-        "budget",
-        fontsize=9,
+        ax.set_title(f"{title}: difference from {reference['spec']}{unit}", fontsize=10)
+    legend = axes[-1]
+    legend.axis("off")
+    cheapest = _spec_of(summary, summary["cheapest_within_noise"])
+    legend.text(
+        0.0,
+        0.95,
+        "Each point: a setting's mean difference from the reference,\n"
+        "same cases and seeds, with its paired 95% interval\n"
+        "(bootstrap over cases).\n\n"
+        "filled blue: within noise (the interval holds 0 or lies above)\n"
+        "open red: significantly below the reference\n"
+        "black: the reference\n"
+        "green line: the Pareto front of the means\n"
+        f"dotted: the {summary['budget']}-evaluation budget (a fifth of 130)\n"
+        "settings of one cost are drawn a little apart\n\n"
+        f"cheapest within noise at <= {summary['budget']}: {cheapest or 'none'}",
+        va="top",
+        fontsize=10,
+        transform=legend.transAxes,
     )
     figure.savefig(path, dpi=110)
     return True
