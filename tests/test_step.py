@@ -186,3 +186,19 @@ def test_few_steps_by_step_fraction_fall_at_another_noise_level():
     by_noise = sampling_stages(scheduler.timesteps, SamplingSettings(stage_boundaries="noise"), 1000)
     assert _counts(by_steps) == (3, 3, 4) and _counts(by_noise) == (3, 2, 5)
     assert by_steps[5] is Stage.FUSION and by_noise[5] is Stage.SUBJECT and 300 < float(scheduler.timesteps[5]) < 400
+
+
+def test_stages_by_noise_level_are_a_flag_and_a_recorded_setting():
+    """--stage-boundaries noise reaches SamplingSettings, a PNG's parameters record it (and only when it is on), and
+    the recorded parameters build the same settings again."""
+    from facediffuser.cli.generate import GenerateConfig
+    from facediffuser.cli.main import build_parser
+    from facediffuser.io.configuration import build_config, config_to_dict
+
+    parser = build_parser("generate")
+    config = build_config(GenerateConfig, parser.parse_args(["generate", "-p", "x", "--stage-boundaries", "noise"]))
+    assert config.sampling.stage_boundaries.value == "noise"
+    assert config.sampling.to_dict()["stage_boundaries"] == "noise"
+    assert build_config(GenerateConfig, base=config_to_dict(config)).sampling == config.sampling
+    with pytest.raises(ValueError, match=r"`stage_boundaries` must be one of \['steps', 'noise'\], got 'sigma'"):
+        SamplingSettings(stage_boundaries="sigma")
