@@ -302,28 +302,30 @@ def test_two_person_images_say_who_is_drawn_where_leaks_swaps_and_swapped_colour
         (result,) = scorer.score([image], pair)
         return [result[m] for m in ("identity", *TWO_PERSON_METRICS)], result["predicted"]["placed"]
 
-    #        identity, identity_placed, leak, swap, clothing_swap
-    assert read([(one, L), (two, R)]) == ([1.0, 1.0, 0.0, 0.0, 0.0], [one, two])
-    assert read([(two, R), (one, L)]) == ([1.0, 1.0, 0.0, 0.0, 0.0], [one, two])  # the right one the larger
-    assert read([(one, L), (two, MIDDLE)]) == ([1.0, 1.0, 0.0, 0.0, 0.0], [one, two])  # the middle line is right
-    # a swap: both drawn, so `identity` is 1, but each in the other's place
-    assert read([(two, L), (one, R)]) == ([1.0, 0.0, 0.0, 1.0, 0.0], [two, one])
+    #        identity, identity_placed, leak, swap, clothing_swap, identity_dressed
+    assert read([(one, L), (two, R)]) == ([1.0, 1.0, 0.0, 0.0, 0.0, 1.0], [one, two])
+    assert read([(two, R), (one, L)]) == ([1.0, 1.0, 0.0, 0.0, 0.0, 1.0], [one, two])  # the right one the larger
+    assert read([(one, L), (two, MIDDLE)]) == ([1.0, 1.0, 0.0, 0.0, 0.0, 1.0], [one, two])  # the middle line is right
+    # a swap: both drawn, so `identity` is 1, but each in the other's place, on the other's clothes
+    assert read([(two, L), (one, R)]) == ([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], [two, one])
+    # ... unless the clothes are swapped too: then each face is on its own person, the layout mirrored
+    assert read([(two, L), (one, R)], (second, first)) == ([1.0, 0.0, 0.0, 1.0, 1.0, 1.0], [two, one])
     # a leak: the first person drawn twice, the second not at all
-    assert read([(one, L), (one, R)]) == ([0.5, 0.5, 1.0, 0.0, 0.0], [one, one])
-    assert read([(two, L), (two, R)]) == ([0.5, 0.5, 1.0, 0.0, 0.0], [two, two])
-    assert read([(third, L), (third, R)]) == ([0.0, 0.0, 0.0, 0.0, 0.0], [third, third])  # not an asked person
+    assert read([(one, L), (one, R)]) == ([0.5, 0.5, 1.0, 0.0, 0.0, 0.5], [one, one])
+    assert read([(two, L), (two, R)]) == ([0.5, 0.5, 1.0, 0.0, 0.0, 0.5], [two, two])
+    assert read([(third, L), (third, R)]) == ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [third, third])  # not an asked person
     # only the two largest faces count: a third, smaller one is no leak
-    assert read([(one, L), (two, R), (one, (0, 0, 2, 2))]) == ([1.0, 1.0, 0.0, 0.0, 0.0], [one, two])
+    assert read([(one, L), (two, R), (one, (0, 0, 2, 2))]) == ([1.0, 1.0, 0.0, 0.0, 0.0, 1.0], [one, two])
     # missing faces: no leak, no swap, 0 for the person whose half holds no face
-    assert read([(two, R)]) == ([0.5, 0.5, 0.0, 0.0, 0.0], [None, two])
-    assert read([(two, L)]) == ([0.5, 0.0, 0.0, 0.0, 0.0], [two, None])
-    assert read([]) == ([0.0, 0.0, 0.0, 0.0, 0.0], [None, None])
+    assert read([(two, R)]) == ([0.5, 0.5, 0.0, 0.0, 0.0, 0.5], [None, two])
+    assert read([(two, L)]) == ([0.5, 0.0, 0.0, 0.0, 0.0, 0.0], [two, None])
+    assert read([]) == ([0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [None, None])
     # both faces in the left half: the larger is read there, the right half has none
-    assert read([(one, L), (two, (2, 2, 6, 6))]) == ([1.0, 1.0 / 2, 0.0, 0.0, 0.0], [one, None])
+    assert read([(one, L), (two, (2, 2, 6, 6))]) == ([1.0, 1.0 / 2, 0.0, 0.0, 0.0, 0.5], [one, None])
     # colours: each half in the other person's colour is a swap; one wrong colour is not
     other = next(c for c in MB.MINI_COLOURS if c not in (first, second))
-    assert read([(one, L), (two, R)], (second, first))[0][-1] == 1.0
-    assert read([(one, L), (two, R)], (second, other))[0][-1] == 0.0
+    assert read([(one, L), (two, R)], (second, first))[0][4:] == [1.0, 0.0]
+    assert read([(one, L), (two, R)], (second, other))[0][4:] == [0.0, 0.0]
     (result,) = scorer.score([image], pair)
     assert result["clothing"] == 0.0 and result["predicted"]["clothing"] == [second, other]
 
@@ -343,13 +345,16 @@ def test_the_table_gives_the_two_person_metrics_with_intervals_and_not_applicabl
         row("a/single-0", "single", "a", **right),
         row("b/single-0", "single", "b", **right),
         row("a+b/multi", "multi", "a;b", **right, identity_placed_acc=1.0, leak_rate=0.0, swap_rate=0.0,
-            clothing_swap_rate=0.0),
+            clothing_swap_rate=0.0, identity_dressed_acc=1.0),
         row("b+a/multi", "multi", "b;a", **{**right, "clothing_acc": 0.0, "scene_acc": 0.0, "identity_acc": 0.5},
-            identity_placed_acc=0.5, leak_rate=1.0, swap_rate=0.0, clothing_swap_rate=1.0),
+            identity_placed_acc=0.5, leak_rate=1.0, swap_rate=0.0, clothing_swap_rate=1.0, identity_dressed_acc=0.0),
     ]  # fmt: skip
     write_scores(tmp_path / "scores.csv", rows)
     back = read_scores(tmp_path / "scores.csv")  # the new columns go to scores.csv and come back
-    assert [(r.identity_placed_acc, r.leak_rate, r.clothing_swap_rate) for r in back[2:]] == [(1, 0, 0), (0.5, 1, 1)]
+    assert [(r.identity_placed_acc, r.leak_rate, r.clothing_swap_rate, r.identity_dressed_acc) for r in back[2:]] == [
+        (1, 0, 0, 1),
+        (0.5, 1, 1, 0),
+    ]
     assert math.isnan(back[0].leak_rate)
     header = {"benchmark": "mini", "kind": "mixed", "ip_backend": "mini", "clip_model": "clip", "gallery": 2}
     summary = summarize(rows, [variant], header)
@@ -361,12 +366,15 @@ def test_the_table_gives_the_two_person_metrics_with_intervals_and_not_applicabl
 
     lines = markdown_table(summary).splitlines()
     start = next(k for k, line in enumerate(lines) if line.startswith("| model | method | group | place"))
-    assert lines[start].endswith("| identity top-1 | identity in place | leak | swap | clothing swapped | images |")
+    assert lines[start].endswith(
+        "| identity in place | leak | swap | clothing swapped | face on own clothes | images |"
+    )
     table = lines[start + 2 : start + 5]  # the accuracy rows: all, multi, single
     by_group = {line.split("|")[3].strip(): line for line in table}
-    assert by_group["single"].endswith("| 1.000 [1.000, 1.000] | n/a | n/a | n/a | n/a | 2 |")
+    assert by_group["single"].endswith("| 1.000 [1.000, 1.000] | n/a | n/a | n/a | n/a | n/a | 2 |")
     assert by_group["multi"].endswith(
-        "| 0.750 [0.500, 1.000] | 0.500 [0.000, 1.000] | 0.000 [0.000, 0.000] | 0.500 [0.000, 1.000] | 2 |"
+        "| 0.750 [0.500, 1.000] | 0.500 [0.000, 1.000] | 0.000 [0.000, 0.000] | 0.500 [0.000, 1.000] "
+        "| 0.500 [0.000, 1.000] | 2 |"
     )
     # over all four images, the two-person metrics count the two two-person images
     assert "| 0.500 [0.000, 1.000] (n=2) | 0.000 [0.000, 0.000] (n=2) |" in by_group["all"]

@@ -217,12 +217,18 @@ class SideAttentionProcessor:
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
+        ip_adapter_masks: Any = None,
         **kwargs,
     ) -> torch.Tensor:
+        # diffusers hands a processor only the keywords its signature names: an IP-Adapter's masks are named here
+        if ip_adapter_masks is not None:
+            kwargs["ip_adapter_masks"] = ip_adapter_masks
         control = self.control
         if control.capture is not None and encoder_hidden_states is not None:
             rows, columns, record = control.capture
-            hidden, context, _ = _prepare(attn, hidden_states[rows], encoder_hidden_states[rows], temb)
+            # an IP-Adapter's layers get (text, image tokens): the text's columns are the tokens' ones
+            text = encoder_hidden_states[0] if isinstance(encoder_hidden_states, tuple) else encoder_hidden_states
+            hidden, context, _ = _prepare(attn, hidden_states[rows], text[rows], temb)
             record(self.name, token_attention_probabilities(attn, hidden, context, columns))
         if control.bias is not None and encoder_hidden_states is not None:
             queries = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states[0, 0].numel()

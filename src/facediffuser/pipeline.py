@@ -36,6 +36,7 @@ from .references import normalize_negative_prompts, normalize_prompts, normalize
 from .regions import RegionSampler, regions_wanted
 from .settings import DEFAULT_STEPS, SamplingSettings, StageBoundaries, check_image_size
 from .step import FusionTrace, StepTrace, face_diffuser_step, sampling_stages
+from .subject_models import AdapterSubjectMixin, SubjectModelKind, adapter_call
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class FaceDiffuserPipelineOutput(BaseOutput):
     fusion_trace: FusionTrace | None = None
 
 
-class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, StableDiffusionMixin):
+class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, DiffusionPipeline, StableDiffusionMixin):
     r"""Person-centric subject-to-image generation with a text-driven and a subject-augmented diffusion model.
 
     Components:
@@ -79,6 +80,10 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         subject_unet: the SDM's ``UNet2DConditionModel``.
         image_encoder: CLIP vision tower with projection; its ``image_embeds`` is the subject embedding ``o``.
         subject_fuser: :class:`~facediffuser.models.SubjectFuser`, which writes ``o`` into the class-noun token.
+            ``None`` when the subject model is an IP-Adapter (:meth:`load_ip_adapter`,
+            :mod:`facediffuser.subject_models`): ``subject_unet`` then carries the adapter (it may be
+            ``unet`` itself) and ``image_encoder`` is the adapter's (``None`` for an adapter read from precomputed
+            embeddings).
         scheduler: any diffusers scheduler (DDIM by default).
         placeholder: the placeholder string that follows each person's class noun in a prompt.
         face_detector: optional, ``None`` as in the release (photos are encoded as given). For an SDM trained on
@@ -98,7 +103,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
     """
 
     model_cpu_offload_seq = "face_detector->text_encoder->image_encoder->subject_fuser->unet->subject_unet->vae"
-    _optional_components = ["face_detector"]
+    _optional_components = ["face_detector", "subject_fuser", "image_encoder"]
     _callback_tensor_inputs = ["latents", *_CONDITION_TENSORS.values()]
 
     def __init__(
@@ -108,8 +113,8 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         subject_unet: UNet2DConditionModel,
-        image_encoder: CLIPVisionModelWithProjection,
-        subject_fuser: SubjectFuser,
+        image_encoder: CLIPVisionModelWithProjection | None,
+        subject_fuser: SubjectFuser | None,
         scheduler: KarrasDiffusionSchedulers,
         face_detector: Any = None,
         placeholder: str = DEFAULT_PLACEHOLDER,
@@ -289,15 +294,16 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         text = self.encode_text(ids, device)
         negative = self.encode_text(neg_ids, device)
 
+        def repeat(x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B * n, L, D), copies of a prompt together
+            return x.repeat_interleave(num_images_per_prompt, dim=0)
+
+        if self.subject_model_kind is SubjectModelKind.IP_ADAPTER:  # c_aug is c with the images (AdapterCall)
+            return repeat(text), repeat(negative), repeat(text)
         subject_embeds = self.encode_subjects(references, device)
         positions = torch.tensor(
             [[b, index] for b, indices in enumerate(marks) for index in indices], dtype=torch.long, device=device
         ).reshape(-1, 2)
         augmented = self.subject_fuser(text.to(self.subject_fuser.dtype), subject_embeds, positions).to(text.dtype)
-
-        def repeat(x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B * n, L, D), copies of a prompt together
-            return x.repeat_interleave(num_images_per_prompt, dim=0)
-
         return repeat(text), repeat(negative), repeat(augmented)
 
     # ------------------------------------------------------------------ call
@@ -334,6 +340,8 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         return_masks: bool = False,
         callback_on_step_end: Callable[[Any, int, Any, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
+        ip_adapter_masks: list[torch.Tensor] | None = None,
     ) -> FaceDiffuserPipelineOutput | tuple:
         r"""Generates images of the referenced people in the prompted scene.
 
@@ -388,6 +396,13 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                 maps, and the person regions (read beside the models' own attention: the images do not change).
             callback_on_step_end: ``fn(pipe, step, timestep, tensors) -> dict`` called after every step; it may
                 replace any of the tensors named in ``callback_on_step_end_tensor_inputs`` (default ``["latents"]``).
+            ip_adapter_image_embeds: with an IP-Adapter as the subject model (:meth:`load_ip_adapter`), the people's
+                embeddings instead of ``reference_images`` (FaceID's face-recognition embeddings): as diffusers'
+                pipelines take them, one ``(2, K, dim)`` tensor per adapter, the "no image" half first, one image per
+                placeholder.
+            ip_adapter_masks: with an IP-Adapter, diffusers' masks (``IPAdapterMaskProcessor.preprocess``), one
+                ``(1, K, H, W)`` tensor per adapter, for every step of the subject model. Without them, two or more
+                people each get their person region (read in stage I) as their mask in stages II and III.
 
         Returns:
             :class:`FaceDiffuserPipelineOutput`, or ``(images, fusion_trace)`` when ``return_dict=False``.
@@ -423,11 +438,17 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         self.check_inputs(height, width, callback_on_step_end_tensor_inputs, output_type)
         prompts, prompt_is_batch = normalize_prompts(prompt)
         negative_prompts = normalize_negative_prompts(negative_prompt, prompts, self.placeholder)
-        references = self.cut_to_faces(
-            normalize_references(prompts, reference_images, prompt_is_batch, self.placeholder)
+        references = (
+            [[] for _ in prompts]  # the people are the adapter's embeddings (checked by adapter_call)
+            if ip_adapter_image_embeds is not None
+            else self.cut_to_faces(normalize_references(prompts, reference_images, prompt_is_batch, self.placeholder))
         )
         device = self._execution_device
         batch = len(prompts) * num_images_per_prompt
+        adapter = adapter_call(
+            self, settings, prompts, references, reference_images, ip_adapter_image_embeds, ip_adapter_masks,
+            num_images_per_prompt, device,
+        )  # fmt: skip
 
         # 2. Encode the prompt once: the conditions c, 0 and c_aug of eqs. 1-2.
         prompt_embeds, negative_prompt_embeds, subject_prompt_embeds = self.encode_prompt(
@@ -465,8 +486,11 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
             if return_masks or settings.uses_regions
             else []
         )
+        if adapter is not None and adapter.wants_regions and not marks:
+            marks = tokenize_prompts(self.tokenizer, prompts, self.placeholder)[1]
         regions = None
-        if regions_wanted(settings, return_masks, stages, max(map(len, marks), default=0)):
+        wanted = return_masks or (adapter is not None and adapter.wants_regions)
+        if regions_wanted(settings, wanted, stages, max(map(len, marks), default=0)):
             regions = RegionSampler(
                 settings, marks, num_images_per_prompt, latents.shape[-2:], prompt_embeds.shape[1], device
             )
@@ -481,16 +505,26 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         with (
             self.progress_bar(total=len(timesteps)) as progress_bar,
             regions.installed(self.unet, self.subject_unet) if regions else nullcontext(),
+            adapter.installed() if adapter else nullcontext(),
         ):
             for i, t in enumerate(timesteps):
                 text_guidance, subject_guidance = stage_guidance(stages[i], settings.subject_guidance_base)
                 model_input = self.scheduler.scale_model_input(latents, t)
                 if regions:
                     regions.before_text_model(self.unet, stages[i], text_guidance)
-                text_predictions = self._predict_noise(self.unet, text_guidance, model_input, t, embeds)
+                text_predictions = self._predict_noise(
+                    self.unet, text_guidance, model_input, t, embeds, adapter.text_kwargs if adapter else None
+                )
                 if regions:
                     regions.before_subject_model(self.subject_unet, subject_guidance)
-                subject_predictions = self._predict_noise(self.subject_unet, subject_guidance, model_input, t, embeds)
+                subject_predictions = self._predict_noise(
+                    self.subject_unet,
+                    subject_guidance,
+                    model_input,
+                    t,
+                    embeds,
+                    adapter.subject_kwargs if adapter else None,
+                )
                 if regions:
                     next_stage = stages[i + 1] if i + 1 < len(stages) else None
                     regions.probe_subject_model(
@@ -500,6 +534,8 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                         partial(self._predict_noise, self.subject_unet, latents=model_input, t=t, embeds=embeds),
                     )
                     regions.after_step(stages[i], next_stage)
+                    if adapter:
+                        adapter.take_regions(regions.assignment)
                 noise_pred, step_trace = face_diffuser_step(
                     stages[i],
                     text_predictions,
@@ -537,6 +573,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
                 step_traces,
                 regions.regions if regions else None,
                 regions.assignment if regions else None,
+                adapter.masks if adapter else None,
             )
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -550,14 +587,19 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, DiffusionPipeline, Stabl
         latents: torch.Tensor,
         t: torch.Tensor,
         embeds: dict[Condition, torch.Tensor],
+        unet_kwargs: Callable[[Guidance], dict] | None = None,
     ) -> tuple[torch.Tensor, ...] | None:
         """One batched UNet call on every condition of ``guidance``: ``eps(cond)`` chunks in its order, each
-        ``(B, C, h, w)``; ``None`` when the stage does not use this model."""
+        ``(B, C, h, w)``; ``None`` when the stage does not use this model. ``unet_kwargs(guidance)`` gives the
+        call's further UNet keywords (an IP-Adapter's embeddings and masks)."""
         if guidance is None:
             return None
         n = guidance.evaluations
         conditions = torch.cat([embeds[c] for c in guidance.conditions])  # (n * B, L, D)
-        return unet(torch.cat([latents] * n), t, encoder_hidden_states=conditions, return_dict=False)[0].chunk(n)
+        kwargs = unet_kwargs(guidance) if unet_kwargs is not None else {}
+        return unet(torch.cat([latents] * n), t, encoder_hidden_states=conditions, return_dict=False, **kwargs)[
+            0
+        ].chunk(n)
 
     def _step_end_callback(
         self,

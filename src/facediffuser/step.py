@@ -159,6 +159,8 @@ class FusionTrace:
             summing to 1), or ``None`` when there is no stage I or no person.
         region_assignment: ``(B, h, w)`` long, the person each latent position belongs to (``-1``: no one), or
             ``None`` with ``regions``.
+        ip_adapter_masks: ``(B, K, h, w)`` float, with an IP-Adapter as the subject model and several people: each
+            person's adapter mask in stages II and III (their hard region), or ``None``.
     """
 
     stages: list[Stage]
@@ -168,6 +170,7 @@ class FusionTrace:
     saliency_subject: torch.Tensor
     regions: torch.Tensor | None = None
     region_assignment: torch.Tensor | None = None
+    ip_adapter_masks: torch.Tensor | None = None
 
     @classmethod
     def from_steps(
@@ -177,6 +180,7 @@ class FusionTrace:
         steps: Sequence[StepTrace],
         regions: torch.Tensor | None = None,
         region_assignment: torch.Tensor | None = None,
+        ip_adapter_masks: torch.Tensor | None = None,
     ) -> FusionTrace:
         """Stacks the :class:`StepTrace` of every step, on the CPU."""
 
@@ -192,6 +196,7 @@ class FusionTrace:
             saliency_subject=stack([step.saliency_subject for step in steps], masks),
             regions=None if regions is None else regions.detach().float().cpu(),
             region_assignment=None if region_assignment is None else region_assignment.detach().cpu(),
+            ip_adapter_masks=None if ip_adapter_masks is None else ip_adapter_masks.detach().cpu(),
         )
 
     def stage_mean(self, stage: Stage, what: str = "masks") -> torch.Tensor:

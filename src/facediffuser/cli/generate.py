@@ -55,6 +55,34 @@ class GenerateConfig:
     scene_model: Path | None = field(
         default=None, metadata={"help": "any SD1.x UNet (diffusers folder or .safetensors) to draw the scene"}
     )
+    ip_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "an IP-Adapter draws the people instead of the model's SDM, on the scene model's own UNet: its "
+            "weight file (.safetensors, or a .bin of tensors only), or a folder or hub id with --ip-adapter-weight"
+        },
+    )
+    ip_adapter_weight: str | None = field(
+        default=None, metadata={"help": "the adapter's weight file in --ip-adapter's folder, e.g. ip-adapter_sd15.bin"}
+    )
+    ip_adapter_subfolder: str | None = field(
+        default=None, metadata={"help": "the sub-folder of --ip-adapter that holds the weight file, e.g. models"}
+    )
+    ip_adapter_image_encoder: str | None = field(
+        default=None,
+        metadata={
+            "help": "the adapter's CLIP image encoder folder (default: image_encoder beside the weight file; "
+            "not needed with --ip-adapter-embeds)"
+        },
+    )
+    ip_adapter_embeds: Path | None = field(
+        default=None,
+        metadata={
+            "help": "instead of --ref: a .safetensors file whose tensor image_embeds holds one row per placeholder "
+            "(IP-Adapter-FaceID's face embeddings)"
+        },
+    )
+    ip_adapter_scale: float = field(default=1.0, metadata={"help": "the IP-Adapter's scale in the subject model"})
     out: Path = field(default=Path("outputs/face-diffuser.png"), metadata={"short": "-o", "help": "output PNG"})
     overwrite: bool = field(
         default=False, metadata={"help": "replace existing output files (without it, an existing file is an error)"}
@@ -243,6 +271,22 @@ def check_before_loading(config: GenerateConfig):
         raise ValueError(
             f"{config.parameters_from} records its reference photos by file name only: give them again with --ref."
         )
+    if config.ip_adapter_embeds is not None:
+        from ..io.adapters import read_ip_adapter_embeds
+        from ..prompting import check_placeholders
+
+        if config.ip_adapter is None or config.ref:
+            raise ValueError(
+                "--ip-adapter-embeds stands for --ref with an --ip-adapter: give it with --ip-adapter only."
+            )
+        rows = read_ip_adapter_embeds(config.ip_adapter_embeds).shape[1]
+        count = check_placeholders(config.prompt, placeholder or DEFAULT_PLACEHOLDER)
+        if count != rows:
+            raise ValueError(
+                f"The prompt has {count} placeholder(s) but {config.ip_adapter_embeds} holds {rows} row(s) of "
+                "image_embeds: give one row per placeholder, in order."
+            )
+        return device, dtype, paths, []
     # The pipeline's own detector gives its verdict before the models load (it cuts the references after).
     own = read_face_detector(folder, index) if folder is not None and config.face_check else None
     face_check, detector = reference_detector(config.model, config.face_check, own)
@@ -277,24 +321,49 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
             "The reference photos differ from those %s was made with: the result will differ.", config.parameters_from
         )
 
+    adapter = read_adapter(config)
+
     # 2. Load the models.
+    # (an adapter is loaded into the UNet before offloading or compiling, which then cover it)
+    later = adapter is not None and (config.offload is not Offload.NONE or config.compile)
     pipe = load_pipeline(
         config.model,
-        device=device,
+        device=torch.device("cpu") if later else device,
         dtype=dtype,
         scheduler=config.scheduler,
         scene_model=config.scene_model,
-        offload=config.offload,
-        compile_unets=config.compile,
+        offload=Offload.NONE if later else config.offload,
+        compile_unets=config.compile and not later,
     )
-    check_prompt(config.prompt, len(people), placeholder=pipe.placeholder, reference_term="--ref")
+    adapter_kwargs = {}
+    if adapter is not None:
+        state, encoder = adapter
+        pipe.load_ip_adapter(state, image_encoder=encoder(pipe), image_encoder_folder=None)
+        pipe.set_ip_adapter_scale(config.ip_adapter_scale)
+        if config.ip_adapter_embeds is not None:
+            from ..io.adapters import read_ip_adapter_embeds
+
+            embeds = read_ip_adapter_embeds(config.ip_adapter_embeds).to(device=pipe.device, dtype=pipe.unet.dtype)
+            adapter_kwargs["ip_adapter_image_embeds"] = [embeds]
+        if later:
+            if config.offload is Offload.MODEL:
+                pipe.enable_model_cpu_offload(device=device)
+            elif config.offload is Offload.SEQUENTIAL:
+                pipe.enable_sequential_cpu_offload(device=device)
+            else:
+                pipe.to(device)
+            if config.compile:
+                pipe.compile_unets()
+    else:
+        check_prompt(config.prompt, len(people), placeholder=pipe.placeholder, reference_term="--ref")
     if config.sampling.num_inference_steps is None:  # the model's own, recorded as the number it is
         config = replace(config, sampling=config.sampling.replace(num_inference_steps=pipe.default_num_inference_steps))
 
     # 3. Generate.
     result = pipe(
         config.prompt,
-        reference_images=people,
+        reference_images=people or None,
+        **adapter_kwargs,
         negative_prompt=config.negative_prompt,
         height=config.height,
         width=config.width,
@@ -340,6 +409,48 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
             write_png(picture, regions_path(path), text=text, overwrite=config.overwrite)
             logger.info("Wrote %s", regions_path(path))
     return paths
+
+
+def read_adapter(config: GenerateConfig):
+    """``--ip-adapter``, read and checked before any model loads: ``(state dict, encoder(pipe))`` or ``None``;
+    ``encoder(pipe)`` loads the adapter's image encoder (``None`` with ``--ip-adapter-embeds``)."""
+    if config.ip_adapter is None:
+        given = {"--ip-adapter-weight": config.ip_adapter_weight, "--ip-adapter-embeds": config.ip_adapter_embeds}
+        for flag, value in given.items():
+            if value is not None:
+                raise ValueError(f"{flag} goes with --ip-adapter: give the adapter too, or leave {flag} out.")
+        return None
+    from ..io.adapters import find_ip_adapter_file, read_ip_adapter_file
+
+    path = find_ip_adapter_file(config.ip_adapter, config.ip_adapter_weight, config.ip_adapter_subfolder)
+    hub = path is None
+    if hub:  # a hub id: the file is downloaded into the hub cache, then checked as a local one
+        from huggingface_hub import hf_hub_download
+
+        if not config.ip_adapter_weight:
+            raise ValueError("A hub id needs --ip-adapter-weight, the adapter's file in it (e.g. ip-adapter_sd15.bin).")
+        path = Path(hf_hub_download(config.ip_adapter, config.ip_adapter_weight, subfolder=config.ip_adapter_subfolder))
+    state = read_ip_adapter_file(path)
+    encoder_folder = config.ip_adapter_image_encoder
+    if encoder_folder is None and config.ip_adapter_embeds is None and not hub:
+        encoder_folder = str(path.parent / "image_encoder")
+        if not Path(encoder_folder).is_dir():
+            raise ValueError(
+                f"{path.parent} has no image_encoder folder beside the adapter: give the adapter's CLIP image encoder "
+                "with --ip-adapter-image-encoder (or FaceID embeddings with --ip-adapter-embeds)."
+            )
+
+    def encoder(pipe):
+        from transformers import CLIPVisionModelWithProjection
+
+        if config.ip_adapter_embeds is not None and config.ip_adapter_image_encoder is None:
+            return None
+        if hub and encoder_folder is None:  # the hub layout: image_encoder/ beside the weight file
+            folder = "/".join(filter(None, [config.ip_adapter_subfolder, "image_encoder"]))
+            return CLIPVisionModelWithProjection.from_pretrained(config.ip_adapter, subfolder=folder)
+        return CLIPVisionModelWithProjection.from_pretrained(encoder_folder)
+
+    return state, encoder
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,8 +33,9 @@ METRICS = ("ip", "pc")
 # Per-image accuracies of what a case asked for (benchmarks whose cases carry attributes, e.g. mini): 1 right, 0
 # wrong, the mean over the people of a two-person image; NaN where not scored. The two-person ones (NaN on one-person
 # images: not applicable) are what the means hide: each person's face in their own place, one person drawn twice
-# (leak), the two drawn in each other's places (swap), each half wearing the other person's colour.
-TWO_PERSON_METRICS = ("identity_placed", "leak", "swap", "clothing_swap")
+# (leak), the two drawn in each other's places (swap), each half wearing the other person's colour, each face drawn on
+# the person wearing its own colour wherever the two stand (dressed).
+TWO_PERSON_METRICS = ("identity_placed", "leak", "swap", "clothing_swap", "identity_dressed")
 ATTRIBUTE_METRICS = ("place", "time", "clothing", "scene", "identity", *TWO_PERSON_METRICS)
 ATTRIBUTE_TITLES = {
     "place": "place",
@@ -46,6 +47,7 @@ ATTRIBUTE_TITLES = {
     "leak": "leak",
     "swap": "swap",
     "clothing_swap": "clothing swapped",
+    "identity_dressed": "face on own clothes",
 }
 # Their scores.csv columns: ``<metric>_acc`` for accuracies (1 right), ``<metric>_rate`` for faults (1: it happened).
 FAULTS = ("leak", "swap", "clothing_swap")
@@ -87,6 +89,7 @@ class ScoreRow:
     leak_rate: float = math.nan
     swap_rate: float = math.nan
     clothing_swap_rate: float = math.nan
+    identity_dressed_acc: float = math.nan
     predicted: str = ""  # JSON: what the attribute scorer read (place, time, clothing, identity, placed)
 
 

@@ -40,7 +40,11 @@ largest faces, each placed in the half of the image that holds its box's centre 
 * ``leak``: 1 when both faces are nearest to the same one of the two asked people (one drawn twice, the other not
   at all);
 * ``swap``: 1 when the left face is nearest to the second-named person and the right face to the first-named;
-* ``clothing_swap``: 1 when each half's colour is the other person's.
+* ``clothing_swap``: 1 when each half's colour is the other person's;
+* ``identity_dressed``: per person, 1 when a half whose face is nearest that person wears that person's colour, 0
+  otherwise; the mean over the two. It asks whether each face is drawn on its own person, wherever the two stand: the
+  models are trained on half-flipped images, so nothing teaches them that the first-named person stands on the left,
+  and the place-aware metrics above also count which way round the layout came out.
 
 With fewer than two faces found there is neither a leak nor a swap (0), and a person whose half holds no face has
 ``identity_placed`` 0.
@@ -80,8 +84,8 @@ SINGLE_PER_PERSON = 2
 IMAGES_PER_PROMPT = 1  # 60 cases x 4 methods: ~11 minutes on 1 CPU thread (docs/evaluation.md, "The mini benchmark")
 SEED = 0
 # Read on two-person images only (NaN on one-person images): see the module docstring.
-TWO_PERSON_METRICS = ("identity_placed", "leak", "swap", "clothing_swap")
-ATTRIBUTE_VERSION = 2  # bump when the zero-shot prompts or the rules change: part of the score cache's key
+TWO_PERSON_METRICS = ("identity_placed", "leak", "swap", "clothing_swap", "identity_dressed")
+ATTRIBUTE_VERSION = 3  # bump when the zero-shot prompts or the rules change: part of the score cache's key
 
 
 def default_references() -> Path | None:
@@ -386,7 +390,13 @@ class MiniAttributeScorer:
             if len(wanted) == 2:
                 names = [p["name"] for p in wanted]
                 placement, predicted["placed"] = self._two_people(image, faces, found, names, scorable)
-                two.update(placement, clothing_swap=float(read == colours[::-1]))
+                dressed = [any(placed == name and worn == colour for placed, worn in zip(predicted["placed"], read))
+                           for name, colour in zip(names, colours)]  # fmt: skip
+                two.update(
+                    placement,
+                    clothing_swap=float(read == colours[::-1]),
+                    identity_dressed=float(np.mean(dressed)) if scorable else math.nan,
+                )
             out.append(
                 {
                     **right,
