@@ -85,7 +85,7 @@ def test_generate_speed_times_the_readme_command_and_its_phases():
     rows = re.findall(
         r"^(\S+)\s+\| (\S+) (\d+) \| (\d+) \| ([\d.]+) s, ([\d.]+) s \| ([\d.]+) s, ([\d.]+) s$", out, re.M
     )
-    assert [(r[0], r[1], r[2], r[3]) for r in rows][:1] == [("ddim:2", "ddim", "2", "4")]  # 1 / 0 / 1 steps: 2 + 2
+    assert [(r[0], r[1], r[2], r[3]) for r in rows][:1] == [("ddim:2", "ddim", "2", "6")]  # 0 / 1 / 1 steps: 4 + 2
     assert [r[0] for r in rows] == ["ddim:2", "own"] and all(float(r[4]) > 0 and float(r[6]) > 0 for r in rows)
     assert re.search(r"^  torch\s+\d+\.\d\d s$", out, re.M)  # the import breakdown by package
     phases = re.findall(r"^  (.+?)\s+(\d+\.\d\d) s\s+(\d+\.\d)%$", out, re.M)
