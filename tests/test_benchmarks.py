@@ -78,9 +78,17 @@ def test_flags_default_to_the_sampling_settings(pipeline_speed):
 
 @pytest.mark.slow
 def test_generate_speed_times_the_readme_command_and_its_phases():
-    out = run_script("generate_speed.py", "--rounds", "1", "--steps", "1")
+    out = run_script(
+        "generate_speed.py", "--rounds", "1", "--warm-calls", "1", "--settings", "ddim:2", "own", "--threads", "1"
+    )
     assert "image 32x32 px" in out  # the shipped mini model's size
-    assert re.search(r"end-to-end `facediffuser generate` \(median\): \d+\.\d\d s", out)
+    # both settings side by side, each with its sampler, cost, cold and warm times
+    rows = re.findall(
+        r"^(\S+)\s+\| (\S+) (\d+) \| (\d+) \| ([\d.]+) s, ([\d.]+) s \| ([\d.]+) s, ([\d.]+) s$", out, re.M
+    )
+    assert [(r[0], r[1], r[2], r[3]) for r in rows][:1] == [("ddim:2", "ddim", "2", "6")]  # 0 / 1 / 1 steps: 4 + 2
+    assert [r[0] for r in rows] == ["ddim:2", "own"] and all(float(r[4]) > 0 and float(r[6]) > 0 for r in rows)
+    assert re.search(r"^  torch\s+\d+\.\d\d s$", out, re.M)  # the import breakdown by package
     phases = re.findall(r"^  (.+?)\s+(\d+\.\d\d) s\s+(\d+\.\d)%$", out, re.M)
     names = [name.strip() for name, _, _ in phases]
     assert names[:6] == ["import torch", "import diffusers", "import transformers", "import facediffuser",

@@ -25,7 +25,12 @@ MINI_EXAMPLES = Path(str(resources.files("facediffuser") / "data" / "examples" /
 ID0006 = [str(MINI_EXAMPLES / "id0006" / f"{k}.png") for k in (1, 2, 3)]  # the README's person
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FAST = SamplingSettings(num_inference_steps=4, alpha=0.25, beta=0.75)
-NO_REGION_OPTIONS = (False, False, False)  # the page's three region checkboxes, as it starts
+NO_REGION_OPTIONS = (
+    False,
+    False,
+    False,
+    "steps",
+)  # the three region checkboxes and the stage boundaries, as the page starts
 
 
 @pytest.fixture
@@ -124,8 +129,13 @@ def test_the_page_offers_the_region_options_unchecked_and_names_them_in_its_mess
     assert gallery.visible is False  # until a run has person regions
     values = ("a man <|image|>", "", 4, 0.3, 0.6, 5.0, None, "text", "ddim", "1", 1, 64, 64, False, False, "yes")
     with pytest.raises(gr.Error) as err:  # an API client's value: refused, not read as true
-        make_handler(runner)(*values, [ASTRONAUT])
+        make_handler(runner)(*values, "steps", [ASTRONAUT])
     assert err.value.message == "Region saliency must be true or false, got 'yes'."
+    (radio,) = [c for c in app.blocks.values() if c.elem_id == "stage-boundaries"]
+    assert radio.value == "steps"  # the paper's rule
+    with pytest.raises(gr.Error) as err:
+        make_handler(runner)(*values[:-1], False, "time", [ASTRONAUT])
+    assert err.value.message == "Stage boundaries must be one of ['steps', 'noise'], got 'time'."
 
 
 def test_wrap_strip_keeps_short_strips():
@@ -351,7 +361,8 @@ def test_page_takes_slider_defaults_and_limits_from_sampling_settings(runner):
     ]:
         lo, hi = slider_range(name)
         assert (widgets[elem_id].minimum, widgets[elem_id].maximum) == (lo, hi)
-        assert widgets[elem_id].value == getattr(defaults, name)
+        # steps: the model's own, which tiny's model_index does not name: the paper's 50
+        assert widgets[elem_id].value == (getattr(defaults, name) or 50)
     assert widgets["subject-guidance"].value == ""  # tiny's model_index names none: empty, the same as w
 
 
@@ -384,7 +395,8 @@ def test_the_page_as_it_starts_on_mini_is_a_request_mini_runs(mini_runner):
     for widget in widgets.values():
         assert widget.preprocess(widget.value) == widget.value, widget.elem_id  # as Gradio hands it on
     start = {k: widgets[k].value for k in ("steps", "alpha", "beta", "guidance", "subject-guidance", "count")}
-    assert start == {"steps": 50, "alpha": 0.3, "beta": 0.6, "guidance": 5.0, "subject-guidance": "", "count": 1}
+    # steps: mini's own (its model_index.json names 10)
+    assert start == {"steps": 10, "alpha": 0.3, "beta": 0.6, "guidance": 5.0, "subject-guidance": "", "count": 1}
     handler = make_handler(mini_runner)
     values = ("a woman <|image|> in a yellow sweater on a beach at night", "", 10, 0.3, 0.6, 5.0, "", "text")
     values += ("model's own", "3", 1, widgets["height"].value, widgets["width"].value, *NO_REGION_OPTIONS)
@@ -425,7 +437,7 @@ def test_an_integer_setting_given_a_fraction_is_refused_not_truncated(runner, na
     handler = make_handler(runner)
     values = dict(prompt="a man <|image|>", negative_prompt="", steps=4.0, alpha=0.3, beta=0.6, guidance=5.0)
     values |= dict(subject_guidance="", base="text", scheduler="ddim", seed="1", count=1.0, h=64.0, w=64.0)
-    values |= dict(zip(("ra", "rat", "rs"), NO_REGION_OPTIONS))
+    values |= dict(zip(("ra", "rat", "rs", "stage_boundaries"), NO_REGION_OPTIONS))
     with pytest.raises(gr.Error) as err:
         handler(*{**values, name: value}.values(), [ASTRONAUT], None, None, None)
     assert err.value.message == words
@@ -453,7 +465,7 @@ def test_a_value_outside_its_control_is_refused_in_the_pages_words(runner, name,
     assert page_widgets(runner)[ids[name]].preprocess(value) == value  # Gradio passes it on: the words are ours
     values = dict(prompt="a man <|image|>", negative_prompt="", steps=4, alpha=0.3, beta=0.6, guidance=5.0)
     values |= dict(subject_guidance=None, base="text", scheduler="ddim", seed="1", count=1, h=64, w=64)
-    values |= dict(zip(("ra", "rat", "rs"), NO_REGION_OPTIONS))
+    values |= dict(zip(("ra", "rat", "rs", "stage_boundaries"), NO_REGION_OPTIONS))
     with pytest.raises(gr.Error) as err:
         make_handler(runner)(*{**values, name: value}.values(), [ASTRONAUT], None, None, None)
     assert err.value.message == words
@@ -484,7 +496,7 @@ def test_page_handler_turns_request_errors_into_readable_messages(runner, tmp_pa
     handler = make_handler(runner)
     values = dict(prompt="a man <|image|>", negative_prompt="", steps=4, alpha=0.3, beta=0.6, guidance=5.0)
     values |= dict(subject_guidance=None, base="text", scheduler="ddim", seed="", count=1, h=64, w=64)
-    values |= dict(zip(("ra", "rat", "rs"), NO_REGION_OPTIONS))
+    values |= dict(zip(("ra", "rat", "rs", "stage_boundaries"), NO_REGION_OPTIONS))
     with pytest.raises(gr.Error, match="fill the person slots from the left"):
         handler(*values.values(), None, [ASTRONAUT], None, None)
     with pytest.raises(gr.Error, match="Height"):
@@ -584,7 +596,7 @@ def test_four_requests_at_once_complete_in_queue_order_within_a_memory_bound(tmp
             )
             regions_off = (False, False, False)  # region attention, on the TDM's class nouns, region saliency
             return client.submit(
-                *args, QUEUE_SIZE, QUEUE_SIZE, *regions_off, [photo], None, None, None, api_name="/generate"
+                *args, QUEUE_SIZE, QUEUE_SIZE, *regions_off, "steps", [photo], None, None, None, api_name="/generate"
             )
 
         idle_peak = _status_kb(server.pid, "VmHWM")

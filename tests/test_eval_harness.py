@@ -330,8 +330,9 @@ def test_flags_and_toml_build_the_config(tmp_path):
     assert config.model == ["pipe/"] and config.data == Path("people/")  # one model from the file, as a list
     assert config.methods == ["sdm", "face-diffuser:0.2:0.6"] and config.limit == 3  # the flag beats the file
     assert config.subject_guidance_base is SubjectGuidanceBase.NULL and config.save_masks is False
-    assert config.facenet_weights == Path("w.pt") and config.scheduler == "ddim" and config.seed == 42
-    assert config.steps == 50 and config.alpha == 0.3 and config.guidance_scale == 5.0  # SamplingSettings' defaults
+    assert config.facenet_weights == Path("w.pt") and config.seed == 42
+    assert config.scheduler is None and config.steps is None  # each model's own (converted weights: DDIM, 50 steps)
+    assert config.alpha == 0.3 and config.guidance_scale == 5.0  # SamplingSettings' defaults
     assert build_config(EvaluationConfig, parser.parse_args(["--data", "people/"])).model == ["mini"]  # the default
     with pytest.raises(ValueError, match="needs --data: a subject folder"):  # checked once the benchmark is known
         build_config(EvaluationConfig, parser.parse_args(["--model", "tiny"])).resolved()

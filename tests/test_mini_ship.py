@@ -310,10 +310,24 @@ def test_shipping_again_replaces_the_folders_as_a_whole(stand_in, tmp_path):
     gone = package / "examples" / "mini" / first.people[2]  # written by the first ship, not by the second
     assert gone.is_dir()
     assert FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")["subject_guidance_scale"] is None
-    report = S.ship(S.ShipConfig(build=build, world=world, package_dir=package, people=2, subject_guidance_scale=2))
+    assert FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")["num_inference_steps"] is None
+    report = S.ship(
+        S.ShipConfig(
+            build=build,
+            world=world,
+            package_dir=package,
+            people=2,
+            subject_guidance_scale=2,
+            scheduler="unipc",
+            steps=9,
+        )
+    )
     assert not gone.exists() and (package / "mini" / "pipeline" / "model_index.json").is_file()
-    # the shipped pipeline draws with the given SDM guidance scale when a call gives none (its model_index.json)
-    assert FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")["subject_guidance_scale"] == 2
+    # the shipped pipeline draws with the given SDM guidance scale, scheduler and steps when a call gives none
+    shipped = FaceDiffuserPipeline.load_config(package / "mini" / "pipeline")
+    assert shipped["subject_guidance_scale"] == 2 and shipped["num_inference_steps"] == 9
+    scheduler = json.loads((package / "mini" / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "UniPCMultistepScheduler" and scheduler["timestep_spacing"] == "leading"
     assert sorted(p.name for p in package.iterdir()) == [".facediffuser.json", "examples", "mini", "world"]
     assert sorted(p.name for p in (package / "mini").iterdir()) == ["pipeline", "stages"]  # no .new / .old left
     assert [p.name for p in (package / "mini" / "stages").iterdir()] == ["sdm.json"]  # the build's stage markers

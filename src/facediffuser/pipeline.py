@@ -27,15 +27,15 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils import BaseOutput
 from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from .fusion import Condition, Guidance, Smoothing, SubjectGuidanceBase, stage_guidance, stage_schedule
+from .fusion import Condition, Guidance, Smoothing, SubjectGuidanceBase, stage_guidance
 from .images import crop_to_square, prepare_reference_pixels
 from .models import SubjectFuser
 from .offload import OneModelAtATimeOffloadMixin
 from .prompting import DEFAULT_PLACEHOLDER, tokenize_prompts
 from .references import normalize_negative_prompts, normalize_prompts, normalize_references
 from .regions import RegionSampler, regions_wanted
-from .settings import SamplingSettings, check_image_size
-from .step import FusionTrace, StepTrace, face_diffuser_step
+from .settings import DEFAULT_STEPS, SamplingSettings, StageBoundaries, check_image_size
+from .step import FusionTrace, StepTrace, face_diffuser_step, sampling_stages
 from .subject_models import AdapterSubjectMixin, SubjectModelKind, adapter_call
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,9 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, Dif
         subject_guidance_scale: the SDM's guidance scale ``w`` this model draws with when a call gives none (saved in
             ``model_index.json``); ``None``, the default, makes it the call's ``guidance_scale``, as in the release.
             (For the mini model, scales 1.5 to 5 scored alike on validation people: docs/mini.md.)
+        num_inference_steps: the number of steps this model samples with when a call gives none (saved in
+            ``model_index.json``, beside the scheduler its ``scheduler/`` folder names); ``None``, the default, is the
+            paper's 50.
 
     ``enable_model_cpu_offload`` never holds both UNets on the accelerator (:mod:`facediffuser.offload`).
     """
@@ -116,9 +119,11 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, Dif
         face_detector: Any = None,
         placeholder: str = DEFAULT_PLACEHOLDER,
         subject_guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
     ):
         super().__init__()
-        SamplingSettings(subject_guidance_scale=subject_guidance_scale)  # refused here, with the call's words
+        # refused here, with the call's words
+        SamplingSettings(subject_guidance_scale=subject_guidance_scale, num_inference_steps=num_inference_steps)
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -130,7 +135,11 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, Dif
             scheduler=scheduler,
             face_detector=face_detector,
         )
-        self.register_to_config(placeholder=placeholder, subject_guidance_scale=subject_guidance_scale)
+        self.register_to_config(
+            placeholder=placeholder,
+            subject_guidance_scale=subject_guidance_scale,
+            num_inference_steps=num_inference_steps,
+        )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -147,6 +156,14 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, Dif
     def subject_guidance_scale(self) -> float | None:
         """The SDM's ``w`` when a call gives none (``None``: the call's ``guidance_scale``)."""
         return self.config.subject_guidance_scale
+
+    @property
+    def default_num_inference_steps(self) -> int:
+        """The number of steps a call that gives none samples with: the one this model's config names
+        (``num_inference_steps`` in ``model_index.json``, with the scheduler of its ``scheduler/`` folder), else the
+        paper's 50."""
+        own = getattr(self.config, "num_inference_steps", None)
+        return DEFAULT_STEPS if own is None else own
 
     def text_model_pipeline(self, unet: UNet2DConditionModel | None = None) -> StableDiffusionPipeline:
         """Plain Stable Diffusion over this pipeline's own VAE, text encoder, tokenizer and scheduler (no copies).
@@ -298,13 +315,14 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, Dif
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int | None = _DEFAULTS.num_inference_steps,
+        num_inference_steps: int | None = None,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
         guidance_scale: float = _DEFAULTS.guidance_scale,
         subject_guidance_scale: float | None = _DEFAULTS.subject_guidance_scale,
         alpha: float = _DEFAULTS.alpha,
         beta: float = _DEFAULTS.beta,
+        stage_boundaries: StageBoundaries | str = _DEFAULTS.stage_boundaries,
         subject_guidance_base: SubjectGuidanceBase | str = _DEFAULTS.subject_guidance_base,
         smoothing: Smoothing | str = _DEFAULTS.smoothing,
         smoothing_kernel_size: int = _DEFAULTS.smoothing_kernel_size,
@@ -340,7 +358,8 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, Dif
                 photo to its face first (:meth:`cut_to_faces`).
             negative_prompt: the "empty" condition ``0`` of the guidance (default ``""``).
             height, width: output size in pixels, multiples of 8 (default: the UNet's sample size x 8).
-            num_inference_steps: denoising steps ``T`` (``None``: the default).
+            num_inference_steps: denoising steps ``T`` (``None``: the pipeline's :attr:`default_num_inference_steps`,
+                which its folder names, else 50).
             timesteps, sigmas: custom schedules, for schedulers that accept them.
             guidance_scale: ``w`` of the TDM (eq. 1).
             subject_guidance_scale: ``w`` of the SDM (default: the pipeline's ``subject_guidance_scale`` when its
@@ -350,6 +369,10 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, Dif
                 stage II (both models, SNF) while ``i < floor(beta*T)``, stage III (SDM only) after. ``T = 50`` with
                 the default fractions gives 15 / 15 / 20 steps. ``alpha = beta = 1`` is plain Stable Diffusion with
                 the TDM.
+            stage_boundaries: ``"steps"`` (default): alpha and beta are fractions of the steps, as above; ``"noise"``:
+                noise levels, stage I while the timestep ``t >= (1 - alpha) * N`` and stage III once
+                ``t < (1 - beta) * N`` (``N``: the scheduler's training timesteps;
+                :func:`~facediffuser.step.sampling_stages`).
             subject_guidance_base: ``"text"`` anchors the SDM on ``eps_S(c)`` as the official release does; ``"null"``
                 anchors it on ``eps_S(0)`` as paper eq. 2 writes, which adds ``0`` to the SDM's conditions
                 (:data:`~facediffuser.fusion.SUBJECT_MODEL_GUIDANCE`).
@@ -390,9 +413,12 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, Dif
         # 1. Check inputs, all before any model runs: the sampling settings (validated once, by SamplingSettings),
         #    the image size and output options, the prompts and the reference photos.
         settings = SamplingSettings(
-            num_inference_steps=_DEFAULTS.num_inference_steps if num_inference_steps is None else num_inference_steps,
+            num_inference_steps=self.default_num_inference_steps
+            if num_inference_steps is None
+            else num_inference_steps,
             alpha=alpha,
             beta=beta,
+            stage_boundaries=stage_boundaries,
             guidance_scale=guidance_scale,
             subject_guidance_scale=self.subject_guidance_scale
             if subject_guidance_scale is None
@@ -438,7 +464,7 @@ class FaceDiffuserPipeline(OneModelAtATimeOffloadMixin, AdapterSubjectMixin, Dif
         timesteps, num_inference_steps = retrieve_timesteps(
             self.scheduler, settings.num_inference_steps, device, timesteps, sigmas
         )
-        stages = stage_schedule(len(timesteps), settings.alpha, settings.beta)
+        stages = sampling_stages(timesteps, settings, self.scheduler.config.num_train_timesteps)
 
         # 4. Initial latents, shared by both models.
         latents = self.prepare_latents(

@@ -15,6 +15,7 @@ settings onto them::
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from .fusion import RegionSource, Smoothing, SubjectGuidanceBase, check_stage_fr
 # The most denoising steps: SD1.x models are trained on 1000 timesteps, and DDIM and PNDM refuse more (others would
 # repeat timesteps). A count read from a file is held to it before a model loads, not after.
 MAX_STEPS = 1000
+# The paper's number of steps: what a model whose folder names no number of steps of its own samples with.
+DEFAULT_STEPS = 50
 # The largest guidance scale: float32's largest number (bfloat16's is a hair below it, float16's is 65504). A larger
 # scale cannot be held by the sampling's numbers at all: the guided noise, the latents and the image become inf and
 # NaN (an all-black picture). Smaller scales can overflow too, with large differences between the predictions or in
@@ -33,6 +36,14 @@ MAX_GUIDANCE_SCALE = 3.4028234663852886e38
 # The options that use the person regions (docs/method.md, Person regions); all off by default.
 REGION_OPTIONS = ("region_attention", "region_attention_text", "region_saliency")
 
+
+class StageBoundaries(str, enum.Enum):
+    """What ``alpha`` and ``beta`` measure (docs/method.md, Stages by noise level)."""
+
+    STEPS = "steps"  # the paper's rule: fractions of the denoising steps
+    NOISE = "noise"  # noise levels: fractions of the scheduler's training timesteps, counted from pure noise
+
+
 # Field metadata: ``help`` is the text of the matching CLI flag (see :mod:`facediffuser.io.configuration`); ``ui_range``
 # is the (min, max) a slider offers (the demo). Validation in ``__post_init__`` is the rule; a range is only a UI bound.
 
@@ -41,12 +52,18 @@ REGION_OPTIONS = ("region_attention", "region_attention_text", "region_saliency"
 class SamplingSettings:
     """How one Face-diffuser sample is drawn (paper Sec. 3.2.3 and 3.3; eqs. 1-5, docs/method.md).
 
-    Defaults are the paper's and the release's: ``T = 50`` steps, ``alpha = 0.3``, ``beta = 0.6`` (Fig. 8) and
-    ``w = 5`` for both models.
+    Defaults are the paper's and the release's: ``alpha = 0.3``, ``beta = 0.6`` (Fig. 8) and ``w = 5`` for both
+    models. The number of steps ``T`` and the scheduler are the model's own: ``None`` steps take the number its
+    pipeline folder names (``FaceDiffuserPipeline``'s ``num_inference_steps``), else the paper's 50.
     """
 
-    num_inference_steps: int = dataclasses.field(
-        default=50, metadata={"help": "denoising steps T, at most 1000", "ui_range": (1, 150)}
+    num_inference_steps: int | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "denoising steps T, at most 1000; default: the model's own (the num_inference_steps its "
+            f"model_index.json names), else {DEFAULT_STEPS}, the paper's",
+            "ui_range": (1, 150),
+        },
     )
     alpha: float = dataclasses.field(
         default=0.3,
@@ -57,6 +74,15 @@ class SamplingSettings:
         metadata={
             "help": "stage III (SDM only) starts at step floor(beta*T); alpha <= beta <= 1",
             "ui_range": (0.0, 1.0),
+        },
+    )
+    stage_boundaries: StageBoundaries = dataclasses.field(
+        default=StageBoundaries.STEPS,
+        metadata={
+            "help": "what alpha and beta measure: 'steps', fractions of the steps (the paper's rule); 'noise', noise "
+            "levels: stage I holds the steps whose timestep t >= (1 - alpha) * N, stage III those with "
+            "t < (1 - beta) * N (N: the scheduler's training timesteps, 1000 for SD1.x), whatever the sampler and "
+            "the number of steps"
         },
     )
     guidance_scale: float = dataclasses.field(
@@ -121,6 +147,7 @@ class SamplingSettings:
             ("subject_guidance_base", SubjectGuidanceBase),
             ("smoothing", Smoothing),
             ("region_source", RegionSource),
+            ("stage_boundaries", StageBoundaries),
         ):
             value = getattr(self, name)
             try:
@@ -128,11 +155,11 @@ class SamplingSettings:
             except ValueError:
                 raise ValueError(f"`{name}` must be one of {[m.value for m in kind]}, got {value!r}.") from None
         steps = self.num_inference_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ValueError(
                 f"`num_inference_steps` (the number of denoising steps) must be a positive integer, got {steps!r}."
             )
-        if steps > MAX_STEPS:
+        if steps is not None and steps > MAX_STEPS:
             raise ValueError(
                 f"`num_inference_steps` (the number of denoising steps) must be at most {MAX_STEPS}, the timesteps "
                 f"SD1.x models are trained on, got {steps!r}."
@@ -186,12 +213,14 @@ class SamplingSettings:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly: enums as their values (the form the CLI flags take back). The region options appear only
-        when on, and the region source only with one of them, so that what the paper's sampling records (in a PNG's
-        parameters, a run's files) reads as before."""
+        when on, the region source only with one of them, and the stage boundaries only by noise level, so that what
+        the paper's sampling records (in a PNG's parameters, a run's files) reads as before."""
         return {
             k: v.value if hasattr(v, "value") else v
             for k, v in self.pipeline_kwargs().items()
-            if not (k in REGION_OPTIONS and v is False) and not (k == "region_source" and not self.uses_regions)
+            if not (k in REGION_OPTIONS and v is False)
+            and not (k == "region_source" and not self.uses_regions)
+            and not (k == "stage_boundaries" and v is StageBoundaries.STEPS)
         }
 
 

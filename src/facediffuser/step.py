@@ -22,8 +22,46 @@ from typing import NamedTuple
 
 import torch
 
-from .fusion import Stage, normalize_saliency, saliency_adaptive_noise_fusion, saliency_map, stage_guidance
-from .settings import SamplingSettings
+from .fusion import (
+    Stage,
+    check_stage_fractions,
+    normalize_saliency,
+    saliency_adaptive_noise_fusion,
+    saliency_map,
+    stage_guidance,
+    stage_schedule,
+)
+from .settings import SamplingSettings, StageBoundaries
+
+
+def sampling_stages(
+    timesteps: Sequence[float] | torch.Tensor, settings: SamplingSettings, num_train_timesteps: int = 1000
+) -> list[Stage]:
+    """The stage of every step of a call, by the rule ``settings.stage_boundaries`` names.
+
+    * ``"steps"`` (the paper's): :func:`~facediffuser.fusion.stage_schedule` over ``len(timesteps)`` steps: stage I
+      while the step index ``i < floor(alpha * T)``, stage II while ``i < floor(beta * T)``.
+    * ``"noise"``: by each step's timestep ``t`` (the scheduler's own, a noise level of its training schedule of
+      ``N = num_train_timesteps`` levels, fractional for sigma-based samplers)::
+
+          stage I    t >= (1 - alpha) * N
+          stage II   (1 - beta) * N <= t < (1 - alpha) * N
+          stage III  t < (1 - beta) * N
+
+      so alpha and beta are the fractions of the noise range passed when each stage ends, whatever the sampler, its
+      timestep spacing or the number of steps. DDIM with ``"leading"`` spacing at 50 steps (timesteps 981, 961, ...,
+      1) gives the paper's 15 / 15 / 20 steps at alpha 0.3, beta 0.6; ``alpha = beta = 1`` is the TDM alone and
+      ``alpha = beta = 0`` the SDM alone, as with steps. A sampler that comes back to a noise level (a stochastic one
+      that adds noise) is staged by the level, step by step.
+    """
+    if settings.stage_boundaries is StageBoundaries.STEPS:
+        return stage_schedule(len(timesteps), settings.alpha, settings.beta)
+    check_stage_fractions(settings.alpha, settings.beta)
+    values = timesteps.tolist() if isinstance(timesteps, torch.Tensor) else list(timesteps)
+    # A hair of tolerance: (1 - 0.3) * 1000 is 700.0000000000001 in floats and must still take t = 700.
+    end_text = (1.0 - settings.alpha) * num_train_timesteps - 1e-6
+    end_fusion = (1.0 - settings.beta) * num_train_timesteps - 1e-6
+    return [Stage.TEXT if t >= end_text else Stage.FUSION if t >= end_fusion else Stage.SUBJECT for t in values]
 
 
 class StepTrace(NamedTuple):

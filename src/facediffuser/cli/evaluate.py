@@ -36,6 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead of evaluating, merge the summary.json of finished runs (single- and multi-subject, any models) "
         "into one Table 1, written to --out/table1.md; runs must agree on everything that changes a score",
     )
+    parser.add_argument(
+        "--samplers",
+        nargs="*",
+        metavar="SCHEDULER:STEPS[:noise]",
+        help="instead of one evaluation, the sampler study: Face-diffuser under each setting (e.g. ddim:50 dpm++:10 "
+        "dpm++-karras:8 unipc:10:noise; ':noise' bounds the stages by noise level), the first the reference, each "
+        "run in --out/<setting>/ (resumable), then --out/samplers.md (each setting's difference from the reference "
+        "with paired 95%% intervals over cases), samplers.json and pareto.png (against UNet evaluations per image); "
+        "without settings, the study of docs/performance.md, from ddim:50 down to 4 steps",
+    )
     add_dataclass_arguments(parser, EvaluationConfig)
 
 
@@ -74,6 +84,12 @@ def run(args: argparse.Namespace) -> int:
         logger.info("Wrote %s", combine(args.combine, out))
         return 0
     config = build_config(EvaluationConfig, args, args.config)
+    if args.samplers is not None:
+        from ..evaluation.samplers import DEFAULT_SETTINGS, run_study
+
+        _, files = run_study(config, args.samplers or DEFAULT_SETTINGS)
+        print(files[0].read_text(encoding="utf-8"))
+        return 0
     result = evaluate(config)
     if result.summary is not None:
         print((Path(config.out) / "table.md").read_text(encoding="utf-8"))

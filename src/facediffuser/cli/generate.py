@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +100,20 @@ class GenerateConfig:
         default=None, metadata={"help": "width in pixels, a multiple of 8, at most 4096 (default: the model's)"}
     )
     num_images: int = field(default=1, metadata={"help": "images to generate, 1 to 64 (drawn in one batch)"})
-    scheduler: str | None = field(default=None, metadata={"help": "ddim, pndm, dpm++, unipc, euler, euler-a, ..."})
+    scheduler: str | None = field(
+        default=None,
+        metadata={
+            "help": "ddim, pndm, dpm++, dpm++-karras, unipc, euler, euler-a, ... (default: the model's own, which its "
+            "scheduler/ folder names)"
+        },
+    )
+    paper_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "sample as the paper does, DDIM at 50 steps, instead of the model's own scheduler and number of "
+            "steps (--scheduler and --steps, when given, win)"
+        },
+    )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, float16, bfloat16"})
     offload: Offload = field(
@@ -149,13 +162,31 @@ def regions_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}-regions.png")
 
 
-def writes_regions(config: GenerateConfig, placeholder: str) -> bool:
+def writes_regions(config: GenerateConfig, placeholder: str, model_steps: int | None = None) -> bool:
     """Whether this run writes ``X-regions.png`` beside each ``X-masks.png``: with ``--save-masks`` and the person
-    regions in the trace, that is two or more people, or a region option on (``visualize.regions_shown``)."""
+    regions in the trace, that is two or more people, or a region option on (``visualize.regions_shown``).
+    ``model_steps``: the model's own number of steps, for a run that gives none."""
     from ..io.visualize import regions_shown
     from ..prompting import count_placeholders
+    from ..settings import DEFAULT_STEPS
 
-    return config.save_masks and regions_shown(count_placeholders(config.prompt, placeholder), config.sampling)
+    steps = config.sampling.num_inference_steps or model_steps or DEFAULT_STEPS
+    return config.save_masks and regions_shown(count_placeholders(config.prompt, placeholder), config.sampling, steps)
+
+
+def with_paper_sampling(config: GenerateConfig) -> GenerateConfig:
+    """``config`` with ``--paper-sampling`` applied: DDIM and 50 steps where the flags left them to the model."""
+    from ..io.loading import PAPER_SCHEDULER
+    from ..settings import DEFAULT_STEPS
+
+    if not config.paper_sampling:
+        return config
+    steps = config.sampling.num_inference_steps or DEFAULT_STEPS
+    return replace(
+        config,
+        scheduler=config.scheduler or PAPER_SCHEDULER,
+        sampling=config.sampling.replace(num_inference_steps=steps),
+    )
 
 
 def rerun_settings(parameters: dict[str, Any], source: str = "the recorded parameters") -> dict[str, Any]:
@@ -224,9 +255,15 @@ def check_before_loading(config: GenerateConfig):
     folder = model_folder(config.model)  # None for tiny and hub ids
     index = read_model_index(folder) if folder is not None else None
     placeholder = read_placeholder(folder, index) if folder is not None else None
+    own_steps = (index or {}).get("num_inference_steps")
+    if own_steps is not None:  # the pipeline would refuse it while it loads: say so now, naming the file
+        try:
+            SamplingSettings(num_inference_steps=own_steps)
+        except ValueError as err:
+            raise ValueError(f"In {folder / 'model_index.json'}, {err}") from None
     paths = output_paths(config.out, config.num_images)
     pictures = [mask_path(p) for p in paths] if config.save_masks else []
-    if writes_regions(config, placeholder or DEFAULT_PLACEHOLDER):
+    if writes_regions(config, placeholder or DEFAULT_PLACEHOLDER, (index or {}).get("num_inference_steps")):
         pictures += [regions_path(p) for p in paths]
     for path in paths + pictures:
         check_output_file(path, overwrite=config.overwrite, overwrite_hint="pass --overwrite to replace it")
@@ -277,6 +314,7 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
     from ..io.visualize import mask_strip, mask_strip_description, person_nouns, region_description, region_picture
 
     # 1. Check everything that can be checked before the (slow) model load.
+    config = with_paper_sampling(config)
     device, dtype, paths, people = check_before_loading(config)
     if recorded and recorded.get("ref_sha256") and recorded["ref_sha256"] != [photos_fingerprint(p) for p in people]:
         logger.warning(
@@ -318,6 +356,8 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
                 pipe.compile_unets()
     else:
         check_prompt(config.prompt, len(people), placeholder=pipe.placeholder, reference_term="--ref")
+    if config.sampling.num_inference_steps is None:  # the model's own, recorded as the number it is
+        config = replace(config, sampling=config.sampling.replace(num_inference_steps=pipe.default_num_inference_steps))
 
     # 3. Generate.
     result = pipe(

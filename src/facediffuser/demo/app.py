@@ -26,6 +26,7 @@ from ..images import IMAGE_EXTENSIONS
 from ..io.configuration import name_flags
 from ..io.loading import MINI_MODEL, SCHEDULERS
 from ..prompting import DEFAULT_PLACEHOLDER
+from ..settings import StageBoundaries
 from .core import MAX_PEOPLE, REGION_LABELS, Control, DemoRunner, number_text
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def page_names(runner: DemoRunner) -> dict[str, str]:
     return {
         **{name: c.label for name, c in runner.controls.items()},
         "subject_guidance_base": "Subject guidance base",
+        "stage_boundaries": "Stage boundaries",
         **REGION_LABELS,
     }
 
@@ -154,7 +156,7 @@ def make_handler(runner: DemoRunner):
     names = page_names(runner)
 
     def generate(prompt, negative_prompt, steps, alpha, beta, guidance, subject_guidance, base, scheduler, seed,
-                 count, h, w, region_attention, region_attention_text, region_saliency, *slots,
+                 count, h, w, region_attention, region_attention_text, region_saliency, stage_boundaries, *slots,
                  progress=gr.Progress()):  # fmt: skip
         try:
             request = runner.page_request(
@@ -167,6 +169,7 @@ def make_handler(runner: DemoRunner):
                 region_attention=region_attention,
                 region_attention_text=region_attention_text,
                 region_saliency=region_saliency,
+                stage_boundaries=stage_boundaries,
                 num_inference_steps=steps,
                 alpha=alpha,
                 beta=beta,
@@ -297,6 +300,14 @@ def build_app(runner: DemoRunner):
                         gr.Checkbox(False, label=label, info=REGION_INFO[name], elem_id=name.replace("_", "-"))
                         for name, label in REGION_LABELS.items()
                     ]  # off: the paper's sampling
+                    stage_boundaries = gr.Radio(
+                        [m.value for m in StageBoundaries],
+                        value=StageBoundaries.STEPS.value,
+                        label="Stage boundaries: alpha and beta measure 'steps', fractions of the steps (the "
+                        "paper's rule), or 'noise', noise levels (stage I while the timestep t >= (1 - alpha) * 1000), "
+                        "the same at any sampler and number of steps",
+                        elem_id="stage-boundaries",
+                    )
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=4):
                 gallery = gr.Gallery(
@@ -329,7 +340,7 @@ def build_app(runner: DemoRunner):
                 downloads = gr.File(label="PNG files (with their settings inside)", elem_id="downloads")
                 seed_used = gr.Textbox(label="Seed used", interactive=False, elem_id="seed-used")
         settings_widgets = [prompt, negative_prompt, steps, alpha, beta, guidance, subject_guidance, base, scheduler]
-        settings_widgets += [seed, count, h, w, *region_options]
+        settings_widgets += [seed, count, h, w, *region_options, stage_boundaries]
         run.click(
             generate,
             inputs=[*settings_widgets, *slots],

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..fusion import SubjectGuidanceBase
 from ..io.loading import dtype_name
-from ..settings import REGION_OPTIONS, SamplingSettings, check_image_size
+from ..settings import DEFAULT_STEPS, REGION_OPTIONS, SamplingSettings, StageBoundaries, check_image_size
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def page_controls(pipe) -> dict[str, Control]:
     scale = pipe.vae_scale_factor
     height, width = model_side(pipe)
     own_subject = getattr(pipe, "subject_guidance_scale", None)  # model_index.json's, when it names one
+    own_steps = getattr(pipe, "default_num_inference_steps", DEFAULT_STEPS)  # the model's own, else the paper's
 
     def size(label: str, side: int) -> Control:
         return Control(label, LATENT_MIN * scale, max(LATENT_MAX * scale, 2 * side), scale, side, integer=True)
@@ -101,7 +102,7 @@ def page_controls(pipe) -> dict[str, Control]:
         return Control(label, *slider_range(name), step, value, integer)
 
     return {
-        "num_inference_steps": setting("num_inference_steps", "Steps", 1, integer=True),
+        "num_inference_steps": setting("num_inference_steps", "Steps", 1, own_steps, True),
         "guidance_scale": setting("guidance_scale", "Guidance scale", 0.5),
         "subject_guidance_scale": setting("subject_guidance_scale", "Subject guidance scale", 0.5, own_subject),
         "alpha": setting("alpha", "alpha", 0.05),
@@ -271,6 +272,7 @@ class DemoRunner:
         region_attention: bool = False,
         region_attention_text: bool = False,
         region_saliency: bool = False,
+        stage_boundaries: str = StageBoundaries.STEPS.value,
         **numbers: Any,
     ) -> DemoRequest:
         """A :class:`DemoRequest` from the page's values as they arrive (``numbers``: the :attr:`controls`' values,
@@ -299,6 +301,7 @@ class DemoRunner:
             region_attention=region_attention,
             region_attention_text=region_attention_text,
             region_saliency=region_saliency,
+            stage_boundaries=stage_boundaries,
         )
         return DemoRequest(
             prompt=prompt or "",

@@ -173,7 +173,7 @@ class EvaluationConfig:
     images_per_prompt: int | None = field(
         default=None, metadata={"help": "images per case (default: the benchmark's, 4 for the subject benchmarks)"}
     )
-    steps: int = _sampling_field("num_inference_steps")
+    steps: int | None = _sampling_field("num_inference_steps")
     guidance_scale: float = _sampling_field("guidance_scale", " (the SDM's too, unless --subject-guidance-scale)")
     subject_guidance_scale: float | None = _sampling_field("subject_guidance_scale")
     subject_guidance_base: SubjectGuidanceBase = _sampling_field("subject_guidance_base")
@@ -181,7 +181,20 @@ class EvaluationConfig:
         default=None, metadata={"help": "image height (default: the model's: 512 for SD1.x, 32 for mini)"}
     )
     width: int | None = field(default=None, metadata={"help": "image width (default: the model's)"})
-    scheduler: str | None = field(default="ddim", metadata={"help": "scheduler name; the paper samples with DDIM"})
+    scheduler: str | None = field(
+        default=None,
+        metadata={
+            "help": "scheduler name (ddim, pndm, dpm++, dpm++-karras, unipc, euler, ...; default: each model's own, "
+            "which its scheduler/ folder names: DDIM for converted released weights, as the paper)"
+        },
+    )
+    paper_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "sample as the paper does, DDIM at 50 steps, instead of each model's own scheduler and number of "
+            "steps (--scheduler and --steps, when given, win)"
+        },
+    )
     device: str = field(default="auto", metadata={"help": "device; 'auto' takes this process's accelerator"})
     dtype: str = field(default="auto", metadata={"help": "auto, float32, float16 or bfloat16"})
     batch_size: int = field(default=16, metadata={"help": "images per CLIP forward pass"})
@@ -220,6 +233,12 @@ class EvaluationConfig:
             changes["ip_backend"] = defaults.ip_backend or "dlib"
         if self.clip_model is None and ("pc" in self.metrics or ATTRIBUTES in self.metrics):
             changes["clip_model"] = defaults.clip_model() if defaults.clip_model else DEFAULT_CLIP_MODEL
+        if self.paper_sampling:  # the flags left to the models: DDIM at 50 steps
+            from ..io.loading import PAPER_SCHEDULER
+            from ..settings import DEFAULT_STEPS
+
+            changes["scheduler"] = self.scheduler or PAPER_SCHEDULER
+            changes["steps"] = self.steps or DEFAULT_STEPS
         return dataclasses.replace(self, **changes) if changes else self
 
     def sampling(self) -> SamplingSettings:

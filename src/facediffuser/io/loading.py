@@ -45,12 +45,24 @@ SCHEDULERS = {
     "pndm": PNDMScheduler,
     "ddpm": DDPMScheduler,
     "dpm++": DPMSolverMultistepScheduler,
+    "dpm++-karras": DPMSolverMultistepScheduler,
     "unipc": UniPCMultistepScheduler,
     "euler": EulerDiscreteScheduler,
     "euler-a": EulerAncestralDiscreteScheduler,
     "heun": HeunDiscreteScheduler,
     "lms": LMSDiscreteScheduler,
 }
+# What a name sets beyond its class: a swap keeps the rest of the model's scheduler config (its training noise schedule,
+# timestep spacing), so ``dpm++`` from a model whose own scheduler is DPM-Solver++ with Karras sigmas is without them.
+# ``pndm`` is PNDM as SD1.x pipelines (and the release) ship it: PLMS steps only, without the Runge-Kutta warm-up that
+# PNDM's class default adds (12 more UNet steps at any number of steps).
+SCHEDULER_OPTIONS = {
+    "pndm": {"skip_prk_steps": True},
+    "dpm++": {"use_karras_sigmas": False},
+    "dpm++-karras": {"use_karras_sigmas": True},
+}
+# The paper's sampling: DDIM at the paper's 50 steps (``--paper-sampling``).
+PAPER_SCHEDULER = "ddim"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PIPELINE_PARTS = (
     "vae",
@@ -115,8 +127,17 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def scheduler_name(scheduler: object) -> str | None:
-    """The short name (``"ddim"``) under which :data:`SCHEDULERS` holds this scheduler's class, or ``None``."""
-    return next((name for name, cls in SCHEDULERS.items() if type(scheduler) is cls), None)
+    """The short name (``"ddim"``, ``"dpm++-karras"``) under which :data:`SCHEDULERS` holds this scheduler's class and
+    options, or ``None``."""
+    config = getattr(scheduler, "config", {})
+    return next(
+        (
+            name
+            for name, cls in SCHEDULERS.items()
+            if type(scheduler) is cls and all(config.get(k) == v for k, v in SCHEDULER_OPTIONS.get(name, {}).items())
+        ),
+        None,
+    )
 
 
 def check_offload(offload: Offload | str, device: torch.device) -> None:
@@ -257,10 +278,16 @@ def read_face_detector(folder: Path, index: dict | None = None):
     return FaceDetector.from_pretrained(folder / "face_detector", use_safetensors=True, dtype=torch.float32).eval()
 
 
-def swap_scheduler(pipe: FaceDiffuserPipeline, name: str) -> None:
+def scheduler_from_config(name: str, config) -> object:
+    """The scheduler ``name`` (:data:`SCHEDULERS`) with ``config`` (a model's scheduler config: its training noise
+    schedule, timestep spacing) and what the name sets (:data:`SCHEDULER_OPTIONS`)."""
     if name not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}.")
-    pipe.scheduler = SCHEDULERS[name].from_config(pipe.scheduler.config)
+    return SCHEDULERS[name].from_config(config, **SCHEDULER_OPTIONS.get(name, {}))
+
+
+def swap_scheduler(pipe: FaceDiffuserPipeline, name: str) -> None:
+    pipe.scheduler = scheduler_from_config(name, pipe.scheduler.config)
 
 
 def check_scene_model(path: str | Path) -> None:

@@ -93,8 +93,10 @@ def regions_shown(people: int, settings, num_steps: int | None = None) -> bool:
     and a region option on (``settings.uses_regions``), when the call has a stage I to read them in. One person
     without an option draws no regions picture, so its outputs are those of the paper's sampling."""
     from ..fusion import stage_boundaries
+    from ..settings import DEFAULT_STEPS
 
-    steps = settings.num_inference_steps if num_steps is None else num_steps
+    # ``num_steps``: the model's own when the settings leave the steps to it (None: a model that names none, 50)
+    steps = (settings.num_inference_steps or DEFAULT_STEPS) if num_steps is None else num_steps
     has_stage_one = stage_boundaries(steps, settings.alpha, settings.beta)[0] > 0
     return has_stage_one and (people >= 2 or (people >= 1 and settings.uses_regions))
 

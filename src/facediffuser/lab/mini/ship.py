@@ -80,6 +80,20 @@ class ShipConfig:
             "default: none, the call's --guidance-scale"
         ),
     )
+    scheduler: str | None = field(
+        default=None,
+        metadata=_f(
+            "the scheduler the shipped pipeline samples with when a run names none (its scheduler/ folder: a name of "
+            "generate --scheduler, made from the build's config); default: the build's, DDIM"
+        ),
+    )
+    steps: int | None = field(
+        default=None,
+        metadata=_f(
+            "the number of steps the shipped pipeline samples with when a run gives none (its model_index.json); "
+            "default: none, the paper's 50"
+        ),
+    )
 
     def __post_init__(self) -> None:
         self.build, self.world = Path(self.build), Path(self.world)
@@ -91,7 +105,13 @@ class ShipConfig:
             raise ValueError(f"--people must be at least 1, got {self.people}.")
         from ...settings import SamplingSettings
 
-        SamplingSettings(subject_guidance_scale=self.subject_guidance_scale)  # the sampling rules, with their words
+        # the sampling rules, with their words
+        SamplingSettings(subject_guidance_scale=self.subject_guidance_scale, num_inference_steps=self.steps)
+        if self.scheduler is not None:
+            from ...io.loading import SCHEDULERS
+
+            if self.scheduler not in SCHEDULERS:
+                raise ValueError(f"Unknown scheduler {self.scheduler!r}; choose from {', '.join(SCHEDULERS)}.")
 
     @property
     def target(self) -> Path:
@@ -212,7 +232,12 @@ def size_table(sizes: dict[str, int]) -> str:
 
 # ------------------------------------------------------------------------------------------------ the parts
 def write_pipeline(
-    source: Path, folder: Path, max_mib: float, subject_guidance_scale: float | None = None
+    source: Path,
+    folder: Path,
+    max_mib: float,
+    subject_guidance_scale: float | None = None,
+    scheduler: str | None = None,
+    steps: int | None = None,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """The pipeline of ``source`` in float16 into ``folder``, its text tower pruned to the world's vocabulary
     (:mod:`facediffuser.lab.mini.vocab`), drawing with ``subject_guidance_scale`` by default when it is given (else as
@@ -233,6 +258,12 @@ def write_pipeline(
     pipe.register_modules(tokenizer=pruned.tokenizer, text_encoder=pruned.text_encoder)
     if subject_guidance_scale is not None:
         pipe.register_to_config(subject_guidance_scale=subject_guidance_scale)
+    if scheduler is not None:  # the build's config (its noise schedule, spacing) under the named sampler
+        from ...io.loading import swap_scheduler
+
+        swap_scheduler(pipe, scheduler)
+    if steps is not None:
+        pipe.register_to_config(num_inference_steps=steps)
     expected = {name: _half_state(module) for name, module in _modules(pipe).items()}
     pipe.to(dtype=torch.float16)
     pipe.save_pretrained(folder, safe_serialization=True)
@@ -264,6 +295,16 @@ def write_pipeline(
                 raise ValueError(f"The shipped {name} does not load back as written ({key}).")
     if loaded.subject_guidance_scale != pipe.subject_guidance_scale:
         raise ValueError("The shipped pipeline does not load back with its subject guidance scale.")
+
+    def public(config) -> dict:
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
+    if (
+        loaded.default_num_inference_steps != pipe.default_num_inference_steps
+        or type(loaded.scheduler) is not type(pipe.scheduler)
+        or public(loaded.scheduler.config) != public(pipe.scheduler.config)
+    ):
+        raise ValueError("The shipped pipeline does not load back with its scheduler and number of steps.")
     if not same_tokens(pipe.tokenizer, loaded.tokenizer):
         raise ValueError("The shipped tokenizer does not give the build's tokens.")
     checked = vocab.check_pruning(full_tokenizer, full_encoder, loaded.tokenizer, loaded.text_encoder)
@@ -354,7 +395,9 @@ def ship(config: ShipConfig) -> ShipReport:
     written: dict[str, list[str]] = {}
 
     def pipeline(new: Path) -> None:
-        result, pruned = write_pipeline(source, new, config.max_mib, config.subject_guidance_scale)
+        result, pruned = write_pipeline(
+            source, new, config.max_mib, config.subject_guidance_scale, config.scheduler, config.steps
+        )
         sizes.update(result)
         kept.update(pruned)
 
