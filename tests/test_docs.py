@@ -274,7 +274,7 @@ def test_flags_named_in_the_prose_exist(monkeypatch, tmp_path):
     from facediffuser.cli.main import build_parser
 
     known = parser_flags(build_parser()) | parser_flags(launch_command_parser())
-    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+    for script in sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "docs" / "mini").glob("*.py")]):
         known |= script_flags(script, monkeypatch)
     hf = console_scripts()["hf"].value.split(":")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path), "NO_COLOR": "1"}

@@ -33,7 +33,7 @@ from .statistics import CONFIDENCE, RESAMPLES, Estimate, bootstrap_mean
 logger = logging.getLogger(__name__)
 
 # The study of docs/performance.md: the paper's DDIM 50 (the reference) and the release's PNDM 50, then the
-# samplers the issue of cost asks about from 50 down to 4 steps.
+# usual few-step samplers from 50 down to 4 steps.
 DEFAULT_SETTINGS = (
     "ddim:50",
     "pndm:50",

@@ -23,6 +23,7 @@ import numpy as np
 import PIL.ImageOps
 import torch
 import torch.nn.functional as F
+from diffusers import DDIMScheduler
 
 from ...fusion import TEXT_MODEL_GUIDANCE, Condition, Stage
 from ...pipeline import FaceDiffuserPipeline
@@ -66,14 +67,15 @@ def world_regions(
     marks = tokenize_prompts(pipe.tokenizer, [text], pipe.placeholder)[1]
     c, null, c_aug = pipe.encode_prompt([text], [pipe.cut_to_faces([refs])[0]], [""], torch.device("cpu"), 1)
     embeds = {Condition.TEXT: c, Condition.NULL: null, Condition.SUBJECT: c_aug}
-    pipe.scheduler.set_timesteps(50)
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)  # the paper's schedule, whatever the model's own
+    scheduler.set_timesteps(50)
     settings = SamplingSettings(region_source=source)
     sampler = RegionSampler(settings, marks, 1, latents.shape[-2:], c.shape[1], c.device)
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
     with sampler.installed(pipe.unet, pipe.subject_unet):
         for i in steps:
-            t = pipe.scheduler.timesteps[i]
-            x = pipe.scheduler.add_noise(latents, noise, t[None])
+            t = scheduler.timesteps[i]
+            x = scheduler.add_noise(latents, noise, t[None])
             sampler.before_text_model(pipe.unet, Stage.TEXT, TEXT_MODEL_GUIDANCE)
             FaceDiffuserPipeline._predict_noise(pipe.unet, TEXT_MODEL_GUIDANCE, x, t, embeds)
             next_stage = Stage.TEXT if i < steps[-1] else Stage.FUSION
@@ -167,7 +169,8 @@ def training_attention(
             continue
         batch = collate([{**sample, "skipped": []}])
         latents = pipe.vae.encode(batch["pixel_values"]).latent_dist.mean * pipe.vae.config.scaling_factor
-        noisy = pipe.scheduler.add_noise(latents, torch.randn(latents.shape, generator=generator), t)
+        noise = torch.randn(latents.shape, generator=generator)
+        noisy = DDIMScheduler.from_config(pipe.scheduler.config).add_noise(latents, noise, t)
         store.reset()
         denoiser(
             noisy, t, pipe.text_encoder(batch["input_ids"])[0], batch["subject_pixels"], batch["subject_positions"]
