@@ -109,3 +109,34 @@ def test_one_shared_embedding_is_the_adapter_itself_for_one_person_and_differs_f
     images = run(units, tmp_path / "two", adapter_folder, steps=6)
     # Two people: each their own image in their stage-I region, or one mean image everywhere (beyond PNG rounding).
     assert np.abs(images[fused] - images[fused + "_shared"]).max() > 1
+
+
+def world_case(people):
+    attributes = {"place": "beach", "time": "day", "weather": "clear", "object": "none",
+                  "people": [{"name": p.name, "class_noun": p.class_noun, "clothing": c, "garment": "shirt"}
+                             for p, c in zip(people, ("red", "blue"))]}  # fmt: skip
+    prompt = "a woman <|image|> in a red shirt and a man <|image|> in a blue shirt on a beach during the day"
+    return Case("ada+alan/multi", prompt, tuple(people), "multi", attributes)
+
+
+def test_the_world_masks_are_each_persons_segment_left_to_right(people):
+    from facediffuser.lab.world.benchmark import case_person_masks
+
+    masks = case_person_masks(world_case(people), 64)
+    assert masks.shape == (2, 64, 64) and masks[0].any() and masks[1].any()
+    assert not (masks[0] & masks[1]).any()  # one segment per person
+    columns = [np.nonzero(m.any(axis=0))[0].mean() for m in masks]
+    assert columns[0] < 32 < columns[1]  # the first-named on the left, as the world and its scorer place them
+
+
+def test_gt_masks_draw_each_person_in_their_segment_and_need_a_world_case(tmp_path, people, adapter_folder):
+    model = ModelSpec("tiny", "tiny")
+    case = world_case(people)
+    specs = ("face-diffuser+ip:0.3:0.6", "face-diffuser+ip:0.3:0.6:gt")
+    images = run([WorkUnit(Variant(model, parse_method(m)), case) for m in specs], tmp_path / "gt", adapter_folder, 6)
+    assert np.abs(images["face-diffuser+ip_a0.3_b0.6"] - images["face-diffuser+ip_a0.3_b0.6_gt"]).max() > 1
+    plain = Case("x", case.prompt, case.people, "multi")  # no attributes: not a case the world can render
+    with pytest.raises(ValueError, match="only the mini benchmark's cases describe"):
+        run([WorkUnit(Variant(model, parse_method(specs[1])), plain)], tmp_path / "plain", adapter_folder)
+    with pytest.raises(ValueError, match=":shared .* or :gt .*not both"):
+        parse_method("ip-adapter:shared:gt")

@@ -74,6 +74,26 @@ def shared_adapter_inputs(pipeline, references: list[list[PIL.Image.Image]]) -> 
     return {"ip_adapter_image_embeds": [torch.cat([empty, image])], "ip_adapter_masks": [masks]}
 
 
+def world_adapter_masks(pipeline, case) -> dict[str, Any]:
+    """Each person's ``ip_adapter_masks`` from where the world puts them in ``case`` (the mini benchmark's cases):
+    the person segments of the world's render of the case at the latent size, a latent cell in a person's mask when
+    any of its pixels is theirs."""
+    import torch.nn.functional as F
+
+    from ..lab.world.benchmark import case_person_masks
+
+    if not case.attributes or "people" not in case.attributes:
+        raise ValueError(
+            f"Case {case.case_id}: the :gt masks come from the world's render of a case, which only the mini "
+            "benchmark's cases describe; use :gt with --benchmark mini."
+        )
+    latent = pipeline.unet.config.sample_size
+    pixels = latent * pipeline.vae_scale_factor
+    masks = torch.from_numpy(case_person_masks(case, pixels)).float()[None]  # (1, K, H, W)
+    masks = (F.adaptive_max_pool2d(masks, latent) > 0).float()
+    return {"ip_adapter_masks": [masks.to(pipeline._execution_device)]}
+
+
 def generate_unit(pipeline, unit: WorkUnit, settings: GenerationSettings, out: Path) -> None:
     """One unit's images (and masks), seeded with ``settings.seed`` whatever the process or device."""
     sampling = unit.variant.method.sampling(settings.sampling)
@@ -82,6 +102,8 @@ def generate_unit(pipeline, unit: WorkUnit, settings: GenerationSettings, out: P
     if unit.variant.method.shared:
         extra = shared_adapter_inputs(pipeline, references)
         references = None
+    elif unit.variant.method.world_masks:
+        extra = world_adapter_masks(pipeline, unit.case)
     result = pipeline(
         prompt=unit.case.prompt,
         reference_images=references,

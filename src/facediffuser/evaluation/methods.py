@@ -20,7 +20,9 @@ With an IP-Adapter as the subject model (``evaluate --ip-adapter``, loaded on th
 --ip-adapter`` loads it): ``ip-adapter`` is the adapter alone (``alpha = beta = 0``), ``face-diffuser+ip`` and
 ``face-diffuser+ip:ALPHA:BETA`` Face-diffuser's fusion with the adapter drawing the people (several people: each
 their own image, masked by their stage-I region); either may end in ``:shared``, every person's photos as one shared
-image drawn everywhere (the plain adapter's way with several people).
+image drawn everywhere (the plain adapter's way with several people), or in ``:gt``, each person masked by where the
+world puts them (the mini benchmark's cases: the ground-truth person segments of the world's render of the case, an
+upper bound for masks that the models compute).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ METHOD_NAMES = (*FIXED_METHODS, FACE_DIFFUSER, FACE_DIFFUSER_IP)
 # The methods whose subject model is the IP-Adapter; ``shared``: one image of every person's photos, everywhere.
 ADAPTER_METHODS = ("ip-adapter", FACE_DIFFUSER_IP)
 SHARED = "shared"
+WORLD_MASKS = "gt"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # The short method tokens of the sampling options that use the person regions (docs/method.md, Person regions).
 SHORT_OPTIONS = {"ra": "region_attention", "rat": "region_attention_text", "rs": "region_saliency"}
@@ -79,6 +82,7 @@ class Method:
     guidance_base: SubjectGuidanceBase | None = None
     options: tuple[tuple[str, Any], ...] = ()
     shared: bool = False  # an adapter method with every person's photos as one image, drawn everywhere
+    world_masks: bool = False  # an adapter method with each person masked by the world's render of the case
 
     @property
     def adapter(self) -> bool:
@@ -98,6 +102,7 @@ class Method:
         (a method with its own SDM guidance base), ``face-diffuser_a0.3_b0.6_ra_rs`` (with sampling options)."""
         base = f"_{self.guidance_base.value}" if self.guidance_base is not None else ""
         options = "".join(f"_{token}" for token in self.option_tokens) + ("_shared" if self.shared else "")
+        options += "_gt" if self.world_masks else ""
         if self.name in FIXED_METHODS:
             return self.name + base + options
         return f"{self.name}_a{self.alpha:g}_b{self.beta:g}{base}{options}"
@@ -113,6 +118,7 @@ class Method:
             for k, v in self.options
         )
         base += ", one shared embedding" if self.shared else ""
+        base += ", the world's person masks" if self.world_masks else ""
         if self.name == "tdm":
             return f"TDM alone (alpha=beta=1{base})"
         if self.name == "sdm":
@@ -249,15 +255,17 @@ def parse_method(spec: str, defaults: SamplingSettings | None = None) -> Method:
     bases = [b.value for b in SubjectGuidanceBase]
     fractions: list[str] = []
     options: dict[str, Any] = {}
-    shared = False
+    shared = world_masks = False
     for token in tokens:
-        if token == SHARED:
+        if token in (SHARED, WORLD_MASKS):
             if name not in ADAPTER_METHODS:
                 raise ValueError(
-                    f"Method {spec!r}: :shared is for the IP-Adapter's methods ({', '.join(ADAPTER_METHODS)}): the "
+                    f"Method {spec!r}: :{token} is for the IP-Adapter's methods ({', '.join(ADAPTER_METHODS)}): the "
                     "fused SDM always reads each person on their own class noun."
                 )
-            shared = True
+            shared, world_masks = shared or token == SHARED, world_masks or token == WORLD_MASKS
+            if shared and world_masks:
+                raise ValueError(f"Method {spec!r}: give :shared (one image everywhere) or :gt (masks), not both.")
         elif token in bases:
             if base is not None:
                 raise ValueError(f"Method {spec!r}: give one SDM guidance base, :text or :null.")
@@ -315,7 +323,7 @@ def parse_method(spec: str, defaults: SamplingSettings | None = None) -> Method:
         for f in dataclasses.fields(SamplingSettings)
         if f.name in options and getattr(settings, f.name) != getattr(defaults, f.name)
     )
-    return Method(name, float(settings.alpha), float(settings.beta), base, own, shared)
+    return Method(name, float(settings.alpha), float(settings.beta), base, own, shared, world_masks)
 
 
 def token_of(key: str, value: Any) -> str:
