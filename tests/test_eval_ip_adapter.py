@@ -140,3 +140,20 @@ def test_gt_masks_draw_each_person_in_their_segment_and_need_a_world_case(tmp_pa
         run([WorkUnit(Variant(model, parse_method(specs[1])), plain)], tmp_path / "plain", adapter_folder)
     with pytest.raises(ValueError, match=":shared .* or :gt .*not both"):
         parse_method("ip-adapter:shared:gt")
+
+
+def test_a_run_may_add_an_adapter_to_its_images_but_not_change_it(tmp_path):
+    import json
+
+    from facediffuser.evaluation.work import check_run_settings
+
+    (tmp_path / "images" / "mini" / "tdm").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "mini" / "tdm" / "0.png")
+    earlier = {"seed": 7, "models": {"mini": "mini"}}
+    (tmp_path / "run.json").write_text(json.dumps(earlier))
+    added = check_run_settings(tmp_path, {**earlier, "ip_adapter": "mini"})
+    assert added["ip_adapter"] == "mini"  # the adapter rows join the run's tdm images
+    (tmp_path / "run.json").write_text(json.dumps(added))
+    assert check_run_settings(tmp_path, earlier)["ip_adapter"] == "mini"  # a later run without adapter rows keeps it
+    with pytest.raises(ValueError, match="ip_adapter: 'mini' -> 'other/'"):
+        check_run_settings(tmp_path, {**earlier, "ip_adapter": "other/"})
