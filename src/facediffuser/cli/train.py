@@ -80,7 +80,11 @@ def run_export(args: argparse.Namespace) -> int:
     from ..training.checkpoint_export import export_checkpoint  # checks everything before a model loads
 
     out = export_checkpoint(args.run, args.step, args.out, weights=args.weights, face_detector=args.face_detector)
-    logging.getLogger(__name__).info("Done: load the model with FaceDiffuserPipeline.from_pretrained(%r).", str(out))
+    log = logging.getLogger(__name__)
+    if (out / "ip-adapter.safetensors").is_file():
+        log.info("Done: use the adapter with `facediffuser generate --ip-adapter %s`.", out)
+    else:
+        log.info("Done: load the model with FaceDiffuserPipeline.from_pretrained(%r).", str(out))
     return 0
 
 
