@@ -428,4 +428,5 @@ def ship(config: ShipConfig) -> ShipReport:
         logger.info("Removed the interim %s: the shipped VAE is now %s", interim, folders["pipeline"] / "vae")
     write_marker(target, COMMAND, [*kept_files, *new_files()])
     logger.info("Shipped the world's CLIP, face recognizer and %d example people to %s", len(people), target)
-    return ShipReport(folders=folders, pipeline_sizes=sizes, people=people, vocabulary=kept)
+    written_folders = {name: folder for name, folder in folders.items() if name in writers}
+    return ShipReport(folders=written_folders, pipeline_sizes=sizes, people=people, vocabulary=kept)
