@@ -64,6 +64,23 @@ def test_ip_adapter_mini_without_a_shipped_adapter_says_how_to_make_one(tmp_path
         find_ip_adapter_file("mini")
 
 
+def test_the_shipped_adapter_fits_the_shipped_model_and_generate_draws_with_it(tmp_path, monkeypatch):
+    from facediffuser.cli.main import main
+
+    path = find_ip_adapter_file("mini")
+    assert path == package_data.packaged(package_data.MINI_IP_ADAPTER) / "ip-adapter.safetensors"
+    monkeypatch.chdir(tmp_path)
+    ref = package_data.packaged(package_data.MINI_EXAMPLES) / "id0004" / "1.png"
+    prompt = "a man <|image|> in a red shirt and a woman <|image|> in a blue shirt on a beach during the day"
+    other = package_data.packaged(package_data.MINI_EXAMPLES) / "id0006" / "1.png"
+    code = main(["generate", "--model", "mini", "--ip-adapter", "mini", "--prompt", prompt, "--ref", str(ref),
+                 "--ref", str(other), "--steps", "4", "--save-masks", "--out", "two.png"])  # fmt: skip
+    assert code == 0
+    image = np.asarray(Image.open(tmp_path / "two.png"))
+    assert image.shape == (32, 32, 3) and image.std() > 5  # a picture, not a flat field
+    assert (tmp_path / "two-regions.png").is_file()  # the two people's regions, their adapter masks
+
+
 @pytest.mark.slow
 def test_the_stage_trains_an_adapter_on_the_frozen_tdm_and_ships_it_for_ip_adapter_mini(
     tmp_path, save_tiny_world_clip, monkeypatch
