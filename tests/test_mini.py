@@ -159,7 +159,7 @@ def test_build_runs_every_stage_through_the_trainer_and_skips_what_is_built(worl
     times = B.run_stages(config)
     assert list(times) == ["vae", "tdm", "sdm"]
     out = config.out
-    for stage in B.STAGES:
+    for stage in ("vae", "tdm", "sdm"):  # the adapter's stage is built only when asked
         record = json.loads(B.marker_path(out, stage).read_text())
         assert record["settings"]["seed"] == 0
     # The TDM trained its scene UNet on `scenes` for the recipe's steps; the SDM started from that UNet.

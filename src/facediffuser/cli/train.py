@@ -1,4 +1,5 @@
-"""``facediffuser train sdm|tdm``: train the subject-augmented or the text-driven model.
+"""``facediffuser train sdm|tdm|ip-adapter``: train the subject-augmented or the text-driven model, or an IP-Adapter on
+the frozen scene model (the adapter file and its image encoder, for ``generate --ip-adapter``).
 ``facediffuser train export``: a pipeline folder from one checkpoint of a run, with its EMA or its raw weights.
 
 Flags come from :class:`~facediffuser.training.TrainConfig`; ``--config run.toml`` supplies any of them (keys are
@@ -18,10 +19,15 @@ from pathlib import Path
 from ..io.configuration import add_dataclass_arguments, build_config
 from ..training.config import ModelKind, TrainConfig, check_output_dir
 
-HELP = "train the SDM (subject model) or the TDM (scene model) on FFHQ-wild data, or export a checkpoint"
+HELP = "train the SDM (subject model), the TDM (scene model) or an IP-Adapter on FFHQ-wild data, or export a checkpoint"
 MODEL_HELP = {
     ModelKind.SDM.value: "train the SDM (subject-augmented model) on FFHQ-wild data",
     ModelKind.TDM.value: "train the TDM (text-driven scene model) on FFHQ-wild data",
+    ModelKind.IP_ADAPTER.value: (
+        "train an IP-Adapter (image projection and image key/value layers) on the frozen scene UNet of --pretrained, "
+        "with its vision tower, on FFHQ-wild data; writes ip-adapter.safetensors and image_encoder/ (what "
+        "load_ip_adapter and generate --ip-adapter read)"
+    ),
 }
 EXPORT_HELP = (
     "write a pipeline folder from one checkpoint of a training run, with the weights its own export ships (the EMA "
@@ -60,8 +66,13 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(config)  # before any model loads; the trainer claims the folder when the run starts
     from ..training.trainer import train  # settings checked first: a refusal costs no import of the trainer
 
-    out = train(ModelKind(args.model), config)
-    logging.getLogger(__name__).info("Done: load the model with FaceDiffuserPipeline.from_pretrained(%r).", str(out))
+    kind = ModelKind(args.model)
+    out = train(kind, config)
+    log = logging.getLogger(__name__)
+    if kind is ModelKind.IP_ADAPTER:
+        log.info("Done: use the adapter with `facediffuser generate --ip-adapter %s`.", out)
+    else:
+        log.info("Done: load the model with FaceDiffuserPipeline.from_pretrained(%r).", str(out))
     return 0
 
 
@@ -69,13 +80,17 @@ def run_export(args: argparse.Namespace) -> int:
     from ..training.checkpoint_export import export_checkpoint  # checks everything before a model loads
 
     out = export_checkpoint(args.run, args.step, args.out, weights=args.weights, face_detector=args.face_detector)
-    logging.getLogger(__name__).info("Done: load the model with FaceDiffuserPipeline.from_pretrained(%r).", str(out))
+    log = logging.getLogger(__name__)
+    if (out / "ip-adapter.safetensors").is_file():
+        log.info("Done: use the adapter with `facediffuser generate --ip-adapter %s`.", out)
+    else:
+        log.info("Done: load the model with FaceDiffuserPipeline.from_pretrained(%r).", str(out))
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=HELP)
-    actions = parser.add_subparsers(dest="model", required=True, metavar="{sdm,tdm,export}")
+    actions = parser.add_subparsers(dest="model", required=True, metavar="{sdm,tdm,ip-adapter,export}")
     for kind in ModelKind:
         model = actions.add_parser(kind.value, help=MODEL_HELP[kind.value], description=MODEL_HELP[kind.value])
         add_arguments(model)

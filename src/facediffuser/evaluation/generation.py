@@ -44,13 +44,70 @@ def save_image(image: PIL.Image.Image, path: Path) -> None:
     atomic_write(path, lambda f: image.save(f, format="PNG"), overwrite=True)
 
 
+def load_adapter(pipeline, spec: str) -> Any:
+    """``pipeline`` with the IP-Adapter ``spec`` (a weight file, its folder, ``mini``) on its scene UNet, with the
+    image encoder beside the file, as ``generate --ip-adapter`` loads it."""
+    from transformers import CLIPVisionModelWithProjection
+
+    from ..io.adapters import find_ip_adapter_file, read_ip_adapter_file
+
+    path = find_ip_adapter_file(spec)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(path.parent / "image_encoder", dtype=torch.float32)
+    pipeline.load_ip_adapter(read_ip_adapter_file(path), image_encoder=encoder, image_encoder_folder=None)
+    return pipeline
+
+
+def shared_adapter_inputs(pipeline, references: list[list[PIL.Image.Image]]) -> dict[str, Any]:
+    """The adapter's inputs for one shared embedding: every person's photos (cut to faces as the pipeline cuts them)
+    averaged into one image, drawn everywhere (the first person's mask all ones, the others' all zeros, so that the
+    prompt's placeholders still name each person)."""
+    from ..subject_models import encode_adapter_images
+
+    device = pipeline._execution_device
+    cut = pipeline.cut_to_faces([[[photo for person in references for photo in person]]])
+    (image,), (empty,) = encode_adapter_images(pipeline.subject_unet, pipeline.image_encoder, cut, 1, device)
+    people = len(references)
+    image, empty = image.expand(-1, people, *image.shape[2:]), empty.expand(-1, people, *empty.shape[2:])
+    size = pipeline.unet.config.sample_size
+    masks = torch.zeros(1, people, size, size, device=device)
+    masks[:, 0] = 1.0
+    return {"ip_adapter_image_embeds": [torch.cat([empty, image])], "ip_adapter_masks": [masks]}
+
+
+def world_adapter_masks(pipeline, case) -> dict[str, Any]:
+    """Each person's ``ip_adapter_masks`` from where the world puts them in ``case`` (the mini benchmark's cases):
+    the person segments of the world's render of the case at the latent size, a latent cell in a person's mask when
+    any of its pixels is theirs."""
+    import torch.nn.functional as F
+
+    from ..lab.world.benchmark import case_person_masks
+
+    if not case.attributes or "people" not in case.attributes:
+        raise ValueError(
+            f"Case {case.case_id}: the :gt masks come from the world's render of a case, which only the mini "
+            "benchmark's cases describe; use :gt with --benchmark mini."
+        )
+    latent = pipeline.unet.config.sample_size
+    pixels = latent * pipeline.vae_scale_factor
+    masks = torch.from_numpy(case_person_masks(case, pixels)).float()[None]  # (1, K, H, W)
+    masks = (F.adaptive_max_pool2d(masks, latent) > 0).float()
+    return {"ip_adapter_masks": [masks.to(pipeline._execution_device)]}
+
+
 def generate_unit(pipeline, unit: WorkUnit, settings: GenerationSettings, out: Path) -> None:
     """One unit's images (and masks), seeded with ``settings.seed`` whatever the process or device."""
     sampling = unit.variant.method.sampling(settings.sampling)
     references = [[photo.load() for photo in person.photos] for person in unit.case.people]
+    extra: dict[str, Any] = {}
+    if unit.variant.method.shared:
+        extra = shared_adapter_inputs(pipeline, references)
+        references = None
+    elif unit.variant.method.world_masks:
+        extra = world_adapter_masks(pipeline, unit.case)
     result = pipeline(
         prompt=unit.case.prompt,
         reference_images=references,
+        **extra,
         num_images_per_prompt=settings.images_per_prompt,
         height=settings.height,
         width=settings.width,
@@ -73,6 +130,7 @@ def generate_units(
     *,
     pipelines: Mapping[str, Any] | None = None,
     rank: int = 0,
+    ip_adapter: str | None = None,
 ) -> None:
     """Generates ``units``, model by model.
 
@@ -81,13 +139,18 @@ def generate_units(
         reload_benchmark: placeholder -> the benchmark written with that placeholder, for a model whose tokenizer
             uses another one than the default.
         pipelines: model name -> a ready pipeline (tests).
+        ip_adapter: the IP-Adapter of the adapter methods (:func:`load_adapter`), on a pipeline of their own.
     """
-    by_model: dict[str, list[WorkUnit]] = {}
+    by_model: dict[tuple[str, bool], list[WorkUnit]] = {}
     for unit in units:
-        by_model.setdefault(unit.variant.model.name, []).append(unit)
-    for name, todo in by_model.items():
+        by_model.setdefault((unit.variant.model.name, unit.variant.method.adapter), []).append(unit)
+    for (name, adapter), todo in by_model.items():
         model = todo[0].variant.model
-        pipeline = pipelines[name] if pipelines and name in pipelines else load_model(model.source)
+        pipeline = pipelines[name] if pipelines and name in pipelines and not adapter else load_model(model.source)
+        if adapter:
+            if ip_adapter is None:
+                raise ValueError("The IP-Adapter methods need --ip-adapter.")
+            pipeline = load_adapter(pipeline, ip_adapter)
         pipeline.set_progress_bar_config(disable=True)
         if pipeline.placeholder != DEFAULT_PLACEHOLDER:
             by_id = {c.case_id: c for c in reload_benchmark(pipeline.placeholder).cases}

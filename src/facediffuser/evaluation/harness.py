@@ -146,6 +146,14 @@ class EvaluationConfig:
             "face-diffuser:0.3:0.6:text face-diffuser:0.3:0.6:null)"
         },
     )
+    ip_adapter: str | None = field(
+        default=None,
+        metadata={
+            "help": "the IP-Adapter of the methods ip-adapter and face-diffuser+ip[:A:B][:shared], loaded on each "
+            "model's scene UNet as `generate --ip-adapter` loads it: a weight file, a folder with one and its "
+            "image_encoder/, or 'mini' (the mini model's)"
+        },
+    )
     alpha: float = _sampling_field("alpha", " (for 'face-diffuser' without :A:B)")
     beta: float = _sampling_field("beta", " (for 'face-diffuser' without :A:B)")
     ip_backend: str | None = field(
@@ -292,6 +300,21 @@ class EvaluationConfig:
             if model.source.startswith(("/", ".", "~")) and not Path(model.source).expanduser().exists():
                 raise FileNotFoundError(f"Model folder not found: {model.source} (from --model).")
         variants = parse_variants(self.methods, models, self.sampling())
+        adapted = [v.method.label for v in variants if v.method.adapter]
+        if adapted and self.ip_adapter is None:
+            raise ValueError(
+                f"The method {adapted[0]} draws the people with an IP-Adapter: give it with --ip-adapter (a weight "
+                "file, its folder, or 'mini' for the mini model's)."
+            )
+        if self.ip_adapter is not None:
+            from ..io.adapters import find_ip_adapter_file, read_ip_adapter_file
+
+            path = find_ip_adapter_file(self.ip_adapter)
+            if path is None:
+                raise ValueError(f"--ip-adapter {self.ip_adapter}: give a local adapter (a file or its folder).")
+            read_ip_adapter_file(path)  # a wrong file is refused now, before any model loads
+            if not (path.parent / "image_encoder").is_dir():
+                raise ValueError(f"{path.parent} has no image_encoder folder beside the adapter (--ip-adapter).")
         return models, variants, self.prompt_set()
 
     def generation_settings(
@@ -306,6 +329,7 @@ class EvaluationConfig:
             "data": str(Path(self.data).resolve()),
             "prompts_sha256": prompts.sha256() if prompts is not None else None,
             "models": {m.name: m.source for m in models},
+            **({"ip_adapter": self.ip_adapter} if self.ip_adapter is not None else {}),
             "seed": self.seed,
             "sampling": sampling,
             "height": self.height,
@@ -318,6 +342,8 @@ class EvaluationConfig:
     def inputs(self, models: list[ModelSpec]) -> list[Path]:
         """The folders and files the run reads: never its output folder, nor inside it, nor holding it."""
         paths = [self.data, self.prompts, self.facenet_weights, self.mini_faces]
+        if self.ip_adapter is not None and Path(self.ip_adapter).expanduser().exists():
+            paths.append(Path(self.ip_adapter).expanduser())
         paths += [Path(m.source).expanduser() for m in models if Path(m.source).expanduser().exists()]
         if self.clip_model is not None and Path(self.clip_model).expanduser().exists():
             paths.append(Path(self.clip_model).expanduser())
@@ -420,6 +446,7 @@ def evaluate(
         lambda placeholder: load_benchmark(config.benchmark, config.data, placeholder, prompts),
         pipelines=pipelines,
         rank=state.process_index,
+        ip_adapter=config.ip_adapter,
     )
     logger.info(
         "Process %d generated %d units; %d of %d were already on disk.",

@@ -15,6 +15,14 @@ without it, the run's ``--subject-guidance-base``); a Face-diffuser spec may end
 ``region_saliency``), or ``KEY=VALUE`` for any other field of :class:`~facediffuser.settings.SamplingSettings`
 (``face-diffuser:0.3:0.6:ra:rs``, ``face-diffuser:smoothing=gaussian``); ``SPEC@MODEL`` runs it with that model only
 (``sdm@fastcomposer``), a spec without ``@`` runs with every model.
+
+With an IP-Adapter as the subject model (``evaluate --ip-adapter``, loaded on the model's scene UNet as ``generate
+--ip-adapter`` loads it): ``ip-adapter`` is the adapter alone (``alpha = beta = 0``), ``face-diffuser+ip`` and
+``face-diffuser+ip:ALPHA:BETA`` Face-diffuser's fusion with the adapter drawing the people (several people: each
+their own image, masked by their stage-I region); either may end in ``:shared``, every person's photos as one shared
+image drawn everywhere (the plain adapter's way with several people), or in ``:gt``, each person masked by where the
+world puts them (the mini benchmark's cases: the ground-truth person segments of the world's render of the case, an
+upper bound for masks that the models compute).
 """
 
 from __future__ import annotations
@@ -29,9 +37,14 @@ from typing import Any
 from ..fusion import SubjectGuidanceBase
 from ..settings import SamplingSettings
 
-FIXED_METHODS = {"tdm": (1.0, 1.0), "sdm": (0.0, 0.0)}
+FIXED_METHODS = {"tdm": (1.0, 1.0), "sdm": (0.0, 0.0), "ip-adapter": (0.0, 0.0)}
 FACE_DIFFUSER = "face-diffuser"
-METHOD_NAMES = (*FIXED_METHODS, FACE_DIFFUSER)
+FACE_DIFFUSER_IP = "face-diffuser+ip"
+METHOD_NAMES = (*FIXED_METHODS, FACE_DIFFUSER, FACE_DIFFUSER_IP)
+# The methods whose subject model is the IP-Adapter; ``shared``: one image of every person's photos, everywhere.
+ADAPTER_METHODS = ("ip-adapter", FACE_DIFFUSER_IP)
+SHARED = "shared"
+WORLD_MASKS = "gt"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # The short method tokens of the sampling options that use the person regions (docs/method.md, Person regions).
 SHORT_OPTIONS = {"ra": "region_attention", "rat": "region_attention_text", "rs": "region_saliency"}
@@ -49,8 +62,13 @@ POSITIONAL_FIELDS = {"alpha": "ALPHA", "beta": "BETA", "subject_guidance_base": 
 FIXED_OPTIONS = {
     "tdm": ("num_inference_steps", "guidance_scale"),
     "sdm": ("num_inference_steps", "guidance_scale", "subject_guidance_scale"),
+    "ip-adapter": ("num_inference_steps", "guidance_scale", "subject_guidance_scale"),
 }
-FIXED_STAGES = {"tdm": "runs only stage I (no fusion, no SDM)", "sdm": "runs only stage III (no stage I, no fusion)"}
+FIXED_STAGES = {
+    "tdm": "runs only stage I (no fusion, no SDM)",
+    "sdm": "runs only stage III (no stage I, no fusion)",
+    "ip-adapter": "runs only stage III (no stage I, no fusion)",
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,13 @@ class Method:
     beta: float
     guidance_base: SubjectGuidanceBase | None = None
     options: tuple[tuple[str, Any], ...] = ()
+    shared: bool = False  # an adapter method with every person's photos as one image, drawn everywhere
+    world_masks: bool = False  # an adapter method with each person masked by the world's render of the case
+
+    @property
+    def adapter(self) -> bool:
+        """Whether the IP-Adapter (``evaluate --ip-adapter``) is this method's subject model."""
+        return self.name in ADAPTER_METHODS
 
     @property
     def option_tokens(self) -> list[str]:
@@ -76,7 +101,8 @@ class Method:
         """Unique and file-name safe: ``tdm``, ``sdm``, ``face-diffuser_a0.2_b0.7``, ``face-diffuser_a0.3_b0.6_null``
         (a method with its own SDM guidance base), ``face-diffuser_a0.3_b0.6_ra_rs`` (with sampling options)."""
         base = f"_{self.guidance_base.value}" if self.guidance_base is not None else ""
-        options = "".join(f"_{token}" for token in self.option_tokens)
+        options = "".join(f"_{token}" for token in self.option_tokens) + ("_shared" if self.shared else "")
+        options += "_gt" if self.world_masks else ""
         if self.name in FIXED_METHODS:
             return self.name + base + options
         return f"{self.name}_a{self.alpha:g}_b{self.beta:g}{base}{options}"
@@ -91,10 +117,16 @@ class Method:
             f", {SHORT_NAMES[k]}" if k in SHORT_NAMES and v is True else f", {k}={option_text(v)}"
             for k, v in self.options
         )
+        base += ", one shared embedding" if self.shared else ""
+        base += ", the world's person masks" if self.world_masks else ""
         if self.name == "tdm":
             return f"TDM alone (alpha=beta=1{base})"
         if self.name == "sdm":
             return f"SDM alone (alpha=beta=0{base})"
+        if self.name == "ip-adapter":
+            return f"IP-Adapter alone (alpha=beta=0{base})"
+        if self.name == FACE_DIFFUSER_IP:
+            return f"Face-diffuser + IP-Adapter (alpha={self.alpha:g}, beta={self.beta:g}{base})"
         return f"Face-diffuser (alpha={self.alpha:g}, beta={self.beta:g}{base})"
 
     def sampling(self, run: SamplingSettings) -> SamplingSettings:
@@ -223,8 +255,18 @@ def parse_method(spec: str, defaults: SamplingSettings | None = None) -> Method:
     bases = [b.value for b in SubjectGuidanceBase]
     fractions: list[str] = []
     options: dict[str, Any] = {}
+    shared = world_masks = False
     for token in tokens:
-        if token in bases:
+        if token in (SHARED, WORLD_MASKS):
+            if name not in ADAPTER_METHODS:
+                raise ValueError(
+                    f"Method {spec!r}: :{token} is for the IP-Adapter's methods ({', '.join(ADAPTER_METHODS)}): the "
+                    "fused SDM always reads each person on their own class noun."
+                )
+            shared, world_masks = shared or token == SHARED, world_masks or token == WORLD_MASKS
+            if shared and world_masks:
+                raise ValueError(f"Method {spec!r}: give :shared (one image everywhere) or :gt (masks), not both.")
+        elif token in bases:
             if base is not None:
                 raise ValueError(f"Method {spec!r}: give one SDM guidance base, :text or :null.")
             base = SubjectGuidanceBase(token)
@@ -252,7 +294,7 @@ def parse_method(spec: str, defaults: SamplingSettings | None = None) -> Method:
                     f"it; give it to face-diffuser (e.g. face-diffuser:0.3:0.6:{token_of(key, options[key])})."
                 )
         alpha, beta = FIXED_METHODS[name]
-    elif name != FACE_DIFFUSER:
+    elif name not in (FACE_DIFFUSER, FACE_DIFFUSER_IP):
         raise ValueError(
             f"Unknown method {spec!r}; choose from {', '.join(METHOD_NAMES)}, or face-diffuser:ALPHA:BETA "
             "(e.g. face-diffuser:0.2:0.7)."
@@ -281,7 +323,7 @@ def parse_method(spec: str, defaults: SamplingSettings | None = None) -> Method:
         for f in dataclasses.fields(SamplingSettings)
         if f.name in options and getattr(settings, f.name) != getattr(defaults, f.name)
     )
-    return Method(name, float(settings.alpha), float(settings.beta), base, own)
+    return Method(name, float(settings.alpha), float(settings.beta), base, own, shared, world_masks)
 
 
 def token_of(key: str, value: Any) -> str:

@@ -72,7 +72,8 @@ def process_share(state, items: list[T]) -> list[T]:
 def check_run_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """The settings to record in ``out/run.json``; refuses to resume into ``out`` with other generation settings.
 
-    Every key must match the recorded one, except ``models``: a run may add models, but a name must keep its source.
+    Every key must match the recorded one, except ``models``: a run may add models, but a name must keep its source;
+    and ``ip_adapter``: a run may add one (only the adapter's rows read it), but not change it.
     Returns ``settings`` with the models of the earlier runs added. A ``run.json`` beside no image binds nothing (a
     run refused before it generated anything leaves one): the new settings replace it.
     """
@@ -84,8 +85,12 @@ def check_run_settings(out: Path, settings: dict[str, Any]) -> dict[str, Any]:
     except ValueError as err:
         raise ValueError(f"{str(err).rstrip('.')}; delete it to reuse the images there.") from None
     changed = [
-        f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if k != "models" and previous.get(k) != v
+        f"{k}: {previous.get(k)!r} -> {v!r}"
+        for k, v in settings.items()
+        if k != "models" and previous.get(k) != v and not (k == "ip_adapter" and previous.get(k) is None)
     ]
+    if previous.get("ip_adapter") is not None and settings.get("ip_adapter") is None:
+        settings = {**settings, "ip_adapter": previous["ip_adapter"]}
     old_models = previous.get("models") or {}
     changed += [
         f"model {name!r}: {old_models[name]!r} -> {source!r}"

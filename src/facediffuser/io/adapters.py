@@ -19,12 +19,15 @@ from ..subject_models import split_ip_adapter_state
 from .weight_files import check_safetensors_file, file_format, first_line, refused_global
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# ``--ip-adapter mini``: the mini model's adapter, shipped in the package (``mini ship``).
+MINI = "mini"
 
 
 def find_ip_adapter_file(spec: str, weight_name: str | None = None, subfolder: str | None = None) -> Path | None:
     """The local weight file that ``--ip-adapter`` names: the file itself, or ``weight_name`` in the folder (under
     ``subfolder``); the only weight file of the folder when ``weight_name`` is not given. ``None`` for a hub id (a
-    name of the form ``owner/name`` that is not a local path).
+    name of the form ``owner/name`` that is not a local path). ``mini`` (when no such file or folder exists here) is
+    the mini model's adapter shipped in the package, beside its image encoder.
 
     Raises:
         FileNotFoundError: a local path that does not exist, or a folder without the named file.
@@ -33,6 +36,15 @@ def find_ip_adapter_file(spec: str, weight_name: str | None = None, subfolder: s
     path = Path(spec)
     if path.is_file():
         return path
+    if spec == MINI and not path.exists():
+        from .package_data import MINI_IP_ADAPTER, packaged
+
+        path = packaged(MINI_IP_ADAPTER)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"--ip-adapter mini: this installation ships no mini IP-Adapter ({path}). Build it with `facediffuser "
+                "mini build --to ip-adapter` and ship it with `facediffuser mini ship`, or give an adapter's path."
+            )
     if not path.exists():
         if spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and path.suffix not in WEIGHT_SUFFIXES:
             return None  # a hub id

@@ -12,6 +12,7 @@ from pathlib import Path
 
 MINI_PIPELINE = ("mini", "pipeline")  # the mini Face-diffuser, a pipeline folder
 MINI_STAGES = ("mini", "stages")  # the markers of the build's stages (their settings): `mini build --from` reads them
+MINI_IP_ADAPTER = ("mini", "ip_adapter")  # the mini IP-Adapter (`generate --model mini --ip-adapter mini`)
 MINI_VAE = ("mini", "vae")  # the VAE stage, shipped before the pipeline; `mini ship` removes it (pipeline/vae is it)
 WORLD_CLIP = ("world", "clip")  # the world's CLIP (transformers CLIPModel folder)
 WORLD_FACES = ("world", "faces")  # the world's face detector and embedder

@@ -17,10 +17,11 @@ _SAMPLING = SamplingSettings()
 
 
 class ModelKind(str, enum.Enum):
-    """Which of the two models is trained."""
+    """Which model is trained."""
 
     SDM = "sdm"  # subject-augmented: subject UNet + fuser + last vision layers, on captions with placeholders
     TDM = "tdm"  # text-driven: the scene UNet, on plain captions
+    IP_ADAPTER = "ip-adapter"  # an IP-Adapter on the frozen scene UNet: image projection + image key/value layers
 
 
 class LogBackend(str, enum.Enum):
@@ -96,7 +97,18 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_f("seed of the data order, augmentations and noise"))
     max_subjects: int = field(default=4, metadata=_f("SDM: at most this many people per image"))
     subject_keep_prob: float = field(default=0.9, metadata=_f("SDM: probability of keeping each person"))
-    uncondition_prob: float = field(default=0.1, metadata=_f("probability of an empty caption (and no people)"))
+    uncondition_prob: float = field(
+        default=0.1,
+        metadata=_f("probability of an empty caption (and no people); for ip-adapter: text and image both dropped"),
+    )
+    image_drop_prob: float = field(
+        default=0.05,
+        metadata=_f("ip-adapter: probability of dropping the reference image alone (the IP-Adapter paper's 0.05)"),
+    )
+    text_drop_prob: float = field(
+        default=0.05,
+        metadata=_f("ip-adapter: probability of dropping the caption alone (the IP-Adapter paper's 0.05)"),
+    )
     mask_loss_prob: float = field(default=0.5, metadata=_f("SDM: probability per batch of the masked denoising loss"))
     localization_weight: float = field(default=1e-3, metadata=_f("SDM: weight of the localization loss (0 disables)"))
     head_loss_weight: float = field(
@@ -181,6 +193,8 @@ class TrainConfig:
             "reference_jitter_strength",
             "reference_grayscale_prob",
             "other_image_reference_prob",
+            "image_drop_prob",
+            "text_drop_prob",
         )
         for name in within_one:
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -189,6 +203,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"`{name}` must be a positive number, got {value}.")
+        if self.image_drop_prob + self.text_drop_prob > 1.0:
+            raise ValueError(
+                f"`image_drop_prob` + `text_drop_prob` must be at most 1 (they are exclusive), got "
+                f"{self.image_drop_prob} + {self.text_drop_prob}."
+            )
         if not (math.isfinite(self.head_loss_weight) and self.head_loss_weight >= 0):
             raise ValueError(f"`head_loss_weight` must be a non-negative number, got {self.head_loss_weight}.")
         if self.reference_region not in REFERENCE_REGIONS:
@@ -210,10 +229,11 @@ class TrainConfig:
             ) from err
 
     def validation_settings(self, kind: ModelKind) -> SamplingSettings:
-        """How validation images are drawn: the trained model alone (the SDM with ``alpha = beta = 0``, the TDM with
-        ``alpha = beta = 1``), with ``validation_inference_steps`` and ``validation_guidance_scale``; every other
-        setting is :class:`~facediffuser.settings.SamplingSettings`' default."""
-        only = 0.0 if ModelKind(kind) is ModelKind.SDM else 1.0
+        """How validation images are drawn: the trained model alone (the SDM and the IP-Adapter with
+        ``alpha = beta = 0``, the TDM with ``alpha = beta = 1``), with ``validation_inference_steps`` and
+        ``validation_guidance_scale``; every other setting is :class:`~facediffuser.settings.SamplingSettings`'
+        default."""
+        only = 1.0 if ModelKind(kind) is ModelKind.TDM else 0.0
         return SamplingSettings(
             num_inference_steps=self.validation_inference_steps,
             guidance_scale=self.validation_guidance_scale,
@@ -245,5 +265,5 @@ def check_output_dir(config: TrainConfig) -> Path:
     out = check(
         config.output_dir, command="train", inputs=output_inputs(config), flag="--output-dir", legacy=RUN_LEGACY
     )
-    check_own(out, *RUN_ENTRIES, *pipeline_entries(), command="train")
+    check_own(out, *RUN_ENTRIES, *pipeline_entries(), "ip-adapter.safetensors", command="train")
     return out

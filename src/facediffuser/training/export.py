@@ -28,7 +28,19 @@ def export_pipeline(
     kind: ModelKind, state: dict[str, dict[str, torch.Tensor]], base: FaceDiffuserPipeline, output_dir: Path
 ) -> Path:
     """Loads ``state`` into ``base`` (the trained UNet goes to ``subject_unet`` for the SDM, ``unet`` for the TDM)
-    and saves it to ``output_dir`` as safetensors. Raises ``RuntimeError`` when a tensor does not fit the base."""
+    and saves it to ``output_dir`` as safetensors. Raises ``RuntimeError`` when a tensor does not fit the base.
+
+    For the IP-Adapter, ``output_dir`` gets the adapter file and the base's vision tower instead
+    (:func:`~facediffuser.training.adapter.write_adapter_folder`): what ``load_ip_adapter`` reads."""
+    if kind is ModelKind.IP_ADAPTER:
+        from .adapter import write_adapter_folder
+
+        try:
+            path = write_adapter_folder(base.unet, state["unet"], base.image_encoder, Path(output_dir))
+        except KeyError as err:
+            raise RuntimeError(f"The trained IP-Adapter lacks {err} for the base model's UNet.") from err
+        logger.info("Wrote the trained IP-Adapter to %s", path)
+        return Path(output_dir)
     targets = {"unet": "subject_unet" if kind is ModelKind.SDM else "unet"}
     for part, tensors in state.items():
         module = getattr(base, targets.get(part, part))

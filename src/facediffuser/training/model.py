@@ -6,6 +6,8 @@ kind       trained                                               condition of th
 ``sdm``    ``subject_unet``, ``subject_fuser``, the last           ``c_aug``: the caption's embedding with each
            ``vision_trainable_layers`` layers of the vision tower  person's class noun fused with their crop
 ``tdm``    ``unet``                                              ``c``: the caption's embedding
+``ip-      a new IP-Adapter on the frozen ``unet``: its image        ``c`` and the reference's image embedding
+adapter``  projection and image key/value layers                 (decoupled cross-attention)
 =========  ====================================================  ===========================================
 """
 
@@ -67,6 +69,38 @@ class Denoiser(nn.Module):
         return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond).sample
 
 
+class AdapterDenoiser(Denoiser):
+    """An IP-Adapter on the scene UNet, read from the frozen vision tower's image embedding of each sample's one
+    reference (zeros, the adapter's "no image", for a sample without one or whose image is dropped)."""
+
+    def image_embeds(
+        self, batch_size: int, subject_pixels: torch.Tensor, subject_positions: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, 1, D)``: row ``b`` the embedding of the reference at ``subject_positions[:, 0] == b``, else 0."""
+        width = self.image_encoder.config.projection_dim
+        weight = self.unet.encoder_hid_proj.image_projection_layers[0].image_embeds.weight
+        out = weight.new_zeros(batch_size, 1, width)
+        if subject_positions.shape[0]:
+            with torch.no_grad():
+                pixels = subject_pixels.to(self.image_encoder.dtype)
+                embeds = self.image_encoder(pixel_values=pixels).image_embeds
+            out[subject_positions[:, 0], 0] = embeds.to(out.dtype)
+        return out
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_embeds: torch.Tensor,
+        subject_pixels: torch.Tensor,
+        subject_positions: torch.Tensor,
+    ) -> torch.Tensor:
+        embeds = self.image_embeds(noisy_latents.shape[0], subject_pixels, subject_positions)
+        return self.unet(
+            noisy_latents, timesteps, encoder_hidden_states=text_embeds, added_cond_kwargs={"image_embeds": [embeds]}
+        ).sample
+
+
 def load_base_pipeline(pretrained: str, tiny_config: TinyConfig | None = None) -> FaceDiffuserPipeline:
     """The base pipeline in float32 on the CPU: ``tiny`` (seeded random components) or a pipeline folder."""
     if pretrained == TINY:
@@ -82,11 +116,19 @@ def load_base_pipeline(pretrained: str, tiny_config: TinyConfig | None = None) -
     return pipe.to(torch.float32)
 
 
-def build_denoiser(kind: ModelKind, base: FaceDiffuserPipeline) -> Denoiser:
+def build_denoiser(kind: ModelKind, base: FaceDiffuserPipeline, seed: int = 0) -> Denoiser:
     """The trained module over ``base``'s own components (no copies): the subject UNet, fuser and vision tower for
-    the SDM, the scene UNet for the TDM."""
+    the SDM, the scene UNet for the TDM, and for the IP-Adapter the scene UNet with a new adapter (seeded by
+    ``seed``) and the vision tower that reads the references."""
     if kind is ModelKind.SDM:
         return Denoiser(base.subject_unet, base.subject_fuser, base.image_encoder)
+    if kind is ModelKind.IP_ADAPTER:
+        from .adapter import attach_fresh_ip_adapter
+
+        if base.image_encoder is None:
+            raise ValueError("The base model has no image_encoder: the IP-Adapter reads its references with it.")
+        attach_fresh_ip_adapter(base.unet, base.image_encoder.config.projection_dim, seed)
+        return AdapterDenoiser(base.unet, image_encoder=base.image_encoder)
     return Denoiser(base.unet)
 
 
@@ -106,6 +148,12 @@ def parameter_groups(kind: ModelKind, denoiser: Denoiser, fuser_learning_rate: f
 def freeze_and_list_trainable(kind: ModelKind, denoiser: Denoiser, vision_layers: int) -> list[str]:
     """Sets ``requires_grad`` exactly as the recipe says and returns the trained parameters' names."""
     denoiser.requires_grad_(False)
+    if kind is ModelKind.IP_ADAPTER:  # the UNet and the vision tower frozen; the adapter's layers trained
+        from .adapter import is_adapter_parameter
+
+        for name, p in denoiser.unet.named_parameters():
+            p.requires_grad_(is_adapter_parameter(name))
+        return [name for name, p in denoiser.named_parameters() if p.requires_grad]
     denoiser.unet.requires_grad_(True)
     if kind is ModelKind.SDM:
         denoiser.subject_fuser.requires_grad_(True)

@@ -1,7 +1,11 @@
-"""The training loop of Face-diffuser, one loop for both models (paper Sec. 4.1; docs/method.md, Training).
+"""The training loop of Face-diffuser, one loop for both models (paper Sec. 4.1; docs/method.md, Training) and for an
+IP-Adapter as the subject model.
 
-``sdm`` and ``tdm`` are two configurations of the same loop; they differ only in what is trained and what
-conditions the UNet (see :mod:`facediffuser.training.model`). Everything else (VAE, text encoder, the rest of the
+``sdm``, ``tdm`` and ``ip-adapter`` are three configurations of the same loop; they differ only in what is trained
+and what conditions the UNet (see :mod:`facediffuser.training.model`). The IP-Adapter reads one reference per image
+(one person drawn at random where there are several, :meth:`Trainer.make_dataset`) and drops, per image, the
+reference alone (``image_drop_prob``), the caption alone (``text_drop_prob``) or both (``uncondition_prob``), as the
+IP-Adapter paper trains it. Everything else (VAE, text encoder, the rest of the
 vision tower) is frozen and cast to the training precision. The loss is the denoising MSE (masked to the people with
 probability ``mask_loss_prob`` per batch) plus ``localization_weight`` times the cross-attention localization loss;
 without people the last two vanish, which is what the TDM sees. With ``head_loss_weight`` (an extension) the squared
@@ -38,6 +42,7 @@ from ..io.loading import pipeline_entries
 from ..io.tiny import TinyConfig
 from ..pipeline import FaceDiffuserPipeline
 from . import checkpoints, tracking
+from .adapter import WEIGHT_NAME as ADAPTER_FILE
 from .allocator import keep_freed_blocks
 from .attention import AttentionStore, install_attention_capture
 from .augment import ReferenceAugmentation
@@ -128,7 +133,7 @@ class Trainer:
             self.vae.to(dtype=self.weight_dtype)
             self.text_encoder.to(dtype=self.weight_dtype)
         self.noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
-        denoiser = build_denoiser(self.kind, base)
+        denoiser = build_denoiser(self.kind, base, c.seed)
         # TDM validation prompts have no people: these fill the pipeline's slots but never run.
         self.idle_parts: dict[str, nn.Module] = {}
         if self.kind is ModelKind.TDM:
@@ -147,6 +152,8 @@ class Trainer:
 
         # 3. Data.
         self.train_dataset = self.make_dataset(c.split, augment=True)
+        # The adapter's dropped captions read as the empty one, the same ids as the data's unconditional samples.
+        self.empty_ids = torch.tensor(self.train_dataset.tokenize("", 0).input_ids, dtype=torch.long)
         # Kept to set its epoch directly: accelerate's set_epoch does not reach it through every wrapper (train()).
         self.epoch_sampler = EpochSampler(len(self.train_dataset), seed=c.seed)
         loader = DataLoader(
@@ -194,16 +201,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up helpers
     def make_dataset(self, split: str, *, augment: bool) -> FFHQWild:
+        """The data of this kind. The IP-Adapter's: every person kept, then one drawn at random where there are
+        several (a plain adapter reads one image for the whole picture); the caption keeps every person as text."""
         c = self.config
+        adapter = self.kind is ModelKind.IP_ADAPTER
         return FFHQWild(
             root=c.data_root,
             split=split,
             tokenizer=self.tokenizer,
             resolution=c.resolution,
             reference_size=self.reference_size,
-            with_subjects=self.kind is ModelKind.SDM,
-            max_subjects=c.max_subjects,
-            subject_keep_prob=c.subject_keep_prob if augment else 1.0,
+            with_subjects=self.kind in (ModelKind.SDM, ModelKind.IP_ADAPTER),
+            max_subjects=1 if adapter else c.max_subjects,
+            subject_keep_prob=c.subject_keep_prob if augment and not adapter else 1.0,
             other_image_reference_prob=c.other_image_reference_prob,
             reference_region=c.reference_region,
             head_masks=self.kind is ModelKind.SDM and c.head_loss_weight > 0,
@@ -240,6 +250,11 @@ class Trainer:
             "trainable_parameters": len(self.trainable_names),
             # the optimizer's parameter groups (None: one; checkpoints from before the setting read None too)
             "fuser_learning_rate": c.fuser_learning_rate if self.kind is ModelKind.SDM else None,
+            **(
+                {"image_drop_prob": c.image_drop_prob, "text_drop_prob": c.text_drop_prob}
+                if self.kind is ModelKind.IP_ADAPTER
+                else {}
+            ),
         }
 
     # ------------------------------------------------------------------ one step
@@ -255,9 +270,13 @@ class Trainer:
         positions = batch["subject_positions"].to(device)
         masks = batch["subject_masks"].to(device)
 
+        input_ids = batch["input_ids"]
+        subject_pixels = batch["subject_pixels"]
+        if self.kind is ModelKind.IP_ADAPTER:
+            input_ids, subject_pixels, positions = self.adapter_drops(batch, g)
         with torch.no_grad():
             latents = self.vae.encode(pixels).latent_dist.sample(generator=g) * self.vae.config.scaling_factor
-            text_embeds = self.text_encoder(batch["input_ids"].to(device))[0]
+            text_embeds = self.text_encoder(input_ids.to(device))[0]
         latents = latents.float()
         noise = torch.randn(latents.shape, generator=g, device=device)
         timesteps = torch.randint(
@@ -271,7 +290,7 @@ class Trainer:
 
         self.attention_store.reset()
         with acc.autocast():
-            pred = self.model(noisy, timesteps, text_embeds.float(), batch["subject_pixels"].to(device), positions)
+            pred = self.model(noisy, timesteps, text_embeds.float(), subject_pixels.to(device), positions)
         use_mask = self.kind is ModelKind.SDM and torch.rand((), generator=g, device=device).item() < c.mask_loss_prob
         mask = subject_union_masks(masks, positions, latents.shape[0], latents.shape[-2:]) if use_mask else None
         weights = None
@@ -290,6 +309,23 @@ class Trainer:
         loss = denoising + c.localization_weight * localization.to(denoising.device)
         return {"loss": loss, "denoising": denoising.detach(), "localization": localization.detach()}
 
+    def adapter_drops(
+        self, batch: dict[str, Any], g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The IP-Adapter's drops of one micro-batch, drawn with ``g`` (one draw per image, before the latents):
+        ``image_drop_prob`` of the images lose their reference, the next ``text_drop_prob`` their caption (the
+        data's ``uncondition_prob`` drops both). Returns the input ids, reference pixels and positions to train on.
+        """
+        c = self.config
+        device = self.accelerator.device
+        u = torch.rand(batch["input_ids"].shape[0], generator=g, device=device).cpu()
+        no_image = u < c.image_drop_prob
+        no_text = (u >= c.image_drop_prob) & (u < c.image_drop_prob + c.text_drop_prob)
+        input_ids = torch.where(no_text[:, None], self.empty_ids[None], batch["input_ids"])
+        positions = batch["subject_positions"]
+        keep = ~no_image[positions[:, 0]] if positions.shape[0] else torch.zeros(0, dtype=torch.bool)
+        return input_ids, batch["subject_pixels"][keep], positions[keep].to(device)
+
     # ------------------------------------------------------------------ loop
     def train(self) -> Path:
         """Runs (or resumes) training up to ``max_train_steps`` and writes the pipeline folder; returns its path."""
@@ -300,7 +336,7 @@ class Trainer:
                 self.output_dir, command="train", inputs=output_inputs(c), flag="--output-dir", legacy=RUN_LEGACY,
                 entries=RUN_ENTRIES,
             )  # fmt: skip
-            output_folders.own(self.output_dir, *RUN_ENTRIES, *pipeline_entries(), command="train")
+            output_folders.own(self.output_dir, *RUN_ENTRIES, *pipeline_entries(), ADAPTER_FILE, command="train")
             (self.output_dir / "train_config.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         acc.init_trackers(tracking.RUN_NAME, config=tracking.hyperparameters(settings))  # the main process only
         if c.resume:
@@ -468,14 +504,15 @@ class Trainer:
             self.ema.store(ema_params)
             self.ema.copy_to(ema_params)
         sdm = self.kind is ModelKind.SDM
+        adapter = self.kind is ModelKind.IP_ADAPTER
         pipe = FaceDiffuserPipeline(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
             unet=model.unet,  # the model being trained fills both slots; the other model is never called
             subject_unet=model.unet,
-            image_encoder=model.image_encoder if sdm else self.idle_parts["image_encoder"],
-            subject_fuser=model.subject_fuser if sdm else self.idle_parts["subject_fuser"],
+            image_encoder=model.image_encoder if sdm or adapter else self.idle_parts["image_encoder"],
+            subject_fuser=model.subject_fuser if sdm or adapter else self.idle_parts["subject_fuser"],
             scheduler=DDIMScheduler.from_config(self.scheduler_config),
             placeholder=self.placeholder,
         )

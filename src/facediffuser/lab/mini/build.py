@@ -9,7 +9,11 @@ of all its runs):
   vision tower, a fresh UNet of the ``[unet]`` settings, a fresh fuser), then the project's trainer
   (``facediffuser train tdm``) trains its scene UNet on the world's ``scenes`` data set into ``tdm/train``;
 - ``sdm``: the trained TDM pipeline with the TDM's UNet copied into the subject slot (``sdm/base``), then
-  ``facediffuser train sdm`` on the world's ``portraits`` into ``sdm/train``: the mini model.
+  ``facediffuser train sdm`` on the world's ``portraits`` into ``sdm/train``: the mini model;
+- ``ip-adapter`` (only when asked: ``--to ip-adapter`` or ``--from ip-adapter``): ``facediffuser train ip-adapter``
+  on the world's ``portraits``, a new IP-Adapter on the trained TDM's frozen scene UNet reading the world CLIP's
+  untrained vision tower, into ``ip-adapter/train`` (``ip-adapter.safetensors`` and ``image_encoder/``): the mini
+  model's adapter (``generate --model mini --ip-adapter mini``).
 
 The recipes are TOML files (``configs/mini_vae.toml``, ``configs/mini_tdm.toml``, ``configs/mini_sdm.toml``): the
 VAE's keys are :class:`~facediffuser.lab.mini.vae.VaeSettings` fields, the TDM's and SDM's are ``facediffuser train``
@@ -53,7 +57,9 @@ from ..world.build import world_record
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("vae", "tdm", "sdm")
+STAGES = ("vae", "tdm", "sdm", "ip-adapter")
+# The last stage a build runs when --to does not name one: the adapter is built only when asked.
+DEFAULT_LAST = "sdm"
 COMMAND = "mini build"  # the command named in --out's marker (see facediffuser.io.output_folders)
 # A build folder written before the marker existed: a stage's marker, or a stage's started settings.
 LEGACY = tuple(f"stages/{s}.json" for s in STAGES) + tuple(f"{s}/settings.json" for s in STAGES)
@@ -81,12 +87,19 @@ class MiniConfig:
         ),
     )
     to_stage: str | None = field(
-        default=None, metadata=_f(f"stop after this stage ({', '.join(STAGES)}); default: the last", flag="--to")
+        default=None,
+        metadata=_f(
+            f"stop after this stage ({', '.join(STAGES)}); default: {DEFAULT_LAST} (the adapter is built when named)",
+            flag="--to",
+        ),
     )
     resolution: int = field(default=32, metadata=_f("side of the training images (the world's renders are resized)"))
     vae_config: Path = field(default=Path("configs/mini_vae.toml"), metadata=_f("recipe of the VAE stage"))
     tdm_config: Path = field(default=Path("configs/mini_tdm.toml"), metadata=_f("recipe of the TDM stage"))
     sdm_config: Path = field(default=Path("configs/mini_sdm.toml"), metadata=_f("recipe of the SDM stage"))
+    ip_adapter_config: Path = field(
+        default=Path("configs/mini_ip_adapter.toml"), metadata=_f("recipe of the ip-adapter stage")
+    )
     threads: int = field(default=1, metadata=_f("torch threads (the machine may be shared)"))
 
     def __post_init__(self) -> None:
@@ -104,8 +117,12 @@ class MiniConfig:
     @property
     def stages(self) -> tuple[str, ...]:
         first = STAGES.index(self.from_stage) if self.from_stage else 0
-        last = STAGES.index(self.to_stage) if self.to_stage else len(STAGES) - 1
+        last = STAGES.index(self.to_stage) if self.to_stage else max(first, STAGES.index(DEFAULT_LAST))
         return STAGES[first : last + 1]
+
+    def recipe(self, stage: str) -> Path:
+        """The recipe file of a trainer stage."""
+        return {"tdm": self.tdm_config, "sdm": self.sdm_config, "ip-adapter": self.ip_adapter_config}[stage]
 
 
 @dataclass(frozen=True)
@@ -167,11 +184,13 @@ def read_train_recipe(config: MiniConfig, stage: str) -> tuple[dict[str, Any], U
     from ...io.configuration import build_config, flag_names
     from ...training.config import TrainConfig
 
-    path = config.tdm_config if stage == "tdm" else config.sdm_config
+    path = config.recipe(stage)
     data = load_toml(path)
     unet = data.pop("unet", None)
     if unet is not None and stage != "tdm":
-        raise ValueError(f"{path} has a [unet] table: the SDM starts from the TDM's UNet, set it in the TDM recipe.")
+        raise ValueError(
+            f"{path} has a [unet] table: the {stage} stage starts from the TDM's UNet, set it in the TDM recipe."
+        )
     managed = sorted(set(data) & set(MANAGED_KEYS))
     unknown = sorted(set(data) - set(flag_names(TrainConfig)))
     if managed or unknown:
@@ -378,8 +397,9 @@ def package_source(config: MiniConfig) -> PackageSource | None:
     else:
         if not (pipeline / "model_index.json").is_file() or not (clip / "config.json").is_file():
             raise FileNotFoundError(
-                f"--from sdm needs the 'tdm' stage: it is not built in {config.out}, and this installation ships no "
-                f"mini model ({pipeline}) and world CLIP ({clip}) to start from. Build it: --from tdm, or drop --from."
+                f"--from {first} needs the 'tdm' stage: it is not built in {config.out}, and this installation ships "
+                f"no mini model ({pipeline}) and world CLIP ({clip}) to start from. Build it: --from tdm, or drop "
+                "--from."
             )
         folders = {part: pipeline / part for part in SDM_BASE_PARTS} | {"clip": clip}
     for stage in before:
@@ -607,16 +627,35 @@ def attach_face_detector(pipeline: Path, detector: Path) -> None:
     attach(pipeline, detector)
 
 
+def build_ip_adapter(config: MiniConfig, settings: dict[str, Any], source: PackageSource | None) -> None:
+    """A new IP-Adapter on the trained TDM's frozen scene UNet, reading the world CLIP's untrained vision tower:
+    the TDM stage's pipeline holds both (the SDM stage fine-tunes a copy of the vision tower, not this one); from
+    the package, the same parts assembled as for ``--from sdm``."""
+    base = config.out / "tdm" / "train"
+    if source is not None and "tdm" in source.stages:
+        base = config.out / "ip-adapter" / "base"
+        if not (base / "model_index.json").is_file():
+            assemble_sdm_base_from_package(config, source, base)
+    run_trainer(config, "ip-adapter", base)
+
+
 BUILDERS: dict[str, Callable[[MiniConfig, dict[str, Any], PackageSource | None], None]] = {
     "vae": build_vae,
     "tdm": build_tdm,
     "sdm": build_sdm,
+    "ip-adapter": build_ip_adapter,
 }
+
+
+def recipe_files(config: MiniConfig) -> list[Path]:
+    """The recipes this build reads: the adapter's only when it builds the adapter."""
+    files = [config.vae_config, config.tdm_config, config.sdm_config]
+    return files + [config.ip_adapter_config] if "ip-adapter" in config.stages else files
 
 
 def check_inputs(config: MiniConfig) -> PackageSource | None:
     """Everything a user can get wrong, before any model loads; where the stages before ``--from`` come from."""
-    for path in (config.vae_config, config.tdm_config, config.sdm_config):
+    for path in recipe_files(config):
         if not path.is_file():
             raise FileNotFoundError(f"Recipe {path} not found: run from the repository root or pass its path.")
     for name in ("scenes", "portraits"):
@@ -641,15 +680,15 @@ def run_stages(config: MiniConfig) -> dict[str, float]:
 
     from ...io.output_folders import check, claim, own
 
-    inputs = [config.world, config.vae_config, config.tdm_config, config.sdm_config]
+    inputs = [config.world, *recipe_files(config)]
     check(config.out, command=COMMAND, inputs=inputs, legacy=LEGACY)
     source = check_inputs(config)
     world = world_record(config.world)
-    wanted = {stage: stage_settings(config, stage, world) for stage in STAGES}
+    wanted = {stage: stage_settings(config, stage, world) for stage in STAGES[: STAGES.index(config.stages[-1]) + 1]}
     if source is None:
         inherited = inherited_record(config)
         if inherited is not None:  # --out's earlier stages were built on shipped ones: so are the stages after them
-            for stage in STAGES[len(inherited["stages"]) :]:
+            for stage in STAGES[len(inherited["stages"]) : len(wanted)]:
                 wanted[stage] = {**wanted[stage], "from_package": inherited}
         for stage in STAGES[len((inherited or {"stages": []})["stages"]) : STAGES.index(config.stages[0])]:
             stage_state(config, stage, wanted[stage])  # a skipped earlier stage must still match

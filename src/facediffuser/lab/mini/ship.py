@@ -11,6 +11,8 @@ installation's own data folder, shipped into before that record existed, is the 
   (:mod:`facediffuser.lab.mini.vocab`: the tokens of the world's texts and the bytes, 701 of CLIP's 49,408 for the
   present world; the world's texts must give exactly the same text features, else nothing is shipped); at most
   ``max_mib`` (40 MiB, the budget) in all, else refused;
+- ``mini/ip_adapter`` (when the build has its ``ip-adapter`` stage): the adapter file and its image encoder in
+  float16, each weight the trained one rounded (checked), for ``generate --model mini --ip-adapter mini``;
 - ``mini/stages``: the build's stage markers (``stages/*.json``: each stage's settings and wall time), and the
   package's own markers of the stages the build took from it (``--from``), so that ``facediffuser mini build --from
   STAGE`` can start from the shipped stages with the settings they were built with;
@@ -167,6 +169,7 @@ def shipped_folders(target: Path) -> dict[str, Path]:
     """The folders ``mini ship`` replaces in ``target``, by name."""
     return {
         "pipeline": target.joinpath(*package_data.MINI_PIPELINE),
+        "ip_adapter": target.joinpath(*package_data.MINI_IP_ADAPTER),
         "stages": target.joinpath(*package_data.MINI_STAGES),
         **world_package.world_folders(target),
     }
@@ -312,6 +315,36 @@ def write_pipeline(
     return sizes, kept
 
 
+def write_ip_adapter(source: Path, folder: Path) -> dict[str, int]:
+    """The adapter of ``source`` (``ip-adapter/train`` of a build: ``ip-adapter.safetensors`` and
+    ``image_encoder/``) in float16 into ``folder``; its sizes. Loaded back in float32, every tensor must equal the
+    trained one rounded to float16, else ``ValueError`` and nothing is shipped."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPVisionModelWithProjection
+
+    from ...training.adapter import IMAGE_ENCODER_FOLDER, WEIGHT_NAME
+
+    state = load_file(source / WEIGHT_NAME)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(source / IMAGE_ENCODER_FOLDER, dtype=torch.float32)
+    expected = _half_state(encoder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half().contiguous() for k, v in state.items()}, folder / WEIGHT_NAME, metadata={"format": "pt"})
+    encoder.half().save_pretrained(folder / IMAGE_ENCODER_FOLDER, safe_serialization=True)
+    config_file = folder / IMAGE_ENCODER_FOLDER / "config.json"  # no path of the building machine (see below)
+    settings = json.loads(config_file.read_text(encoding="utf-8"))
+    if settings.pop("_name_or_path", None) is not None:
+        config_file.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    follow_umask(folder)
+    back = load_file(folder / WEIGHT_NAME)
+    loaded = CLIPVisionModelWithProjection.from_pretrained(folder / IMAGE_ENCODER_FOLDER, dtype=torch.float32)
+    same = back.keys() == state.keys() and all(torch.equal(back[k].float(), v.half().float()) for k, v in state.items())
+    loaded_state = loaded.state_dict()
+    if not same or any(not torch.equal(loaded_state[k].float(), v) for k, v in expected.items()):
+        raise ValueError(f"The shipped IP-Adapter in {folder} does not load back as written.")
+    return component_sizes(folder)
+
+
 def forget_source_paths(folder: Path) -> None:
     """Drops ``_name_or_path`` from the configs of a saved pipeline folder. diffusers records there the folder each
     part was loaded from: the build's paths on the machine that shipped it, which say nothing to a user and would
@@ -401,8 +434,14 @@ def ship(config: ShipConfig) -> ShipReport:
         sizes.update(result)
         kept.update(pruned)
 
+    adapter = config.build / "ip-adapter" / "train"
+
+    def ip_adapter(new: Path) -> None:
+        logger.info("The mini IP-Adapter:\n%s", size_table(write_ip_adapter(adapter, new)))
+
     writers = {
         "pipeline": pipeline,
+        **({"ip_adapter": ip_adapter} if (adapter / "ip-adapter.safetensors").is_file() else {}),
         "stages": lambda new: write_stages(config.build, new, folders["stages"], config.world),
         **world_package.world_writers(config.world, config.people, people),  # the world's files, in the same swap
     }
@@ -415,7 +454,7 @@ def ship(config: ShipConfig) -> ShipReport:
 
         return write
 
-    replaced = [folders[name].relative_to(target).as_posix() + "/" for name in folders]
+    replaced = [folders[name].relative_to(target).as_posix() + "/" for name in writers]
     replaced.append(interim.relative_to(target).as_posix() + "/")
     kept_files = [f for f in (marker or {"files": []})["files"] if not any(f.startswith(r) for r in replaced)]
     new_files = lambda: [f for files in written.values() for f in files]  # noqa: E731
@@ -432,4 +471,5 @@ def ship(config: ShipConfig) -> ShipReport:
         logger.info("Removed the interim %s: the shipped VAE is now %s", interim, folders["pipeline"] / "vae")
     write_marker(target, COMMAND, [*kept_files, *new_files()])
     logger.info("Shipped the world's CLIP, face recognizer and %d example people to %s", len(people), target)
-    return ShipReport(folders=folders, pipeline_sizes=sizes, people=people, vocabulary=kept)
+    written_folders = {name: folder for name, folder in folders.items() if name in writers}
+    return ShipReport(folders=written_folders, pipeline_sizes=sizes, people=people, vocabulary=kept)

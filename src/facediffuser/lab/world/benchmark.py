@@ -414,6 +414,20 @@ class MiniAttributeScorer:
 def render_case(case: Case, identities: Mapping[str, Identity], size: int = 64, seed: int = 0) -> PIL.Image.Image:
     """The world's own render of what ``case`` asks (``identities``: name -> :class:`Identity`), framed as in the
     ``scenes`` data: what a perfect model would draw. Scoring such renders measures the scorer itself."""
+    return render_case_scene(case, identities, size, seed).image
+
+
+def case_person_masks(case: Case, size: int, seed: int = 0) -> np.ndarray:
+    """``(K, size, size)`` bool: where the world puts each person of ``case`` (:func:`render_case_scene`, with
+    stand-in looks: a person's place and outline do not depend on who they are), in the case's order (left to
+    right). The ground-truth person masks of the world's layout, for the IP-Adapter's upper bound."""
+    identities = {p["name"]: _stand_in(person) for p, person in zip(case.attributes["people"], case.people)}
+    segmap = render_case_scene(case, identities, size, seed).segmap
+    return np.stack([segmap == k + 1 for k in range(len(case.people))])
+
+
+def render_case_scene(case: Case, identities: Mapping[str, Identity], size: int = 64, seed: int = 0):
+    """:func:`render_case`'s whole :class:`~facediffuser.lab.world.render.Rendered` (image, person segments)."""
     from .attributes import SCENES
     from .render import render
 
@@ -435,7 +449,7 @@ def render_case(case: Case, identities: Mapping[str, Identity], size: int = 64, 
         place=case.attributes["place"], time=case.attributes["time"], weather="clear", people=tuple(specs),
         size=size, variant=int(rng.integers(2**31)),
     )  # fmt: skip
-    return render(scene).image
+    return render(scene)
 
 
 def load_identities(world_json: str | Path) -> dict[str, Identity]:
