@@ -16,6 +16,7 @@ from facediffuser.evaluation.harness import EvaluationConfig
 from facediffuser.evaluation.methods import ModelSpec, Variant, parse_method
 from facediffuser.evaluation.work import WorkUnit
 from facediffuser.io.tiny import build_tiny_pipeline
+from facediffuser.lab.world.benchmark import default_references
 from facediffuser.settings import SamplingSettings
 from facediffuser.training.adapter import fresh_ip_adapter_state
 
@@ -80,8 +81,18 @@ def test_an_adapter_method_without_an_adapter_is_refused_before_anything_loads(t
         config.check()
 
 
+def load_benchmark_masks() -> str:
+    """The mini benchmark's ``person_masks`` (what the harness hands the generation for the :gt methods)."""
+    from facediffuser.lab.world.benchmark import mini_cases
+
+    return mini_cases(default_references()).person_masks
+
+
 def run(units, out, adapter_folder, steps=3):
-    settings = GenerationSettings(SamplingSettings(num_inference_steps=steps), seed=0, images_per_prompt=1)
+    settings = GenerationSettings(
+        SamplingSettings(num_inference_steps=steps), seed=0, images_per_prompt=1,
+        person_masks=load_benchmark_masks(),
+    )  # fmt: skip
     generate_units(
         units, settings, out, lambda source: build_tiny_pipeline(seed=0), None, ip_adapter=str(adapter_folder)
     )

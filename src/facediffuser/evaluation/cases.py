@@ -81,6 +81,9 @@ class Benchmark:
         attribute_scorer: ``"package.module:Class"`` of the scorer of the cases' ``attributes``, imported only when
             the benchmark is evaluated (``None``: IP and PC only). The class is built by
             ``Class.from_scorers(clip_scorer, ip_backend, gallery)``.
+        person_masks: ``"package.module:function"`` giving where each person of a case stands,
+            ``function(case, size) -> (K, size, size)`` bool (the mini benchmark: the world's render of the case), for
+            the ``:gt`` methods; ``None`` when the benchmark does not know.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Benchmark:
     images_per_prompt: int = 4
     gallery: tuple[Person, ...] = ()
     attribute_scorer: str | None = None
+    person_masks: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- subject folders

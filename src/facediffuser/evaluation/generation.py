@@ -37,6 +37,7 @@ class GenerationSettings:
     height: int | None = None
     width: int | None = None
     save_masks: bool = True
+    person_masks: str | None = None  # the benchmark's ``person_masks`` (cases.Benchmark), for the :gt methods
 
 
 def save_image(image: PIL.Image.Image, path: Path) -> None:
@@ -74,21 +75,24 @@ def shared_adapter_inputs(pipeline, references: list[list[PIL.Image.Image]]) -> 
     return {"ip_adapter_image_embeds": [torch.cat([empty, image])], "ip_adapter_masks": [masks]}
 
 
-def world_adapter_masks(pipeline, case) -> dict[str, Any]:
-    """Each person's ``ip_adapter_masks`` from where the world puts them in ``case`` (the mini benchmark's cases):
-    the person segments of the world's render of the case at the latent size, a latent cell in a person's mask when
-    any of its pixels is theirs."""
+def world_adapter_masks(pipeline, case, person_masks: str | None) -> dict[str, Any]:
+    """Each person's ``ip_adapter_masks`` from where the benchmark puts them in ``case`` (``person_masks``,
+    ``"module:function"`` of :class:`~facediffuser.evaluation.cases.Benchmark`; the mini benchmark: the person
+    segments of the world's render of the case) at the latent size, a latent cell in a person's mask when any of its
+    pixels is theirs."""
+    import importlib
+
     import torch.nn.functional as F
 
-    from ..lab.world.benchmark import case_person_masks
-
-    if not case.attributes or "people" not in case.attributes:
+    if person_masks is None or not case.attributes or "people" not in case.attributes:
         raise ValueError(
             f"Case {case.case_id}: the :gt masks come from the world's render of a case, which only the mini "
             "benchmark's cases describe; use :gt with --benchmark mini."
         )
     latent = pipeline.unet.config.sample_size
     pixels = latent * pipeline.vae_scale_factor
+    module_name, function_name = person_masks.split(":")
+    case_person_masks = getattr(importlib.import_module(module_name), function_name)
     masks = torch.from_numpy(case_person_masks(case, pixels)).float()[None]  # (1, K, H, W)
     masks = (F.adaptive_max_pool2d(masks, latent) > 0).float()
     return {"ip_adapter_masks": [masks.to(pipeline._execution_device)]}
@@ -103,7 +107,7 @@ def generate_unit(pipeline, unit: WorkUnit, settings: GenerationSettings, out: P
         extra = shared_adapter_inputs(pipeline, references)
         references = None
     elif unit.variant.method.world_masks:
-        extra = world_adapter_masks(pipeline, unit.case)
+        extra = world_adapter_masks(pipeline, unit.case, settings.person_masks)
     result = pipeline(
         prompt=unit.case.prompt,
         reference_images=references,

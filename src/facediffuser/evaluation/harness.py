@@ -436,8 +436,9 @@ def evaluate(
     state.wait_for_everyone()
     todo = process_share(state, missing)
     generation = GenerationSettings(
-        config.sampling(), config.seed, images_per_prompt, config.height, config.width, config.save_masks
-    )
+        config.sampling(), config.seed, images_per_prompt, config.height, config.width, config.save_masks,
+        benchmark.person_masks,
+    )  # fmt: skip
     generate_units(
         todo,
         generation,

@@ -228,6 +228,7 @@ def mini_cases(source: str | Path, placeholder: str = DEFAULT_PLACEHOLDER) -> Be
         IMAGES_PER_PROMPT,
         gallery=tuple(people),
         attribute_scorer="facediffuser.lab.world.benchmark:MiniAttributeScorer",
+        person_masks="facediffuser.lab.world.benchmark:case_person_masks",
     )
 
 
