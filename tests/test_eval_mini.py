@@ -430,11 +430,11 @@ def test_one_image_run_writes_the_attribute_columns_and_reruns_from_the_cache(wo
     assert "| single IP [95% CI] | single PC [95% CI] | single images | multi IP" in table
     header = next(line for line in table.splitlines() if line.startswith("| model | method | group | place"))
     assert header.endswith(
-        "| place+time+clothing | identity top-1 | identity in place | leak | swap | clothing swapped | images |"
+        "| identity top-1 | identity in place | leak | swap | clothing swapped | face on own clothes | images |"
     )
     assert re.search(
         r"\| tiny \| Face-diffuser \(alpha=0.3, beta=0.6, SDM guidance base null\) \| all \| [01]\.000 \[.*"
-        r"\| n/a \| n/a \| n/a \| n/a \| 1 \|$",
+        r"\| n/a \| n/a \| n/a \| n/a \| n/a \| 1 \|$",
         table,
         re.MULTILINE,
     )
