@@ -143,7 +143,7 @@ def test_untrusted_checkpoints_are_refused(tmp_path):
     with pytest.raises(ValueError, match="does not hold a state dict"):
         load_state_dict(tmp_path / "list.bin")
     (tmp_path / "junk.bin").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a PyTorch or safetensors checkpoint"):
+    with pytest.raises(ValueError, match="not a PyTorch or safetensors weight file"):
         load_state_dict(tmp_path / "junk.bin")
     with pytest.raises(FileNotFoundError):
         load_state_dict(tmp_path / "missing.bin")

@@ -9,14 +9,12 @@ moved or deleted. Whether the adapter fits the model's UNet is known once the UN
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
 from ..subject_models import split_ip_adapter_state
-from .weight_files import check_safetensors_file, file_format, first_line, refused_global
+from .weight_files import check_safetensors_file, read_weight_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # ``--ip-adapter mini``: the mini model's adapter, shipped in the package (``mini ship``).
@@ -71,35 +69,7 @@ def read_ip_adapter_file(path: str | Path) -> dict[str, dict[str, torch.Tensor]]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IP-Adapter weight file not found: {path}")
-    kind = file_format(path)
-    if kind == "empty":
-        raise ValueError(f"{path} is empty (0 bytes): the download or copy did not finish. Download it again.")
-    if kind == "safetensors" or path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        check_safetensors_file(path)
-        state = load_file(path)
-    else:
-        if kind == "unknown":
-            raise ValueError(
-                f"{path} is not a PyTorch or safetensors weight file (its first bytes are neither): is it the right "
-                "file?"
-            )
-        damaged = f"{path} is damaged or truncated, so it was not loaded: download or copy it again"
-        if kind == "zip" and not zipfile.is_zipfile(path):
-            raise ValueError(f"{damaged} (its zip archive has no end).")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            refused = refused_global(err)
-            if refused:
-                raise ValueError(
-                    f"{path} holds pickled objects other than tensors, so it was not loaded: unpickling it could run "
-                    f"code. Use the adapter's .safetensors file. ({refused})"
-                ) from err
-            raise ValueError(f"{damaged} ({first_line(err, 100)}).") from err
-        except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as err:
-            raise ValueError(f"{damaged} ({type(err).__name__}: {first_line(err, 100)}).") from err
+    state = read_weight_file(path, "Use the adapter's .safetensors file.")
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (a mapping of parameter names to tensors).")
     nested = split_ip_adapter_state(state)

@@ -18,14 +18,11 @@ from __future__ import annotations
 import codecs
 import logging
 import os
-import pickle
 import re
-import zipfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from ..models import SubjectFuser
@@ -33,7 +30,7 @@ from ..pipeline import FaceDiffuserPipeline
 from .files import read_json
 from .loading import check_scene_model, load_scene_unet
 from .output_folders import nearest_existing_folder, protected_reason, sibling, write_folder_atomically
-from .weight_files import check_safetensors_file, check_weights_folder, file_format, first_line, refused_global
+from .weight_files import check_weights_folder, first_line, read_weight_file
 
 logger = logging.getLogger(__name__)
 
@@ -61,37 +58,7 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
         raise FileNotFoundError(f"Checkpoint not found: {path}")
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give the checkpoint file in it (e.g. {path / 'pytorch_model.bin'}).")
-    kind = file_format(path)
-    if kind == "empty":
-        raise ValueError(f"{path} is empty (0 bytes): the download or copy did not finish. Download it again.")
-    if kind == "safetensors" or path.suffix == ".safetensors":
-        check_safetensors_file(path)
-        obj = load_file(path)
-    else:
-        damaged = (
-            f"{path} is damaged or truncated, so it was not loaded: download or copy it again. "
-            f"(The file is {path.stat().st_size} bytes"
-        )
-        if kind == "zip" and not zipfile.is_zipfile(path):
-            raise ValueError(damaged + "; its zip archive has no end.)")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            refused = refused_global(err)  # weights_only met a class or function: pickled code
-            if refused:
-                raise ValueError(
-                    f"{path} holds pickled objects other than tensors, so it was not loaded: unpickling it could "
-                    f"run code. Use a plain state dict of tensors, or a .safetensors file. ({refused})"
-                ) from err
-            if kind == "unknown":
-                raise ValueError(
-                    f"{path} is not a PyTorch or safetensors checkpoint (its first bytes are neither): is it the "
-                    "right file?"
-                ) from err
-            raise ValueError(damaged + f"; {first_line(err, 100)})") from err
-        except (EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as err:
-            detail = f"{type(err).__name__}: {first_line(err, 100)}" if str(err).strip() else type(err).__name__
-            raise ValueError(damaged + f"; {detail})") from err
+    obj = read_weight_file(path, "Use a plain state dict of tensors, or a .safetensors file.")
     for wrapper in ("state_dict", "module", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import codecs
 import os
+import pickle
 import re
+import zipfile
 from pathlib import Path
+from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
@@ -105,3 +108,52 @@ def check_weights_folder(folder: Path, stem: str, alternative: str = "") -> None
             f"no variants). Download {single.name} into {folder}."
         )
     raise ValueError(f"{folder} holds no weights: download {single.name} into it{alternative}.")
+
+
+def read_weight_file(path: str | os.PathLike, instead: str) -> Any:
+    """What a weight file holds, read without running code: a ``.safetensors`` file (header checked first) or a
+    PyTorch pickle read with ``weights_only`` (tensors and plain containers only).
+
+    ``instead`` ends the message of a pickle that holds code ("Use the adapter's .safetensors file."). The caller
+    checks that the file exists and what the object must be.
+
+    Raises:
+        ValueError: the file is empty, truncated or damaged, not a weight file, or holds pickled objects other than
+            tensors (unpickling them could run code); the message says which.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    kind = file_format(path)
+    if kind == "empty":
+        raise ValueError(f"{path} is empty (0 bytes): the download or copy did not finish. Download it again.")
+    if kind == "safetensors" or path.suffix == ".safetensors":
+        check_safetensors_file(path)
+        return load_file(path)
+    not_weights = (
+        f"{path} is not a PyTorch or safetensors weight file (its first bytes are neither): is it the right file?"
+    )
+    damaged = (
+        f"{path} is damaged or truncated, so it was not loaded: download or copy it again. "
+        f"(The file is {path.stat().st_size} bytes"
+    )
+    if kind == "zip" and not zipfile.is_zipfile(path):
+        raise ValueError(damaged + "; its zip archive has no end.)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = refused_global(err)  # weights_only met a class or function: pickled code
+        if refused:
+            raise ValueError(
+                f"{path} holds pickled objects other than tensors, so it was not loaded: unpickling it could "
+                f"run code. {instead} ({refused})"
+            ) from err
+        if kind == "unknown":  # a protocol-0 pickle starts with text: only unpickling tells it apart
+            raise ValueError(not_weights) from err
+        raise ValueError(damaged + f"; {first_line(err, 100)})") from err
+    except (EOFError, RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        if kind == "unknown":
+            raise ValueError(not_weights) from err
+        detail = f"{type(err).__name__}: {first_line(err, 100)}" if str(err).strip() else type(err).__name__
+        raise ValueError(damaged + f"; {detail})") from err
