@@ -48,7 +48,7 @@ from PIL import Image
 from facediffuser import FaceDiffuserPipeline, SubjectGuidanceBase
 from facediffuser.fusion import Stage, saliency_adaptive_noise_fusion, stage_schedule, unet_evaluations_per_image
 from facediffuser.io.tiny import SD15_SHAPED, tiny_components
-from facediffuser.settings import SamplingSettings
+from facediffuser.settings import DEFAULT_STEPS, SamplingSettings
 
 PROMPT = "a photo of a man <|image|> riding a horse on the beach"
 SD_PROMPT = "a photo of a man riding a horse on the beach"
@@ -559,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(build_threads)
         torch.set_grad_enabled(True)
         diffusers_logging.set_verbosity(verbosity)
-    paper = SamplingSettings()  # the paper's T, alpha and beta
+    paper = SamplingSettings(num_inference_steps=DEFAULT_STEPS)  # the paper's T, alpha and beta
     stages = stage_schedule(paper.num_inference_steps, paper.alpha, paper.beta)
     ratios = ", ".join(
         f"{base.value} {unet_evaluations_per_image(stages, base) / (2 * len(stages)):.2f}x" for base in FD_RUNS.values()
