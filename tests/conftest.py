@@ -62,3 +62,37 @@ def pickled_call():
     """``pickled_call(marker)``: an object that pickles as a call of ``open(marker, "w")``, so that unpickling it
     would create the marker file (what a checkpoint with pickled code does, harmlessly)."""
     return _OpensMarker
+
+
+def reset_accelerate() -> None:
+    """Each trainer builds its own Accelerator; accelerate keeps process-wide singletons between them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate's singletons reset before and after the test (``pytestmark = usefixtures(...)`` in trainer tests)."""
+    reset_accelerate()
+    yield
+    reset_accelerate()
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    """A tiny random CLIP saved like a hub checkpoint, so the evaluation loads it through its real code path."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from facediffuser.io.tokenizer import load_clip_tokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    text = {"vocab_size": 49408, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
+    text.update({"num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": 49407})
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    vision.update({"image_size": 32, "patch_size": 8})
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
+    load_clip_tokenizer().save_pretrained(folder)
+    return folder

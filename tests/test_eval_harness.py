@@ -12,9 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPModel
 
 from facediffuser.cli.evaluate import main as evaluate_main
 from facediffuser.evaluation.harness import EvaluationConfig, evaluate
@@ -23,27 +21,12 @@ from facediffuser.evaluation.scoring import Scorers
 from facediffuser.evaluation.work import WorkUnit, distributed_state
 from facediffuser.io.configuration import build_config
 from facediffuser.io.tiny import build_tiny_pipeline
-from facediffuser.io.tokenizer import load_clip_tokenizer
 
 pytest.importorskip("dlib")
 skimage_data = pytest.importorskip("skimage.data")
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 METHODS = ["tdm", "face-diffuser"]
-
-
-@pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory):
-    """A tiny random CLIP saved like a hub checkpoint, so the harness loads it through its real code path."""
-    folder = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    text = {"vocab_size": 49408, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
-    text.update({"num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": 49407})
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    vision.update({"image_size": 32, "patch_size": 8})
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
-    load_clip_tokenizer().save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

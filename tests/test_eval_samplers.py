@@ -123,25 +123,6 @@ def test_the_cheapest_setting_within_noise_is_chosen_and_the_table_and_figure_sa
     assert pareto_plot(summary, tmp_path / "pareto.png") and (tmp_path / "pareto.png").stat().st_size > 10_000
 
 
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A tiny random CLIP saved like a hub checkpoint (PC only: the study runs without a face recognizer)."""
-    import torch
-    from transformers import CLIPConfig, CLIPModel
-
-    from facediffuser.io.tokenizer import load_clip_tokenizer
-
-    folder = tmp_path_factory.mktemp("clip")
-    torch.manual_seed(0)
-    text = {"vocab_size": 49408, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
-    text.update({"num_attention_heads": 2, "max_position_embeddings": 77, "eos_token_id": 49407})
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
-    vision.update({"image_size": 32, "patch_size": 8})
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
-    load_clip_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def _study_flags(tmp_path, clip, *extra):
     from PIL import Image
 
@@ -156,10 +137,10 @@ def _study_flags(tmp_path, clip, *extra):
 
 
 @pytest.mark.slow
-def test_the_study_runs_each_setting_as_an_evaluation_and_resumes(tmp_path, tiny_clip, capsys):
+def test_the_study_runs_each_setting_as_an_evaluation_and_resumes(tmp_path, clip_folder, capsys):
     from facediffuser.cli.main import main
 
-    argv = _study_flags(tmp_path, tiny_clip, "--samplers", "ddim:3", "dpm++:2", "dpm++:2:noise")
+    argv = _study_flags(tmp_path, clip_folder, "--samplers", "ddim:3", "dpm++:2", "dpm++:2:noise")
     assert main(argv) == 0
     study = tmp_path / "study"
     summary = json.loads((study / "samplers.json").read_text())
@@ -189,10 +170,10 @@ def test_the_study_runs_each_setting_as_an_evaluation_and_resumes(tmp_path, tiny
         (["--samplers", "ddim:3", "dpm++:2", "--steps", "5"], "--samplers sets the scheduler and the steps"),
     ],
 )
-def test_a_bad_study_is_refused_in_one_sentence_before_any_model_loads(tmp_path, tiny_clip, capsys, extra, words):
+def test_a_bad_study_is_refused_in_one_sentence_before_any_model_loads(tmp_path, clip_folder, capsys, extra, words):
     from facediffuser.cli.main import main
 
-    assert main(_study_flags(tmp_path, tiny_clip, *extra)) == 2
+    assert main(_study_flags(tmp_path, clip_folder, *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("facediffuser evaluate: error: ") and words in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "study").exists()

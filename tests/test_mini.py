@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
+from conftest import reset_accelerate
 from facediffuser.io import package_data
 from facediffuser.lab.mini import build as B
 from facediffuser.lab.mini.vae import VaeSettings, lr_factor, psnr, train_vae
@@ -44,11 +44,6 @@ logging_steps = 1
 log_with = "csv"
 """
 TINY_UNET = "\n[unet]\nchannels = [8, 16, 16]\nhead_dim = 2\nnorm_groups = 8\n"
-
-
-def reset_accelerate() -> None:
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def vae_settings(**changes) -> VaeSettings:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
+from conftest import reset_accelerate
 from facediffuser.io import package_data
 from facediffuser.io.adapters import find_ip_adapter_file, read_ip_adapter_file
 from facediffuser.lab.mini import build as B
@@ -31,11 +31,6 @@ log_with = "csv"
 TINY_VAE = {"channels": [8, 16], "norm_groups": 8, "steps": 2, "batch_size": 4, "crop": 16, "warmup_steps": 1,
             "checkpoint_every": 2, "eval_every": 2, "eval_images": 4}  # fmt: skip
 TINY_UNET = "\n[unet]\nchannels = [8, 16, 16]\nhead_dim = 2\nnorm_groups = 8\n"
-
-
-def reset_accelerate() -> None:
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
 
 
 def recipes(folder: Path) -> dict[str, Path]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
+from conftest import reset_accelerate
 from facediffuser.cli.train import main as train_main
 from facediffuser.io.tiny import build_tiny_pipeline
 from facediffuser.pipeline import FaceDiffuserPipeline
@@ -22,14 +22,7 @@ def data_root(tmp_path_factory) -> Path:
     return write_synthetic_ffhq_wild(tmp_path_factory.mktemp("ffhq") / "data", num_images=8, size=72, test_images=2)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each trainer builds its own Accelerator; accelerate keeps process-wide singletons between them."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def tiny_config(data_root: Path, out: Path, **overrides) -> TrainConfig:
@@ -164,8 +157,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data_root, tmp_path)
     whole = Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "whole", max_train_steps=5, **common))
     whole.train()
     Trainer(ModelKind.SDM, tiny_config(data_root, tmp_path / "cut", max_train_steps=2, **common)).train()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     resumed = Trainer(
         ModelKind.SDM, tiny_config(data_root, tmp_path / "cut", max_train_steps=5, resume="latest", **common)
     )
@@ -344,8 +336,7 @@ def test_fuser_learning_rate_is_its_own_parameter_group(data_root, tmp_path):
     one_group = Trainer(ModelKind.TDM, tiny_config(data_root, tmp_path / "tdm", fuser_learning_rate=1e-2))
     assert len(one_group.optimizer.param_groups) == 1  # the TDM trains no fuser
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     plain = tiny_config(data_root, out, max_train_steps=2, learning_rate=1e-3, resume="latest")
     with pytest.raises(ValueError, match=r"fuser_learning_rate: checkpoint 0.01, now None"):
         Trainer(ModelKind.SDM, plain).train()
@@ -358,13 +349,11 @@ def test_fuser_learning_rate_is_its_own_parameter_group(data_root, tmp_path):
 def test_resume_that_does_not_match_the_config_is_refused(data_root, tmp_path):
     out = tmp_path / "run"
     Trainer(ModelKind.TDM, tiny_config(data_root, out, max_train_steps=1, checkpointing_steps=1)).train()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     changed = tiny_config(data_root, out, max_train_steps=2, train_batch_size=4, resume="latest")
     with pytest.raises(ValueError, match=r"train_batch_size: checkpoint 2, now 4"):
         Trainer(ModelKind.TDM, changed).train()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     other_model = tiny_config(data_root, out, max_train_steps=2, resume="latest")
     with pytest.raises(ValueError, match=r"model: checkpoint 'tdm', now 'sdm'"):
         Trainer(ModelKind.SDM, other_model).train()
@@ -387,8 +376,7 @@ def test_resume_refuses_a_checkpoint_whose_pickles_could_run_code(data_root, tmp
     torch.save(state, ema)
 
     def resume() -> None:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
         Trainer(ModelKind.SDM, tiny_config(data_root, out, max_train_steps=2, resume="latest", **config)).train()
 
     with pytest.raises(ValueError, match=r"holds pickled objects other than tensors \(\S*open\).*could run code"):
@@ -466,8 +454,7 @@ def test_fp16_on_the_cpu_is_refused_before_the_base_loads(data_root, tmp_path, m
 def test_gradient_checkpointing_gives_the_same_losses_and_gradients(data_root, tmp_path):
     results = []
     for checkpointing in (False, True):
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
         config = tiny_config(data_root, tmp_path / str(checkpointing), gradient_checkpointing=checkpointing)
         trainer = Trainer(ModelKind.SDM, config)
         batch = next(iter(trainer.train_loader))

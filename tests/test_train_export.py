@@ -9,24 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
+from conftest import reset_accelerate
 from facediffuser.cli.main import main
 from facediffuser.pipeline import FaceDiffuserPipeline
 from facediffuser.training import ModelKind, TrainConfig, Trainer
 from facediffuser.training.synthetic import write_synthetic_ffhq_wild
 
-
-def fresh_accelerate_state() -> None:  # each trainer builds its own Accelerator (process-wide singletons)
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_state():
-    fresh_accelerate_state()
-    yield
-    fresh_accelerate_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def files(folder: Path) -> dict[Path, bytes]:
@@ -43,7 +33,7 @@ def run(tmp_path_factory) -> dict:
     settings = dict(data_root=data, output_dir=folder, resolution=64, train_batch_size=2, max_train_steps=2)
     settings.update(checkpointing_steps=1, checkpoints_total_limit=3, validation_steps=0, log_with="csv")
     settings.update(use_ema=True, ema_decay=0.5, learning_rate=1e-2)
-    fresh_accelerate_state()
+    reset_accelerate()
     trainer = Trainer(ModelKind.SDM, TrainConfig(**settings))
     trainer.train()
     ema = trainer.trained_state()
@@ -52,7 +42,7 @@ def run(tmp_path_factory) -> dict:
                if n.startswith(f"{part}.") and p.requires_grad}
         for part in ema
     }  # fmt: skip
-    fresh_accelerate_state()
+    reset_accelerate()
     return {"folder": folder, "data": data, "ema": ema, "raw": raw}
 
 
@@ -65,7 +55,7 @@ def test_export_writes_a_checkpoints_ema_or_raw_weights_and_leaves_the_run_alone
     assert any(not torch.equal(unet_ema[n], unet_raw[n]) for n in unet_ema)  # the two exports can tell apart
     before = files(run["folder"])
     for weights in ("ema", "raw"):
-        fresh_accelerate_state()
+        reset_accelerate()
         out = tmp_path / weights
         argv = ["train", "export", "--run", str(run["folder"]), "--step", "2", "--weights", weights, "--out", str(out)]
         assert main(argv) == 0

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
+from conftest import reset_accelerate
 from facediffuser.cli.train import main as train_main
 from facediffuser.io.adapters import read_ip_adapter_file
 from facediffuser.io.tiny import build_tiny_pipeline
@@ -24,13 +24,7 @@ def data_root(tmp_path_factory) -> Path:
     return write_synthetic_ffhq_wild(tmp_path_factory.mktemp("ffhq") / "data", num_images=8, size=72, test_images=2)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def config(data_root: Path, out: Path, **overrides) -> TrainConfig:
@@ -83,8 +77,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data_root, tmp_path)
     whole = Trainer(ModelKind.IP_ADAPTER, config(data_root, tmp_path / "whole", max_train_steps=5, **common))
     whole.train()
     Trainer(ModelKind.IP_ADAPTER, config(data_root, tmp_path / "cut", max_train_steps=2, **common)).train()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     resumed = Trainer(
         ModelKind.IP_ADAPTER, config(data_root, tmp_path / "cut", max_train_steps=5, resume="latest", **common)
     )
