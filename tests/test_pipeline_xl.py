@@ -158,3 +158,85 @@ def test_an_sd1_fuser_config_loads_as_before(tmp_path):
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in old.state_dict().items()}
     for key, value in old.state_dict().items():
         torch.testing.assert_close(again.state_dict()[key], value)
+
+
+# ------------------------------------------------------------------ IP-Adapter on SDXL
+def xl_adapter_pipe(tmp_path, kind="plain"):
+    from safetensors.torch import save_file
+
+    from test_ip_adapter import adapter_state, tiny_image_encoder
+
+    pipe = build_tiny_xl_pipeline(seed=0)
+    save_file(adapter_state(pipe.unet, kind), tmp_path / f"{kind}.safetensors")
+    encoder = {"image_encoder": tiny_image_encoder()} if kind == "plain" else {"image_encoder_folder": None}
+    pipe.load_ip_adapter(tmp_path, weight_name=f"{kind}.safetensors", **encoder)
+    return pipe
+
+
+def test_subject_model_alone_equals_stable_diffusion_xl_with_the_same_adapter(tmp_path, face_image):
+    # The release's base, eps(c, no image) + w (eps(c, image) - eps(c, no image)), is diffusers' IP-Adapter guidance
+    # with the prompt as its negative prompt: both towers, the pooled embedding and the size ids of c in every row.
+    from test_ip_adapter import image_embeds
+
+    pipe = xl_adapter_pipe(tmp_path)
+    assert pipe.shares_unet and pipe.subject_fuser is None
+    ours = run(pipe, "a man <|image|> at a cafe", [face_image], alpha=0.0, beta=0.0, guidance_scale=4.0).images
+    embeds = image_embeds(pipe, [face_image])
+    theirs = sdxl_run(pipe, "a man at a cafe", negative_prompt="a man at a cafe", guidance_scale=4.0,
+                      ip_adapter_image_embeds=[embeds])  # fmt: skip
+    np.testing.assert_allclose(ours, theirs, atol=ATOL)
+    # the adapter matters, and the text model of the shared UNet is plain SDXL (its scales at 0)
+    plain = sdxl_run(pipe, "a man at a cafe", negative_prompt="a man at a cafe", guidance_scale=4.0,
+                     ip_adapter_image_embeds=[torch.zeros_like(embeds)])  # fmt: skip
+    assert np.abs(plain - ours).max() > 1e-3
+    tdm = run(pipe, "a man <|image|> at a cafe", [face_image], alpha=1.0, beta=1.0).images
+    np.testing.assert_allclose(tdm, sdxl_run(build_tiny_xl_pipeline(seed=0), "a man at a cafe"), atol=ATOL)
+
+
+def test_faceid_embeddings_on_sdxl_equal_stable_diffusion_xl_with_the_same_adapter(tmp_path):
+    from test_ip_adapter import CLIP_DIM
+
+    pipe = xl_adapter_pipe(tmp_path, "faceid")
+    ids = torch.randn(1, 2, CLIP_DIM, generator=torch.Generator().manual_seed(5))
+    embeds = [torch.cat([torch.zeros_like(ids), ids])]
+    prompt = "a man <|image|> and a woman <|image|> at a cafe"
+    ours = run(pipe, prompt, alpha=0.0, beta=0.0, ip_adapter_image_embeds=embeds).images
+    stripped = prompt.replace(" <|image|>", "")
+    theirs = sdxl_run(pipe, stripped, negative_prompt=stripped, ip_adapter_image_embeds=embeds)
+    np.testing.assert_allclose(ours, theirs, atol=ATOL)
+
+
+def test_an_sd1_adapter_on_sdxl_is_refused_naming_the_sdxl_files(tmp_path):
+    from facediffuser.io.tiny import build_tiny_pipeline
+    from test_ip_adapter import adapter_state
+
+    pipe = build_tiny_xl_pipeline(seed=0)
+    sd1 = adapter_state(build_tiny_pipeline().unet)
+    with pytest.raises(ValueError, match=r"made for another base model.*\(SDXL: the \*_sdxl files\)"):
+        pipe.load_ip_adapter(sd1, image_encoder_folder=None)
+    assert not pipe.shares_unet
+
+
+# ------------------------------------------------------------------ low precision
+def test_bfloat16_on_the_cpu_draws_finite_images_that_are_not_black(xl_pipe, face_image):
+    xl_pipe.to(dtype=torch.bfloat16)
+    images = run(xl_pipe, "a man <|image|> at sea", [face_image], num_inference_steps=3).images
+    assert images.dtype == np.float32 and np.isfinite(images).all()
+    assert images.max() > 0.1 and images.std() > 0.01  # not black, not one flat colour
+
+
+def test_a_float16_sdxl_vae_decodes_in_float32_and_goes_back(xl_pipe, face_image):
+    # SDXL's VAE overflows in float16 (black images): its config's force_upcast makes the decoder run in float32.
+    assert xl_pipe.vae.config.force_upcast
+    xl_pipe.vae.to(dtype=torch.float16)
+    seen = []
+    decode = xl_pipe.vae.decode
+
+    def spy(latents, *args, **kwargs):
+        seen.append((latents.dtype, xl_pipe.vae.dtype))
+        return decode(latents, *args, **kwargs)
+
+    xl_pipe.vae.decode = spy
+    images = run(xl_pipe, "a man <|image|> at sea", [face_image], num_inference_steps=2).images
+    assert seen == [(torch.float32, torch.float32)] and xl_pipe.vae.dtype == torch.float16
+    assert np.isfinite(images).all() and images.max() > 0.1
