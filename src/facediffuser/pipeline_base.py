@@ -11,6 +11,7 @@ embeddings and size ids), passed to every UNet call of a condition beside its em
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -91,6 +92,19 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+
+    @classmethod
+    def from_base(cls, folder: str | os.PathLike, **kwargs: Any):
+        """This pipeline over a plain diffusers base folder (``StableDiffusionPipeline``'s for
+        :class:`~facediffuser.pipeline.FaceDiffuserPipeline`, ``StableDiffusionXLPipeline``'s for the SDXL one): its
+        UNet is the scene model and there is no subject model until :meth:`load_ip_adapter` puts an adapter on that
+        UNet. ``kwargs`` go to ``from_pretrained`` (``dtype``, ``use_safetensors``, ...); the base's other components
+        (a safety checker, a feature extractor) are not loaded."""
+        pipe = cls.from_pretrained(
+            folder, subject_unet=None, image_encoder=None, subject_fuser=None, face_detector=None, **kwargs
+        )
+        pipe.register_modules(subject_unet=pipe.unet)
+        return pipe
 
     @property
     def placeholder(self) -> str:

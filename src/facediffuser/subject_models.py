@@ -464,6 +464,11 @@ def adapter_call(
     from .prompting import count_placeholders
 
     if pipe.subject_model_kind is not SubjectModelKind.IP_ADAPTER:
+        if pipe.subject_fuser is None:
+            raise ValueError(
+                "This pipeline has no subject model (it was built from a plain base folder): load an IP-Adapter with "
+                "`load_ip_adapter` first."
+            )
         named = {"ip_adapter_image_embeds": ip_adapter_image_embeds, "ip_adapter_masks": ip_adapter_masks}
         given = [name for name, value in named.items() if value is not None]
         if given:
