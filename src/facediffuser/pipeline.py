@@ -23,6 +23,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjec
 from .fusion import Condition
 from .models import SubjectFuser
 from .pipeline_base import (
+    ConditionRequest,
     FaceDiffuserPipelineBase,
     FaceDiffuserPipelineOutput,
     NonFiniteLatentsError,
@@ -93,19 +94,9 @@ class FaceDiffuserPipeline(FaceDiffuserPipelineBase, DiffusionPipeline, StableDi
         subject_guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
     ):
+        arguments = locals()
         super().__init__()
-        self.register_modules(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            subject_unet=subject_unet,
-            image_encoder=image_encoder,
-            subject_fuser=subject_fuser,
-            scheduler=scheduler,
-            face_detector=face_detector,
-        )
-        self._register_settings(placeholder, subject_guidance_scale, num_inference_steps)
+        self._register(arguments)
 
     def text_model_pipeline(self, unet: UNet2DConditionModel | None = None) -> StableDiffusionPipeline:
         """Plain Stable Diffusion over this pipeline's own VAE, text encoder, tokenizer and scheduler (no copies).
@@ -157,19 +148,10 @@ class FaceDiffuserPipeline(FaceDiffuserPipelineBase, DiffusionPipeline, StableDi
         augmented = self.augment_prompt(text, marks, references, device)
         return repeat(text), repeat(negative), repeat(augmented)
 
-    def encode_conditions(
-        self,
-        prompts: list[str],
-        references: list[list[list[PIL.Image.Image]]],
-        negative_prompts: list[str],
-        negative_defaulted: bool,
-        device: torch.device,
-        num_images_per_prompt: int,
-        height: int,
-        width: int,
-    ) -> tuple[dict[Condition, torch.Tensor], None]:
+    def encode_conditions(self, request: ConditionRequest) -> tuple[dict[Condition, torch.Tensor], None]:
         """:meth:`encode_prompt`'s ``(c, 0, c_aug)`` by condition; an SD1.x UNet takes nothing more."""
+        r = request
         text, negative, augmented = self.encode_prompt(
-            prompts, references, negative_prompts, device, num_images_per_prompt
+            r.prompts, r.references, r.negative_prompts, r.device, r.num_images_per_prompt
         )
         return {Condition.TEXT: text, Condition.NULL: negative, Condition.SUBJECT: augmented}, None

@@ -67,6 +67,27 @@ class FaceDiffuserPipelineOutput(BaseOutput):
     fusion_trace: FusionTrace | None = None
 
 
+@dataclass(frozen=True)
+class ConditionRequest:
+    """What a pipeline encodes its conditions from (:meth:`FaceDiffuserPipelineBase.encode_conditions`).
+
+    Attributes:
+        prompts: the prompts, placeholders in. references: ``[prompt][person][photo]``.
+        negative_prompts: one per prompt (empty ones when the call gave none); ``negative_defaulted``: it gave none.
+        device, num_images_per_prompt: where, and how many copies of each prompt's rows.
+        height, width: the image's size in pixels (SDXL's size ids).
+    """
+
+    prompts: list[str]
+    references: list[list[list[PIL.Image.Image]]]
+    negative_prompts: list[str]
+    negative_defaulted: bool
+    device: torch.device
+    num_images_per_prompt: int
+    height: int
+    width: int
+
+
 class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin):
     """The call, the loop and the decoding of the Face-diffuser pipelines (placed before ``DiffusionPipeline`` in
     their bases). A pipeline gives its components and :meth:`encode_conditions`."""
@@ -78,18 +99,21 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
     prepare_latents = StableDiffusionPipeline.prepare_latents
     prepare_extra_step_kwargs = StableDiffusionPipeline.prepare_extra_step_kwargs
 
-    def _register_settings(
-        self, placeholder: str, subject_guidance_scale: float | None, num_inference_steps: int | None, **config: Any
-    ) -> None:
-        """The part of ``__init__`` after ``register_modules``: the sampling defaults this model keeps in its config
-        (refused here, with the call's words), and the image processor."""
-        SamplingSettings(subject_guidance_scale=subject_guidance_scale, num_inference_steps=num_inference_steps)
-        self.register_to_config(
-            placeholder=placeholder,
-            subject_guidance_scale=subject_guidance_scale,
-            num_inference_steps=num_inference_steps,
-            **config,
+    # The keywords of ``__init__`` that go to the config (``model_index.json``); the others are components.
+    _config_arguments = ("placeholder", "subject_guidance_scale", "num_inference_steps", "force_zeros_for_empty_prompt")
+
+    def _register(self, arguments: dict[str, Any]) -> None:
+        """``__init__``'s work, given its ``locals()``: the components registered, the sampling defaults this model
+        keeps in its config refused here with the call's words, and the image processor."""
+        import inspect
+
+        names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
+        config = {n: arguments[n] for n in names if n in self._config_arguments}
+        SamplingSettings(
+            subject_guidance_scale=config["subject_guidance_scale"], num_inference_steps=config["num_inference_steps"]
         )
+        self.register_modules(**{n: arguments[n] for n in names if n not in self._config_arguments})
+        self.register_to_config(**config)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if getattr(self, "vae", None) else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
@@ -373,7 +397,16 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
 
         # 2. Encode the prompt once: the conditions c, 0 and c_aug of eqs. 1-2.
         embeds, added = self.encode_conditions(
-            prompts, references, negative_prompts, negative_prompt is None, device, num_images_per_prompt, height, width
+            ConditionRequest(
+                prompts,
+                references,
+                negative_prompts,
+                negative_prompt is None,
+                device,
+                num_images_per_prompt,
+                height,
+                width,
+            )
         )
         prompt_embeds = embeds[Condition.TEXT]
 
@@ -501,20 +534,11 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
         return FaceDiffuserPipelineOutput(images=image, fusion_trace=fusion_trace)
 
     def encode_conditions(
-        self,
-        prompts: list[str],
-        references: list[list[list[PIL.Image.Image]]],
-        negative_prompts: list[str],
-        negative_defaulted: bool,
-        device: torch.device,
-        num_images_per_prompt: int,
-        height: int,
-        width: int,
+        self, request: ConditionRequest
     ) -> tuple[dict[Condition, torch.Tensor], dict[Condition, dict[str, torch.Tensor]] | None]:
         """The embeddings of the conditions ``c``, ``0`` and ``c_aug``, each ``(B * num_images_per_prompt, L, D)``,
         and the further UNet inputs of each (diffusers' ``added_cond_kwargs``, one ``(B * n, ...)`` tensor per name)
-        or ``None``. ``negative_defaulted``: the call gave no negative prompt (``negative_prompts`` then holds the
-        empty ones). Each pipeline says how it encodes."""
+        or ``None``. Each pipeline says how it encodes."""
         raise NotImplementedError
 
     @staticmethod

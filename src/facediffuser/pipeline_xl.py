@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from .fusion import Condition
 from .models import SubjectFuser
-from .pipeline_base import FaceDiffuserPipelineBase
+from .pipeline_base import ConditionRequest, FaceDiffuserPipelineBase
 from .prompting import DEFAULT_PLACEHOLDER, tokenize_prompts
 
 logger = logging.getLogger(__name__)
@@ -75,26 +75,9 @@ class FaceDiffuserXLPipeline(FaceDiffuserPipelineBase, DiffusionPipeline, Stable
         num_inference_steps: int | None = None,
         force_zeros_for_empty_prompt: bool = True,
     ):
+        arguments = locals()
         super().__init__()
-        self.register_modules(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            unet=unet,
-            subject_unet=subject_unet,
-            image_encoder=image_encoder,
-            subject_fuser=subject_fuser,
-            scheduler=scheduler,
-            face_detector=face_detector,
-        )
-        self._register_settings(
-            placeholder,
-            subject_guidance_scale,
-            num_inference_steps,
-            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
-        )
+        self._register(arguments)
         self._size_conditions: tuple = (None, (0, 0), None)
 
     def text_model_pipeline(self, unet: UNet2DConditionModel | None = None):
@@ -172,23 +155,16 @@ class FaceDiffuserXLPipeline(FaceDiffuserPipelineBase, DiffusionPipeline, Stable
         return torch.tensor([ids], dtype=dtype, device=device)
 
     def encode_conditions(
-        self,
-        prompts: list[str],
-        references: list[list[list[PIL.Image.Image]]],
-        negative_prompts: list[str],
-        negative_defaulted: bool,
-        device: torch.device,
-        num_images_per_prompt: int,
-        height: int,
-        width: int,
+        self, request: ConditionRequest
     ) -> tuple[dict[Condition, torch.Tensor], dict[Condition, dict[str, torch.Tensor]]]:
         """The tokens of ``c``, ``0`` and ``c_aug`` and, per condition, the UNet's ``text_embeds`` (pooled) and
         ``time_ids`` (:meth:`size_ids`, the same for every condition)."""
-        zero = negative_defaulted and self.config.force_zeros_for_empty_prompt
+        r = request
+        zero = r.negative_defaulted and self.config.force_zeros_for_empty_prompt
         text, negative, augmented, pooled, negative_pooled = self.encode_prompt(
-            prompts, references, negative_prompts, device, num_images_per_prompt, zero_negative=zero
+            r.prompts, r.references, r.negative_prompts, r.device, r.num_images_per_prompt, zero_negative=zero
         )
-        ids = self.size_ids(height, width, text.dtype, device).repeat(text.shape[0], 1)
+        ids = self.size_ids(r.height, r.width, text.dtype, r.device).repeat(text.shape[0], 1)
         embeds = {Condition.TEXT: text, Condition.NULL: negative, Condition.SUBJECT: augmented}
         added = {
             Condition.TEXT: {"text_embeds": pooled, "time_ids": ids},

@@ -77,17 +77,27 @@ SD15_SHAPED = TinyConfig(
 
 def tiny_unet(config: TinyConfig = TinyConfig()) -> UNet2DConditionModel:
     levels = len(config.unet_channels)
-    return UNet2DConditionModel(
-        sample_size=config.sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=config.unet_channels,
+    return _unet(
+        config.sample_size,
+        config.unet_channels,
+        ("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         layers_per_block=config.unet_layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=config.embed_dim,
         attention_head_dim=config.unet_head_dim,
         norm_num_groups=config.unet_norm_groups,
+    )
+
+
+def _unet(sample_size: int, channels: tuple[int, ...], down: tuple, up: tuple, **config) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=channels,
+        down_block_types=down,
+        up_block_types=up,
+        **config,
     )
 
 
@@ -194,14 +204,12 @@ class TinyXLConfig:
 
 def tiny_xl_unet(config: TinyXLConfig = TinyXLConfig()) -> UNet2DConditionModel:
     levels = len(config.unet_channels)
-    return UNet2DConditionModel(
-        sample_size=config.sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=config.unet_channels,
+    return _unet(
+        config.sample_size,
+        config.unet_channels,
+        ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        ("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
         layers_per_block=1,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
         attention_head_dim=config.unet_head_dim,
         transformer_layers_per_block=config.unet_transformer_layers,
         use_linear_projection=True,
