@@ -81,6 +81,34 @@ def test_an_sdxl_base_with_an_ip_adapter_is_a_face_diffuser(xl_base, ref, tmp_pa
         pipe(PROMPT, reference_images=[ref], num_inference_steps=2)
 
 
+@pytest.mark.slow
+def test_an_sd15_base_with_an_ip_adapter_works_the_same_way(tmp_path, ref):
+    from diffusers import StableDiffusionPipeline
+
+    from facediffuser.io.tiny import tiny_components
+
+    sd = {k: v for k, v in tiny_components().items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    StableDiffusionPipeline(**sd, safety_checker=None, feature_extractor=None).save_pretrained(tmp_path / "sd15")
+    models = tmp_path / "models"
+    models.mkdir()
+    save_file(adapter_state(tiny_unet()), models / "ip-adapter_sd15.safetensors")
+    tiny_image_encoder().save_pretrained(models / "image_encoder")
+    argv = [
+        "generate",
+        "-p",
+        PROMPT,
+        "--ref",
+        ref,
+        "--steps",
+        "3",
+        "--no-face-check",
+        "--model",
+        str(tmp_path / "sd15"),
+    ]
+    assert main([*argv, "--ip-adapter", str(models), "-o", str(tmp_path / "x.png")]) == 0
+    assert type(load_pipeline(tmp_path / "sd15", device="cpu")) is FaceDiffuserPipeline
+
+
 def test_a_base_folder_without_an_adapter_is_refused_before_any_model_loads(xl_base, ref, capsys, no_model_load):
     argv = ["generate", "-p", PROMPT, "--ref", ref, "--no-face-check", "--model", str(xl_base), "-o", "x.png"]
     assert cli_error(capsys, argv) == (
