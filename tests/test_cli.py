@@ -333,12 +333,15 @@ def test_generate_help_imports_no_training_or_evaluation_module():
         "from facediffuser.cli.main import main\n"
         "try:\n    main(['generate', '--help'])\nexcept SystemExit as exit:\n    assert exit.code == 0\n"
         "print('\\n'.join(m for m in sys.modules if m.startswith('facediffuser')))\n"
+        "print('\\n'.join(m for m in sys.modules if m.startswith('diffusers.pipelines.stable_diffusion_xl')))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), check=True)
     modules = done.stdout.split()
     assert "facediffuser.cli.generate" in modules
     heavy = [m for m in modules if m.startswith(("facediffuser.training", "facediffuser.evaluation"))]
     assert heavy == [] and "facediffuser.cli.train" not in modules and "facediffuser.cli.evaluate" not in modules
+    # nor any SDXL module: the SDXL pipeline is imported when a model folder names it
+    assert [m for m in modules if "_xl" in m] == [] and "facediffuser.pipeline" in modules
 
 
 @pytest.mark.parametrize("command", ["generate", "convert", "train", "evaluate"])

@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "FaceDiffuserPipeline": ".pipeline",
     "FaceDiffuserPipelineOutput": ".pipeline",
+    "FaceDiffuserXLPipeline": ".pipeline_xl",
     "FusionTrace": ".pipeline",
     "Smoothing": ".fusion",
     "Stage": ".fusion",
@@ -30,6 +31,7 @@ _LAZY = {
 __all__ = [
     "FaceDiffuserPipeline",
     "FaceDiffuserPipelineOutput",
+    "FaceDiffuserXLPipeline",
     "FusionTrace",
     "Smoothing",
     "Stage",
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .fusion import Smoothing, Stage, SubjectGuidanceBase
     from .models import SubjectFuser
     from .pipeline import FaceDiffuserPipeline, FaceDiffuserPipelineOutput, FusionTrace
+    from .pipeline_xl import FaceDiffuserXLPipeline
 
 
 def __getattr__(name: str) -> Any:

@@ -110,7 +110,7 @@ def check_ip_adapter_state(state: dict[str, Any], unet: UNet2DConditionModel, so
         raise ValueError(
             f"{source} has image key/value layers for {len(held) // 2} cross-attention layers, but the UNet has "
             f"{len(widths)}: it was made for another base model. Give the IP-Adapter made for this UNet's base "
-            "(SD1.x: the *_sd15 files)."
+            f"({_adapter_files(unet)})."
         )
     for i, width in enumerate(widths):
         for name in ("to_k_ip", "to_v_ip"):
@@ -119,7 +119,7 @@ def check_ip_adapter_state(state: dict[str, Any], unet: UNet2DConditionModel, so
                 raise ValueError(
                     f"{source}: `ip_adapter.{2 * i + 1}.{name}.weight` is {shape[0]}x{shape[1]} but the UNet's "
                     f"layer takes {width}x{cross}: it was made for another base model. Give the IP-Adapter made "
-                    "for this UNet's base (SD1.x: the *_sd15 files)."
+                    f"for this UNet's base ({_adapter_files(unet)})."
                 )
     out = _projection_width(image_proj)
     if out is not None and out != cross:
@@ -127,6 +127,17 @@ def check_ip_adapter_state(state: dict[str, Any], unet: UNet2DConditionModel, so
             f"{source}: its image projection gives {out}-wide tokens but the UNet's cross-attention reads {cross}: it "
             "was made for another base model. Give the IP-Adapter made for this UNet's base."
         )
+
+
+def is_sdxl_unet(config: Any) -> bool:
+    """Whether a UNet config (a ``config.json`` as a dict, or a model's config) is SDXL's: it reads SDXL's added
+    conditions (``addition_embed_type = "text_time"``: pooled text embeddings and size ids)."""
+    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
+    return get("addition_embed_type", None) == "text_time"
+
+
+def _adapter_files(unet: UNet2DConditionModel) -> str:
+    return "SDXL: the *_sdxl files" if is_sdxl_unet(unet.config) else "SD1.x: the *_sd15 files"
 
 
 def _cross_attention_widths(unet: UNet2DConditionModel) -> list[int]:
@@ -237,7 +248,8 @@ class AdapterSubjectMixin:
             raise ValueError(
                 f"{where} carries LoRA weights for the UNet (IP-Adapter-FaceID): facediffuser loads only the "
                 "adapter's image layers; use an adapter without LoRA (such as ip-adapter_sd15, "
-                "ip-adapter-plus-face_sd15 or ip-adapter-faceid-portrait_sd15)."
+                "ip-adapter-plus-face_sd15 or ip-adapter-faceid-portrait_sd15; on SDXL ip-adapter_sdxl, "
+                "ip-adapter-plus-face_sdxl_vit-h or ip-adapter-faceid-portrait_sdxl)."
             )
 
         if image_encoder is None and image_encoder_folder is not None:
@@ -452,6 +464,11 @@ def adapter_call(
     from .prompting import count_placeholders
 
     if pipe.subject_model_kind is not SubjectModelKind.IP_ADAPTER:
+        if pipe.subject_fuser is None:
+            raise ValueError(
+                "This pipeline has no subject model (it was built from a plain base folder): load an IP-Adapter with "
+                "`load_ip_adapter` first."
+            )
         named = {"ip_adapter_image_embeds": ip_adapter_image_embeds, "ip_adapter_masks": ip_adapter_masks}
         given = [name for name, value in named.items() if value is not None]
         if given:

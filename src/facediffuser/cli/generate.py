@@ -49,11 +49,16 @@ class GenerateConfig:
         default="mini",
         metadata={
             "help": "'mini' (the small model shipped in the package: 32 px images of the procedural world's people), "
-            "a pipeline folder (made by `facediffuser convert`) or hub id; 'tiny' is a random test model"
+            "a pipeline folder (SD1.x or SDXL, made by `facediffuser convert`) or hub id, or a plain Stable "
+            "Diffusion / SDXL base folder with --ip-adapter; 'tiny' and 'tiny-xl' are random test models"
         },
     )
     scene_model: Path | None = field(
-        default=None, metadata={"help": "any SD1.x UNet (diffusers folder or .safetensors) to draw the scene"}
+        default=None,
+        metadata={
+            "help": "any UNet of the model's base (SD1.x, or SDXL for an SDXL model; diffusers folder or "
+            ".safetensors) to draw the scene"
+        },
     )
     ip_adapter: str | None = field(
         default=None,
@@ -226,9 +231,11 @@ def check_before_loading(config: GenerateConfig):
     """Every check that needs no model; returns ``(device, dtype, output paths, people)``."""
     from ..io.inputs import check_request, reference_detector
     from ..io.loading import (
+        base_model_name,
         check_model_source,
         check_offload,
-        check_scene_model,
+        check_scene_model_fits,
+        is_xl_model,
         model_folder,
         read_face_detector,
         read_model_index,
@@ -251,9 +258,15 @@ def check_before_loading(config: GenerateConfig):
     check_offload(config.offload, device)
     check_model_source(config.model)
     if config.scene_model is not None:
-        check_scene_model(config.scene_model)
+        check_scene_model_fits(config.scene_model, is_xl_model(config.model), repr(config.model))
     folder = model_folder(config.model)  # None for tiny and hub ids
     index = read_model_index(folder) if folder is not None else None
+    base = base_model_name(index) if index is not None else None
+    if base is not None and config.ip_adapter is None:
+        raise ValueError(
+            f"{folder} is a plain {base} base folder, which has no subject model: give an IP-Adapter with "
+            "--ip-adapter to draw the people, or a Face-diffuser pipeline folder as --model."
+        )
     placeholder = read_placeholder(folder, index) if folder is not None else None
     own_steps = (index or {}).get("num_inference_steps")
     if own_steps is not None:  # the pipeline would refuse it while it loads: say so now, naming the file
@@ -364,7 +377,7 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
         config.prompt,
         reference_images=people or None,
         **adapter_kwargs,
-        negative_prompt=config.negative_prompt,
+        negative_prompt=config.negative_prompt or None,  # none: SDXL's zeros where its model says so
         height=config.height,
         width=config.width,
         num_images_per_prompt=config.num_images,

@@ -354,7 +354,7 @@ class DemoRunner:
             result = pipe(
                 request.prompt,
                 reference_images=references,
-                negative_prompt=request.negative_prompt,
+                negative_prompt=request.negative_prompt or None,  # none: SDXL's zeros where its model says so
                 height=request.height,
                 width=request.width,
                 num_images_per_prompt=request.num_images,

@@ -29,6 +29,7 @@ from ..pipeline import FaceDiffuserPipeline
 logger = logging.getLogger(__name__)
 
 TINY_MODEL = "tiny"
+TINY_XL_MODEL = "tiny-xl"  # the random SDXL test pipeline
 MINI_MODEL = "mini"  # the mini Face-diffuser shipped in the package (facediffuser mini ship), the default model
 
 
@@ -74,6 +75,23 @@ PIPELINE_PARTS = (
     "subject_fuser",
     "scheduler",
 )
+XL_PIPELINE_PARTS = (*PIPELINE_PARTS[:2], "text_encoder_2", PIPELINE_PARTS[2], "tokenizer_2", *PIPELINE_PARTS[3:])
+# The pipeline class a folder's model_index.json names -> (module, class, parts), imported only when a folder
+# names it (an SD1.x folder imports nothing of SDXL). A folder that names another class is read as SD1.x's.
+SD1_CLASS, XL_CLASS = "FaceDiffuserPipeline", "FaceDiffuserXLPipeline"
+PIPELINE_CLASSES = {
+    SD1_CLASS: ("facediffuser.pipeline", SD1_CLASS, PIPELINE_PARTS),
+    XL_CLASS: ("facediffuser.pipeline_xl", XL_CLASS, XL_PIPELINE_PARTS),
+}
+# A plain diffusers base folder -> the Face-diffuser class built over it (``from_base``): its UNet is the scene model
+# and the subject model is an IP-Adapter loaded afterwards (``generate --ip-adapter``).
+BASE_CLASSES = {
+    "StableDiffusionPipeline": (SD1_CLASS, ("vae", "text_encoder", "tokenizer", "unet", "scheduler")),
+    "StableDiffusionXLPipeline": (
+        XL_CLASS,
+        ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler"),
+    ),
+}
 
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N (N counts from 0) or mps"
@@ -149,6 +167,7 @@ def check_offload(offload: Offload | str, device: torch.device) -> None:
 
 class ModelSource(str, enum.Enum):
     TINY = "tiny"
+    TINY_XL = "tiny-xl"
     MINI = "mini"
     FOLDER = "folder"
     HUB = "hub"
@@ -157,14 +176,17 @@ class ModelSource(str, enum.Enum):
 def check_model_source(model: str | Path) -> ModelSource:
     """Where ``model`` would load from, checked without loading anything.
 
-    ``"tiny"`` is the random test pipeline; ``"mini"`` the mini model shipped in the package (a ``ValueError`` when
-    this installation has none); an existing path must be a complete pipeline folder; a missing path that is written
-    as one (``/...``, ``./...``, ``~/...``, a Windows drive) raises ``FileNotFoundError``; anything else is tried as a
-    model-hub id when the pipeline loads (and :func:`load_pipeline` says so if that fails). A folder called ``tiny``
-    or ``mini`` is given as ``./tiny``.
+    ``"tiny"`` is the random test pipeline (``"tiny-xl"`` its SDXL twin); ``"mini"`` the mini model shipped in the
+    package (a ``ValueError`` when this installation has none); an existing path must be a complete pipeline folder
+    (a Face-diffuser one, or a plain Stable Diffusion / SDXL base); a missing path that is written as one (``/...``,
+    ``./...``, ``~/...``, a Windows drive) raises ``FileNotFoundError``; anything else is tried as a model-hub id when
+    the pipeline loads (and :func:`load_pipeline` says so if that fails). A folder called ``tiny`` or ``mini`` is
+    given as ``./tiny``.
     """
     if str(model) == TINY_MODEL:
         return ModelSource.TINY
+    if str(model) == TINY_XL_MODEL:
+        return ModelSource.TINY_XL
     if str(model) == MINI_MODEL:
         check_pipeline_folder(packaged_mini_pipeline())
         return ModelSource.MINI
@@ -243,9 +265,48 @@ def check_pipeline_folder(folder: Path) -> None:
         raise ValueError(
             f"{index} starts with a byte-order mark, which diffusers cannot read: save it as UTF-8 without one."
         )
-    missing = [p for p in PIPELINE_PARTS if p not in declared or not (folder / p).is_dir()]
+    name = declared.get("_class_name")
+    parts = (
+        BASE_CLASSES[name][1] if name in BASE_CLASSES else PIPELINE_CLASSES.get(name, PIPELINE_CLASSES[SD1_CLASS])[2]
+    )
+    missing = [p for p in parts if p not in declared or not (folder / p).is_dir()]
     if missing:
         raise ValueError(f"The model folder {folder} is missing: {', '.join(p + '/' for p in missing)}.")
+
+
+def pipeline_class(index: dict) -> tuple[type, bool]:
+    """The Face-diffuser class a folder's parsed ``model_index.json`` loads as, and whether the folder is a plain
+    diffusers base (to be built with ``from_base``) rather than a Face-diffuser pipeline folder."""
+    import importlib
+
+    name = index.get("_class_name")
+    base = name in BASE_CLASSES
+    if base:
+        name = BASE_CLASSES[name][0]
+    module, cls, _ = PIPELINE_CLASSES.get(name, PIPELINE_CLASSES[SD1_CLASS])
+    return getattr(importlib.import_module(module), cls), base
+
+
+def base_model_name(index: dict) -> str | None:
+    """``"SDXL"`` or ``"Stable Diffusion"`` for a plain diffusers base folder's index, ``None`` for a Face-diffuser
+    pipeline folder."""
+    name = index.get("_class_name")
+    if name not in BASE_CLASSES:
+        return None
+    return "SDXL" if BASE_CLASSES[name][0] == XL_CLASS else "Stable Diffusion"
+
+
+def is_xl_model(model: str | Path) -> bool | None:
+    """Whether ``model`` (as :func:`check_model_source` takes it) is an SDXL pipeline, read from its
+    ``model_index.json`` without loading it; ``None`` for a hub id (unknown before it downloads)."""
+    source = check_model_source(model)
+    if source in (ModelSource.TINY, ModelSource.TINY_XL):
+        return source is ModelSource.TINY_XL
+    folder = model_folder(model)
+    if folder is None:
+        return None
+    name = read_model_index(folder).get("_class_name")
+    return name == XL_CLASS or BASE_CLASSES.get(name, ("",))[0] == XL_CLASS
 
 
 def read_model_index(folder: Path) -> dict:
@@ -312,15 +373,59 @@ def check_scene_model(path: str | Path) -> None:
     check_safetensors_file(path)
 
 
+def scene_model_is_xl(path: str | Path) -> bool | None:
+    """Whether a scene model (checked by :func:`check_scene_model`) is an SDXL UNet, read from its ``config.json`` or
+    its safetensors header without loading a tensor: SDXL's UNet reads the added conditions (``text_time``; the
+    ``add_embedding`` / ``label_emb`` weights) on 2048-wide tokens. ``None`` when neither mark can be read."""
+    from safetensors import safe_open
+
+    from ..subject_models import is_sdxl_unet
+
+    path = Path(path)
+    if path.is_dir():
+        from .files import read_json
+
+        folder = path / "unet" if (path / "unet" / "config.json").is_file() else path
+        config = read_json(folder / "config.json", dict, "a UNet config")
+        return is_sdxl_unet(config) or config.get("cross_attention_dim") == 2048
+    with safe_open(path, framework="pt") as f:
+        keys = list(f.keys())
+        if any(k.endswith(("add_embedding.linear_1.weight", "label_emb.0.0.weight")) for k in keys):
+            return True
+        key = next((k for k in keys if k.endswith("attn2.to_k.weight")), None)
+        return None if key is None else f.get_slice(key).get_shape()[1] == 2048
+
+
+def check_scene_model_fits(path: str | Path, xl: bool | None, model: str = "the model") -> None:
+    """Refuses, before any model loads, a scene model for the other base: an SD1.x UNet for an SDXL pipeline
+    (``xl``) or an SDXL UNet for an SD1.x one. ``xl is None`` (a hub id) checks nothing."""
+    check_scene_model(path)
+    if xl is None:
+        return
+    found = scene_model_is_xl(path)
+    if found is None or found == xl:
+        return
+    if xl:
+        raise ValueError(
+            f"--scene-model {path} is not an SDXL UNet (it lacks SDXL's added conditions and 2048-wide tokens), but "
+            f"{model} is an SDXL pipeline: give an SDXL UNet (a diffusers folder or a .safetensors file)."
+        )
+    raise ValueError(
+        f"--scene-model {path} is an SDXL UNet, but {model} is an SD1.x pipeline: give an SD v1.x UNet, or an SDXL "
+        "pipeline folder as --model."
+    )
+
+
 def load_scene_unet(
     path: str | Path, like: UNet2DConditionModel, like_name: str = "the pipeline's TDM"
 ) -> UNet2DConditionModel:
-    """An SD1.x UNet to use as the TDM, from a diffusers folder (a pipeline or a bare ``unet/``) or a single
+    """A UNet to use as the TDM, from a diffusers folder (a pipeline or a bare ``unet/``) or a single
     ``.safetensors`` file (original LDM keys ``model.diffusion_model.*`` or diffusers keys, optionally under
-    ``unet.``). ``like`` (called ``like_name`` in messages) supplies the architecture config for single files. A file
-    that does not fit is a ``ValueError`` naming the tensor."""
+    ``unet.``). ``like`` (called ``like_name`` in messages) supplies the architecture config for single files (SD1.x
+    or SDXL). A file that does not fit is a ``ValueError`` naming the tensor."""
     from safetensors.torch import load_file
 
+    kind = _unet_kind(like)
     path = Path(path)
     check_scene_model(path)
     try:
@@ -331,8 +436,14 @@ def load_scene_unet(
     except RuntimeError as err:  # a tensor of another shape; torch names it on a later line
         lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line] or [str(err)]
         raise ValueError(
-            f"{path} does not fit an SD1.x UNet like {like_name} ({lines[0][:200]}): give an SD v1.x UNet."
+            f"{path} does not fit {kind} UNet like {like_name} ({lines[0][:200]}): give {kind} UNet."
         ) from err
+
+
+def _unet_kind(like: UNet2DConditionModel) -> str:
+    from ..subject_models import is_sdxl_unet
+
+    return "an SDXL" if is_sdxl_unet(like.config) else "an SD1.x"
 
 
 def _scene_unet_from_file(path: Path, like: UNet2DConditionModel, state: dict) -> UNet2DConditionModel:
@@ -346,7 +457,7 @@ def _scene_unet_from_file(path: Path, like: UNet2DConditionModel, state: dict) -
     missing, unexpected = unet.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"{path} does not fit an SD1.x UNet: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{path} does not fit {_unet_kind(like)} UNet: {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})."
         )
     return unet
@@ -362,8 +473,11 @@ def load_pipeline(
     offload: Offload | str = "none",
     compile_unets: bool = False,
 ) -> FaceDiffuserPipeline:
-    """A ready pipeline from ``"tiny"``, ``"mini"`` (the shipped model), a local folder or a hub id, on ``device`` in
-    ``dtype``. The shipped model is stored in float16 and loads in ``dtype`` (float32 on the CPU for ``"auto"``).
+    """A ready pipeline from ``"tiny"`` or ``"tiny-xl"``, ``"mini"`` (the shipped model), a local folder or a hub id,
+    on ``device`` in ``dtype``. A folder's ``model_index.json`` names its class (``FaceDiffuserPipeline`` or
+    ``FaceDiffuserXLPipeline``); a plain diffusers Stable Diffusion or SDXL base folder gives that class over the base
+    (``from_base``: no subject model until an IP-Adapter is loaded). The shipped model is stored in float16 and loads
+    in ``dtype`` (float32 on the CPU for ``"auto"``).
 
     ``offload="model"`` keeps the models on the CPU and moves each to the accelerator only while it runs (one at a
     time); ``"sequential"`` goes layer by layer (slowest, least memory). Both need an accelerator.
@@ -380,14 +494,19 @@ def load_pipeline(
             dtype_name(dtype),
         )
     source = check_model_source(model)
-    if source is ModelSource.TINY:
-        from .tiny import build_tiny_pipeline
+    if scene_model is not None:  # before any model loads
+        check_scene_model_fits(scene_model, is_xl_model(model), repr(str(model)))
+    if source in (ModelSource.TINY, ModelSource.TINY_XL):
+        from .tiny import build_tiny_pipeline, build_tiny_xl_pipeline
 
         logger.warning("Using the tiny random pipeline: its images are noise. Pass --model for real weights.")
-        pipe = build_tiny_pipeline()
+        pipe = build_tiny_xl_pipeline() if source is ModelSource.TINY_XL else build_tiny_pipeline()
         pipe.set_progress_bar_config(disable=False)
     elif source in (ModelSource.MINI, ModelSource.FOLDER):
-        pipe = FaceDiffuserPipeline.from_pretrained(model_folder(model), use_safetensors=True, dtype=dtype)
+        folder = model_folder(model)
+        cls, base = pipeline_class(read_model_index(folder))
+        load = cls.from_base if base else cls.from_pretrained
+        pipe = load(folder, use_safetensors=True, dtype=dtype)
     else:
         pipe = _load_from_hub(str(model), dtype)
     if scene_model is not None:
@@ -408,7 +527,12 @@ def load_pipeline(
 
 
 def pipeline_entries() -> list[str]:
-    """What ``save_pretrained`` of a Face-diffuser pipeline may write into a folder: ``model_index.json`` and a
-    sub-folder per component (the optional ones too)."""
-    modules, _ = FaceDiffuserPipeline._get_signature_keys(FaceDiffuserPipeline)
-    return ["model_index.json", *(f"{name}/" for name in sorted(modules))]
+    """What ``save_pretrained`` of a Face-diffuser pipeline (SD1.x or SDXL) may write into a folder:
+    ``model_index.json`` and a sub-folder per component (the optional ones too)."""
+    from ..pipeline_xl import FaceDiffuserXLPipeline
+
+    names = set()
+    for cls in (FaceDiffuserPipeline, FaceDiffuserXLPipeline):
+        modules, _ = cls._get_signature_keys(cls)
+        names |= set(modules)
+    return ["model_index.json", *(f"{name}/" for name in sorted(names))]

@@ -77,17 +77,27 @@ SD15_SHAPED = TinyConfig(
 
 def tiny_unet(config: TinyConfig = TinyConfig()) -> UNet2DConditionModel:
     levels = len(config.unet_channels)
-    return UNet2DConditionModel(
-        sample_size=config.sample_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=config.unet_channels,
+    return _unet(
+        config.sample_size,
+        config.unet_channels,
+        ("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         layers_per_block=config.unet_layers_per_block,
-        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=config.embed_dim,
         attention_head_dim=config.unet_head_dim,
         norm_num_groups=config.unet_norm_groups,
+    )
+
+
+def _unet(sample_size: int, channels: tuple[int, ...], down: tuple, up: tuple, **config) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=channels,
+        down_block_types=down,
+        up_block_types=up,
+        **config,
     )
 
 
@@ -159,5 +169,117 @@ def tiny_components(seed: int = 0, config: TinyConfig = TinyConfig()) -> dict:
 def build_tiny_pipeline(seed: int = 0, config: TinyConfig = TinyConfig()) -> FaceDiffuserPipeline:
     """A tiny random :class:`FaceDiffuserPipeline` (its images are noise)."""
     pipe = FaceDiffuserPipeline(**tiny_components(seed, config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ------------------------------------------------------------------ SDXL
+@dataclass(frozen=True)
+class TinyXLConfig:
+    """Widths of the tiny SDXL components: SDXL's layout (three UNet levels, cross-attention in the lower two with two
+    transformer layers in the lowest, ``text_time`` added conditions, two text towers whose hidden states are joined)
+    at toy widths. Every width differs from the others, so a swapped one cannot pass unseen."""
+
+    text_hidden: int = 8  # CLIP ViT-L/14's text tower (768 in SDXL)
+    text_2_hidden: int = 16  # OpenCLIP bigG's (1280)
+    text_2_projection: int = 12  # its pooled projection, the UNet's text_embeds (1280)
+    text_layers: int = 2
+    text_heads: int = 2
+    unet_channels: tuple[int, ...] = (8, 16, 16)
+    unet_head_dim: tuple[int, ...] = (2, 4, 4)
+    unet_transformer_layers: tuple[int, ...] = (1, 1, 2)
+    unet_norm_groups: int = 4
+    time_embed_dim: int = 4  # addition_time_embed_dim (256)
+    vision_hidden: int = 16
+    vision_projection: int = 20  # the subject embedding o (1024 for ViT-H/14, 1280 for bigG)
+    vision_image_size: int = 32
+    vision_patch_size: int = 8
+    sample_size: int = 8  # latent side (128 in SDXL); the default image is sample_size * 8 pixels
+
+    @property
+    def token_width(self) -> int:
+        """The UNet's cross-attention width: both towers' hidden states side by side (2048 in SDXL)."""
+        return self.text_hidden + self.text_2_hidden
+
+
+def tiny_xl_unet(config: TinyXLConfig = TinyXLConfig()) -> UNet2DConditionModel:
+    levels = len(config.unet_channels)
+    return _unet(
+        config.sample_size,
+        config.unet_channels,
+        ("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (levels - 1),
+        ("CrossAttnUpBlock2D",) * (levels - 1) + ("UpBlock2D",),
+        layers_per_block=1,
+        attention_head_dim=config.unet_head_dim,
+        transformer_layers_per_block=config.unet_transformer_layers,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=config.time_embed_dim,
+        projection_class_embeddings_input_dim=6 * config.time_embed_dim + config.text_2_projection,
+        cross_attention_dim=config.token_width,
+        norm_num_groups=config.unet_norm_groups,
+    )
+
+
+def tiny_xl_vae(config: TinyXLConfig = TinyXLConfig()) -> AutoencoderKL:
+    """The tiny VAE with SDXL's scaling factor and ``force_upcast`` (SDXL's VAE overflows in float16)."""
+    vae = tiny_vae(TinyConfig(sample_size=config.sample_size))
+    vae.register_to_config(scaling_factor=0.13025, force_upcast=True)
+    return vae
+
+
+def _tiny_text_config(hidden: int, config: TinyXLConfig, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=config.text_heads,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        **extra,
+    )
+
+
+def tiny_xl_components(seed: int = 0, config: TinyXLConfig = TinyXLConfig()) -> dict:
+    """The components of a random :class:`~facediffuser.pipeline_xl.FaceDiffuserXLPipeline`, each from its own seed.
+    ``tokenizer_2`` pads with ``!`` as SDXL's second tokenizer does."""
+    from transformers import CLIPTextModelWithProjection
+
+    builders = {
+        "unet": tiny_xl_unet,
+        "subject_unet": tiny_xl_unet,
+        "vae": tiny_xl_vae,
+        "text_encoder": lambda c: CLIPTextModel(_tiny_text_config(c.text_hidden, c, pad_token_id=49407)),
+        "text_encoder_2": lambda c: CLIPTextModelWithProjection(
+            _tiny_text_config(c.text_2_hidden, c, projection_dim=c.text_2_projection, pad_token_id=0)
+        ),
+        "image_encoder": lambda c: tiny_image_encoder(
+            TinyConfig(
+                vision_hidden=c.vision_hidden,
+                embed_dim=c.vision_projection,
+                vision_image_size=c.vision_image_size,
+                vision_patch_size=c.vision_patch_size,
+            )
+        ),
+        "subject_fuser": lambda c: SubjectFuser(embed_dim=c.token_width, image_embed_dim=c.vision_projection),
+    }
+    components = {}
+    for offset, (name, build) in enumerate(builders.items()):
+        torch.manual_seed(seed + offset)
+        components[name] = build(config).eval()
+    components["tokenizer"] = load_clip_tokenizer()
+    components["tokenizer_2"] = load_clip_tokenizer()
+    components["tokenizer_2"].pad_token = "!"
+    components["scheduler"] = DDIMScheduler(**SD_SCHEDULER_CONFIG)
+    return components
+
+
+def build_tiny_xl_pipeline(seed: int = 0, config: TinyXLConfig = TinyXLConfig()):
+    """A tiny random :class:`~facediffuser.pipeline_xl.FaceDiffuserXLPipeline` (its images are noise)."""
+    from ..pipeline_xl import FaceDiffuserXLPipeline
+
+    pipe = FaceDiffuserXLPipeline(**tiny_xl_components(seed, config))
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -4,9 +4,13 @@ For a marked token embedding ``t`` and the subject embedding ``o`` of its refere
 (docs/method.md, The two models, after FastComposer's post-fuse module)::
 
     MLP(x)  = fc2(GELU(fc1(LayerNorm(x))))          (+ x when residual)
-    h       = mlp1(concat(t, o)) + t                 mlp1: 2D -> D -> D, no residual
+    h       = mlp1(concat(t, o)) + t                 mlp1: D + E -> D -> D, no residual
     h       = mlp2(h)                                mlp2: D -> D -> D, residual
     fuse    = LayerNorm(h)
+
+``D`` is the text token's width, ``E`` the subject embedding's: both 768 on SD1.x with CLIP ViT-L/14 (``E = D``,
+the release's fuser); on SDXL the token is 2048 wide (both text towers' hidden states side by side) and ``E`` is the
+image encoder's projection (768 for ViT-L/14, 1024 for ViT-H/14, 1280 for ViT-bigG/14).
 
 Parameter names (``mlp1.layernorm``, ``mlp1.fc1``, ``mlp1.fc2``, ``mlp2.*``, ``layer_norm``) are those of the
 released checkpoints, so their ``postfuse_module.*`` weights load without renaming.
@@ -42,19 +46,22 @@ class SubjectFuser(ModelMixin, ConfigMixin):
     """Fuses subject embeddings into the text embeddings of their class-noun tokens.
 
     Args:
-        embed_dim: width ``D`` of both the text-encoder hidden states and the projected image embedding
-            (768 for SD1.x with CLIP ViT-L/14).
+        embed_dim: width ``D`` of the text-encoder hidden states, the token the fuser writes (768 for SD1.x, 2048
+            for SDXL).
+        image_embed_dim: width ``E`` of the projected image embedding ``o``; ``None`` (the default, and what a
+            config without the entry means) is ``embed_dim``, as for SD1.x with CLIP ViT-L/14.
     """
 
     @register_to_config
-    def __init__(self, embed_dim: int = 768):
+    def __init__(self, embed_dim: int = 768, image_embed_dim: int | None = None):
         super().__init__()
-        self.mlp1 = FuserMLP(2 * embed_dim, embed_dim, embed_dim, residual=False)
+        self.image_width = embed_dim if image_embed_dim is None else image_embed_dim
+        self.mlp1 = FuserMLP(embed_dim + self.image_width, embed_dim, embed_dim, residual=False)
         self.mlp2 = FuserMLP(embed_dim, embed_dim, embed_dim, residual=True)
         self.layer_norm = nn.LayerNorm(embed_dim)
 
     def fuse(self, token_embeds: torch.Tensor, subject_embeds: torch.Tensor) -> torch.Tensor:
-        """``fuse(t, o)`` for matched pairs: ``(N, D), (N, D) -> (N, D)``."""
+        """``fuse(t, o)`` for matched pairs: ``(N, D), (N, E) -> (N, D)``."""
         h = self.mlp1(torch.cat([token_embeds, subject_embeds], dim=-1)) + token_embeds
         h = self.mlp2(h)
         return self.layer_norm(h)
@@ -69,10 +76,15 @@ class SubjectFuser(ModelMixin, ConfigMixin):
 
         Args:
             text_embeds: ``(B, L, D)`` text-encoder output ``c``.
-            subject_embeds: ``(N, D)`` one embedding per subject.
+            subject_embeds: ``(N, E)`` one embedding per subject.
             subject_positions: ``(N, 2)`` long tensor of ``(batch index, token index)``, one row per subject, in
                 the same order as ``subject_embeds``.
         """
+        if subject_embeds.shape[0] and subject_embeds.shape[-1] != self.image_width:
+            raise ValueError(
+                f"The subject embeddings are {subject_embeds.shape[-1]} wide but this fuser reads {self.image_width}: "
+                "the image encoder is not the one the subject model was trained with."
+            )
         if subject_embeds.shape[0] != subject_positions.shape[0]:
             raise ValueError(
                 f"Got {subject_embeds.shape[0]} subject embeddings for {subject_positions.shape[0]} marked tokens."
