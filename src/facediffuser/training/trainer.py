@@ -44,7 +44,7 @@ from ..pipeline import FaceDiffuserPipeline
 from . import checkpoints, tracking
 from .adapter import WEIGHT_NAME as ADAPTER_FILE
 from .allocator import keep_freed_blocks
-from .attention import AttentionStore, install_attention_capture
+from .attention import LOCALIZATION_LAYERS, AttentionStore, install_attention_capture
 from .augment import ReferenceAugmentation
 from .config import RUN_ENTRIES, RUN_LEGACY, MixedPrecision, ModelKind, TrainConfig, output_inputs
 from .data import EpochSampler, FFHQWild, collate, seeded_generator
@@ -52,6 +52,8 @@ from .export import export_pipeline, trained_tensors
 from .launch import launched_without_accelerator, process_count_mismatch
 from .losses import denoising_loss, head_loss_weights, localization_loss, min_snr_weights, subject_union_masks
 from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline, parameter_groups
+from .model_xl import XL_LOCALIZATION_LAYERS as XL_LAYERS
+from .model_xl import empty_captions, xl_conditions
 from .validation import draw_validation_grid, pick_validation_samples, write_validation_grid
 
 logger = logging.getLogger(__name__)
@@ -125,6 +127,8 @@ class Trainer:
         base = base_pipeline if base_pipeline is not None else load_base_pipeline(c.pretrained, tiny_config)
         self.placeholder = base.placeholder
         self.tokenizer = base.tokenizer
+        # An SDXL base: its second text tower, size ids and zeros for dropped captions (.model_xl).
+        self.xl = xl_conditions(base, self.kind, device, self.weight_dtype)
         self.scheduler_config = base.scheduler.config
         self.reference_size = base.image_encoder.config.image_size
         self.vae = base.vae.requires_grad_(False).to(device).eval()
@@ -148,7 +152,8 @@ class Trainer:
             denoiser.unet.enable_gradient_checkpointing()
         self.attention_store = AttentionStore()
         if self.kind is ModelKind.SDM and c.localization_weight > 0:
-            install_attention_capture(denoiser.unet, self.attention_store)
+            layers = LOCALIZATION_LAYERS if self.xl is None else XL_LAYERS
+            install_attention_capture(denoiser.unet, self.attention_store, layers)
 
         # 3. Data.
         self.train_dataset = self.make_dataset(c.split, augment=True)
@@ -224,6 +229,7 @@ class Trainer:
             ),
             seed=c.seed,
             placeholder=self.placeholder,
+            tokenizer_2=None if self.xl is None else self.xl.tokenizer_2,
         )
 
     @property
@@ -276,7 +282,7 @@ class Trainer:
             input_ids, subject_pixels, positions = self.adapter_drops(batch, g)
         with torch.no_grad():
             latents = self.vae.encode(pixels).latent_dist.sample(generator=g) * self.vae.config.scaling_factor
-            text_embeds = self.text_encoder(input_ids.to(device))[0]
+            text_embeds, added = self.encode_text(batch, input_ids)
         latents = latents.float()
         noise = torch.randn(latents.shape, generator=g, device=device)
         timesteps = torch.randint(
@@ -290,7 +296,7 @@ class Trainer:
 
         self.attention_store.reset()
         with acc.autocast():
-            pred = self.model(noisy, timesteps, text_embeds.float(), subject_pixels.to(device), positions)
+            pred = self.model(noisy, timesteps, text_embeds.float(), subject_pixels.to(device), positions, **added)
         use_mask = self.kind is ModelKind.SDM and torch.rand((), generator=g, device=device).item() < c.mask_loss_prob
         mask = subject_union_masks(masks, positions, latents.shape[0], latents.shape[-2:]) if use_mask else None
         weights = None
@@ -308,6 +314,17 @@ class Trainer:
         self.attention_store.reset()
         loss = denoising + c.localization_weight * localization.to(denoising.device)
         return {"loss": loss, "denoising": denoising.detach(), "localization": localization.detach()}
+
+    def encode_text(self, batch: dict[str, Any], input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The caption tokens ``(B, L, D)`` and the UNet's extra arguments: none for SD1.x; for SDXL
+        ``added_cond_kwargs`` (the pooled embedding and the size ids, float32), see :mod:`.model_xl`."""
+        device = self.accelerator.device
+        if self.xl is None:
+            return self.text_encoder(input_ids.to(device))[0], {}
+        empty = empty_captions(batch["captions"])
+        tokens, pooled = self.xl.encode(self.text_encoder, input_ids, batch["input_ids_2"], empty)
+        added = {"text_embeds": pooled.float(), "time_ids": batch["time_ids"].to(device, torch.float32)}
+        return tokens, {"added_cond_kwargs": added}
 
     def adapter_drops(
         self, batch: dict[str, Any], g: torch.Generator
@@ -505,7 +522,7 @@ class Trainer:
             self.ema.copy_to(ema_params)
         sdm = self.kind is ModelKind.SDM
         adapter = self.kind is ModelKind.IP_ADAPTER
-        pipe = FaceDiffuserPipeline(
+        pipe = (FaceDiffuserPipeline if self.xl is None else self.xl.pipeline)(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
