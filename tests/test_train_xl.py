@@ -3,6 +3,7 @@ localization loss on SDXL's cross-attention, resume, export, and the exported fo
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,47 @@ def test_a_plain_sdxl_base_folder_is_refused_with_the_way_to_build_one(data_root
         "`facediffuser convert` and give that as --pretrained."
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_zero2_accelerate_config_takes_the_trainers_accumulation_and_clipping(monkeypatch):
+    """What accelerate hands DeepSpeed from the shipped ZeRO-2 config: the trainer's accumulation, its clipping norm."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DeepSpeedPlugin
+
+    from facediffuser.training.launch import fill_deepspeed_settings
+
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
+    yaml = load_config_from_file(
+        str(Path(__file__).resolve().parents[1] / "configs" / "accelerate_deepspeed_zero2.yaml")
+    )
+    assert yaml.deepspeed_config["zero_stage"] == 2 and yaml.mixed_precision == "bf16"
+
+    def handed():  # what accelerate hands DeepSpeed, as `accelerate launch` builds its plugin from the config
+        return DeepSpeedPlugin(**yaml.deepspeed_config).deepspeed_config
+
+    ds = handed()
+    assert ds["zero_optimization"]["stage"] == 2 and ds["gradient_accumulation_steps"] == "auto"
+    assert "optimizer" not in ds and "scheduler" not in ds  # the trainer's AdamW and schedule, prepared by accelerate
+    fill_deepspeed_settings(ds, TrainConfig(data_root=Path("d"), gradient_accumulation_steps=4))
+    assert ds["gradient_accumulation_steps"] == 4 and ds["gradient_clipping"] == 1.0
+    with pytest.raises(ValueError, match=r"DeepSpeed gradient_clipping is 1.0 but --max-grad-norm is 0.5"):
+        fill_deepspeed_settings(handed(), TrainConfig(data_root=Path("d"), max_grad_norm=0.5))
+    with pytest.raises(ValueError, match=r"DeepSpeed gradient_accumulation_steps is 4 but --gradient-accumulation-st"):
+        fill_deepspeed_settings(ds, TrainConfig(data_root=Path("d"), gradient_accumulation_steps=2))
+
+
+def test_a_module_held_in_bfloat16_as_deepspeed_holds_it_trains_with_float32_averages(data_root, tmp_path, monkeypatch):
+    """DeepSpeed with bf16 casts the whole prepared module to bfloat16 and passes the inputs as they come."""
+    from accelerate import Accelerator
+
+    prepare = Accelerator.prepare
+
+    def prepare_in_bf16(self, model, *rest):
+        return prepare(self, model.to(torch.bfloat16), *rest)
+
+    monkeypatch.setattr(Accelerator, "prepare", prepare_in_bf16)
+    trainer = Trainer(ModelKind.SDM, xl_config(data_root, tmp_path / "out", max_train_steps=1, use_ema=True))
+    assert trainer.denoiser.unet.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in trainer.ema.shadow_params)
+    trainer.train()
+    assert all(map(math.isfinite, read_metrics(tmp_path / "out")["train/loss"]))

@@ -49,7 +49,7 @@ from .augment import ReferenceAugmentation
 from .config import RUN_ENTRIES, RUN_LEGACY, MixedPrecision, ModelKind, TrainConfig, output_inputs
 from .data import EpochSampler, FFHQWild, collate, seeded_generator
 from .export import export_pipeline, trained_tensors
-from .launch import launched_without_accelerator, process_count_mismatch
+from .launch import fill_deepspeed_settings, launched_without_accelerator, process_count_mismatch
 from .losses import denoising_loss, head_loss_weights, localization_loss, min_snr_weights, subject_union_masks
 from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline, parameter_groups
 from .model_xl import XL_LOCALIZATION_LAYERS as XL_LAYERS
@@ -107,6 +107,9 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
             kwargs_handlers=[ddp],
         )
+        deepspeed = self.accelerator.state.deepspeed_plugin
+        if deepspeed is not None:  # before prepare(), which hands the config to DeepSpeed
+            fill_deepspeed_settings(deepspeed.deepspeed_config, c)
         mismatch = process_count_mismatch(self.accelerator.num_processes)
         if mismatch:
             logger.warning(mismatch)
@@ -195,7 +198,9 @@ class Trainer:
             )
         self.ema: EMAModel | None = None
         if c.use_ema:
-            self.ema = EMAModel(self.trainable_parameters(), decay=c.ema_decay)
+            # float32 averages also where DeepSpeed holds the module in bf16: a step's 1e-4 share of a difference
+            # is below bf16's resolution. float32 parameters are cloned as they are.
+            self.ema = EMAModel([p.detach().float() for p in self.trainable_parameters()], decay=c.ema_decay)
             self.ema.to(device)
             self.accelerator.register_for_checkpointing(self.ema)
         self.global_step = 0
