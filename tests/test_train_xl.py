@@ -308,3 +308,13 @@ def test_a_module_held_in_bfloat16_as_deepspeed_holds_it_trains_with_float32_ave
     assert all(p.dtype == torch.float32 for p in trainer.ema.shadow_params)
     trainer.train()
     assert all(map(math.isfinite, read_metrics(tmp_path / "out")["train/loss"]))
+
+
+def test_an_sdxl_vae_encodes_in_float32_in_a_float16_run():
+    from facediffuser.training.model_xl import vae_dtype
+
+    xl_vae = build_tiny_xl_pipeline().vae  # force_upcast, as SDXL's
+    assert vae_dtype(xl_vae, torch.float16) == torch.float32
+    assert vae_dtype(xl_vae, torch.bfloat16) == torch.bfloat16  # bfloat16 has float32's range
+    xl_vae.register_to_config(force_upcast=False)  # a VAE fine-tuned for float16
+    assert vae_dtype(xl_vae, torch.float16) == torch.float16

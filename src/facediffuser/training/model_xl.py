@@ -126,6 +126,15 @@ def xl_conditions(base: Any, kind: Any, device: torch.device, dtype: torch.dtype
     return XLTextConditions(base, device, dtype)
 
 
+def vae_dtype(vae: nn.Module, weight_dtype: torch.dtype) -> torch.dtype:
+    """An SDXL base's frozen VAE's training dtype: the run's, but float32 for a float16 run whose VAE says
+    ``force_upcast`` (SDXL's, which overflows to NaN in float16), as the XL pipeline decodes and diffusers' SDXL
+    trainers encode; a VAE fine-tuned for float16 (``force_upcast`` false) takes float16."""
+    if weight_dtype == torch.float16 and vae.config.get("force_upcast", False):
+        return torch.float32
+    return weight_dtype
+
+
 def empty_captions(captions: list[str]) -> torch.Tensor:
     """``(B,)`` whether each caption of a batch is empty (dropped for classifier-free guidance)."""
     return torch.tensor([not c.strip() for c in captions], dtype=torch.bool)

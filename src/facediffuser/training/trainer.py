@@ -53,7 +53,7 @@ from .launch import fill_deepspeed_settings, launched_without_accelerator, proce
 from .losses import denoising_loss, head_loss_weights, localization_loss, min_snr_weights, subject_union_masks
 from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline, parameter_groups
 from .model_xl import XL_LOCALIZATION_LAYERS as XL_LAYERS
-from .model_xl import empty_captions, xl_conditions
+from .model_xl import empty_captions, vae_dtype, xl_conditions
 from .validation import draw_validation_grid, pick_validation_samples, write_validation_grid
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class Trainer:
         self.vae = base.vae.requires_grad_(False).to(device).eval()
         self.text_encoder = base.text_encoder.requires_grad_(False).to(device).eval()
         if self.weight_dtype != torch.float32:
-            self.vae.to(dtype=self.weight_dtype)
+            self.vae.to(dtype=self.weight_dtype if self.xl is None else vae_dtype(self.vae, self.weight_dtype))
             self.text_encoder.to(dtype=self.weight_dtype)
         self.noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
         denoiser = build_denoiser(self.kind, base, c.seed)
@@ -277,7 +277,7 @@ class Trainer:
         c, acc = self.config, self.accelerator
         device = acc.device
         g = seeded_generator([c.seed, micro_step, acc.process_index, 1], device)
-        pixels = batch["pixel_values"].to(device, self.weight_dtype)
+        pixels = batch["pixel_values"].to(device, self.vae.dtype)
         positions = batch["subject_positions"].to(device)
         masks = batch["subject_masks"].to(device)
 
