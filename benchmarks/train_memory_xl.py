@@ -12,10 +12,12 @@ Three measurements, each printed as one line of ``key=value``:
   fuser on 2048-wide tokens, the two text towers and the VAE.
 * ``--what sdxl-activations``: the activations of one SDM UNet step on SDXL's layout (the real depths, attention
   head width 64, 2048-wide tokens, the localization loss's capture of every cross-attention block) with every
-  channel count and head count divided by ``--width-divisor``, under bfloat16 autocast: the bytes autograd saves for
-  backward (the activation memory without checkpointing), and with ``--checkpointing`` the peak of the live saved
-  bytes during forward and backward, which checkpointing bounds. Activations are linear in the channel count at a
-  fixed head width, and in the latent area; run two resolutions to check the second.
+  channel count and head count divided by ``--width-divisor``, the module held in bfloat16 as DeepSpeed holds it:
+  the bytes autograd saves for backward besides the parameters (``saved_total``: the activations without
+  checkpointing), the largest single resnet or transformer block's share (``largest_block_saved``: what a
+  checkpointed backward recomputes at once) and the captured attention maps. With ``--checkpointing``,
+  ``saved_total`` is what the forward keeps (the checkpointed blocks' inputs). Activations are linear in the
+  channel count at a fixed head width; run several resolutions to see them linear in the latent area.
 
 Usage (one process per measurement; ``OMP_NUM_THREADS=1`` on a shared machine)::
 
@@ -85,7 +87,7 @@ def peak_rss():
 
 
 @contextmanager
-def saved_bytes():
+def saved_bytes(skip: frozenset[int] = frozenset()):
     """Counts the unique storages autograd saves for backward: ``total`` (all saved in the block), ``peak`` (the most
     alive at once: a storage counts until the last saved tensor on it is freed)."""
     import weakref
@@ -103,7 +105,7 @@ def saved_bytes():
     def pack(t: torch.Tensor):
         storage = t.untyped_storage()
         key = storage.data_ptr()
-        if not key:
+        if not key or key in skip:  # the parameters themselves are not activations
             return t
         if key not in holders:
             holders[key] = 0
@@ -231,8 +233,10 @@ def sdxl_activations(resolution: int, divisor: int, checkpointing: bool, batch: 
     from diffusers.models.attention import BasicTransformerBlock
     from diffusers.models.resnet import ResnetBlock2D
 
-    # autocast's bfloat16 copies of the Linear and Conv2d weights, saved for backward: 2 bytes a weight.
-    copies = sum(2 * m.weight.numel() for m in unet.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    # The module in bfloat16 as DeepSpeed holds it with bf16 (no autocast): what autograd saves besides the
+    # parameters themselves is activations.
+    unet.to(torch.bfloat16)
+    params = frozenset(p.untyped_storage().data_ptr() for p in unet.parameters())
     units = [m for m in unet.modules() if isinstance(m, (BasicTransformerBlock, ResnetBlock2D))]
     largest = {"unit": 0}
 
@@ -242,7 +246,9 @@ def sdxl_activations(resolution: int, divisor: int, checkpointing: bool, batch: 
     def measured(module, args, *rest):
         largest["unit"] = max(largest["unit"], saved["total"] - module._saved_before)
 
-    with saved_bytes() as saved, torch.autocast("cpu", dtype=torch.bfloat16):
+    x, tokens = x.bfloat16(), tokens.bfloat16()
+    added = {k: v.bfloat16() for k, v in added.items()}
+    with saved_bytes(params) as saved:
         hooks = [h for m in units for h in (m.register_forward_pre_hook(measure), m.register_forward_hook(measured))]
         pred = unet(x, t, encoder_hidden_states=tokens, added_cond_kwargs=added).sample
         for h in hooks:
@@ -259,7 +265,7 @@ def sdxl_activations(resolution: int, divisor: int, checkpointing: bool, batch: 
         f"what=sdxl-activations resolution={resolution} batch={batch} width_divisor={divisor} "
         f"checkpointing={checkpointing} unet_params={count(unet)} captured_layers={captured} "
         f"saved_after_forward_MiB={after_forward / mib:.1f} saved_total_MiB={saved['total'] / mib:.1f} "
-        f"weight_copies_MiB={copies / mib:.1f} captured_maps_MiB={captured_bytes / mib:.1f} "
+        f"captured_maps_MiB={captured_bytes / mib:.1f} "
         f"largest_block_saved_MiB={largest['unit'] / mib:.1f}"
     )
 
