@@ -175,3 +175,46 @@ def test_evaluate_runs_an_xl_folder(xl_folder, clip_folder, tmp_path, face_image
     assert main(argv) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert sorted(r["images"] for r in summary["methods"].values()) == [1, 1]
+
+
+# ------------------------------------------------------------------ convert: an SDXL pipeline folder
+@pytest.mark.slow
+def test_convert_assembles_an_xl_folder_from_a_base_then_takes_its_trained_sdm(xl_base, scene_models, tmp_path, ref):
+    encoder = tmp_path / "image_encoder"
+    tiny_image_encoder().save_pretrained(encoder)
+    start = tmp_path / "start"
+    assert main(["convert", "--sdxl", str(xl_base), "--image-encoder", str(encoder), "--out", str(start)]) == 0
+    pipe = load_pipeline(start, device="cpu")
+    assert type(pipe) is FaceDiffuserXLPipeline and not pipe.shares_unet
+    assert pipe.subject_fuser.config.embed_dim == 24 and pipe.subject_fuser.config.image_embed_dim == 12
+    torch.testing.assert_close(pipe.subject_unet.state_dict(), pipe.unet.state_dict(), rtol=0, atol=0)
+    # the folder as a trained SDM, on another SDXL scene model
+    out = tmp_path / "assembled"
+    argv = ["convert", "--sdxl", str(xl_base), "--sdm", str(start), "--scene-model", str(scene_models["xl"][1])]
+    assert main([*argv, "--out", str(out)]) == 0
+    again = load_pipeline(out, device="cpu")
+    torch.testing.assert_close(again.subject_fuser.state_dict(), pipe.subject_fuser.state_dict(), rtol=0, atol=0)
+    torch.testing.assert_close(again.unet.state_dict(), scene_models["xl"][2].state_dict(), rtol=0, atol=0)
+    assert main(["generate", "-p", PROMPT, "--ref", ref, "--model", str(out), "--steps", "2", "--no-face-check",
+                 "-o", str(tmp_path / "x.png")]) == 0  # fmt: skip
+
+
+def test_convert_refuses_what_does_not_make_an_sdxl_folder(xl_base, xl_folder, tmp_path, capsys):
+    from diffusers import StableDiffusionPipeline
+
+    from facediffuser.io.tiny import tiny_components
+
+    sd = {k: v for k, v in tiny_components().items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")}
+    StableDiffusionPipeline(**sd, safety_checker=None, feature_extractor=None).save_pretrained(tmp_path / "sd")
+    out = str(tmp_path / "out")
+    assert cli_error(capsys, ["convert", "--sdxl", str(tmp_path / "sd"), "--sdm", str(xl_folder), "--out", out]) == (
+        f"--sdxl {tmp_path / 'sd'} is not an SDXL base folder (its model_index.json names another pipeline): give "
+        "the diffusers folder of SDXL base (stabilityai/stable-diffusion-xl-base-1.0)."
+    )
+    assert cli_error(capsys, ["convert", "--sdxl", str(xl_base), "--out", out]).startswith(
+        "With --sdxl give either --sdm (a trained SDXL Face-diffuser folder) or --image-encoder"
+    )
+    assert cli_error(capsys, ["convert", "--sdxl", str(xl_base), "--sd15", str(tmp_path / "sd"), "--out", out]) == (
+        "Give --sd15 (with --sdm, the released checkpoint) or --sdxl (an SDXL base), one of the two."
+    )
+    assert not (tmp_path / "out").exists()

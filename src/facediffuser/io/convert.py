@@ -419,3 +419,100 @@ def save_pipeline_atomically(
         lambda new: pipe.save_pretrained(new, safe_serialization=True),
         recheck=lambda: check_output_folder(out, overwrite=overwrite, inputs=inputs),  # nothing changed meanwhile
     )
+
+
+# ------------------------------------------------------------------ SDXL
+def assemble_xl_pipeline(
+    sdxl: str | os.PathLike,
+    subject_model: str | os.PathLike | None = None,
+    image_encoder: str | os.PathLike | None = None,
+    scene_model: str | os.PathLike | None = None,
+    seed: int = 0,
+):
+    """A :class:`~facediffuser.pipeline_xl.FaceDiffuserXLPipeline` over an SDXL base folder (diffusers'
+    ``StableDiffusionXLPipeline`` layout), checked before any model loads.
+
+    Args:
+        sdxl: the SDXL base: VAE, both text towers and tokenizers, scheduler, and the TDM's UNet.
+        subject_model: a trained SDXL Face-diffuser pipeline folder: its ``subject_unet``, ``subject_fuser`` and
+            ``image_encoder`` (and ``face_detector``, if any) become the SDM.
+        image_encoder: without ``subject_model``, a CLIP vision folder with projection: the SDM starts untrained, its
+            UNet a copy of the base's and its fuser freshly drawn (``seed``) for the base's token width and this
+            encoder's projection, the starting point of ``train sdm``.
+        scene_model: any SDXL UNet (folder or ``.safetensors``) as the TDM instead of the base's.
+
+    For an IP-Adapter there is nothing to assemble: ``generate --model SDXL_BASE --ip-adapter ...``
+    (``FaceDiffuserXLPipeline.from_base`` then ``load_ip_adapter``).
+    """
+    from ..pipeline_xl import FaceDiffuserXLPipeline
+    from .loading import (
+        BASE_CLASSES,
+        XL_CLASS,
+        check_pipeline_folder,
+        check_scene_model_fits,
+        read_model_index,
+        scene_model_is_xl,
+    )
+
+    sdxl = Path(sdxl)
+    if not sdxl.is_dir():
+        raise FileNotFoundError(f"SDXL base folder not found: {sdxl}")
+    check_pipeline_folder(sdxl)
+    if BASE_CLASSES.get(read_model_index(sdxl).get("_class_name"), ("",))[0] != XL_CLASS:
+        raise ValueError(
+            f"--sdxl {sdxl} is not an SDXL base folder (its model_index.json names another pipeline): give the "
+            "diffusers folder of SDXL base (stabilityai/stable-diffusion-xl-base-1.0)."
+        )
+    if (subject_model is None) == (image_encoder is None):
+        raise ValueError(
+            "With --sdxl give either --sdm (a trained SDXL Face-diffuser folder) or --image-encoder (a CLIP vision "
+            "folder, for an untrained SDM to train), not both or neither."
+        )
+    if scene_model is not None:
+        check_scene_model_fits(scene_model, True, f"--sdxl {sdxl}")
+    cross = _read_config(sdxl / "unet")["cross_attention_dim"]
+    if subject_model is not None:
+        subject_model = Path(subject_model)
+        if not subject_model.is_dir():
+            raise FileNotFoundError(f"--sdm folder not found: {subject_model}")
+        check_pipeline_folder(subject_model)
+        if (
+            read_model_index(subject_model).get("_class_name") != XL_CLASS
+            or not (subject_model / "subject_fuser" / "config.json").is_file()
+        ):
+            raise ValueError(
+                f"--sdm {subject_model} is not an SDXL Face-diffuser folder with a subject fuser: give the folder "
+                "that `train sdm` wrote for an SDXL base."
+            )
+        width = _read_config(subject_model / "subject_fuser")["embed_dim"]
+        if not scene_model_is_xl(subject_model / "subject_unet") or width != cross:
+            raise ValueError(
+                f"--sdm {subject_model}'s subject model reads {width}-wide tokens but --sdxl {sdxl} gives {cross}: "
+                "they are not of the same base."
+            )
+    else:
+        vision = _read_config(image_encoder)
+        if "projection_dim" not in vision:
+            raise ValueError(
+                f"--image-encoder {image_encoder} is not a CLIP vision model with projection (its config.json has "
+                "no projection_dim): give one such as h94/IP-Adapter's sdxl_models/image_encoder."
+            )
+
+    pipe = FaceDiffuserXLPipeline.from_base(sdxl, use_safetensors=True)
+    if subject_model is not None:
+        trained = FaceDiffuserXLPipeline.from_pretrained(subject_model, use_safetensors=True)
+        parts = {name: getattr(trained, name) for name in ("subject_unet", "subject_fuser", "image_encoder")}
+        parts["face_detector"] = trained.face_detector
+        pipe.register_to_config(placeholder=trained.placeholder)
+    else:
+        encoder = CLIPVisionModelWithProjection.from_pretrained(image_encoder, use_safetensors=True)
+        subject_unet = UNet2DConditionModel.from_config(pipe.unet.config)
+        subject_unet.load_state_dict(pipe.unet.state_dict())
+        torch.manual_seed(seed)
+        fuser = SubjectFuser(embed_dim=cross, image_embed_dim=encoder.config.projection_dim)
+        parts = {"subject_unet": subject_unet, "subject_fuser": fuser, "image_encoder": encoder}
+    pipe.register_modules(**parts)
+    if scene_model is not None:
+        pipe.unet = load_scene_unet(scene_model, like=pipe.unet, like_name="the SDXL base's")
+        check_finite(pipe.unet.state_dict(), scene_model)
+    return pipe.to(torch.float32)
