@@ -318,3 +318,27 @@ def test_an_sdxl_vae_encodes_in_float32_in_a_float16_run():
     assert vae_dtype(xl_vae, torch.bfloat16) == torch.bfloat16  # bfloat16 has float32's range
     xl_vae.register_to_config(force_upcast=False)  # a VAE fine-tuned for float16
     assert vae_dtype(xl_vae, torch.float16) == torch.float16
+
+
+@pytest.mark.slow
+def test_train_sdm_from_the_folder_convert_assembles_from_an_sdxl_base(data_root, tmp_path):
+    """The docs' path: `convert --sdxl BASE --image-encoder CLIP` (an untrained SDM), then `train sdm` from it."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from facediffuser.io.tiny import tiny_xl_components
+
+    components = tiny_xl_components()
+    parts = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
+    StableDiffusionXLPipeline(**{k: components[k] for k in parts}, add_watermarker=False).save_pretrained(
+        tmp_path / "sdxl-base"
+    )
+    components["image_encoder"].save_pretrained(tmp_path / "clip-vision")
+    start = tmp_path / "start"
+    argv = ["convert", "--sdxl", str(tmp_path / "sdxl-base"), "--image-encoder", str(tmp_path / "clip-vision")]
+    assert main([*argv, "--out", str(start)]) == 0
+    config = xl_config(data_root, tmp_path / "sdm", pretrained=str(start), max_train_steps=1)
+    out = Trainer(ModelKind.SDM, config).train()
+    trained = FaceDiffuserXLPipeline.from_pretrained(out, use_safetensors=True)
+    before = FaceDiffuserXLPipeline.from_pretrained(start, use_safetensors=True)
+    assert not torch.equal(trained.subject_unet.conv_in.weight, before.subject_unet.conv_in.weight)
+    assert torch.equal(trained.unet.conv_in.weight, components["unet"].conv_in.weight)  # SDXL base's UNet, the TDM
