@@ -291,6 +291,12 @@ def test_the_zero2_accelerate_config_takes_the_trainers_accumulation_and_clippin
         fill_deepspeed_settings(handed(), TrainConfig(data_root=Path("d"), max_grad_norm=0.5))
     with pytest.raises(ValueError, match=r"DeepSpeed gradient_accumulation_steps is 4 but --gradient-accumulation-st"):
         fill_deepspeed_settings(ds, TrainConfig(data_root=Path("d"), gradient_accumulation_steps=2))
+    # A config that leaves the clipping out takes --max-grad-norm.
+    monkeypatch.delenv("ACCELERATE_GRADIENT_CLIPPING", raising=False)
+    settings = {k: v for k, v in yaml.deepspeed_config.items() if k != "gradient_clipping"}
+    unclipped = DeepSpeedPlugin(**settings).deepspeed_config
+    fill_deepspeed_settings(unclipped, TrainConfig(data_root=Path("d"), max_grad_norm=0.5))
+    assert unclipped["gradient_clipping"] == 0.5
 
 
 def test_a_module_held_in_bfloat16_as_deepspeed_holds_it_trains_with_float32_averages(data_root, tmp_path, monkeypatch):
