@@ -15,7 +15,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "pipeline_speed.py"
-MAINTAINED = ["generate_speed.py", "pipeline_speed.py", "train_throughput.py", "world_render_speed.py"]
+MAINTAINED = [
+    "generate_speed.py",
+    "pipeline_speed.py",
+    "train_memory_xl.py",
+    "train_throughput.py",
+    "world_render_speed.py",
+]
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +165,18 @@ def test_two_person_figure_draws_each_runs_methods_beside_the_references(tmp_pat
     gap = 4
     assert width == (2 + 3) * (GRID_TILE + gap) + gap  # two references, three methods
     assert height == 28 + 2 * (GRID_TILE + 26 + gap) + gap  # two cases
+
+
+@pytest.mark.slow
+def test_train_memory_xl_measures_the_tiny_sdxl_step_and_the_sdxl_counts():
+    def fields(out: str) -> dict[str, str]:
+        return dict(item.split("=", 1) for item in out.split())
+
+    tiny = fields(run_script("train_memory_xl.py", "--what", "tiny-xl"))
+    assert float(tiny["saved_for_backward_MiB"]) > 0
+    # AdamW keeps two float32 moments per trained weight; 0.015 covers the printed figures' rounding (0.005 each).
+    assert abs(float(tiny["adamw_MiB"]) - 2 * float(tiny["params_MiB"])) <= 0.015
+    sdxl = fields(run_script("train_memory_xl.py", "--what", "sdxl-params"))
+    assert int(sdxl["unet"]) == 2_567_463_684  # SDXL base's UNet, as published
+    small = fields(run_script("train_memory_xl.py", "--what", "sdxl-activations", "--resolution", "64"))
+    assert small["captured_layers"] == "70" and float(small["saved_total_MiB"]) > 0

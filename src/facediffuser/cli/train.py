@@ -64,15 +64,18 @@ def run(args: argparse.Namespace) -> int:
     # facediffuser.training, loads only the settings.
     config = build_config(TrainConfig, args, args.config, name_flags_in_errors=True)
     check_output_dir(config)  # before any model loads; the trainer claims the folder when the run starts
+    kind = ModelKind(args.model)
+    from ..training.model_xl import check_base_for
+
+    check_base_for(kind, config.pretrained)
     from ..training.trainer import train  # settings checked first: a refusal costs no import of the trainer
 
-    kind = ModelKind(args.model)
     out = train(kind, config)
     log = logging.getLogger(__name__)
     if kind is ModelKind.IP_ADAPTER:
         log.info("Done: use the adapter with `facediffuser generate --ip-adapter %s`.", out)
     else:
-        log.info("Done: load the model with FaceDiffuserPipeline.from_pretrained(%r).", str(out))
+        log.info("Done: try the model with `facediffuser generate --model %s`.", out)
     return 0
 
 

@@ -57,7 +57,10 @@ class TrainConfig:
     output_dir: Path = field(default=Path("outputs/train"), metadata=_f("where checkpoints, logs and the model go"))
     pretrained: str = field(
         default="tiny",
-        metadata=_f("base Face-diffuser pipeline folder, or 'tiny' for the tiny random components (CPU tests)"),
+        metadata=_f(
+            "base Face-diffuser pipeline folder (SD1.x or SDXL), or 'tiny' / 'tiny-xl' for the tiny random SD1.x / "
+            "SDXL components (CPU tests)"
+        ),
     )
     split: str = field(default="train", metadata=_f("split of the data root to train on"))
     resolution: int = field(default=512, metadata=_f("side of the training images in pixels"))
@@ -252,7 +255,7 @@ RUN_LEGACY = ("train_config.json", "checkpoints/checkpoint-*")
 def output_inputs(config: TrainConfig) -> list[Path]:
     """The folders a run reads, which its --output-dir must keep apart from: the data and a base pipeline folder."""
     inputs = [Path(config.data_root)]
-    if config.pretrained != "tiny":
+    if config.pretrained not in ("tiny", "tiny-xl"):
         inputs.append(Path(config.pretrained))
     return inputs
 

@@ -55,7 +55,14 @@ from ..io.ffhq_wild import (
 )
 from ..io.files import read_json
 from ..prompting import DEFAULT_PLACEHOLDER, TokenizedPrompt, tokenize_prompt
-from .augment import ReferenceAugmentation, map_geometry, noise_background_crop, plain_reference, target_geometry
+from .augment import (
+    ReferenceAugmentation,
+    map_geometry,
+    noise_background_crop,
+    plain_reference,
+    short_side_size,
+    target_geometry,
+)
 from .config import REFERENCE_REGIONS
 
 logger = logging.getLogger(__name__)
@@ -124,6 +131,10 @@ class FFHQWild(Dataset):
         augment: augment the references and flip the targets (off for validation).
         seed: base seed of every random decision.
         placeholder: the placeholder string.
+        tokenizer_2: SDXL's second tokenizer: each sample also holds ``input_ids_2`` ``(L,)``, the caption (placeholders
+            removed) in its ids, and ``time_ids`` ``(6,)``, SDXL's size conditions: the image's original
+            ``(height, width)``, the ``(top, left)`` corner of the centre crop in the resized image, and
+            ``(resolution, resolution)``.
     """
 
     root: Path
@@ -142,6 +153,7 @@ class FFHQWild(Dataset):
     seed: int = 0
     placeholder: str = DEFAULT_PLACEHOLDER
     augmentation: ReferenceAugmentation = field(default_factory=ReferenceAugmentation)
+    tokenizer_2: Any = None
     _warned: set[str] = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -344,6 +356,10 @@ class FFHQWild(Dataset):
         }
         if heads is not None:
             sample["head_masks"] = torch.stack(head_masks) if head_masks else torch.zeros(0, res, res)
+        if self.tokenizer_2 is not None:
+            ids_2 = tokenize_prompt(self.tokenizer_2, tokenized.text, self.placeholder).input_ids
+            sample["input_ids_2"] = torch.tensor(ids_2, dtype=torch.long)
+            sample["time_ids"] = torch.tensor(size_ids(image.width, image.height, res), dtype=torch.float32)
         return sample
 
     def head_map(self, segmap: np.ndarray, people: Sequence[Segment], flip: bool) -> torch.Tensor:
@@ -414,6 +430,14 @@ class FFHQWild(Dataset):
         raise SampleUnreadable("the caption cannot be tokenized")
 
 
+def size_ids(width: int, height: int, size: int) -> list[int]:
+    """SDXL's ``time_ids`` of a ``width x height`` image under :func:`target_geometry`: original ``(h, w)``, the centre
+    crop's ``(top, left)`` in the image resized to a short side of ``size`` (the same after a flip: the crop is
+    centred), target ``(size, size)``."""
+    new_w, new_h = short_side_size(width, height, size)
+    return [height, width, (new_h - size) // 2, (new_w - size) // 2, size, size]
+
+
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Stacks samples; people of all images are flattened in order, with ``subject_positions`` ``(N, 2)`` holding
     ``(batch index, token index)`` for :class:`~facediffuser.models.SubjectFuser`."""
@@ -424,6 +448,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "subject_pixels": torch.cat([s["subject_pixels"] for s in samples]),
         "subject_masks": torch.cat([s["subject_masks"] for s in samples]),
         **({"head_masks": torch.cat([s["head_masks"] for s in samples])} if "head_masks" in samples[0] else {}),
+        **{k: torch.stack([s[k] for s in samples]) for k in ("input_ids_2", "time_ids") if k in samples[0]},
         "subject_positions": torch.tensor(positions, dtype=torch.long).reshape(-1, 2),
         "captions": [s["caption"] for s in samples],
         "image_ids": [s["image_id"] for s in samples],

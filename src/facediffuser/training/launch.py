@@ -48,3 +48,29 @@ def process_count_mismatch(running: int, environ: Mapping[str, str] | None = Non
             "then train on the CPU over gloo."
         )
     return None
+
+
+# DeepSpeed applies these itself (accelerate's `clip_grad_norm_` leaves clipping to it, and its engine counts the
+# micro-batches of a step): the accelerate config's values must be the trainer's. Setting, flag, TrainConfig field.
+DEEPSPEED_SETTINGS = (
+    ("gradient_accumulation_steps", "--gradient-accumulation-steps", "gradient_accumulation_steps"),
+    ("gradient_clipping", "--max-grad-norm", "max_grad_norm"),
+)
+
+
+def fill_deepspeed_settings(deepspeed_config: dict, config) -> None:
+    """Writes the trainer's gradient accumulation and clipping into the DeepSpeed config that accelerate hands to
+    DeepSpeed where it says ``auto`` or nothing (so an accelerate config may leave them out); raises ``ValueError``
+    where it names another value (accelerate would take DeepSpeed's accumulation over the trainer's with a warning,
+    and clip at a norm other than ``--max-grad-norm``)."""
+    for key, flag, name in DEEPSPEED_SETTINGS:
+        want = getattr(config, name)
+        have = deepspeed_config.get(key, "auto")
+        if have == "auto":
+            deepspeed_config[key] = want
+        elif float(have) != float(want):
+            raise ValueError(
+                f"The accelerate config's DeepSpeed {key} is {have} but {flag} is {want}: DeepSpeed applies it in the "
+                f"trainer's stead. Leave {key} out of the accelerate config (the trainer fills it in), or make the "
+                "two equal."
+            )

@@ -20,7 +20,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from ..io.loading import check_pipeline_folder
+from ..io.loading import base_model_name, check_pipeline_folder, read_model_index
 from ..io.tiny import TinyConfig, build_tiny_pipeline
 from ..pipeline import FaceDiffuserPipeline
 from .config import ModelKind
@@ -64,9 +64,17 @@ class Denoiser(nn.Module):
         text_embeds: torch.Tensor,
         subject_pixels: torch.Tensor,
         subject_positions: torch.Tensor,
+        added_cond_kwargs: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        cond = self.condition(text_embeds, subject_pixels, subject_positions)
-        return self.unet(noisy_latents, timesteps, encoder_hidden_states=cond).sample
+        """``added_cond_kwargs``: SDXL's pooled text embedding and size ids (``text_embeds``, ``time_ids``).
+
+        The inputs take the UNet's dtype: float32 here (the trained weights are, under autocast), bfloat16 or float16
+        where DeepSpeed has cast the whole module to its precision (it does not cast the inputs)."""
+        dtype = self.unet.dtype
+        cond = self.condition(text_embeds.to(dtype), subject_pixels, subject_positions)
+        return self.unet(
+            noisy_latents.to(dtype), timesteps, encoder_hidden_states=cond, added_cond_kwargs=added_cond_kwargs
+        ).sample
 
 
 class AdapterDenoiser(Denoiser):
@@ -101,17 +109,31 @@ class AdapterDenoiser(Denoiser):
         ).sample
 
 
-def load_base_pipeline(pretrained: str, tiny_config: TinyConfig | None = None) -> FaceDiffuserPipeline:
-    """The base pipeline in float32 on the CPU: ``tiny`` (seeded random components) or a pipeline folder."""
+def load_base_pipeline(pretrained: str, tiny_config: Any = None) -> FaceDiffuserPipeline:
+    """The base pipeline in float32 on the CPU: ``tiny`` or ``tiny-xl`` (seeded random components), or a pipeline
+    folder (SD1.x's or SDXL's, as its ``model_index.json`` names it)."""
+    from .model_xl import TINY_XL, is_xl_folder, load_xl_base
+
     if pretrained == TINY:
         return build_tiny_pipeline(seed=0, config=tiny_config or TinyConfig())
+    if pretrained == TINY_XL:
+        return load_xl_base(pretrained, tiny_config)
     folder = Path(pretrained)
     if not folder.is_dir():
         raise FileNotFoundError(
             f"The base model {folder} does not exist. Give a Face-diffuser pipeline folder (see `facediffuser "
-            "convert`) or 'tiny'."
+            "convert`), or 'tiny' / 'tiny-xl' (the random SD1.x / SDXL test components)."
         )
     check_pipeline_folder(folder)
+    plain = base_model_name(read_model_index(folder))
+    if plain is not None:
+        raise ValueError(
+            f"The base model {folder} is a plain {plain} pipeline folder, without the subject model's parts "
+            "(image_encoder, subject_unet, subject_fuser) that training starts from. Build a Face-diffuser pipeline "
+            "folder from it with `facediffuser convert` and give that as --pretrained."
+        )
+    if is_xl_folder(folder):
+        return load_xl_base(pretrained)
     pipe = FaceDiffuserPipeline.from_pretrained(folder, use_safetensors=True)
     return pipe.to(torch.float32)
 

@@ -44,14 +44,16 @@ from ..pipeline import FaceDiffuserPipeline
 from . import checkpoints, tracking
 from .adapter import WEIGHT_NAME as ADAPTER_FILE
 from .allocator import keep_freed_blocks
-from .attention import AttentionStore, install_attention_capture
+from .attention import LOCALIZATION_LAYERS, AttentionStore, install_attention_capture
 from .augment import ReferenceAugmentation
 from .config import RUN_ENTRIES, RUN_LEGACY, MixedPrecision, ModelKind, TrainConfig, output_inputs
 from .data import EpochSampler, FFHQWild, collate, seeded_generator
 from .export import export_pipeline, trained_tensors
-from .launch import launched_without_accelerator, process_count_mismatch
+from .launch import fill_deepspeed_settings, launched_without_accelerator, process_count_mismatch
 from .losses import denoising_loss, head_loss_weights, localization_loss, min_snr_weights, subject_union_masks
 from .model import Denoiser, build_denoiser, freeze_and_list_trainable, load_base_pipeline, parameter_groups
+from .model_xl import XL_LOCALIZATION_LAYERS as XL_LAYERS
+from .model_xl import empty_captions, vae_dtype, xl_conditions
 from .validation import draw_validation_grid, pick_validation_samples, write_validation_grid
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,9 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir)),
             kwargs_handlers=[ddp],
         )
+        deepspeed = self.accelerator.state.deepspeed_plugin
+        if deepspeed is not None:  # before prepare(), which hands the config to DeepSpeed
+            fill_deepspeed_settings(deepspeed.deepspeed_config, c)
         mismatch = process_count_mismatch(self.accelerator.num_processes)
         if mismatch:
             logger.warning(mismatch)
@@ -125,12 +130,14 @@ class Trainer:
         base = base_pipeline if base_pipeline is not None else load_base_pipeline(c.pretrained, tiny_config)
         self.placeholder = base.placeholder
         self.tokenizer = base.tokenizer
+        # An SDXL base: its second text tower, size ids and zeros for dropped captions (.model_xl).
+        self.xl = xl_conditions(base, self.kind, device, self.weight_dtype)
         self.scheduler_config = base.scheduler.config
         self.reference_size = base.image_encoder.config.image_size
         self.vae = base.vae.requires_grad_(False).to(device).eval()
         self.text_encoder = base.text_encoder.requires_grad_(False).to(device).eval()
         if self.weight_dtype != torch.float32:
-            self.vae.to(dtype=self.weight_dtype)
+            self.vae.to(dtype=self.weight_dtype if self.xl is None else vae_dtype(self.vae, self.weight_dtype))
             self.text_encoder.to(dtype=self.weight_dtype)
         self.noise_scheduler = DDPMScheduler.from_config(self.scheduler_config)
         denoiser = build_denoiser(self.kind, base, c.seed)
@@ -148,7 +155,8 @@ class Trainer:
             denoiser.unet.enable_gradient_checkpointing()
         self.attention_store = AttentionStore()
         if self.kind is ModelKind.SDM and c.localization_weight > 0:
-            install_attention_capture(denoiser.unet, self.attention_store)
+            layers = LOCALIZATION_LAYERS if self.xl is None else XL_LAYERS
+            install_attention_capture(denoiser.unet, self.attention_store, layers)
 
         # 3. Data.
         self.train_dataset = self.make_dataset(c.split, augment=True)
@@ -190,7 +198,9 @@ class Trainer:
             )
         self.ema: EMAModel | None = None
         if c.use_ema:
-            self.ema = EMAModel(self.trainable_parameters(), decay=c.ema_decay)
+            # float32 averages also where DeepSpeed holds the module in bf16: a step's 1e-4 share of a difference
+            # is below bf16's resolution. float32 parameters are cloned as they are.
+            self.ema = EMAModel([p.detach().float() for p in self.trainable_parameters()], decay=c.ema_decay)
             self.ema.to(device)
             self.accelerator.register_for_checkpointing(self.ema)
         self.global_step = 0
@@ -224,6 +234,7 @@ class Trainer:
             ),
             seed=c.seed,
             placeholder=self.placeholder,
+            tokenizer_2=None if self.xl is None else self.xl.tokenizer_2,
         )
 
     @property
@@ -266,7 +277,7 @@ class Trainer:
         c, acc = self.config, self.accelerator
         device = acc.device
         g = seeded_generator([c.seed, micro_step, acc.process_index, 1], device)
-        pixels = batch["pixel_values"].to(device, self.weight_dtype)
+        pixels = batch["pixel_values"].to(device, self.vae.dtype)
         positions = batch["subject_positions"].to(device)
         masks = batch["subject_masks"].to(device)
 
@@ -276,7 +287,7 @@ class Trainer:
             input_ids, subject_pixels, positions = self.adapter_drops(batch, g)
         with torch.no_grad():
             latents = self.vae.encode(pixels).latent_dist.sample(generator=g) * self.vae.config.scaling_factor
-            text_embeds = self.text_encoder(input_ids.to(device))[0]
+            text_embeds, added = self.encode_text(batch, input_ids)
         latents = latents.float()
         noise = torch.randn(latents.shape, generator=g, device=device)
         timesteps = torch.randint(
@@ -290,7 +301,7 @@ class Trainer:
 
         self.attention_store.reset()
         with acc.autocast():
-            pred = self.model(noisy, timesteps, text_embeds.float(), subject_pixels.to(device), positions)
+            pred = self.model(noisy, timesteps, text_embeds.float(), subject_pixels.to(device), positions, **added)
         use_mask = self.kind is ModelKind.SDM and torch.rand((), generator=g, device=device).item() < c.mask_loss_prob
         mask = subject_union_masks(masks, positions, latents.shape[0], latents.shape[-2:]) if use_mask else None
         weights = None
@@ -308,6 +319,17 @@ class Trainer:
         self.attention_store.reset()
         loss = denoising + c.localization_weight * localization.to(denoising.device)
         return {"loss": loss, "denoising": denoising.detach(), "localization": localization.detach()}
+
+    def encode_text(self, batch: dict[str, Any], input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The caption tokens ``(B, L, D)`` and the UNet's extra arguments: none for SD1.x; for SDXL
+        ``added_cond_kwargs`` (the pooled embedding and the size ids, float32), see :mod:`.model_xl`."""
+        device = self.accelerator.device
+        if self.xl is None:
+            return self.text_encoder(input_ids.to(device))[0], {}
+        empty = empty_captions(batch["captions"])
+        tokens, pooled = self.xl.encode(self.text_encoder, input_ids, batch["input_ids_2"], empty)
+        added = {"text_embeds": pooled.float(), "time_ids": batch["time_ids"].to(device, torch.float32)}
+        return tokens, {"added_cond_kwargs": added}
 
     def adapter_drops(
         self, batch: dict[str, Any], g: torch.Generator
@@ -505,7 +527,7 @@ class Trainer:
             self.ema.copy_to(ema_params)
         sdm = self.kind is ModelKind.SDM
         adapter = self.kind is ModelKind.IP_ADAPTER
-        pipe = FaceDiffuserPipeline(
+        pipe = (FaceDiffuserPipeline if self.xl is None else self.xl.pipeline)(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
