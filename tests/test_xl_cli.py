@@ -10,7 +10,7 @@ from facediffuser import FaceDiffuserPipeline, FaceDiffuserXLPipeline
 from facediffuser.cli.main import main
 from facediffuser.io.loading import check_model_source, load_pipeline, scene_model_is_xl
 from facediffuser.io.tiny import build_tiny_xl_pipeline, tiny_unet, tiny_xl_components, tiny_xl_unet
-from test_ip_adapter import adapter_state, tiny_image_encoder
+from test_ip_adapter import adapter_state, plus_adapter_state, tiny_image_encoder
 
 PROMPT = "a man <|image|> at sea"
 BASE_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
@@ -79,6 +79,26 @@ def test_an_sdxl_base_with_an_ip_adapter_is_a_face_diffuser(xl_base, ref, tmp_pa
     assert pipe.shares_unet and pipe.subject_fuser is None and pipe.image_encoder is None
     with pytest.raises(ValueError, match="no subject model .* load an IP-Adapter with `load_ip_adapter` first"):
         pipe(PROMPT, reference_images=[ref], num_inference_steps=2)
+
+
+def test_an_sdxl_base_with_plus_face_and_its_image_encoder_elsewhere(xl_base, ref, tmp_path, capsys):
+    # The layout of docs/sdxl.md's command: sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors, with the ViT-H
+    # encoder in models/image_encoder (not beside the file).
+    root = tmp_path / "ip-adapter"
+    (root / "sdxl_models").mkdir(parents=True)
+    weights = root / "sdxl_models" / "ip-adapter-plus-face_sdxl_vit-h.safetensors"
+    save_file(plus_adapter_state(tiny_xl_unet()), weights)
+    tiny_image_encoder().save_pretrained(root / "models" / "image_encoder")
+    argv = ["generate", "-p", PROMPT, "--ref", ref, "--steps", "3", "--no-face-check", "--model", str(xl_base)]
+    adapter = ["--ip-adapter", str(weights), "--ip-adapter-image-encoder", str(root / "models" / "image_encoder")]
+    assert main([*argv, *adapter, "-o", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").is_file()
+    # without the encoder flag there is none beside the file: one sentence, before any model loads
+    assert cli_error(capsys, [*argv, "--ip-adapter", str(weights), "-o", str(tmp_path / "y.png")]).startswith(
+        f"{weights.parent} has no image_encoder folder beside the adapter: give the adapter's CLIP image encoder with "
+        "--ip-adapter-image-encoder"
+    )
+    assert not (tmp_path / "y.png").exists()
 
 
 @pytest.mark.slow
