@@ -218,11 +218,29 @@ def model_folder(model: str | Path) -> Path | None:
     return Path(model).expanduser() if source is ModelSource.FOLDER else None
 
 
-def _load_from_hub(model: str, dtype: torch.dtype) -> FaceDiffuserPipeline:
+def hub_model_index(model: str) -> dict | None:
+    """A hub id's ``model_index.json``, parsed: diffusers' ``DiffusionPipeline.load_config`` fetches that one file
+    (from the local hub cache when offline). ``None`` when it cannot be had (then loading says why)."""
+    from diffusers import DiffusionPipeline
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return FaceDiffuserPipeline.from_pretrained(model, use_safetensors=True, dtype=dtype)
+        index = DiffusionPipeline.load_config(model)
+    except (OSError, HFValidationError, ValueError):
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def _load_from_hub(model: str, dtype: torch.dtype) -> FaceDiffuserPipeline:
+    """A hub id loads as a folder does: its ``model_index.json`` (fetched first, alone) names the class, and a plain
+    Stable Diffusion or SDXL base is built with ``from_base``."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cls, base = pipeline_class(DiffusionPipeline.load_config(model))
+        load = cls.from_base if base else cls.from_pretrained
+        return load(model, use_safetensors=True, dtype=dtype)
     except (OSError, HFValidationError) as err:
         raise FileNotFoundError(
             f"{model!r} is not a folder here (no {Path(model).absolute()}), so it was tried as a model-hub id: "
@@ -298,14 +316,16 @@ def base_model_name(index: dict) -> str | None:
 
 def is_xl_model(model: str | Path) -> bool | None:
     """Whether ``model`` (as :func:`check_model_source` takes it) is an SDXL pipeline, read from its
-    ``model_index.json`` without loading it; ``None`` for a hub id (unknown before it downloads)."""
+    ``model_index.json`` without loading it (a hub id's is fetched alone); ``None`` for a hub id whose index cannot
+    be had."""
     source = check_model_source(model)
     if source in (ModelSource.TINY, ModelSource.TINY_XL):
         return source is ModelSource.TINY_XL
     folder = model_folder(model)
-    if folder is None:
+    index = read_model_index(folder) if folder is not None else hub_model_index(str(model))
+    if index is None:
         return None
-    name = read_model_index(folder).get("_class_name")
+    name = index.get("_class_name")
     return name == XL_CLASS or BASE_CLASSES.get(name, ("",))[0] == XL_CLASS
 
 
