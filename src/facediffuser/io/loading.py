@@ -496,8 +496,8 @@ def load_pipeline(
     """A ready pipeline from ``"tiny"`` or ``"tiny-xl"``, ``"mini"`` (the shipped model), a local folder or a hub id,
     on ``device`` in ``dtype``. A folder's ``model_index.json`` (a hub id's, fetched first and alone) names its class
     (``FaceDiffuserPipeline`` or ``FaceDiffuserXLPipeline``); a plain diffusers Stable Diffusion or SDXL base gives
-    that class over the base (``from_base``: no subject model until an IP-Adapter is loaded). The shipped model is stored in float16 and loads
-    in ``dtype`` (float32 on the CPU for ``"auto"``).
+    that class over the base (``from_base``: no subject model until an IP-Adapter is loaded). The shipped model is
+    stored in float16 and loads in ``dtype`` (float32 on the CPU for ``"auto"``).
 
     ``offload="model"`` keeps the models on the CPU and moves each to the accelerator only while it runs (one at a
     time); ``"sequential"`` goes layer by layer (slowest, least memory). Both need an accelerator.
