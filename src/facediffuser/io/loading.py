@@ -219,27 +219,41 @@ def model_folder(model: str | Path) -> Path | None:
 
 
 def hub_model_index(model: str) -> dict | None:
-    """A hub id's ``model_index.json``, parsed: diffusers' ``DiffusionPipeline.load_config`` fetches that one file
-    (from the local hub cache when offline). ``None`` when it cannot be had (then loading says why)."""
+    """A hub id's ``model_index.json``, parsed, fetched alone with diffusers' ``DiffusionPipeline.load_config``: from
+    the local hub cache when it is there, else from the hub once one request (``model_info``, which diffusers' own
+    download asks first) shows the hub answers, so that an unreachable hub costs no download retries. ``None`` when
+    it cannot be had (loading then says why)."""
     from diffusers import DiffusionPipeline
+    from huggingface_hub import constants, model_info
     from huggingface_hub.errors import HFValidationError
 
+    def load(**kwargs) -> dict | None:
+        index = DiffusionPipeline.load_config(model, **kwargs)
+        return index if isinstance(index, dict) else None
+
     try:
-        index = DiffusionPipeline.load_config(model)
+        return load(local_files_only=True)
     except (OSError, HFValidationError, ValueError):
+        pass
+    if constants.HF_HUB_OFFLINE:
         return None
-    return index if isinstance(index, dict) else None
+    try:
+        model_info(model)
+        return load()
+    except Exception:  # noqa: BLE001 - not reachable, not found, not valid: loading gives the reason in one sentence
+        return None
 
 
 def _load_from_hub(model: str, dtype: torch.dtype) -> FaceDiffuserPipeline:
-    """A hub id loads as a folder does: its ``model_index.json`` (fetched first, alone) names the class, and a plain
-    Stable Diffusion or SDXL base is built with ``from_base``."""
-    from diffusers import DiffusionPipeline
+    """A hub id loads as a folder does: its ``model_index.json`` (:func:`hub_model_index`) names the class, and a
+    plain Stable Diffusion or SDXL base is built with ``from_base``; without an index it is tried as an SD1.x
+    Face-diffuser pipeline, whose failure names the reason."""
     from huggingface_hub.errors import HFValidationError
 
+    index = hub_model_index(model)
+    cls, base = pipeline_class(index) if index is not None else (FaceDiffuserPipeline, False)
+    load = cls.from_base if base else cls.from_pretrained
     try:
-        cls, base = pipeline_class(DiffusionPipeline.load_config(model))
-        load = cls.from_base if base else cls.from_pretrained
         return load(model, use_safetensors=True, dtype=dtype)
     except (OSError, HFValidationError) as err:
         raise FileNotFoundError(
