@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -47,6 +48,51 @@ def adapter_state(unet, kind="plain", seed=1, cross=None):
     for i, width in enumerate(_cross_attention_widths(unet)):
         for name in ("to_k_ip", "to_v_ip"):
             state[f"ip_adapter.{2 * i + 1}.{name}.weight"] = r(width, cross, s=0.5)
+    return state
+
+
+PLUS_WIDTH = 20  # the resampler's own width, unlike CLIP's hidden 16 and the UNets' 16 / 24
+PLUS_TOKENS = 4
+
+
+def plus_adapter_state(unet, seed=2, cross=None):
+    """A random IP-Adapter Plus (Plus-Face has the same layout) for ``unet`` in the flat key layout of the original
+    .safetensors files: the resampler that reads CLIP's penultimate hidden states (``latents``, ``proj_in``, four
+    blocks of a perceiver attention ``layers.i.0.{norm1,norm2,to_q,to_kv,to_out}`` and a feed-forward
+    ``layers.i.1.{0,1,3}``, ``proj_out``, ``norm_out``) and one ``to_k_ip`` / ``to_v_ip`` pair per cross-attention
+    layer, numbered 1, 3, 5, ... as the original attention processors are."""
+    g = torch.Generator().manual_seed(seed)
+    cross = cross or unet.config.cross_attention_dim
+    hidden = tiny_image_encoder().config.hidden_size
+    width, inner = PLUS_WIDTH, 64  # one head of 64 (diffusers reads the heads as to_q's rows / 64)
+
+    def r(*shape, s=0.3):
+        return torch.randn(*shape, generator=g) * s
+
+    proj = {
+        "latents": r(1, PLUS_TOKENS, width, s=1.0),
+        "proj_in.weight": r(width, hidden),
+        "proj_in.bias": r(width, s=0.1),
+        "proj_out.weight": r(cross, width),
+        "proj_out.bias": r(cross, s=0.1),
+        "norm_out.weight": 1 + r(cross, s=0.1),
+        "norm_out.bias": r(cross, s=0.1),
+    }
+    for i in range(4):
+        for norm in ("norm1", "norm2"):
+            proj[f"layers.{i}.0.{norm}.weight"] = 1 + r(width, s=0.1)
+            proj[f"layers.{i}.0.{norm}.bias"] = r(width, s=0.1)
+        proj[f"layers.{i}.0.to_q.weight"] = r(inner, width)
+        proj[f"layers.{i}.0.to_kv.weight"] = r(2 * inner, width)
+        proj[f"layers.{i}.0.to_out.weight"] = r(width, inner, s=0.1)
+        proj[f"layers.{i}.1.0.weight"] = 1 + r(width, s=0.1)
+        proj[f"layers.{i}.1.0.bias"] = r(width, s=0.1)
+        proj[f"layers.{i}.1.1.weight"] = r(4 * width, width)
+        proj[f"layers.{i}.1.3.weight"] = r(width, 4 * width, s=0.1)
+    state = {f"image_proj.{k}": v for k, v in proj.items()}
+    for i, layer_width in enumerate(_cross_attention_widths(unet)):
+        for name in ("to_k_ip", "to_v_ip"):
+            state[f"ip_adapter.{2 * i + 1}.{name}.weight"] = r(layer_width, cross, s=0.5)
     return state
 
 
@@ -92,6 +138,18 @@ def image_embeds(pipe, photos):
     size = pipe.image_encoder.config.image_size
     embeds = pipe.image_encoder(prepare_reference_pixels(photos, size)).image_embeds[None]  # (1, K, D)
     return torch.cat([torch.zeros_like(embeds), embeds])
+
+
+def hidden_state_embeds(pipe, photos):
+    """For the adapters that read CLIP's penultimate hidden states (Plus, Plus-Face), what diffusers' ``encode_image``
+    gives, in its form ``(2, K, tokens, width)``: the hidden states of a zero image ("no image") first, then the
+    people's."""
+    pixels = prepare_reference_pixels(photos, pipe.image_encoder.config.image_size)
+
+    def hidden(x):
+        return pipe.image_encoder(x, output_hidden_states=True).hidden_states[-2][None]
+
+    return torch.cat([hidden(torch.zeros_like(pixels)), hidden(pixels)])
 
 
 def halves(people, size=64):
@@ -168,6 +226,31 @@ def test_subject_model_alone_equals_stable_diffusion_with_the_same_adapter(adapt
     if masks:  # the masks matter: without them the image differs
         unmasked = run(adapter_pipe, prompt, faces[:people], alpha=0.0, beta=0.0, guidance_scale=4.0).images
         assert np.abs(unmasked - ours).max() > 1e-3
+
+
+@pytest.mark.parametrize("people", [1, 2])
+def test_plus_adapter_alone_equals_stable_diffusion_with_the_same_adapter(tmp_path, faces, people):
+    # Plus / Plus-Face: the resampler reads the people's hidden states in c_aug and a zero image's in the other rows.
+    pipe = build_tiny_pipeline()
+    save_file(plus_adapter_state(pipe.unet), tmp_path / "ip-adapter-plus-face_sd15.safetensors")
+    pipe.load_ip_adapter(
+        tmp_path, weight_name="ip-adapter-plus-face_sd15.safetensors", image_encoder=tiny_image_encoder()
+    )
+    assert isinstance(pipe.unet.encoder_hid_proj.image_projection_layers[0], IPAdapterPlusImageProjection)
+    prompt = "a man <|image|> and a woman <|image|> at a cafe" if people == 2 else "a man <|image|> at a cafe"
+    extra = {"ip_adapter_masks": [halves(people)]} if people == 2 else {}
+    ours = run(pipe, prompt, faces[:people], alpha=0.0, beta=0.0, guidance_scale=4.0, **extra).images
+    stripped = prompt.replace(" <|image|>", "")
+    embeds = hidden_state_embeds(pipe, faces[:people])
+    theirs = sd_run(pipe.text_model_pipeline(), stripped, negative_prompt=stripped, guidance_scale=4.0,
+                    ip_adapter_image_embeds=[embeds], cross_attention_kwargs=extra or None)  # fmt: skip
+    np.testing.assert_allclose(ours, theirs, atol=ATOL)
+    # "no image" is the zero image's hidden states: zero hidden states would draw another image
+    image = embeds.chunk(2)[1]
+    zeros = sd_run(pipe.text_model_pipeline(), stripped, negative_prompt=stripped, guidance_scale=4.0,
+                   ip_adapter_image_embeds=[torch.cat([torch.zeros_like(image), image])],
+                   cross_attention_kwargs=extra or None)  # fmt: skip
+    assert np.abs(zeros - ours).max() > 1e-3
 
 
 def test_faceid_embeddings_equal_stable_diffusion_with_the_same_adapter(tmp_path):
@@ -333,6 +416,21 @@ def test_generate_with_an_adapter_writes_the_image_masks_and_regions(adapter_fol
     argv = ["generate", *TWO, *refs, "--ip-adapter", str(d / "models"), "--steps", "6", "--save-masks"]
     assert main([*argv, "-o", str(d / "two.png")]) == 0
     assert {"two.png", "two-masks.png", "two-regions.png"} <= {p.name for p in d.iterdir()}
+
+
+def test_generate_with_a_plus_adapter_and_its_image_encoder_elsewhere(adapter_folder):
+    # The public layout of Plus-Face: the weight file alone, the CLIP image encoder in another folder.
+    from facediffuser.cli.main import main
+    from facediffuser.io.tiny import tiny_unet
+
+    d = adapter_folder
+    save_file(plus_adapter_state(tiny_unet()), d / "ip-adapter-plus-face_sd15.safetensors")
+    refs = ["--ref", str(d / "a.png"), "--ref", str(d / "b.png")]
+    adapter = ["--ip-adapter", str(d / "ip-adapter-plus-face_sd15.safetensors")]
+    encoder = ["--ip-adapter-image-encoder", str(d / "models" / "image_encoder")]
+    argv = ["generate", *TWO, *refs, *adapter, *encoder, "--steps", "6", "--save-masks", "-o", str(d / "plus.png")]
+    assert main(argv) == 0
+    assert {"plus.png", "plus-masks.png", "plus-regions.png"} <= {p.name for p in d.iterdir()}
 
 
 def write(path, data: bytes):

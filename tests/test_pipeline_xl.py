@@ -193,6 +193,42 @@ def test_subject_model_alone_equals_stable_diffusion_xl_with_the_same_adapter(tm
     np.testing.assert_allclose(tdm, sdxl_run(build_tiny_xl_pipeline(seed=0), "a man at a cafe"), atol=ATOL)
 
 
+@pytest.mark.parametrize("people", [1, 2])
+def test_plus_face_alone_equals_stable_diffusion_xl_with_the_same_adapter(tmp_path, face_image, people):
+    # ip-adapter-plus-face_sdxl_vit-h's layout: the resampler reads CLIP's penultimate hidden states, the "no image"
+    # rows a zero image's.
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+    from safetensors.torch import save_file
+
+    from test_ip_adapter import halves, hidden_state_embeds, plus_adapter_state, tiny_image_encoder
+
+    pipe = build_tiny_xl_pipeline(seed=0)
+    name = "ip-adapter-plus-face_sdxl_vit-h.safetensors"
+    (tmp_path / "sdxl_models").mkdir()
+    save_file(plus_adapter_state(pipe.unet), tmp_path / "sdxl_models" / name)
+    tiny_image_encoder().save_pretrained(tmp_path / "models" / "image_encoder")
+    # docs/sdxl.md's call: the ViT-H encoder of models/, not the one beside the SDXL files
+    pipe.load_ip_adapter(
+        tmp_path, subfolder="sdxl_models", weight_name=name, image_encoder_folder="models/image_encoder"
+    )
+    assert isinstance(pipe.unet.encoder_hid_proj.image_projection_layers[0], IPAdapterPlusImageProjection)
+    faces = [face_image, face_image.transpose(0)]  # a mirrored face: another embedding
+    prompt = "a man <|image|> and a woman <|image|> at a cafe" if people == 2 else "a man <|image|> at a cafe"
+    extra = {"ip_adapter_masks": [halves(people)]} if people == 2 else {}
+    ours = run(pipe, prompt, faces[:people], alpha=0.0, beta=0.0, guidance_scale=4.0, **extra).images
+    stripped = prompt.replace(" <|image|>", "")
+    embeds = hidden_state_embeds(pipe, faces[:people])
+    theirs = sdxl_run(pipe, stripped, negative_prompt=stripped, guidance_scale=4.0, ip_adapter_image_embeds=[embeds],
+                      cross_attention_kwargs=extra or None)  # fmt: skip
+    np.testing.assert_allclose(ours, theirs, atol=ATOL)
+    # "no image" is the zero image's hidden states: zero hidden states would draw another image
+    image = embeds.chunk(2)[1]
+    zeros = sdxl_run(pipe, stripped, negative_prompt=stripped, guidance_scale=4.0,
+                     ip_adapter_image_embeds=[torch.cat([torch.zeros_like(image), image])],
+                     cross_attention_kwargs=extra or None)  # fmt: skip
+    assert np.abs(zeros - ours).max() > 1e-3
+
+
 def test_faceid_embeddings_on_sdxl_equal_stable_diffusion_xl_with_the_same_adapter(tmp_path):
     from test_ip_adapter import CLIP_DIM
 

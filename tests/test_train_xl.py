@@ -348,3 +348,78 @@ def test_train_sdm_from_the_folder_convert_assembles_from_an_sdxl_base(data_root
     before = FaceDiffuserXLPipeline.from_pretrained(start, use_safetensors=True)
     assert not torch.equal(trained.subject_unet.conv_in.weight, before.subject_unet.conv_in.weight)
     assert torch.equal(trained.unet.conv_in.weight, components["unet"].conv_in.weight)  # SDXL base's UNet, the TDM
+
+
+def exported_weights(out: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Every weight file a run exported into its pipeline folder (its checkpoints aside), by relative path."""
+    from safetensors.torch import load_file
+
+    files = [p for p in out.rglob("*.safetensors") if "checkpoints" not in p.relative_to(out).parts]
+    return {str(p.relative_to(out)): load_file(p) for p in files}
+
+
+@pytest.mark.slow
+def test_xl_sdm_resumes_exactly_after_the_process_is_killed(data_root, tmp_path):
+    """`facediffuser train sdm --pretrained tiny-xl` in a process of its own, SIGKILLed (no handler runs, no last
+    checkpoint) once its first checkpoint is in place, then `--resume latest` in a second process: the exported
+    weights are those of an uninterrupted process, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    script = Path(sys.executable).with_name("facediffuser")
+    command = (
+        [str(script)]
+        if script.is_file()
+        else [sys.executable, "-c", "from facediffuser.cli.main import main; exit(main())"]
+    )
+
+    def train(out: Path, *extra: str) -> list[str]:
+        flags = [
+            "--data-root", str(data_root), "--output-dir", str(out), "--pretrained", "tiny-xl", "--resolution", "64",
+            "--train-batch-size", "1", "--gradient-accumulation-steps", "2", "--max-train-steps", "10",
+            "--checkpointing-steps", "2", "--use-ema", "--ema-decay", "0.9", "--lr-scheduler", "constant_with_warmup",
+            "--lr-warmup-steps", "3", "--learning-rate", "1e-3", "--subject-keep-prob", "0.7",
+            "--uncondition-prob", "0.3", "--validation-steps", "0", "--logging-steps", "1", "--log-with", "csv",
+            "--mixed-precision", "no",
+        ]  # fmt: skip
+        return [*command, "train", "sdm", *flags, *extra]
+
+    def run(argv: list[str]) -> None:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    cut = tmp_path / "cut"
+    process = subprocess.Popen(train(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (cut / "checkpoints" / "checkpoint-0000002").is_dir():
+            assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+    assert not (cut / "model_index.json").exists(), "the run finished before the kill: nothing was interrupted"
+    left = sorted(p.name for p in (cut / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert left and left[-1] < "checkpoint-0000010"
+
+    run(train(cut, "--resume", "latest"))
+    whole = tmp_path / "whole"
+    run(train(whole))
+    a, b = exported_weights(whole), exported_weights(cut)
+    assert a.keys() == b.keys() and any(k.startswith("subject_unet/") for k in a)
+    for path in a:
+        assert a[path].keys() == b[path].keys(), path
+        for name, tensor in a[path].items():
+            assert torch.equal(tensor, b[path][name]), f"{path}: {name}"

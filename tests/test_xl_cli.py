@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 
 from facediffuser import FaceDiffuserPipeline, FaceDiffuserXLPipeline
 from facediffuser.cli.main import main
-from facediffuser.io.loading import check_model_source, load_pipeline, scene_model_is_xl
+from facediffuser.io.loading import check_model_source, is_xl_model, load_pipeline, scene_model_is_xl
 from facediffuser.io.tiny import build_tiny_xl_pipeline, tiny_unet, tiny_xl_components, tiny_xl_unet
-from test_ip_adapter import adapter_state, tiny_image_encoder
+from test_ip_adapter import adapter_state, plus_adapter_state, tiny_image_encoder
 
 PROMPT = "a man <|image|> at sea"
 BASE_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")
@@ -81,6 +81,26 @@ def test_an_sdxl_base_with_an_ip_adapter_is_a_face_diffuser(xl_base, ref, tmp_pa
         pipe(PROMPT, reference_images=[ref], num_inference_steps=2)
 
 
+def test_an_sdxl_base_with_plus_face_and_its_image_encoder_elsewhere(xl_base, ref, tmp_path, capsys):
+    # The layout of docs/sdxl.md's command: sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors, with the ViT-H
+    # encoder in models/image_encoder (not beside the file).
+    root = tmp_path / "ip-adapter"
+    (root / "sdxl_models").mkdir(parents=True)
+    weights = root / "sdxl_models" / "ip-adapter-plus-face_sdxl_vit-h.safetensors"
+    save_file(plus_adapter_state(tiny_xl_unet()), weights)
+    tiny_image_encoder().save_pretrained(root / "models" / "image_encoder")
+    argv = ["generate", "-p", PROMPT, "--ref", ref, "--steps", "3", "--no-face-check", "--model", str(xl_base)]
+    adapter = ["--ip-adapter", str(weights), "--ip-adapter-image-encoder", str(root / "models" / "image_encoder")]
+    assert main([*argv, *adapter, "-o", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").is_file()
+    # without the encoder flag there is none beside the file: one sentence, before any model loads
+    assert cli_error(capsys, [*argv, "--ip-adapter", str(weights), "-o", str(tmp_path / "y.png")]).startswith(
+        f"{weights.parent} has no image_encoder folder beside the adapter: give the adapter's CLIP image encoder with "
+        "--ip-adapter-image-encoder"
+    )
+    assert not (tmp_path / "y.png").exists()
+
+
 @pytest.mark.slow
 def test_an_sd15_base_with_an_ip_adapter_works_the_same_way(tmp_path, ref):
     from diffusers import StableDiffusionPipeline
@@ -123,6 +143,67 @@ def test_an_incomplete_xl_folder_names_its_missing_sdxl_parts(xl_folder):
     shutil.rmtree(xl_folder / "text_encoder_2")
     with pytest.raises(ValueError, match=r"is missing: text_encoder_2/\.$"):
         check_model_source(xl_folder)
+
+
+# ------------------------------------------------------------------ a hub id
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """A hub cache in huggingface_hub's own layout (``models--owner--name/snapshots/<commit>``, ``refs/main``), read
+    in offline mode as a cached hub model is: ``put(repo_id, folder)`` puts a saved folder there."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+    def put(repo_id, folder):
+        repo, commit = cache / f"models--{repo_id.replace('/', '--')}", "0123456789abcdef" * 2 + "01234567"
+        shutil.copytree(folder, repo / "snapshots" / commit)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(commit)
+        return repo_id
+
+    return put
+
+
+def test_a_hub_id_loads_as_the_class_its_model_index_names(offline_hub, xl_folder, tmp_path, scene_models):
+    from facediffuser.io.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline().save_pretrained(tmp_path / "sd1")
+    xl, sd1 = offline_hub("acme/face-diffuser-xl", xl_folder), offline_hub("acme/face-diffuser", tmp_path / "sd1")
+    assert is_xl_model(xl) is True and is_xl_model(sd1) is False
+    pipe = load_pipeline(xl, device="cpu")
+    assert type(pipe) is FaceDiffuserXLPipeline and pipe.subject_fuser.config.image_embed_dim == 20
+    assert type(load_pipeline(sd1, device="cpu")) is FaceDiffuserPipeline
+    # its index is read before the pipeline loads, so an SD1.x scene model is refused first, as for a folder
+    with pytest.raises(ValueError, match="is not an SDXL UNet"):
+        load_pipeline(xl, device="cpu", scene_model=scene_models["sd1"][1])
+
+
+def test_an_sdxl_base_on_the_hub_takes_an_adapter_as_a_base_folder_does(offline_hub, xl_base, ref, tmp_path, capsys):
+    base = offline_hub("acme/sdxl-base", xl_base)
+    pipe = load_pipeline(base, device="cpu")
+    assert type(pipe) is FaceDiffuserXLPipeline and pipe.shares_unet and pipe.subject_fuser is None
+    models = tmp_path / "models"
+    models.mkdir()
+    save_file(adapter_state(tiny_xl_unet()), models / "ip-adapter_sdxl.safetensors")
+    tiny_image_encoder().save_pretrained(models / "image_encoder")
+    argv = ["generate", "-p", PROMPT, "--ref", ref, "--steps", "3", "--no-face-check", "--model", base]
+    assert main([*argv, "--ip-adapter", str(models), "-o", str(tmp_path / "x.png")]) == 0
+    assert (tmp_path / "x.png").is_file()
+
+
+def test_an_sdxl_base_on_the_hub_without_an_adapter_is_refused_before_any_model_loads(
+    offline_hub, xl_base, ref, capsys, no_model_load
+):
+    base = offline_hub("acme/sdxl-base", xl_base)
+    argv = ["generate", "-p", PROMPT, "--ref", ref, "--no-face-check", "--model", base, "-o", "x.png"]
+    assert cli_error(capsys, argv) == (
+        "acme/sdxl-base is a plain SDXL base model, which has no subject model: give an IP-Adapter with --ip-adapter "
+        "to draw the people, or a Face-diffuser pipeline folder as --model."
+    )
 
 
 # ------------------------------------------------------------------ --scene-model, both ways

@@ -231,10 +231,12 @@ def check_before_loading(config: GenerateConfig):
     """Every check that needs no model; returns ``(device, dtype, output paths, people)``."""
     from ..io.inputs import check_request, reference_detector
     from ..io.loading import (
+        ModelSource,
         base_model_name,
         check_model_source,
         check_offload,
         check_scene_model_fits,
+        hub_model_index,
         is_xl_model,
         model_folder,
         read_face_detector,
@@ -256,24 +258,28 @@ def check_before_loading(config: GenerateConfig):
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     check_offload(config.offload, device)
-    check_model_source(config.model)
+    source = check_model_source(config.model)
     if config.scene_model is not None:
         check_scene_model_fits(config.scene_model, is_xl_model(config.model), repr(config.model))
     folder = model_folder(config.model)  # None for tiny and hub ids
-    index = read_model_index(folder) if folder is not None else None
+    # a hub id's model_index.json alone (None when it cannot be had: loading then says why)
+    hub_index = hub_model_index(config.model) if source is ModelSource.HUB else None
+    index = read_model_index(folder) if folder is not None else hub_index
     base = base_model_name(index) if index is not None else None
     if base is not None and config.ip_adapter is None:
+        where = f"{folder} is a plain {base} base folder" if folder else f"{config.model} is a plain {base} base model"
         raise ValueError(
-            f"{folder} is a plain {base} base folder, which has no subject model: give an IP-Adapter with "
-            "--ip-adapter to draw the people, or a Face-diffuser pipeline folder as --model."
+            f"{where}, which has no subject model: give an IP-Adapter with --ip-adapter to draw the people, or a "
+            "Face-diffuser pipeline folder as --model."
         )
-    placeholder = read_placeholder(folder, index) if folder is not None else None
+    placeholder = read_placeholder(folder, index) if index is not None else None
     own_steps = (index or {}).get("num_inference_steps")
     if own_steps is not None:  # the pipeline would refuse it while it loads: say so now, naming the file
         try:
             SamplingSettings(num_inference_steps=own_steps)
         except ValueError as err:
-            raise ValueError(f"In {folder / 'model_index.json'}, {err}") from None
+            named = folder / "model_index.json" if folder else f"the model_index.json of {config.model}"
+            raise ValueError(f"In {named}, {err}") from None
     paths = output_paths(config.out, config.num_images)
     pictures = [mask_path(p) for p in paths] if config.save_masks else []
     if writes_regions(config, placeholder or DEFAULT_PLACEHOLDER, (index or {}).get("num_inference_steps")):

@@ -218,11 +218,43 @@ def model_folder(model: str | Path) -> Path | None:
     return Path(model).expanduser() if source is ModelSource.FOLDER else None
 
 
-def _load_from_hub(model: str, dtype: torch.dtype) -> FaceDiffuserPipeline:
+def hub_model_index(model: str) -> dict | None:
+    """A hub id's ``model_index.json``, parsed, fetched alone with diffusers' ``DiffusionPipeline.load_config``: from
+    the local hub cache when it is there, else from the hub once one request (``model_info``, which diffusers' own
+    download asks first) shows the hub answers, so that an unreachable hub costs no download retries. ``None`` when
+    it cannot be had (loading then says why)."""
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants, model_info
     from huggingface_hub.errors import HFValidationError
 
+    def load(**kwargs) -> dict | None:
+        index = DiffusionPipeline.load_config(model, **kwargs)
+        return index if isinstance(index, dict) else None
+
     try:
-        return FaceDiffuserPipeline.from_pretrained(model, use_safetensors=True, dtype=dtype)
+        return load(local_files_only=True)
+    except (OSError, HFValidationError, ValueError):
+        pass
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        model_info(model)
+        return load()
+    except Exception:  # noqa: BLE001 - not reachable, not found, not valid: loading gives the reason in one sentence
+        return None
+
+
+def _load_from_hub(model: str, dtype: torch.dtype) -> FaceDiffuserPipeline:
+    """A hub id loads as a folder does: its ``model_index.json`` (:func:`hub_model_index`) names the class, and a
+    plain Stable Diffusion or SDXL base is built with ``from_base``; without an index it is tried as an SD1.x
+    Face-diffuser pipeline, whose failure names the reason."""
+    from huggingface_hub.errors import HFValidationError
+
+    index = hub_model_index(model)
+    cls, base = pipeline_class(index) if index is not None else (FaceDiffuserPipeline, False)
+    load = cls.from_base if base else cls.from_pretrained
+    try:
+        return load(model, use_safetensors=True, dtype=dtype)
     except (OSError, HFValidationError) as err:
         raise FileNotFoundError(
             f"{model!r} is not a folder here (no {Path(model).absolute()}), so it was tried as a model-hub id: "
@@ -298,14 +330,16 @@ def base_model_name(index: dict) -> str | None:
 
 def is_xl_model(model: str | Path) -> bool | None:
     """Whether ``model`` (as :func:`check_model_source` takes it) is an SDXL pipeline, read from its
-    ``model_index.json`` without loading it; ``None`` for a hub id (unknown before it downloads)."""
+    ``model_index.json`` without loading it (a hub id's is fetched alone); ``None`` for a hub id whose index cannot
+    be had."""
     source = check_model_source(model)
     if source in (ModelSource.TINY, ModelSource.TINY_XL):
         return source is ModelSource.TINY_XL
     folder = model_folder(model)
-    if folder is None:
+    index = read_model_index(folder) if folder is not None else hub_model_index(str(model))
+    if index is None:
         return None
-    name = read_model_index(folder).get("_class_name")
+    name = index.get("_class_name")
     return name == XL_CLASS or BASE_CLASSES.get(name, ("",))[0] == XL_CLASS
 
 
@@ -474,10 +508,10 @@ def load_pipeline(
     compile_unets: bool = False,
 ) -> FaceDiffuserPipeline:
     """A ready pipeline from ``"tiny"`` or ``"tiny-xl"``, ``"mini"`` (the shipped model), a local folder or a hub id,
-    on ``device`` in ``dtype``. A folder's ``model_index.json`` names its class (``FaceDiffuserPipeline`` or
-    ``FaceDiffuserXLPipeline``); a plain diffusers Stable Diffusion or SDXL base folder gives that class over the base
-    (``from_base``: no subject model until an IP-Adapter is loaded). The shipped model is stored in float16 and loads
-    in ``dtype`` (float32 on the CPU for ``"auto"``).
+    on ``device`` in ``dtype``. A folder's ``model_index.json`` (a hub id's, fetched first and alone) names its class
+    (``FaceDiffuserPipeline`` or ``FaceDiffuserXLPipeline``); a plain diffusers Stable Diffusion or SDXL base gives
+    that class over the base (``from_base``: no subject model until an IP-Adapter is loaded). The shipped model is
+    stored in float16 and loads in ``dtype`` (float32 on the CPU for ``"auto"``).
 
     ``offload="model"`` keeps the models on the CPU and moves each to the accelerator only while it runs (one at a
     time); ``"sequential"`` goes layer by layer (slowest, least memory). Both need an accelerator.
