@@ -395,11 +395,13 @@ def test_xl_sdm_resumes_exactly_after_the_process_is_killed(data_root, tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
 
     cut = tmp_path / "cut"
-    process = subprocess.Popen(train(cut), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "cut.log"  # a file, not a pipe: an unread pipe that fills up would stall the run
+    with log.open("w") as stderr:
+        process = subprocess.Popen(train(cut), env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
     try:
         deadline = time.monotonic() + 240
         while not (cut / "checkpoints" / "checkpoint-0000002").is_dir():
-            assert process.poll() is None, f"the run ended before its first checkpoint: {process.stderr.read()[-3000:]}"
+            assert process.poll() is None, f"the run ended before its first checkpoint: {log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, "no checkpoint within 240 s"
             time.sleep(0.02)
         process.send_signal(signal.SIGKILL)
@@ -408,7 +410,6 @@ def test_xl_sdm_resumes_exactly_after_the_process_is_killed(data_root, tmp_path)
         if process.poll() is None:
             process.kill()
             process.wait()
-        process.stderr.close()
     assert process.returncode == -signal.SIGKILL
     assert not (cut / "model_index.json").exists(), "the run finished before the kill: nothing was interrupted"
     left = sorted(p.name for p in (cut / "checkpoints").iterdir() if not p.name.startswith("."))
