@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -228,7 +229,9 @@ def hub_model_index(model: str) -> dict | None:
     from huggingface_hub.errors import HFValidationError
 
     def load(**kwargs) -> dict | None:
-        index = DiffusionPipeline.load_config(model, **kwargs)
+        with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it has deprecated
+            warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument", category=UserWarning)
+            index = DiffusionPipeline.load_config(model, **kwargs)
         return index if isinstance(index, dict) else None
 
     try:
