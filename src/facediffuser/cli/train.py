@@ -1,5 +1,6 @@
 """``facediffuser train sdm|tdm|ip-adapter``: train the subject-augmented or the text-driven model, or an IP-Adapter on
 the frozen scene model (the adapter file and its image encoder, for ``generate --ip-adapter``).
+``facediffuser train lcm``: distil one UNet of a pipeline folder into a few-step latent-consistency student.
 ``facediffuser train export``: a pipeline folder from one checkpoint of a run, with its EMA or its raw weights.
 
 Flags come from :class:`~facediffuser.training.TrainConfig`; ``--config run.toml`` supplies any of them (keys are
