@@ -31,6 +31,7 @@ whose distilled UNet is the student, whose scheduler is ``LCMScheduler`` and who
 from __future__ import annotations
 
 import copy
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +207,10 @@ class LCMTrainer(Trainer):
     def lcm_scheduler(self, config: Any) -> LCMScheduler:
         """LCMScheduler over the base's noise schedule, on the solver's timesteps and boundary conditions."""
         c = self.config
+        accepted = inspect.signature(LCMScheduler.__init__).parameters  # another scheduler's own keys are left out
+        own = {k: v for k, v in dict(config).items() if k in accepted}
         return LCMScheduler.from_config(
-            config, original_inference_steps=c.lcm_solver_steps, timestep_scaling=c.lcm_timestep_scaling
+            own, original_inference_steps=c.lcm_solver_steps, timestep_scaling=c.lcm_timestep_scaling
         )
 
     def validation_scheduler(self) -> LCMScheduler:
