@@ -193,6 +193,15 @@ def test_lcm_resumes_exactly_and_exports_an_lcm_pipeline_that_samples(data_root,
     assert all(torch.equal(p, student[n]) for n, p in exported.subject_unet.named_parameters())
 
 
+def test_an_sdxl_base_is_refused_before_it_loads(data_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["train", "lcm", "--data-root", str(data_root), "--output-dir", str(out), "--pretrained", "tiny-xl"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "train lcm distils an SD1.x pipeline, and --pretrained tiny-xl is SDXL" in err, err
+    assert not out.exists()
+
+
 def test_the_plain_trainer_refuses_the_lcm_kind(data_root, tmp_path):
     with pytest.raises(ValueError, match="make_trainer"):
         Trainer(ModelKind.LCM, lcm_config(data_root, tmp_path / "x"))

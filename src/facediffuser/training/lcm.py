@@ -102,6 +102,10 @@ class LCMTrainer(Trainer):
 
     def __init__(self, config: TrainConfig, **kwargs: Any):
         super().__init__(ModelKind(config.lcm_unet), config, **kwargs)
+        if self.xl is not None:  # a base given as a module (`train lcm` refuses an SDXL folder before it loads)
+            from .model_xl import LCM_ON_XL
+
+            raise ValueError(LCM_ON_XL.format(base="(the given base)"))
         c, device = config, self.accelerator.device
         self.teacher.to(device, self.weight_dtype)
         self.target.to(device)  # float32, like the student's weights it averages
