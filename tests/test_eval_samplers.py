@@ -37,10 +37,14 @@ def test_settings_parse_and_refuse_in_one_sentence():
     assert s.method == "face-diffuser:stage_boundaries=noise" and parse_setting("ddim:50").method == "face-diffuser"
     for spec, words in (
         ("ddim", "write SCHEDULER:STEPS"),
-        ("lcm:4", "unknown scheduler 'lcm'"),
+        ("foo:4", "unknown scheduler 'foo'"),
         ("ddim:0", "from 1 to 1000"),
         ("ddim:ten", "from 1 to 1000"),
         ("ddim:10:sigma", "must be noise or steps"),
+        ("lcm:4:wide", "'wide' must be w and a guidance scale"),
+        ("lcm:4:w-1", "'w-1' must be w and a guidance scale"),
+        ("lcm:4:noise:w1:x", "write SCHEDULER:STEPS"),
+        ("lcm:4@", "name a model after '@'"),
     ):
         with pytest.raises(ValueError, match=words):
             parse_setting(spec)
@@ -50,9 +54,28 @@ def test_settings_parse_and_refuse_in_one_sentence():
         parse_settings(["ddim:50"])
 
 
+def test_a_setting_may_name_its_guidance_scale_and_its_own_model():
+    s = parse_setting("lcm:4:noise:w1.5@lcm=runs/LCM")
+    assert (s.scheduler, s.steps, s.stage_boundaries.value, s.guidance_scale, s.model) == (
+        "lcm",
+        4,
+        "noise",
+        1.5,
+        "lcm=runs/LCM",
+    )
+    assert s.label == "lcm-4-noise-w1.5-lcm" and s.spec == "lcm:4:noise:w1.5@lcm=runs/LCM"
+    assert s.short_spec == "lcm:4:noise:w1.5@lcm" and parse_setting(s.spec) == s
+    assert parse_setting("lcm:2:w1@runs/my model/").label == "lcm-2-w1-my-model"  # the folder's name, file-name safe
+    assert parse_setting("ddim:50").guidance_scale is None and parse_setting("ddim:50").model is None
+
+
 @pytest.mark.parametrize(
     "spec, evaluations",
     [
+        ("lcm:4", 10),  # LCM's 4 timesteps 999 / 759 / 499 / 259: 1 / 1 / 2
+        ("lcm:2", 6),  # 0 / 1 / 1: at most 13, a tenth
+        ("lcm:4:noise", 10),  # 999, 759 before 700; 499; 259: 2 / 1 / 1
+        ("lcm:8", 20),
         ("ddim:50", 130),  # 15 / 15 / 20 steps: docs/method.md, Cost per image
         ("dpm++:10", 26),  # 3 / 3 / 4: a fifth
         ("dpm++:8", 20),  # 2 / 2 / 4
@@ -162,10 +185,29 @@ def test_the_study_runs_each_setting_as_an_evaluation_and_resumes(tmp_path, clip
     assert {p: p.stat().st_mtime_ns for p in study.rglob("*.png") if "images" in p.parts} == before
 
 
+@pytest.mark.slow
+def test_a_setting_with_its_own_model_and_guidance_scale_runs_as_such(tmp_path, clip_folder, capsys):
+    """A distilled model (here the tiny one under another name) against the study's reference: its run takes the
+    setting's model, scheduler and guidance scale; the table names the model, and the tenth's budget line appears."""
+    from facediffuser.cli.main import main
+
+    argv = _study_flags(tmp_path, clip_folder, "--samplers", "ddim:3", "lcm:2:w1.5@other=tiny")
+    assert main(argv) == 0
+    study = tmp_path / "study"
+    run = json.loads((study / "lcm-2-w1.5-other" / "run.json").read_text())
+    assert run["scheduler"] == "lcm" and run["sampling"]["guidance_scale"] == 1.5 and run["models"] == {"other": "tiny"}
+    assert json.loads((study / "ddim-3" / "run.json").read_text())["sampling"]["guidance_scale"] == 5.0
+    summary = json.loads((study / "samplers.json").read_text())
+    assert summary["settings"][1]["evaluations"] == 6 and summary["settings"][1]["model"] == "other=tiny"
+    out = capsys.readouterr().out
+    assert "| `lcm:2:w1.5@other` | 6 |" in out and "within noise at <= 13 UNet evaluations" in out
+
+
 @pytest.mark.parametrize(
     "extra, words",
     [
-        (["--samplers", "ddim:3", "lcm:4"], "Sampler setting 'lcm:4': unknown scheduler 'lcm'"),
+        (["--samplers", "ddim:3", "foo:4"], "Sampler setting 'foo:4': unknown scheduler 'foo'"),
+        (["--samplers", "ddim:3", "lcm:2@no/such/folder"], "Sampler setting 'lcm:2@no/such/folder': "),
         (["--samplers", "ddim:3"], "Give at least two sampler settings"),
         (["--samplers", "ddim:3", "dpm++:2", "--steps", "5"], "--samplers sets the scheduler and the steps"),
     ],

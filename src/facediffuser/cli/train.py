@@ -1,5 +1,6 @@
 """``facediffuser train sdm|tdm|ip-adapter``: train the subject-augmented or the text-driven model, or an IP-Adapter on
 the frozen scene model (the adapter file and its image encoder, for ``generate --ip-adapter``).
+``facediffuser train lcm``: distil one UNet of a pipeline folder into a few-step latent-consistency student.
 ``facediffuser train export``: a pipeline folder from one checkpoint of a run, with its EMA or its raw weights.
 
 Flags come from :class:`~facediffuser.training.TrainConfig`; ``--config run.toml`` supplies any of them (keys are
@@ -19,7 +20,10 @@ from pathlib import Path
 from ..io.configuration import add_dataclass_arguments, build_config
 from ..training.config import ModelKind, TrainConfig, check_output_dir
 
-HELP = "train the SDM (subject model), the TDM (scene model) or an IP-Adapter on FFHQ-wild data, or export a checkpoint"
+HELP = (
+    "train the SDM (subject model), the TDM (scene model) or an IP-Adapter on FFHQ-wild data, distil one of them into "
+    "a few-step LCM, or export a checkpoint"
+)
 MODEL_HELP = {
     ModelKind.SDM.value: "train the SDM (subject-augmented model) on FFHQ-wild data",
     ModelKind.TDM.value: "train the TDM (text-driven scene model) on FFHQ-wild data",
@@ -27,6 +31,10 @@ MODEL_HELP = {
         "train an IP-Adapter (image projection and image key/value layers) on the frozen scene UNet of --pretrained, "
         "with its vision tower, on FFHQ-wild data; writes ip-adapter.safetensors and image_encoder/ (what "
         "load_ip_adapter and generate --ip-adapter read)"
+    ),
+    ModelKind.LCM.value: (
+        "distil one UNet of --pretrained (--lcm-unet tdm or sdm) into a latent-consistency (LCM) student that samples "
+        "in 2 to 8 steps; writes the pipeline folder with the student and LCMScheduler"
     ),
 }
 EXPORT_HELP = (
@@ -93,7 +101,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help=HELP, description=HELP)
-    actions = parser.add_subparsers(dest="model", required=True, metavar="{sdm,tdm,ip-adapter,export}")
+    actions = parser.add_subparsers(dest="model", required=True, metavar="{sdm,tdm,ip-adapter,lcm,export}")
     for kind in ModelKind:
         model = actions.add_parser(kind.value, help=MODEL_HELP[kind.value], description=MODEL_HELP[kind.value])
         add_arguments(model)

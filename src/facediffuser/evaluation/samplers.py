@@ -13,7 +13,9 @@ Each setting runs as an ordinary evaluation in ``OUT/<label>/`` (``ddim-50``, ``
 
 A setting is written ``SCHEDULER:STEPS`` with an optional ``:noise`` (stages by noise level,
 :attr:`~facediffuser.settings.SamplingSettings.stage_boundaries`): ``ddim:50``, ``dpm++-karras:10``,
-``unipc:8:noise``.
+``unipc:8:noise``; then optionally ``:wSCALE``, the guidance scale of that setting (``lcm:4:w1.5``), and ``@MODEL``,
+another model for that setting (a pipeline folder, or ``NAME=FOLDER``): ``lcm:4:w1.5@lcm=LCM-FOLDER`` draws the same
+cases with a distilled model (``train lcm``) and compares it with the reference setting of the study's own model.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -65,6 +68,8 @@ STUDY_METRICS = (
 )
 # The most UNet evaluations per image the shipped default may cost: a fifth of the paper's 130.
 BUDGET = 26
+# ... and a distilled (LCM) model: a tenth.
+DISTILLED_BUDGET = 13
 
 
 @dataclass(frozen=True)
@@ -75,18 +80,37 @@ class SamplerSetting:
     scheduler: str
     steps: int
     stage_boundaries: StageBoundaries = StageBoundaries.STEPS
+    guidance_scale: float | None = None  # None: the study's --guidance-scale
+    model: str | None = None  # None: the study's --model; else a pipeline folder or NAME=FOLDER
+
+    @property
+    def model_name(self) -> str | None:
+        """The name of this setting's own model: ``NAME`` of ``NAME=FOLDER``, else the folder's last part."""
+        if self.model is None:
+            return None
+        name, _, folder = self.model.partition("=")
+        return name if folder else Path(self.model.rstrip("/\\")).name or self.model
 
     @property
     def label(self) -> str:
-        """File-name safe and unique: ``ddim-50``, ``dpm++-karras-10-noise``."""
+        """File-name safe and unique: ``ddim-50``, ``dpm++-karras-10-noise``, ``lcm-4-w1.5-lcm``."""
         noise = "-noise" if self.stage_boundaries is StageBoundaries.NOISE else ""
-        return f"{self.scheduler}-{self.steps}{noise}"
+        scale = f"-w{self.guidance_scale:g}" if self.guidance_scale is not None else ""
+        model = f"-{re.sub(r'[^A-Za-z0-9._+-]', '-', self.model_name)}" if self.model is not None else ""
+        return f"{self.scheduler}-{self.steps}{noise}{scale}{model}"
 
     @property
     def spec(self) -> str:
-        """As the flag takes it back: ``ddim:50``, ``dpm++:10:noise``."""
+        """As the flag takes it back: ``ddim:50``, ``dpm++:10:noise``, ``lcm:4:w1.5@lcm=FOLDER``."""
         noise = ":noise" if self.stage_boundaries is StageBoundaries.NOISE else ""
-        return f"{self.scheduler}:{self.steps}{noise}"
+        scale = f":w{self.guidance_scale:g}" if self.guidance_scale is not None else ""
+        model = f"@{self.model}" if self.model is not None else ""
+        return f"{self.scheduler}:{self.steps}{noise}{scale}{model}"
+
+    @property
+    def short_spec(self) -> str:
+        """The spec with the model's name instead of its folder (tables and figures)."""
+        return self.spec if self.model is None else self.spec.replace(f"@{self.model}", f"@{self.model_name}")
 
     @property
     def method(self) -> str:
@@ -95,24 +119,44 @@ class SamplerSetting:
 
 
 def parse_setting(spec: str) -> SamplerSetting:
-    """``SCHEDULER:STEPS`` or ``SCHEDULER:STEPS:noise`` (``:steps``, the paper's rule, may be written too).
+    """``SCHEDULER:STEPS``, then optionally ``:noise`` (or ``:steps``, the paper's rule), ``:wSCALE`` (the guidance
+    scale) and ``@MODEL`` (a pipeline folder or ``NAME=FOLDER``, checked when the study runs).
 
     Raises ``ValueError`` naming the spec and what it takes."""
     from ..io.loading import SCHEDULERS
 
-    parts = spec.strip().lower().split(":")
-    usage = "write SCHEDULER:STEPS or SCHEDULER:STEPS:noise, e.g. dpm++:10 or unipc:8:noise"
-    if len(parts) not in (2, 3):
+    text, at, model = spec.strip().partition("@")
+    if at and not model.strip():
+        raise ValueError(f"Sampler setting {spec!r}: name a model after '@' (a pipeline folder or NAME=FOLDER).")
+    parts = text.lower().split(":")
+    usage = (
+        "write SCHEDULER:STEPS, then optionally :noise, :wSCALE (the guidance scale) and @MODEL, e.g. dpm++:10, "
+        "unipc:8:noise or lcm:4:w1.5@LCM-FOLDER"
+    )
+    if not 2 <= len(parts) <= 4:
         raise ValueError(f"Sampler setting {spec!r}: {usage}.")
     name, steps = parts[0], parts[1]
     if name not in SCHEDULERS:
         raise ValueError(f"Sampler setting {spec!r}: unknown scheduler {name!r}; choose from {', '.join(SCHEDULERS)}.")
     if not steps.isdigit() or not 1 <= int(steps) <= MAX_STEPS:
         raise ValueError(f"Sampler setting {spec!r}: the steps must be a whole number from 1 to {MAX_STEPS}.")
-    bounds = parts[2] if len(parts) == 3 else StageBoundaries.STEPS.value
-    if bounds not in [b.value for b in StageBoundaries]:
-        raise ValueError(f"Sampler setting {spec!r}: the third part must be noise or steps; {usage}.")
-    return SamplerSetting(name, int(steps), StageBoundaries(bounds))
+    rest = parts[2:]
+    bounds, scale = StageBoundaries.STEPS.value, None
+    if rest and not rest[0].startswith("w"):
+        if rest[0] not in [b.value for b in StageBoundaries]:
+            raise ValueError(f"Sampler setting {spec!r}: the third part must be noise or steps, or wSCALE; {usage}.")
+        bounds = rest.pop(0)
+    if rest:
+        part = rest.pop(0)
+        try:
+            scale = float(part[1:]) if part.startswith("w") else math.nan
+        except ValueError:
+            scale = math.nan
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"Sampler setting {spec!r}: {part!r} must be w and a guidance scale, e.g. w1.5; {usage}.")
+    if rest:
+        raise ValueError(f"Sampler setting {spec!r}: {usage}.")
+    return SamplerSetting(name, int(steps), StageBoundaries(bounds), scale, model.strip() if at else None)
 
 
 def parse_settings(specs: Sequence[str]) -> list[SamplerSetting]:
@@ -196,7 +240,8 @@ def compare(results: dict[str, dict[str, Any]], reference: str) -> dict[str, Any
         rows = result["rows"]
         entry = {
             "label": label,
-            "spec": result["setting"].spec,
+            "spec": result["setting"].short_spec,
+            "model": result["setting"].model,
             "evaluations": result["evaluations"],
             "images": len(rows),
             "means": {},
@@ -209,14 +254,21 @@ def compare(results: dict[str, dict[str, Any]], reference: str) -> dict[str, Any
         scored = [d for d in entry["differences"].values() if d["images"]]  # a score the run did not compute: none
         entry["within_noise"] = label == reference or (bool(scored) and all(within_noise(d) for d in scored))
         settings.append(entry)
-    eligible = [s for s in settings if s["label"] != reference and s["within_noise"] and s["evaluations"] <= BUDGET]
-    cheapest = min(eligible, key=lambda s: (s["evaluations"], settings.index(s)), default=None)
+
+    def cheapest(budget: int) -> str | None:
+        eligible = [s for s in settings if s["label"] != reference and s["within_noise"] and s["evaluations"] <= budget]
+        best = min(eligible, key=lambda s: (s["evaluations"], settings.index(s)), default=None)
+        return best["label"] if best else None
+
     return {
         "reference": reference,
         "budget": BUDGET,
         "interval": {"confidence": CONFIDENCE, "resamples": RESAMPLES, "unit": "case", "kind": "paired percentile"},
         "settings": settings,
-        "cheapest_within_noise": cheapest["label"] if cheapest else None,
+        "cheapest_within_noise": cheapest(BUDGET),
+        # a distilled model's budget, a tenth of the paper's evaluations
+        "distilled_budget": DISTILLED_BUDGET,
+        "cheapest_within_noise_distilled": cheapest(DISTILLED_BUDGET),
     }
 
 
@@ -257,8 +309,14 @@ def markdown(summary: dict[str, Any], header: str = "") -> str:
         verdict = "reference" if s["label"] == summary["reference"] else ("yes" if s["within_noise"] else "no")
         lines.append(f"| `{s['spec']}` | {s['evaluations']} | " + " | ".join(cells) + f" | {verdict} |")
     cheapest = _spec_of(summary, summary["cheapest_within_noise"])
+    lines.append("")
+    if any(s["evaluations"] <= summary.get("distilled_budget", 0) for s in summary["settings"]):
+        tenth = _spec_of(summary, summary.get("cheapest_within_noise_distilled"))
+        lines.append(
+            f"Cheapest setting within noise at <= {summary['distilled_budget']} UNet evaluations per image: "
+            + (f"`{tenth}`." if tenth else "none.")
+        )
     lines += [
-        "",
         f"Cheapest setting within noise at <= {summary['budget']} UNet evaluations per image: "
         + (f"`{cheapest}`." if cheapest else "none."),
     ]
@@ -362,26 +420,35 @@ def run_study(config: Any, specs: Sequence[str]) -> tuple[dict[str, Any], list[P
         )
     models, _, _ = config.check()
     out = Path(config.out)
-    folder = model_folder(models[0].source)
-    scheduler_config = _scheduler_config(folder, models[0].source)
-    check(out, command=COMMAND, inputs=config.inputs(models), legacy=(_holds_only_runs,))
-    claim(out, command=COMMAND, inputs=config.inputs(models), legacy=(_holds_only_runs,))
-    results: dict[str, dict[str, Any]] = {}
+    # Each setting's run, checked (its own model and guidance scale included) before anything is drawn.
+    runs, inputs = [], list(config.inputs(models))
     for setting in settings:
+        changes: dict[str, Any] = {"out": out / setting.label, "methods": [setting.method]}
+        changes.update(scheduler=setting.scheduler, steps=setting.steps)
+        if setting.guidance_scale is not None:
+            changes["guidance_scale"] = setting.guidance_scale
+        if setting.model is not None:
+            changes["model"] = [setting.model]
+        run = replace(config, **changes)
+        try:
+            own_models = run.check()[0] if setting.model is not None or setting.guidance_scale is not None else models
+            source = own_models[0].source
+            scheduler_config = _scheduler_config(model_folder(source), source)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"Sampler setting {setting.spec!r}: {err}") from None
+        inputs += [p for p in run.inputs(own_models) if p not in inputs]
+        runs.append((setting, run, scheduler_config))
+    check(out, command=COMMAND, inputs=inputs, legacy=(_holds_only_runs,))
+    claim(out, command=COMMAND, inputs=inputs, legacy=(_holds_only_runs,))
+    results: dict[str, dict[str, Any]] = {}
+    for setting, run, scheduler_config in runs:
         if not _is_run(out / setting.label):  # an evaluation's own folder is taken as it is (its run.json decides)
             own(out, f"{setting.label}/", command=COMMAND)
-        run = replace(
-            config,
-            out=out / setting.label,
-            methods=[setting.method],
-            scheduler=setting.scheduler,
-            steps=setting.steps,
-        )
         logger.info("Sampler study: %s into %s", setting.spec, run.out)
         evaluate(run)
         results[setting.label] = {
             "setting": setting,
-            "evaluations": unet_evaluations(setting, scheduler_config, config.sampling()),
+            "evaluations": unet_evaluations(setting, scheduler_config, run.sampling()),
             "rows": read_scores(run.out / "scores.csv"),
         }
     summary = compare(results, settings[0].label)

@@ -19,6 +19,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     UNet2DConditionModel,
@@ -53,6 +54,8 @@ SCHEDULERS = {
     "euler-a": EulerAncestralDiscreteScheduler,
     "heun": HeunDiscreteScheduler,
     "lms": LMSDiscreteScheduler,
+    # For a latent-consistency model (`train lcm`, or an LCM-LoRA): other models draw noise with it.
+    "lcm": LCMScheduler,
 }
 # What a name sets beyond its class: a swap keeps the rest of the model's scheduler config (its training noise schedule,
 # timestep spacing), so ``dpm++`` from a model whose own scheduler is DPM-Solver++ with Karras sigmas is without them.

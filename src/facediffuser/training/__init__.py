@@ -7,8 +7,9 @@ CSV).
 
 Modules, one job each: :mod:`.config` (settings), :mod:`.data` and :mod:`.augment` (FFHQ-wild samples),
 :mod:`.model` (what is trained), :mod:`.losses` and :mod:`.attention` (the loss terms), :mod:`.trainer` (the loop),
-:mod:`.checkpoints`, :mod:`.tracking`, :mod:`.validation`, :mod:`.export`, :mod:`.checkpoint_export` (``train
-export``), :mod:`.launch` (processes), :mod:`.allocator` (the C allocator of a CPU run).
+:mod:`.lcm` (latent-consistency distillation, ``train lcm``), :mod:`.checkpoints`, :mod:`.tracking`,
+:mod:`.validation`, :mod:`.export`, :mod:`.checkpoint_export` (``train export``), :mod:`.launch` (processes),
+:mod:`.allocator` (the C allocator of a CPU run).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from .config import ModelKind
-from .export import attach_face_detector, export_pipeline, trained_tensors
+from .export import attach_face_detector, trained_tensors
 
 COMMAND = "train export"
 WEIGHTS = ("ema", "raw")
@@ -86,20 +86,20 @@ def export_checkpoint(
     from ..io.configuration import build_config
     from .config import TrainConfig
     from .model import load_base_pipeline
-    from .trainer import Trainer
+    from .trainer import make_trainer
 
     run, out = Path(run), Path(out)
     detector = Path(face_detector) if face_detector is not None else None
     settings, checkpoint, detector = _check_export(run, step, out, weights, detector)
     kind = ModelKind(settings.pop("model"))
     settings.update(output_dir=str(out), resume=None, validation_steps=0, log_with="csv")
-    trainer = Trainer(kind, build_config(TrainConfig, base=settings))
+    trainer = make_trainer(kind, build_config(TrainConfig, base=settings))
     trainer.resume(str(checkpoint))
     state = trainer.trained_state() if weights == "ema" else trained_tensors(trainer.denoiser)
     base = load_base_pipeline(trainer.config.pretrained)
 
     def write(folder: Path) -> None:
-        export_pipeline(kind, state, base, folder)
+        trainer.write_pipeline(state, base, folder)
         if detector is not None:
             attach_face_detector(folder, detector)
         output_folders.write_marker(folder, COMMAND, output_folders.listed_files(folder, folder))

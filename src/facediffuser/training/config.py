@@ -22,6 +22,13 @@ class ModelKind(str, enum.Enum):
     SDM = "sdm"  # subject-augmented: subject UNet + fuser + last vision layers, on captions with placeholders
     TDM = "tdm"  # text-driven: the scene UNet, on plain captions
     IP_ADAPTER = "ip-adapter"  # an IP-Adapter on the frozen scene UNet: image projection + image key/value layers
+    LCM = "lcm"  # a latent-consistency student of one UNet of the base pipeline (training.lcm; lcm_unet says which)
+
+
+# The UNets `train lcm` distils: the scene model (`unet`) or the subject model (`subject_unet`) of the base pipeline.
+LCM_UNETS = (ModelKind.TDM.value, ModelKind.SDM.value)
+# The consistency losses: the pseudo-Huber loss of the consistency-model papers (what LCM-LoRA trains with), or L2.
+LCM_LOSSES = ("huber", "l2")
 
 
 class LogBackend(str, enum.Enum):
@@ -162,6 +169,38 @@ class TrainConfig:
     )
     logging_steps: int = field(default=10, metadata=_f("log the losses every N steps"))
     log_with: LogBackend = field(default=LogBackend.AUTO, metadata=_f("log to TensorBoard or CSV"))
+    # Latent-consistency distillation (`train lcm`; training.lcm). The base pipeline (`pretrained`) is the teacher.
+    lcm_unet: str = field(
+        default="tdm",
+        metadata=_f(
+            "lcm: which UNet of --pretrained is distilled: 'tdm' (the scene model) or 'sdm' (the subject model)"
+        ),
+    )
+    lcm_solver_steps: int = field(
+        default=50,
+        metadata=_f(
+            "lcm: the teacher's DDIM schedule: one solver step skips num_train_timesteps / N timesteps (LCM's 50, "
+            "what LCMScheduler's original_inference_steps samples from)"
+        ),
+    )
+    lcm_guidance_min: float = field(
+        default=2.0, metadata=_f("lcm: the teacher's guidance scale is drawn per image, uniformly from this ...")
+    )
+    lcm_guidance_max: float = field(
+        default=8.0, metadata=_f("lcm: ... to this (no w-embedding: the student learns the range)")
+    )
+    lcm_loss: str = field(default="huber", metadata=_f("lcm: the consistency loss: 'huber' (pseudo-Huber) or 'l2'"))
+    lcm_huber_c: float = field(default=1e-3, metadata=_f("lcm: the pseudo-Huber loss's c"))
+    lcm_target_decay: float = field(
+        default=0.95, metadata=_f("lcm: EMA decay of the target network (LCM's 0.95); 0 makes the target the student")
+    )
+    lcm_timestep_scaling: float = field(
+        default=10.0,
+        metadata=_f("lcm: the boundary conditions' timestep scaling (c_skip, c_out; LCMScheduler's 10)"),
+    )
+    lcm_inference_steps: int = field(
+        default=4, metadata=_f("lcm: the steps the exported pipeline samples with by default, and the validation's")
+    )
 
     def __post_init__(self) -> None:
         self.data_root = Path(self.data_root)
@@ -223,6 +262,7 @@ class TrainConfig:
             raise ValueError(f"`seed` must be an integer from 0 to {SEED_LIMIT - 1}, got {self.seed!r}.")
         if self.checkpoints_total_limit < 1:
             raise ValueError(f"`checkpoints_total_limit` must be at least 1, got {self.checkpoints_total_limit}.")
+        self.check_lcm()
         try:
             self.validation_settings(ModelKind.SDM)
         except ValueError as err:
@@ -230,6 +270,28 @@ class TrainConfig:
                 f"The validation settings are not valid (validation_inference_steps = {self.validation_inference_steps}"
                 f", validation_guidance_scale = {self.validation_guidance_scale}): {err}"
             ) from err
+
+    def check_lcm(self) -> None:
+        """The ``lcm_*`` settings' rules (they are checked for every kind: a TOML file may carry them)."""
+        if self.lcm_unet not in LCM_UNETS:
+            raise ValueError(f"`lcm_unet` must be one of {', '.join(LCM_UNETS)}, got {self.lcm_unet!r}.")
+        if self.lcm_loss not in LCM_LOSSES:
+            raise ValueError(f"`lcm_loss` must be one of {', '.join(LCM_LOSSES)}, got {self.lcm_loss!r}.")
+        for name in ("lcm_solver_steps", "lcm_inference_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+                raise ValueError(f"`{name}` must be a whole number from 1 to 1000, got {value!r}.")
+        for name in ("lcm_guidance_min", "lcm_guidance_max", "lcm_huber_c", "lcm_timestep_scaling"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"`{name}` must be a non-negative number, got {value}.")
+        if self.lcm_guidance_min > self.lcm_guidance_max:
+            raise ValueError(
+                f"`lcm_guidance_min` ({self.lcm_guidance_min}) must not exceed `lcm_guidance_max` "
+                f"({self.lcm_guidance_max}): the teacher's guidance scale is drawn between them."
+            )
+        if not 0.0 <= self.lcm_target_decay <= 1.0:
+            raise ValueError(f"`lcm_target_decay` must be within [0, 1], got {self.lcm_target_decay}.")
 
     def validation_settings(self, kind: ModelKind) -> SamplingSettings:
         """How validation images are drawn: the trained model alone (the SDM and the IP-Adapter with

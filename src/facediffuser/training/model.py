@@ -65,13 +65,18 @@ class Denoiser(nn.Module):
         subject_pixels: torch.Tensor,
         subject_positions: torch.Tensor,
         added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+        condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``added_cond_kwargs``: SDXL's pooled text embedding and size ids (``text_embeds``, ``time_ids``).
+        """``added_cond_kwargs``: SDXL's pooled text embedding and size ids (``text_embeds``, ``time_ids``);
+        ``condition``: ``c`` / ``c_aug`` when the caller computed it once (LCM distillation).
 
         The inputs take the UNet's dtype: float32 here (the trained weights are, under autocast), bfloat16 or float16
         where DeepSpeed has cast the whole module to its precision (it does not cast the inputs)."""
         dtype = self.unet.dtype
-        cond = self.condition(text_embeds.to(dtype), subject_pixels, subject_positions)
+        if condition is None:
+            cond = self.condition(text_embeds.to(dtype), subject_pixels, subject_positions)
+        else:
+            cond = condition.to(dtype)
         return self.unet(
             noisy_latents.to(dtype), timesteps, encoder_hidden_states=cond, added_cond_kwargs=added_cond_kwargs
         ).sample

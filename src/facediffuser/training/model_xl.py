@@ -103,16 +103,23 @@ IP_ADAPTER_ON_XL = (
 )
 
 
+LCM_ON_XL = (
+    "train lcm distils an SD1.x pipeline, and --pretrained {base} is SDXL: give an SD1.x Face-diffuser folder, or load "
+    "a public LCM-LoRA for SDXL onto both UNets (docs/training.md, LCM)."
+)
+
+
 def check_base_for(kind: Any, pretrained: str) -> None:
     """Refuses, from the base's ``model_index.json`` alone (before any model loads), a model kind that an SDXL base
-    cannot train: the IP-Adapter (its trainer is SD1.x's)."""
+    cannot train: the IP-Adapter (its trainer is SD1.x's) and LCM distillation (SD1.x's conditions only)."""
     from ..io.loading import is_xl_model
     from .config import ModelKind
 
-    if ModelKind(kind) is not ModelKind.IP_ADAPTER:
+    refusals = {ModelKind.IP_ADAPTER: IP_ADAPTER_ON_XL, ModelKind.LCM: LCM_ON_XL}
+    if ModelKind(kind) not in refusals:
         return
     if pretrained == TINY_XL or (Path(pretrained).is_dir() and is_xl_model(pretrained)):
-        raise ValueError(IP_ADAPTER_ON_XL.format(base=pretrained))
+        raise ValueError(refusals[ModelKind(kind)].format(base=pretrained))
 
 
 def xl_conditions(base: Any, kind: Any, device: torch.device, dtype: torch.dtype) -> XLTextConditions | None:

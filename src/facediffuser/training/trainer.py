@@ -85,6 +85,8 @@ class Trainer:
         base_pipeline: FaceDiffuserPipeline | None = None,
     ):
         self.kind = ModelKind(kind)
+        if self.kind is ModelKind.LCM:
+            raise ValueError("LCM distillation has its own trainer: make_trainer('lcm', config) builds it.")
         self.config = config
         self.tiny_config = tiny_config
         self.given_base = base_pipeline
@@ -146,7 +148,7 @@ class Trainer:
         if self.kind is ModelKind.TDM:
             self.idle_parts = {"image_encoder": base.image_encoder, "subject_fuser": base.subject_fuser}
         del base
-        self.trainable_names = freeze_and_list_trainable(self.kind, denoiser, c.vision_trainable_layers)
+        self.trainable_names = self.freeze(denoiser)
         denoiser.to(device)
         for p in denoiser.parameters():  # trained weights stay float32 (the optimizer's master copy)
             if not p.requires_grad:
@@ -154,7 +156,7 @@ class Trainer:
         if c.gradient_checkpointing:
             denoiser.unet.enable_gradient_checkpointing()
         self.attention_store = AttentionStore()
-        if self.kind is ModelKind.SDM and c.localization_weight > 0:
+        if self.uses_localization:
             layers = LOCALIZATION_LAYERS if self.xl is None else XL_LAYERS
             install_attention_capture(denoiser.unet, self.attention_store, layers)
 
@@ -209,6 +211,34 @@ class Trainer:
         self.last_logged: dict[str, float] = {}
         self.validation_samples: list[dict[str, Any]] = []
 
+    # ------------------------------------------------------------------ what a kind changes (training.lcm overrides)
+    @property
+    def run_kind(self) -> ModelKind:
+        """The command this run is (``train_config.json``'s and the checkpoints' ``model``): the kind trained."""
+        return self.kind
+
+    @property
+    def uses_localization(self) -> bool:
+        """Whether the loss has the cross-attention localization term (the SDM's, when weighted)."""
+        return self.kind is ModelKind.SDM and self.config.localization_weight > 0
+
+    def freeze(self, denoiser: Denoiser) -> list[str]:
+        """Sets what is trained (before the module is moved or wrapped); returns the trained parameters' names."""
+        return freeze_and_list_trainable(self.kind, denoiser, self.config.vision_trainable_layers)
+
+    def after_optimizer_step(self) -> None:
+        """What follows each optimizer step: the EMA of the trained weights, when kept."""
+        if self.ema is not None:
+            self.ema.step(self.trainable_parameters())
+
+    def validation_scheduler(self):
+        """The scheduler the validation images are drawn with."""
+        return DDIMScheduler.from_config(self.scheduler_config)
+
+    def write_pipeline(self, state: dict[str, dict[str, torch.Tensor]], base: FaceDiffuserPipeline, out: Path) -> Path:
+        """Writes the pipeline folder (or the adapter's) from the trained tensors and a float32 base."""
+        return export_pipeline(self.kind, state, base, out)
+
     # ------------------------------------------------------------------ set-up helpers
     def make_dataset(self, split: str, *, augment: bool) -> FFHQWild:
         """The data of this kind. The IP-Adapter's: every person kept, then one drawn at random where there are
@@ -248,7 +278,7 @@ class Trainer:
         """The settings a checkpoint must share with the run that resumes it."""
         c = self.config
         return {
-            "model": self.kind.value,
+            "model": self.run_kind.value,
             "pretrained": c.pretrained,
             "split": c.split,
             "dataset_size": len(self.train_dataset),
@@ -352,7 +382,7 @@ class Trainer:
     def train(self) -> Path:
         """Runs (or resumes) training up to ``max_train_steps`` and writes the pipeline folder; returns its path."""
         c, acc = self.config, self.accelerator
-        settings = {"model": self.kind.value, **config_to_dict(c)}
+        settings = {"model": self.run_kind.value, **config_to_dict(c)}
         if acc.is_main_process:
             output_folders.claim(
                 self.output_dir, command="train", inputs=output_inputs(c), flag="--output-dir", legacy=RUN_LEGACY,
@@ -383,7 +413,7 @@ class Trainer:
         log(
             "Training the %s: %d trainable tensors, %d images, %d micro-batches per epoch and process, %d process(es), "
             "from step %d to %d.",
-            self.kind.value.upper(),
+            " ".join(dict.fromkeys([self.run_kind.value.upper(), self.kind.value.upper()])),
             len(self.trainable_names),
             len(self.train_dataset),
             per_epoch,
@@ -427,8 +457,7 @@ class Trainer:
 
                 # One optimizer step done.
                 self.global_step += 1
-                if self.ema is not None:
-                    self.ema.step(self.trainable_parameters())
+                self.after_optimizer_step()
                 progress.update(1)
                 last = self.global_step == c.max_train_steps
                 if c.logging_steps and (self.global_step % c.logging_steps == 0 or self.global_step == 1 or last):
@@ -535,7 +564,7 @@ class Trainer:
             subject_unet=model.unet,
             image_encoder=model.image_encoder if sdm or adapter else self.idle_parts["image_encoder"],
             subject_fuser=model.subject_fuser if sdm or adapter else self.idle_parts["subject_fuser"],
-            scheduler=DDIMScheduler.from_config(self.scheduler_config),
+            scheduler=self.validation_scheduler(),
             placeholder=self.placeholder,
         )
         pipe.set_progress_bar_config(disable=True)
@@ -543,7 +572,7 @@ class Trainer:
             grid = draw_validation_grid(
                 pipe,
                 self.validation_samples,
-                c.validation_settings(self.kind),
+                self.validation_sampling(),
                 resolution=c.resolution,
                 seed=c.seed,
                 device=acc.device,
@@ -562,6 +591,10 @@ class Trainer:
         logger.info("Wrote validation grid %s", path)
         acc.wait_for_everyone()
         return path
+
+    def validation_sampling(self):
+        """The sampling settings of the validation images (:meth:`TrainConfig.validation_settings`)."""
+        return self.config.validation_settings(self.kind)
 
     def trained_state(self) -> dict[str, dict[str, torch.Tensor]]:
         """The trained parameters (EMA weights when enabled), float32 on the CPU, per denoiser part."""
@@ -585,11 +618,20 @@ class Trainer:
                 base = self.given_base.to("cpu", torch.float32)
             else:
                 base = load_base_pipeline(self.config.pretrained, self.tiny_config)
-            export_pipeline(self.kind, state, base, self.output_dir)
+            self.write_pipeline(state, base, self.output_dir)
         acc.wait_for_everyone()
         return self.output_dir
 
 
+def make_trainer(kind: ModelKind | str, config: TrainConfig, **kwargs: Any) -> Trainer:
+    """The trainer of ``kind``: :class:`Trainer`, or for ``lcm`` :class:`~facediffuser.training.lcm.LCMTrainer`."""
+    if ModelKind(kind) is ModelKind.LCM:
+        from .lcm import LCMTrainer
+
+        return LCMTrainer(config, **kwargs)
+    return Trainer(kind, config, **kwargs)
+
+
 def train(kind: ModelKind | str, config: TrainConfig, *, tiny_config: TinyConfig | None = None) -> Path:
     """Trains ``kind`` with ``config`` and returns the pipeline folder (see :class:`Trainer`)."""
-    return Trainer(kind, config, tiny_config=tiny_config).train()
+    return make_trainer(kind, config, tiny_config=tiny_config).train()
