@@ -433,9 +433,9 @@ def test_cli_flags_toml_and_clean_errors(data_root, tmp_path, capsys):
 def test_a_bad_setting_is_refused_by_its_flag_before_the_trainer_loads(flags, message, data_root, tmp_path, capsys,
                                                                        monkeypatch):  # fmt: skip
     # a seed out of range was refused by torch after the base model had loaded ("expected non-negative integer")
-    import facediffuser.training.trainer as trainer
+    import facediffuser.training.runs as runs
 
-    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("the trainer ran before the settings' check"))
+    monkeypatch.setattr(runs, "train", lambda *a, **k: pytest.fail("the trainer ran before the settings' check"))
     out = tmp_path / "out"
     assert train_main(["sdm", "--data-root", str(data_root), "--output-dir", str(out), *flags]) == 2
     assert capsys.readouterr().err == f"facediffuser train: error: {message}\n"

@@ -23,8 +23,8 @@ from facediffuser.training.lcm import (
     solver_timesteps,
     x0_and_eps,
 )
+from facediffuser.training.runs import make_trainer
 from facediffuser.training.synthetic import write_synthetic_ffhq_wild
-from facediffuser.training.trainer import make_trainer
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

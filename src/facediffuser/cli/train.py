@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.model_xl import check_base_for
 
     check_base_for(kind, config.pretrained)
-    from ..training.trainer import train  # settings checked first: a refusal costs no import of the trainer
+    from ..training.runs import train  # settings checked first: a refusal costs no import of the trainer
 
     out = train(kind, config)
     log = logging.getLogger(__name__)

@@ -5,11 +5,11 @@ on first use (``from facediffuser.training import Trainer``), so a command that 
 them. Install the extra for TensorBoard logging: ``pip install 'facediffuser[train]'`` (without it, metrics go to
 CSV).
 
-Modules, one job each: :mod:`.config` (settings), :mod:`.data` and :mod:`.augment` (FFHQ-wild samples),
-:mod:`.model` (what is trained), :mod:`.losses` and :mod:`.attention` (the loss terms), :mod:`.trainer` (the loop),
-:mod:`.lcm` (latent-consistency distillation, ``train lcm``), :mod:`.checkpoints`, :mod:`.tracking`,
-:mod:`.validation`, :mod:`.export`, :mod:`.checkpoint_export` (``train export``), :mod:`.launch` (processes),
-:mod:`.allocator` (the C allocator of a CPU run).
+Modules, one job each: :mod:`.config` (settings), :mod:`.data` and :mod:`.augment` (FFHQ-wild samples), :mod:`.model`
+(what is trained), :mod:`.losses` and :mod:`.attention` (the loss terms), :mod:`.trainer` (the loop), :mod:`.runs`
+(which trainer a kind gets), :mod:`.lcm` (latent-consistency distillation, ``train lcm``), :mod:`.checkpoints`,
+:mod:`.tracking`, :mod:`.validation`, :mod:`.export`, :mod:`.checkpoint_export` (``train export``), :mod:`.launch`
+(processes), :mod:`.allocator` (the C allocator of a CPU run).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _LAZY = {
     "localization_loss": ".losses",
     "subject_union_masks": ".losses",
     "Trainer": ".trainer",
-    "train": ".trainer",
+    "train": ".runs",
 }
 
 __all__ = ["LogBackend", "MixedPrecision", "ModelKind", "TrainConfig", *_LAZY]

@@ -86,7 +86,7 @@ def export_checkpoint(
     from ..io.configuration import build_config
     from .config import TrainConfig
     from .model import load_base_pipeline
-    from .trainer import make_trainer
+    from .runs import make_trainer
 
     run, out = Path(run), Path(out)
     detector = Path(face_detector) if face_detector is not None else None

@@ -86,7 +86,10 @@ class Trainer:
     ):
         self.kind = ModelKind(kind)
         if self.kind is ModelKind.LCM:
-            raise ValueError("LCM distillation has its own trainer: make_trainer('lcm', config) builds it.")
+            raise ValueError(
+                "LCM distillation has its own trainer: facediffuser.training.runs.make_trainer('lcm', config) "
+                "builds it."
+            )
         self.config = config
         self.tiny_config = tiny_config
         self.given_base = base_pipeline
@@ -621,17 +624,3 @@ class Trainer:
             self.write_pipeline(state, base, self.output_dir)
         acc.wait_for_everyone()
         return self.output_dir
-
-
-def make_trainer(kind: ModelKind | str, config: TrainConfig, **kwargs: Any) -> Trainer:
-    """The trainer of ``kind``: :class:`Trainer`, or for ``lcm`` :class:`~facediffuser.training.lcm.LCMTrainer`."""
-    if ModelKind(kind) is ModelKind.LCM:
-        from .lcm import LCMTrainer
-
-        return LCMTrainer(config, **kwargs)
-    return Trainer(kind, config, **kwargs)
-
-
-def train(kind: ModelKind | str, config: TrainConfig, *, tiny_config: TinyConfig | None = None) -> Path:
-    """Trains ``kind`` with ``config`` and returns the pipeline folder (see :class:`Trainer`)."""
-    return make_trainer(kind, config, tiny_config=tiny_config).train()

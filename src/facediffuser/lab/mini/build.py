@@ -576,7 +576,7 @@ def run_trainer(config: MiniConfig, stage: str, base: Path) -> Path:
     from ...io.configuration import build_config
     from ...training import checkpoints
     from ...training.config import ModelKind, TrainConfig
-    from ...training.trainer import train
+    from ...training.runs import train
 
     values, _ = read_train_recipe(config, stage)
     data = config.world / ("scenes" if stage == "tdm" else "portraits")
