@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -96,3 +98,11 @@ def clip_folder(tmp_path_factory):
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(folder)
     load_clip_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """A synthetic FFHQ-wild data set (8 training images, 2 test, 72 px) for the trainer tests, one per module."""
+    from facediffuser.training.synthetic import write_synthetic_ffhq_wild
+
+    return write_synthetic_ffhq_wild(tmp_path_factory.mktemp("ffhq") / "data", num_images=8, size=72, test_images=2)

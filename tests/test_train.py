@@ -14,13 +14,6 @@ from facediffuser.cli.train import main as train_main
 from facediffuser.io.tiny import build_tiny_pipeline
 from facediffuser.pipeline import FaceDiffuserPipeline
 from facediffuser.training import ModelKind, TrainConfig, Trainer
-from facediffuser.training.synthetic import write_synthetic_ffhq_wild
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_synthetic_ffhq_wild(tmp_path_factory.mktemp("ffhq") / "data", num_images=8, size=72, test_images=2)
-
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

@@ -16,13 +16,6 @@ from facediffuser.io.tiny import build_tiny_pipeline
 from facediffuser.subject_models import SubjectModelKind, check_ip_adapter_state
 from facediffuser.training import ModelKind, TrainConfig, Trainer
 from facediffuser.training.adapter import WEIGHT_NAME, is_adapter_parameter
-from facediffuser.training.synthetic import write_synthetic_ffhq_wild
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_synthetic_ffhq_wild(tmp_path_factory.mktemp("ffhq") / "data", num_images=8, size=72, test_images=2)
-
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 

@@ -24,32 +24,14 @@ from facediffuser.training.lcm import (
     x0_and_eps,
 )
 from facediffuser.training.runs import make_trainer
-from facediffuser.training.synthetic import write_synthetic_ffhq_wild
+from test_train import tiny_config
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_synthetic_ffhq_wild(tmp_path_factory.mktemp("ffhq") / "data", num_images=8, size=72, test_images=2)
-
-
 def lcm_config(data_root: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(
-        data_root=data_root,
-        output_dir=out,
-        resolution=64,
-        train_batch_size=2,
-        max_train_steps=3,
-        checkpointing_steps=0,
-        validation_steps=0,
-        logging_steps=1,
-        log_with="csv",
-        learning_rate=1e-3,
-        lcm_solver_steps=10,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    """The SD1.x trainer tests' tiny config with a 10-step solver schedule."""
+    return tiny_config(data_root, out, **{"lcm_solver_steps": 10, **overrides})
 
 
 def losses(out: Path) -> list[float]:

@@ -17,35 +17,14 @@ from facediffuser.prompting import tokenize_prompts
 from facediffuser.training import ModelKind, TrainConfig, Trainer
 from facediffuser.training.data import size_ids
 from facediffuser.training.model_xl import XL_LOCALIZATION_LAYERS
-from facediffuser.training.synthetic import write_synthetic_ffhq_wild
-from test_train import read_metrics
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return write_synthetic_ffhq_wild(tmp_path_factory.mktemp("ffhq") / "data", num_images=8, size=72, test_images=2)
-
+from test_train import read_metrics, tiny_config
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def xl_config(data_root: Path, out: Path, **overrides) -> TrainConfig:
-    settings = dict(
-        data_root=data_root,
-        output_dir=out,
-        pretrained="tiny-xl",
-        resolution=64,
-        train_batch_size=2,
-        max_train_steps=3,
-        checkpointing_steps=0,
-        validation_steps=0,
-        logging_steps=1,
-        log_with="csv",
-        validation_inference_steps=2,
-        learning_rate=1e-3,
-    )
-    settings.update(overrides)
-    return TrainConfig(**settings)
+    """The SD1.x trainer tests' tiny config on the tiny SDXL base."""
+    return tiny_config(data_root, out, **{"pretrained": "tiny-xl", **overrides})
 
 
 def test_size_ids_are_the_original_size_the_centre_crop_corner_and_the_target():
