@@ -219,3 +219,83 @@ def test_a_bad_study_is_refused_in_one_sentence_before_any_model_loads(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("facediffuser evaluate: error: ") and words in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "study").exists()
+
+
+def _finished_study(folder, seed, shifts, **run):
+    """A sampler study's folder as `evaluate --samplers` leaves it, at ``seed``: per setting label its rows
+    (``shifts``: the IP added to the reference's, per case) and samplers.json."""
+    from facediffuser.evaluation.reports import write_scores
+    from facediffuser.evaluation.samplers import SamplerSetting
+
+    base = [_row(f"c{i}", "single", 0.1 * i + 0.01 * seed, k) for i in range(6) for k in range(2)]
+    results = {"ddim-50": {"setting": SamplerSetting("ddim", 50), "evaluations": 130, "rows": base}}
+    for label, shift in shifts.items():
+        name, steps = label.rsplit("-", 1)
+        rows = [replace(r, ip=r.ip + shift(r)) for r in base]
+        results[label] = {"setting": SamplerSetting(name, int(steps)), "evaluations": 26, "rows": rows}
+    for label, result in results.items():
+        (folder / label).mkdir(parents=True)
+        write_scores(folder / label / "scores.csv", result["rows"])
+    summary = compare(results, "ddim-50")
+    summary["run"] = {"benchmark": "mini", "data": "val", "model": "mini", "seed": seed, "alpha": 0.3, "beta": 0.6}
+    summary["run"].update(run)
+    (folder / "samplers.json").write_text(json.dumps(summary))
+    return results
+
+
+def test_pooled_studies_pair_each_image_with_its_own_seeds_reference(tmp_path, capsys):
+    """Two seeds' studies pooled: every image is compared with the same case, image and seed of the reference (a
+    pairing across seeds would give other numbers), cases are resampled with all their images, and a setting that
+    only one study ran is left out and named."""
+    from facediffuser.cli.main import main
+
+    a = _finished_study(tmp_path / "a", 7, {"dpm++-10": lambda r: -0.02, "unipc-10": lambda r: 0.0})
+    b = _finished_study(tmp_path / "b", 8, {"dpm++-10": lambda r: -0.04 * (r.image_index + 1)})
+    pool = ["evaluate", "--pool-studies", str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main([*pool, "--out", str(tmp_path / "p")]) == 0
+    pooled = json.loads((tmp_path / "p" / "samplers.json").read_text())
+    assert [s["label"] for s in pooled["settings"]] == ["ddim-50", "dpm++-10"] and pooled["left_out"] == ["unipc-10"]
+    assert pooled["run"]["seeds"] == [7, 8]
+    ip = pooled["settings"][1]["differences"]["single IP"]
+    # 12 images at -0.02 (seed 7), 6 at -0.04 and 6 at -0.08 (seed 8): the mean of the 24 paired differences
+    assert ip["images"] == 24 and math.isclose(ip["mean"], (12 * -0.02 + 6 * -0.04 + 6 * -0.08) / 24, abs_tol=1e-6)
+    # each case moved alike, so resampling cases keeps the interval at the mean
+    assert math.isclose(ip["low"], ip["mean"], abs_tol=1e-6) and math.isclose(ip["high"], ip["mean"], abs_tol=1e-6)
+    # the reference's own mean pools both seeds' images
+    reference_ip = pooled["settings"][0]["means"]["single IP"]
+    expected = sum(r.ip for s in (a, b) for r in s["ddim-50"]["rows"]) / 24
+    assert math.isclose(reference_ip["mean"], expected, abs_tol=1e-6)
+    out = capsys.readouterr().out
+    assert "pooled over seeds 7, 8" in out and "left out: unipc-10" in out and "**-0.040 [-0.040, -0.040]**" in out
+    # the pooled table is written beside the studies, never into one
+    inside = tmp_path / "a" / "pooled"
+    assert main([*pool, "--out", str(inside)]) == 2
+    assert "lies inside the input" in capsys.readouterr().err and not inside.exists()
+
+
+@pytest.mark.parametrize(
+    "second, words",
+    [
+        ({"seed": 7}, "Two of the studies drew seed 7"),
+        ({"model": "other"}, "differs from"),
+        ({"alpha": 0.4}, "in its alpha (0.4 against 0.3)"),
+        (None, "holds no samplers.json"),
+    ],
+)
+def test_pooling_refuses_studies_that_are_not_the_same_study_again(tmp_path, capsys, second, words):
+    from facediffuser.cli.main import main
+
+    _finished_study(tmp_path / "a", 7, {"dpm++-10": lambda r: 0.0})
+    if second is None:
+        (tmp_path / "b").mkdir()
+    else:
+        _finished_study(tmp_path / "b", second.pop("seed", 8), {"dpm++-10": lambda r: 0.0}, **second)
+    out = tmp_path / "p"
+    assert main(["evaluate", "--pool-studies", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    # a pool of one is no pool, and pooling is not a study to run
+    args = ["evaluate", "--pool-studies", str(tmp_path / "a")]
+    assert main([*args, "--out", str(out)]) == 2
+    assert main([*args, "--samplers", "--out", str(out)]) == 2
+    assert not out.exists()

@@ -48,6 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with paired 95%% intervals over cases), samplers.json and pareto.png (against UNet evaluations per image); "
         "without settings, the study of docs/performance.md, from ddim:50 down to 4 steps",
     )
+    parser.add_argument(
+        "--pool-studies",
+        type=Path,
+        nargs="+",
+        metavar="STUDY",
+        help="instead of evaluating, pool finished sampler studies of one model that differ only in --seed into one "
+        "paired table (each image against the same case and seed under the reference; cases resampled with their "
+        "images of every seed), written to --out/samplers.md, samplers.json and pareto.png",
+    )
     add_dataclass_arguments(parser, EvaluationConfig)
 
 
@@ -81,9 +90,20 @@ def combine(runs: list[Path], out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.harness import EvaluationConfig, evaluate
 
+    given = [flag for flag, value in (("--combine", args.combine), ("--pool-studies", args.pool_studies),
+                                       ("--samplers", args.samplers)) if value is not None]  # fmt: skip
+    if len(given) > 1:
+        raise ValueError(f"{given[0]} and {given[1]} are two different jobs: give one of them.")
     if args.combine:
         out = Path(getattr(args, "out", Path("outputs/evaluation")))
         logger.info("Wrote %s", combine(args.combine, out))
+        return 0
+    if args.pool_studies:
+        from ..evaluation.samplers import pool_studies
+
+        out = Path(getattr(args, "out", Path("outputs/evaluation")))
+        _, files = pool_studies(args.pool_studies, out)
+        print(files[0].read_text(encoding="utf-8"))
         return 0
     config = build_config(EvaluationConfig, args, args.config)
     if args.samplers is not None:
