@@ -90,8 +90,8 @@ def combine(runs: list[Path], out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.harness import EvaluationConfig, evaluate
 
-    given = [flag for flag, value in (("--combine", args.combine), ("--pool-studies", args.pool_studies),
-                                       ("--samplers", args.samplers)) if value is not None]  # fmt: skip
+    jobs = {"--combine": args.combine, "--pool-studies": args.pool_studies, "--samplers": args.samplers}
+    given = [flag for flag, value in jobs.items() if value is not None]
     if len(given) > 1:
         raise ValueError(f"{given[0]} and {given[1]} are two different jobs: give one of them.")
     if args.combine:

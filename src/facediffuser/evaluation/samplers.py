@@ -11,8 +11,8 @@ Each setting runs as an ordinary evaluation in ``OUT/<label>/`` (``ddim-50``, ``
 ``facediffuser evaluate`` run. The study writes ``OUT/samplers.md`` (the paired table), ``OUT/samplers.json`` and
 ``OUT/pareto.png`` (each score's paired difference against the UNet evaluations per image).
 
-One seed's 60 cases resolve differences of about 0.01 in PC and 10 points of accuracy. A longer study runs the same
-settings again under other seeds (``--seed``) and pools the finished studies (:func:`pool_studies`,
+One draw of the mini benchmark's 60 cases resolves about 0.01 of PC and 10 points of accuracy. A longer study runs
+the same settings again under other seeds (``--seed``) and pools the finished studies (:func:`pool_studies`,
 ``evaluate --pool-studies``): each image is paired with the same case, image and seed of the reference, and cases are
 resampled with their images of every seed.
 
