@@ -129,9 +129,10 @@ def test_a_folders_bad_number_of_steps_is_refused_naming_the_file_before_any_mod
 
 
 def test_the_shipped_model_samples_with_the_studys_setting_and_the_papers_is_the_old_default():
-    """The shipped mini pipeline's own sampling is the sampler study's choice (DPM-Solver++ 2M, 10 steps, 26 UNet
-    evaluations; docs/performance.md), and --paper-sampling on it is exactly the DDIM the model was trained and
-    first shipped with: SD1.x's DDIM config, which the DPM config carries for the classes it is compatible with."""
+    """The shipped mini pipeline's own sampling is the sampler study's choice (DPM-Solver++ 2M with Karras sigmas, 10
+    steps, 26 UNet evaluations; docs/performance.md), and --paper-sampling on it is exactly the DDIM the model was
+    trained and first shipped with: SD1.x's DDIM config, which the DPM config carries for the classes it is
+    compatible with."""
     import inspect
 
     from facediffuser.evaluation.samplers import SamplerSetting, unet_evaluations
@@ -146,8 +147,8 @@ def test_the_shipped_model_samples_with_the_studys_setting_and_the_papers_is_the
     index = json.loads((folder / "model_index.json").read_text())
     config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert index["num_inference_steps"] == 10 and config["_class_name"] == "DPMSolverMultistepScheduler"
-    assert not config["use_karras_sigmas"] and config["solver_order"] == 2 and config["algorithm_type"] == "dpmsolver++"
-    assert unet_evaluations(SamplerSetting("dpm++", 10), config, SamplingSettings()) <= 26
+    assert config["use_karras_sigmas"] and config["solver_order"] == 2 and config["algorithm_type"] == "dpmsolver++"
+    assert unet_evaluations(SamplerSetting("dpm++-karras", 10), config, SamplingSettings()) <= 26
     ddim = scheduler_from_config("ddim", config)
     keys = set(inspect.signature(type(ddim).__init__).parameters) - {"self", "kwargs"}
     assert {k: ddim.config[k] for k in keys} == {k: DDIMScheduler(**SD_SCHEDULER_CONFIG).config[k] for k in keys}
