@@ -236,7 +236,15 @@ def test_a_folders_bad_guidance_scale_is_refused_naming_the_file_before_any_mode
     index = scale_folder / "model_index.json"
     index.write_text(json.dumps({**json.loads(index.read_text()), "guidance_scale": value}))
     monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model loaded before the check"))
-    argv = ["generate", "--model", str(scale_folder), "-p", "a man <|image|>", "--ref", str(scale_folder.parent / "p.png")]
+    argv = [
+        "generate",
+        "--model",
+        str(scale_folder),
+        "-p",
+        "a man <|image|>",
+        "--ref",
+        str(scale_folder.parent / "p.png"),
+    ]
     assert main([*argv, "--no-face-check", "--guidance-scale", "2", "-o", str(scale_folder.parent / "x.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"facediffuser generate: error: In {index}, `guidance_scale` must be")
