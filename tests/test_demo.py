@@ -361,8 +361,9 @@ def test_page_takes_slider_defaults_and_limits_from_sampling_settings(runner):
     ]:
         lo, hi = slider_range(name)
         assert (widgets[elem_id].minimum, widgets[elem_id].maximum) == (lo, hi)
-        # steps: the model's own, which tiny's model_index does not name: the paper's 50
-        assert widgets[elem_id].value == (getattr(defaults, name) or 50)
+        # steps and guidance: the model's own, which tiny's model_index does not name: the paper's 50 and 5
+        paper = {"num_inference_steps": 50, "guidance_scale": 5.0}.get(name)
+        assert widgets[elem_id].value == (getattr(defaults, name) if paper is None else paper)
     assert widgets["subject-guidance"].value == ""  # tiny's model_index names none: empty, the same as w
 
 

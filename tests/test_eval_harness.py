@@ -315,7 +315,7 @@ def test_flags_and_toml_build_the_config(tmp_path):
     assert config.subject_guidance_base is SubjectGuidanceBase.NULL and config.save_masks is False
     assert config.facenet_weights == Path("w.pt") and config.seed == 42
     assert config.scheduler is None and config.steps is None  # each model's own (converted weights: DDIM, 50 steps)
-    assert config.alpha == 0.3 and config.guidance_scale == 5.0  # SamplingSettings' defaults
+    assert config.alpha == 0.3 and config.guidance_scale is None  # SamplingSettings' defaults: each model's own w
     assert build_config(EvaluationConfig, parser.parse_args(["--data", "people/"])).model == ["mini"]  # the default
     with pytest.raises(ValueError, match="needs --data: a subject folder"):  # checked once the benchmark is known
         build_config(EvaluationConfig, parser.parse_args(["--model", "tiny"])).resolved()

@@ -152,3 +152,132 @@ def test_the_shipped_model_samples_with_the_studys_setting_and_the_papers_is_the
     ddim = scheduler_from_config("ddim", config)
     keys = set(inspect.signature(type(ddim).__init__).parameters) - {"self", "kwargs"}
     assert {k: ddim.config[k] for k in keys} == {k: DDIMScheduler(**SD_SCHEDULER_CONFIG).config[k] for k in keys}
+
+
+# ------------------------------------------------------------------ the folder's own guidance scale
+OWN_SCALE = 2.0  # the folder's own; not the paper's 5
+
+
+def _draw(pipe, **kwargs):
+    """One tiny image's latents (2 steps, seeded), for comparing calls."""
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        "a man <|image|> on a boat",
+        reference_images=[Image.new("RGB", (32, 32), (200, 150, 120))],
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        **kwargs,
+    ).images
+
+
+@pytest.fixture
+def scale_folder(tmp_path):
+    """A tiny pipeline folder that names its own guidance scale, 2."""
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.register_to_config(guidance_scale=OWN_SCALE)
+    pipe.save_pretrained(tmp_path / "model")
+    Image.new("RGB", (32, 32), (200, 150, 120)).save(tmp_path / "p.png")
+    return tmp_path / "model"
+
+
+def test_a_call_without_a_guidance_scale_takes_the_folders_own(scale_folder):
+    pipe = FaceDiffuserPipeline.from_pretrained(scale_folder, use_safetensors=True)
+    assert json.loads((scale_folder / "model_index.json").read_text())["guidance_scale"] == OWN_SCALE
+    assert pipe.default_guidance_scale == OWN_SCALE
+    own = _draw(pipe)
+    # Exact equality is right: the same computation with the same number. 2 and 5 differ by far more than nothing.
+    assert torch.equal(own, _draw(pipe, guidance_scale=OWN_SCALE))
+    assert not torch.equal(own, _draw(pipe, guidance_scale=5.0))  # a call's own scale wins
+    # the SDM's too, unless the folder names a subject guidance scale of its own
+    assert torch.equal(own, _draw(pipe, guidance_scale=OWN_SCALE, subject_guidance_scale=OWN_SCALE))
+
+
+def test_a_folder_without_a_guidance_scale_draws_as_before_with_the_papers_5():
+    pipe = build_tiny_pipeline(seed=0)
+    assert pipe.config.guidance_scale is None and pipe.default_guidance_scale == 5.0
+    assert torch.equal(_draw(pipe), _draw(pipe, guidance_scale=5.0))
+    with pytest.raises(ValueError, match="`guidance_scale` must be a finite number >= 0"):
+        FaceDiffuserPipeline(**{**pipe.components, "guidance_scale": -1})
+
+
+def test_the_shipped_model_names_no_guidance_scale_and_draws_with_5():
+    from facediffuser.io.package_data import MINI_PIPELINE, packaged
+
+    folder = packaged(MINI_PIPELINE)
+    if not (folder / "model_index.json").is_file():
+        pytest.skip("this checkout has no shipped mini model")
+    assert "guidance_scale" not in json.loads((folder / "model_index.json").read_text())
+    assert FaceDiffuserPipeline.from_pretrained(folder, use_safetensors=True).default_guidance_scale == 5.0
+
+
+def test_generate_records_the_folders_own_guidance_scale_and_the_flag_wins(scale_folder):
+    out = scale_folder.parent
+    assert _generate(scale_folder, out / "own.png", "--steps", "2")["guidance_scale"] == OWN_SCALE
+    assert _generate(scale_folder, out / "flag.png", "--steps", "2", "--guidance-scale", "3")["guidance_scale"] == 3.0
+    # the paper's sampling is the paper's w = 5 unless --guidance-scale says otherwise
+    assert _generate(scale_folder, out / "paper.png", "--paper-sampling", "--steps", "2")["guidance_scale"] == 5.0
+    params = _generate(scale_folder, out / "paper3.png", "--paper-sampling", "--steps", "2", "--guidance-scale", "3")
+    assert params["guidance_scale"] == 3.0
+    # what the PNG records draws the same image again
+    own, again = Image.open(out / "own.png"), out / "again.png"
+    _generate(scale_folder, again, "--parameters-from", str(out / "own.png"))
+    assert list(own.getdata()) == list(Image.open(again).getdata())
+
+
+@pytest.mark.parametrize(
+    "value, words", [(-1, "must be a finite number >= 0 (non-negative), got -1"), ("x", "got 'x'"), (1e39, "at most")]
+)
+def test_a_folders_bad_guidance_scale_is_refused_naming_the_file_before_any_model_loads(
+    scale_folder, capsys, monkeypatch, value, words
+):
+    from facediffuser.io import loading
+
+    index = scale_folder / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "guidance_scale": value}))
+    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model loaded before the check"))
+    argv = [
+        "generate",
+        "--model",
+        str(scale_folder),
+        "-p",
+        "a man <|image|>",
+        "--ref",
+        str(scale_folder.parent / "p.png"),
+    ]
+    assert main([*argv, "--no-face-check", "--guidance-scale", "2", "-o", str(scale_folder.parent / "x.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"facediffuser generate: error: In {index}, `guidance_scale` must be")
+    assert words in err and len(err.splitlines()) == 1 and not (scale_folder.parent / "x.png").exists()
+
+
+def test_the_demo_starts_at_the_models_own_guidance_scale(scale_folder):
+    from facediffuser.demo.core import page_controls
+
+    pipe = FaceDiffuserPipeline.from_pretrained(scale_folder, use_safetensors=True)
+    assert page_controls(pipe)["guidance_scale"].default == OWN_SCALE
+    assert page_controls(build_tiny_pipeline(seed=0))["guidance_scale"].default == 5.0
+    pipe.register_to_config(guidance_scale=30.0)  # beyond the slider's 20: the slider reaches it
+    control = page_controls(pipe)["guidance_scale"]
+    assert control.default == 30.0 and control.maximum >= 30.0
+
+
+def test_evaluate_draws_each_model_with_its_own_guidance_scale_and_records_the_number(scale_folder, tmp_path):
+    from facediffuser.evaluation.harness import EvaluationConfig
+    from facediffuser.evaluation.methods import ModelSpec
+
+    models = [ModelSpec("own", str(scale_folder)), ModelSpec("tiny", "tiny")]
+    config = EvaluationConfig(benchmark="single-subject", data=tmp_path)
+    assert config.sampling().guidance_scale is None  # each model's own, resolved by its pipeline
+    assert config.guidance_scales(models) == {"own": OWN_SCALE, "tiny": 5.0}
+    sampling = config.generation_settings(1, models, None)["sampling"]
+    assert sampling["guidance_scale"] == {"own": OWN_SCALE, "tiny": 5.0}  # they differ: one number per model
+    assert config.generation_settings(1, models[:1], None)["sampling"]["guidance_scale"] == OWN_SCALE
+    given = EvaluationConfig(benchmark="single-subject", data=tmp_path, guidance_scale=3.0)
+    assert given.generation_settings(1, models, None)["sampling"]["guidance_scale"] == 3.0
+    paper = EvaluationConfig(benchmark="single-subject", data=tmp_path, paper_sampling=True).resolved()
+    assert paper.guidance_scale == 5.0
+    index = scale_folder / "model_index.json"
+    index.write_text(json.dumps({**json.loads(index.read_text()), "guidance_scale": "x"}))
+    with pytest.raises(ValueError, match=r"^In .*model_index.json, `guidance_scale` must be a finite number"):
+        config.guidance_scales(models)

@@ -9,8 +9,10 @@ from facediffuser.settings import SamplingSettings, check_image_size
 
 def test_defaults_are_the_papers():
     s = SamplingSettings()
-    # The number of steps is the model's own (None), else the paper's 50 (FaceDiffuserPipeline resolves it).
-    assert (s.num_inference_steps, s.alpha, s.beta, s.guidance_scale) == (None, 0.3, 0.6, 5.0)
+    # The number of steps and the guidance scale are the model's own (None), else the paper's 50 and 5
+    # (FaceDiffuserPipeline resolves them).
+    assert (s.num_inference_steps, s.alpha, s.beta, s.guidance_scale) == (None, 0.3, 0.6, None)
+    assert s.effective_guidance_scale == 5.0
     assert s.stage_boundaries.value == "steps" and "stage_boundaries" not in s.to_dict()
     assert s.subject_guidance_base is SubjectGuidanceBase.TEXT and s.smoothing is Smoothing.BOX
     assert s.effective_subject_guidance_scale == 5.0

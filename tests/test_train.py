@@ -531,11 +531,11 @@ def test_validation_images_take_the_sampling_settings():
     defaults = SamplingSettings()
     sdm, tdm = config.validation_settings(ModelKind.SDM), config.validation_settings(ModelKind.TDM)
     assert (sdm.alpha, sdm.beta, tdm.alpha, tdm.beta) == (0.0, 0.0, 1.0, 1.0)  # each trained model draws alone
-    assert sdm.guidance_scale == config.validation_guidance_scale == defaults.guidance_scale
+    # the paper's w: a model in training names none of its own
+    assert sdm.guidance_scale == config.validation_guidance_scale == defaults.effective_guidance_scale
     assert sdm.num_inference_steps == config.validation_inference_steps
-    assert sdm.replace(alpha=defaults.alpha, beta=defaults.beta, num_inference_steps=defaults.num_inference_steps) == (
-        defaults
-    )
+    left = ("alpha", "beta", "num_inference_steps", "guidance_scale")
+    assert sdm.replace(**{name: getattr(defaults, name) for name in left}) == defaults
     with pytest.raises(ValueError, match="validation settings.*guidance_scale"):
         TrainConfig(data_root=Path("d"), validation_guidance_scale=float("nan"))
     with pytest.raises(ValueError, match="validation settings.*steps"):

@@ -4,6 +4,7 @@ the consistency step's pieces, the teacher's conditions, a falling loss, an exac
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -175,6 +176,19 @@ def test_lcm_resumes_exactly_and_exports_an_lcm_pipeline_that_samples(data_root,
     assert all(torch.equal(p, student[n]) for n, p in exported.subject_unet.named_parameters())
 
 
+def test_the_exported_lcm_folder_names_its_own_guidance_scale_and_validation_draws_with_it(data_root, tmp_path):
+    """A distilled model samples well at a small scale: the exported folder's model_index.json names it (so that
+    generate, the demo and evaluate take it), and the validation images are drawn with it."""
+    trainer = make_trainer("lcm", lcm_config(data_root, tmp_path / "run", lcm_inference_guidance_scale=1.5))
+    assert trainer.validation_sampling().guidance_scale == 1.5
+    assert trainer.validation_sampling().num_inference_steps == trainer.config.lcm_inference_steps
+    out = trainer.write_pipeline(trainer.trained_state(), build_tiny_pipeline(seed=0), tmp_path / "exported")
+    index = json.loads((out / "model_index.json").read_text())
+    assert (index["guidance_scale"], index["num_inference_steps"]) == (1.5, trainer.config.lcm_inference_steps)
+    assert FaceDiffuserPipeline.from_pretrained(out, use_safetensors=True).default_guidance_scale == 1.5
+    assert TrainConfig.__dataclass_fields__["lcm_inference_guidance_scale"].default == 2.0  # the mini model's best
+
+
 def test_an_sdxl_base_is_refused_before_it_loads(data_root, tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["train", "lcm", "--data-root", str(data_root), "--output-dir", str(out), "--pretrained", "tiny-xl"]
@@ -197,6 +211,9 @@ def test_the_plain_trainer_refuses_the_lcm_kind(data_root, tmp_path):
         (["--lcm-guidance-min", "9", "--lcm-guidance-max", "2"], "--lcm-guidance-min (9.0) must not exceed"),
         (["--lcm-solver-steps", "0"], "--lcm-solver-steps must be a whole number from 1 to 1000, got 0."),
         (["--lcm-target-decay", "1.5"], "--lcm-target-decay must be within [0, 1], got 1.5."),
+        (["--lcm-inference-guidance-scale", "-1"], "--lcm-inference-guidance-scale must be a non-negative number"),
+        (["--lcm-inference-guidance-scale", "nan"], "--lcm-inference-guidance-scale must be a non-negative number"),
+        (["--lcm-inference-guidance-scale", "1e39"], "--lcm-inference-guidance-scale must be at most 3.403e+38"),
     ],
 )
 def test_bad_lcm_settings_are_refused_before_the_trainer_loads(flags, message, data_root, tmp_path, capsys):

@@ -72,6 +72,9 @@ class FaceDiffuserPipeline(FaceDiffuserPipelineBase, DiffusionPipeline, StableDi
         num_inference_steps: the number of steps this model samples with when a call gives none (saved in
             ``model_index.json``, beside the scheduler its ``scheduler/`` folder names); ``None``, the default, is the
             paper's 50.
+        guidance_scale: the guidance scale ``w`` this model draws with when a call gives none (saved in
+            ``model_index.json``): the TDM's, and the SDM's when ``subject_guidance_scale`` is ``None``; ``None``, the
+            default, is the paper's 5. A latent-consistency model names a small one (``facediffuser train lcm``).
 
     ``enable_model_cpu_offload`` never holds both UNets on the accelerator (:mod:`facediffuser.offload`).
     """
@@ -93,6 +96,7 @@ class FaceDiffuserPipeline(FaceDiffuserPipelineBase, DiffusionPipeline, StableDi
         placeholder: str = DEFAULT_PLACEHOLDER,
         subject_guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
     ):
         arguments = locals()
         super().__init__()

@@ -32,7 +32,7 @@ from .offload import OneModelAtATimeOffloadMixin
 from .prompting import tokenize_prompts
 from .references import normalize_negative_prompts, normalize_prompts, normalize_references
 from .regions import RegionSampler, regions_wanted
-from .settings import DEFAULT_STEPS, SamplingSettings, StageBoundaries, check_image_size
+from .settings import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS, SamplingSettings, StageBoundaries, check_image_size
 from .step import FusionTrace, StepTrace, face_diffuser_step, sampling_stages
 from .subject_models import AdapterSubjectMixin, SubjectModelKind, adapter_call
 
@@ -100,7 +100,13 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
     prepare_extra_step_kwargs = StableDiffusionPipeline.prepare_extra_step_kwargs
 
     # The keywords of ``__init__`` that go to the config (``model_index.json``); the others are components.
-    _config_arguments = ("placeholder", "subject_guidance_scale", "num_inference_steps", "force_zeros_for_empty_prompt")
+    _config_arguments = (
+        "placeholder",
+        "subject_guidance_scale",
+        "num_inference_steps",
+        "guidance_scale",
+        "force_zeros_for_empty_prompt",
+    )
 
     def _register(self, arguments: dict[str, Any]) -> None:
         """``__init__``'s work, given its ``locals()``: the components registered, the sampling defaults this model
@@ -110,7 +116,9 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
         names = [n for n in inspect.signature(type(self).__init__).parameters if n != "self"]
         config = {n: arguments[n] for n in names if n in self._config_arguments}
         SamplingSettings(
-            subject_guidance_scale=config["subject_guidance_scale"], num_inference_steps=config["num_inference_steps"]
+            subject_guidance_scale=config["subject_guidance_scale"],
+            num_inference_steps=config["num_inference_steps"],
+            guidance_scale=config["guidance_scale"],
         )
         self.register_modules(**{n: arguments[n] for n in names if n not in self._config_arguments})
         self.register_to_config(**config)
@@ -146,6 +154,14 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
         paper's 50."""
         own = getattr(self.config, "num_inference_steps", None)
         return DEFAULT_STEPS if own is None else own
+
+    @property
+    def default_guidance_scale(self) -> float:
+        """The guidance scale ``w`` a call that gives none samples with (the TDM's, and the SDM's unless
+        :attr:`subject_guidance_scale` names its own): the one this model's config names (``guidance_scale`` in
+        ``model_index.json``), else the paper's 5."""
+        own = getattr(self.config, "guidance_scale", None)
+        return DEFAULT_GUIDANCE_SCALE if own is None else own
 
     # ------------------------------------------------------------------ memory and speed
     def compile_unets(self, **compile_kwargs: Any) -> None:
@@ -263,7 +279,7 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
         num_inference_steps: int | None = None,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
-        guidance_scale: float = _DEFAULTS.guidance_scale,
+        guidance_scale: float | None = None,
         subject_guidance_scale: float | None = _DEFAULTS.subject_guidance_scale,
         alpha: float = _DEFAULTS.alpha,
         beta: float = _DEFAULTS.beta,
@@ -306,9 +322,10 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
             num_inference_steps: denoising steps ``T`` (``None``: the pipeline's :attr:`default_num_inference_steps`,
                 which its folder names, else 50).
             timesteps, sigmas: custom schedules, for schedulers that accept them.
-            guidance_scale: ``w`` of the TDM (eq. 1).
+            guidance_scale: ``w`` of the TDM (eq. 1) (``None``: the pipeline's :attr:`default_guidance_scale`, which
+                its folder names, else 5).
             subject_guidance_scale: ``w`` of the SDM (default: the pipeline's ``subject_guidance_scale`` when its
-                config sets one, else ``guidance_scale``).
+                config sets one, else the guidance scale of the TDM).
             alpha, beta: stage fractions, ``0 <= alpha <= beta <= 1``. With ``T`` the number of scheduler
                 timesteps and ``i = 0 .. T-1`` the step index: stage I (TDM only) while ``i < floor(alpha*T)``,
                 stage II (both models, SNF) while ``i < floor(beta*T)``, stage III (SDM only) after. ``T = 50`` with
@@ -364,7 +381,7 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
             alpha=alpha,
             beta=beta,
             stage_boundaries=stage_boundaries,
-            guidance_scale=guidance_scale,
+            guidance_scale=self.default_guidance_scale if guidance_scale is None else guidance_scale,
             subject_guidance_scale=self.subject_guidance_scale
             if subject_guidance_scale is None
             else subject_guidance_scale,
@@ -593,8 +610,8 @@ def check_finite_steps(finite: Sequence[torch.Tensor], settings: SamplingSetting
     if bool(flags.all()):
         return
     first = int((~flags).nonzero()[0, 0]) + 1
-    scales = f"{settings.guidance_scale:g}"
-    if settings.effective_subject_guidance_scale != settings.guidance_scale:
+    scales = f"{settings.effective_guidance_scale:g}"
+    if settings.effective_subject_guidance_scale != settings.effective_guidance_scale:
         scales += f" for the TDM, {settings.effective_subject_guidance_scale:g} for the SDM"
     raise NonFiniteLatentsError(
         f"Step {first} of {len(flags)} produced non-finite latents (NaN or inf), so the image would be black: "

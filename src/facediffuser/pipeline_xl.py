@@ -46,7 +46,7 @@ class FaceDiffuserXLPipeline(FaceDiffuserPipelineBase, DiffusionPipeline, Stable
         subject_fuser: :class:`~facediffuser.models.SubjectFuser` with ``embed_dim=2048`` and the image encoder's
             width as ``image_embed_dim``; ``None`` with an IP-Adapter.
         scheduler: any diffusers scheduler.
-        face_detector, placeholder, subject_guidance_scale, num_inference_steps: as for
+        face_detector, placeholder, subject_guidance_scale, num_inference_steps, guidance_scale: as for
             :class:`~facediffuser.pipeline.FaceDiffuserPipeline`.
         force_zeros_for_empty_prompt: as in ``StableDiffusionXLPipeline``: with no negative prompt, the condition
             ``0`` is zeros (SDXL base's setting, ``True`` by default).
@@ -73,6 +73,7 @@ class FaceDiffuserXLPipeline(FaceDiffuserPipelineBase, DiffusionPipeline, Stable
         placeholder: str = DEFAULT_PLACEHOLDER,
         subject_guidance_scale: float | None = None,
         num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         force_zeros_for_empty_prompt: bool = True,
     ):
         arguments = locals()

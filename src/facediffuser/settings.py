@@ -27,6 +27,9 @@ from .fusion import RegionSource, Smoothing, SubjectGuidanceBase, check_stage_fr
 MAX_STEPS = 1000
 # The paper's number of steps: what a model whose folder names no number of steps of its own samples with.
 DEFAULT_STEPS = 50
+# The paper's guidance scale ``w`` (and the release's): what a model whose folder names no guidance scale of its own
+# samples with.
+DEFAULT_GUIDANCE_SCALE = 5.0
 # The largest guidance scale: float32's largest number (bfloat16's is a hair below it, float16's is 65504). A larger
 # scale cannot be held by the sampling's numbers at all: the guided noise, the latents and the image become inf and
 # NaN (an all-black picture). Smaller scales can overflow too, with large differences between the predictions or in
@@ -52,9 +55,10 @@ class StageBoundaries(str, enum.Enum):
 class SamplingSettings:
     """How one Face-diffuser sample is drawn (paper Sec. 3.2.3 and 3.3; eqs. 1-5, docs/method.md).
 
-    Defaults are the paper's and the release's: ``alpha = 0.3``, ``beta = 0.6`` (Fig. 8) and ``w = 5`` for both
-    models. The number of steps ``T`` and the scheduler are the model's own: ``None`` steps take the number its
-    pipeline folder names (``FaceDiffuserPipeline``'s ``num_inference_steps``), else the paper's 50.
+    Defaults are the paper's and the release's: ``alpha = 0.3``, ``beta = 0.6`` (Fig. 8). The number of steps ``T``,
+    the guidance scale ``w`` and the scheduler are the model's own: ``None`` steps take the number its pipeline
+    folder names (``FaceDiffuserPipeline``'s ``num_inference_steps``), else the paper's 50; a ``None`` guidance scale
+    the one it names (``guidance_scale``), else the paper's 5 for both models.
     """
 
     num_inference_steps: int | None = dataclasses.field(
@@ -85,8 +89,13 @@ class SamplingSettings:
             "the number of steps"
         },
     )
-    guidance_scale: float = dataclasses.field(
-        default=5.0, metadata={"help": "guidance scale w of the TDM (eq. 1)", "ui_range": (0.0, 20.0)}
+    guidance_scale: float | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "guidance scale w of the TDM (eq. 1); default: the model's own (the guidance_scale its "
+            f"model_index.json names), else {DEFAULT_GUIDANCE_SCALE:g}, the paper's",
+            "ui_range": (0.0, 20.0),
+        },
     )
     subject_guidance_scale: float | None = dataclasses.field(
         default=None,
@@ -167,7 +176,7 @@ class SamplingSettings:
         check_stage_fractions(self.alpha, self.beta)
         for name in ("guidance_scale", "subject_guidance_scale"):
             value = getattr(self, name)
-            if value is None and name == "subject_guidance_scale":
+            if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"`{name}` must be a finite number >= 0 (non-negative), got {value!r}.")
@@ -196,12 +205,19 @@ class SamplingSettings:
         return any(getattr(self, name) for name in REGION_OPTIONS)
 
     @property
+    def effective_guidance_scale(self) -> float:
+        """The TDM's ``w``: :attr:`guidance_scale`, or the paper's :data:`DEFAULT_GUIDANCE_SCALE` when that is
+        ``None`` and no model names its own (``FaceDiffuserPipeline`` first fills a ``None`` with its own
+        ``guidance_scale``, when its config names one)."""
+        return DEFAULT_GUIDANCE_SCALE if self.guidance_scale is None else self.guidance_scale
+
+    @property
     def effective_subject_guidance_scale(self) -> float:
-        """The SDM's ``w``: :attr:`subject_guidance_scale`, or :attr:`guidance_scale` when that is ``None``.
+        """The SDM's ``w``: :attr:`subject_guidance_scale`, or :attr:`effective_guidance_scale` when that is ``None``.
 
         (``FaceDiffuserPipeline`` first fills a ``None`` with its own ``subject_guidance_scale``, when its config
         names one.)"""
-        return self.guidance_scale if self.subject_guidance_scale is None else self.subject_guidance_scale
+        return self.effective_guidance_scale if self.subject_guidance_scale is None else self.subject_guidance_scale
 
     def replace(self, **changes: Any) -> SamplingSettings:
         """A copy with ``changes`` applied and validated again."""

@@ -110,7 +110,7 @@ def face_diffuser_step(
     eps_text = eps_subject = scaled_text = scaled_subject = None
     if text_guidance is not None:
         eps_text, scaled_text = text_guidance(
-            _given(text_predictions, "text_predictions", stage), settings.guidance_scale
+            _given(text_predictions, "text_predictions", stage), settings.effective_guidance_scale
         )
     if subject_guidance is not None:
         predictions = _given(subject_predictions, "subject_predictions", stage)

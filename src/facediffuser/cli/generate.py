@@ -115,8 +115,9 @@ class GenerateConfig:
     paper_sampling: bool = field(
         default=False,
         metadata={
-            "help": "sample as the paper does, DDIM at 50 steps, instead of the model's own scheduler and number of "
-            "steps (--scheduler and --steps, when given, win)"
+            "help": "sample as the paper does, DDIM at 50 steps with guidance scale 5, instead of the model's own "
+            "scheduler, number of steps and guidance scale (--scheduler, --steps and --guidance-scale, when given, "
+            "win)"
         },
     )
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1, mps"})
@@ -180,17 +181,19 @@ def writes_regions(config: GenerateConfig, placeholder: str, model_steps: int | 
 
 
 def with_paper_sampling(config: GenerateConfig) -> GenerateConfig:
-    """``config`` with ``--paper-sampling`` applied: DDIM and 50 steps where the flags left them to the model."""
+    """``config`` with ``--paper-sampling`` applied: DDIM, 50 steps and guidance scale 5 where the flags left them to
+    the model."""
     from ..io.loading import PAPER_SCHEDULER
-    from ..settings import DEFAULT_STEPS
+    from ..settings import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 
     if not config.paper_sampling:
         return config
     steps = config.sampling.num_inference_steps or DEFAULT_STEPS
+    scale = DEFAULT_GUIDANCE_SCALE if config.sampling.guidance_scale is None else config.sampling.guidance_scale
     return replace(
         config,
         scheduler=config.scheduler or PAPER_SCHEDULER,
-        sampling=config.sampling.replace(num_inference_steps=steps),
+        sampling=config.sampling.replace(num_inference_steps=steps, guidance_scale=scale),
     )
 
 
@@ -273,10 +276,13 @@ def check_before_loading(config: GenerateConfig):
             "Face-diffuser pipeline folder as --model."
         )
     placeholder = read_placeholder(folder, index) if index is not None else None
-    own_steps = (index or {}).get("num_inference_steps")
-    if own_steps is not None:  # the pipeline would refuse it while it loads: say so now, naming the file
+    own = {k: (index or {}).get(k) for k in ("num_inference_steps", "guidance_scale")}
+    # the pipeline would refuse them while it loads: say so now, naming the file
+    for name, value in own.items():
+        if value is None:
+            continue
         try:
-            SamplingSettings(num_inference_steps=own_steps)
+            SamplingSettings(**{name: value})
         except ValueError as err:
             named = folder / "model_index.json" if folder else f"the model_index.json of {config.model}"
             raise ValueError(f"In {named}, {err}") from None
@@ -375,8 +381,13 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
                 pipe.compile_unets()
     else:
         check_prompt(config.prompt, len(people), placeholder=pipe.placeholder, reference_term="--ref")
-    if config.sampling.num_inference_steps is None:  # the model's own, recorded as the number it is
-        config = replace(config, sampling=config.sampling.replace(num_inference_steps=pipe.default_num_inference_steps))
+    own = {  # the model's own, recorded as the numbers they are
+        "num_inference_steps": pipe.default_num_inference_steps,
+        "guidance_scale": pipe.default_guidance_scale,
+    }
+    own = {k: v for k, v in own.items() if getattr(config.sampling, k) is None}
+    if own:
+        config = replace(config, sampling=config.sampling.replace(**own))
 
     # 3. Generate.
     result = pipe(

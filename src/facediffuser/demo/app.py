@@ -3,7 +3,7 @@
 :func:`serve` owns one temporary folder for everything the server writes (uploads, example copies, PNGs) and removes
 it on :meth:`DemoServer.close`. :func:`build_app` lays out the page over a :class:`~facediffuser.demo.core.DemoRunner`;
 the page's numeric controls take their ranges and defaults from the loaded model (the runner's ``controls``: the size
-from the model's sample size and VAE scale, the subject guidance scale from its ``model_index.json``, the rest from
+from the model's sample size and VAE scale, the steps and guidance scales from its ``model_index.json``, the rest from
 :class:`~facediffuser.settings.SamplingSettings`), and each request becomes a ``SamplingSettings`` again, so the checks
 and their words are the command line's. Gradio checks no value itself (:func:`unchecked`): a value outside a
 range is refused by the runner, in the page's words.

@@ -5,7 +5,7 @@ The checks, the pipeline and the PNG chunk are ``facediffuser generate``'s: a re
 the same reference checks, and each PNG carries the same ``parameters`` chunk.
 
 The page's numeric controls are controls (:class:`Control`) made from the loaded model (:func:`page_controls`): the size
-sliders from its sample size and VAE scale, the subject guidance scale from its ``model_index.json``. A request's
+sliders from its sample size and VAE scale, the steps and guidance scales from its ``model_index.json``. A request's
 values are checked here, never by Gradio: first by the library's checks (an integer setting given 2.5 is refused, not
 truncated), then against the controls' ranges.
 """
@@ -26,7 +26,14 @@ from typing import Any
 
 from ..fusion import SubjectGuidanceBase
 from ..io.loading import dtype_name
-from ..settings import DEFAULT_STEPS, REGION_OPTIONS, SamplingSettings, StageBoundaries, check_image_size
+from ..settings import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_STEPS,
+    REGION_OPTIONS,
+    SamplingSettings,
+    StageBoundaries,
+    check_image_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +100,19 @@ def page_controls(pipe) -> dict[str, Control]:
     height, width = model_side(pipe)
     own_subject = getattr(pipe, "subject_guidance_scale", None)  # model_index.json's, when it names one
     own_steps = getattr(pipe, "default_num_inference_steps", DEFAULT_STEPS)  # the model's own, else the paper's
+    own_scale = getattr(pipe, "default_guidance_scale", DEFAULT_GUIDANCE_SCALE)  # the same
 
     def size(label: str, side: int) -> Control:
         return Control(label, LATENT_MIN * scale, max(LATENT_MAX * scale, 2 * side), scale, side, integer=True)
 
     def setting(name: str, label: str, step: float, value: Any = None, integer: bool = False) -> Control:
         value = default(name) if value is None and name != "subject_guidance_scale" else value
-        return Control(label, *slider_range(name), step, value, integer)
+        low, high = slider_range(name)  # widened to hold the model's own when it names more
+        return Control(label, low, high if value is None else max(high, value), step, value, integer)
 
     return {
         "num_inference_steps": setting("num_inference_steps", "Steps", 1, own_steps, True),
-        "guidance_scale": setting("guidance_scale", "Guidance scale", 0.5),
+        "guidance_scale": setting("guidance_scale", "Guidance scale", 0.5, own_scale),
         "subject_guidance_scale": setting("subject_guidance_scale", "Subject guidance scale", 0.5, own_subject),
         "alpha": setting("alpha", "alpha", 0.05),
         "beta": setting("beta", "beta", 0.05),
@@ -344,6 +353,14 @@ class DemoRunner:
             pipe.scheduler = copy.deepcopy(self._scheduler)
             if request.scheduler is not None:
                 swap_scheduler(pipe, request.scheduler)
+            # what the request leaves to the model: its own, drawn and recorded as the numbers they are
+            own = {
+                "num_inference_steps": pipe.default_num_inference_steps,
+                "guidance_scale": pipe.default_guidance_scale,
+            }
+            own = {k: v for k, v in own.items() if getattr(request.settings, k) is None}
+            if own:
+                request = dataclasses.replace(request, settings=request.settings.replace(**own))
             total = request.settings.num_inference_steps
 
             def step_end(_pipe, step: int, _timestep, tensors: dict) -> dict:

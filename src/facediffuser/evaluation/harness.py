@@ -182,7 +182,9 @@ class EvaluationConfig:
         default=None, metadata={"help": "images per case (default: the benchmark's, 4 for the subject benchmarks)"}
     )
     steps: int | None = _sampling_field("num_inference_steps")
-    guidance_scale: float = _sampling_field("guidance_scale", " (the SDM's too, unless --subject-guidance-scale)")
+    guidance_scale: float | None = _sampling_field(
+        "guidance_scale", " (the SDM's too, unless --subject-guidance-scale or the model names its own)"
+    )
     subject_guidance_scale: float | None = _sampling_field("subject_guidance_scale")
     subject_guidance_base: SubjectGuidanceBase = _sampling_field("subject_guidance_base")
     height: int | None = field(
@@ -199,8 +201,9 @@ class EvaluationConfig:
     paper_sampling: bool = field(
         default=False,
         metadata={
-            "help": "sample as the paper does, DDIM at 50 steps, instead of each model's own scheduler and number of "
-            "steps (--scheduler and --steps, when given, win)"
+            "help": "sample as the paper does, DDIM at 50 steps with guidance scale 5, instead of each model's own "
+            "scheduler, number of steps and guidance scale (--scheduler, --steps and --guidance-scale, when given, "
+            "win)"
         },
     )
     device: str = field(default="auto", metadata={"help": "device; 'auto' takes this process's accelerator"})
@@ -241,12 +244,13 @@ class EvaluationConfig:
             changes["ip_backend"] = defaults.ip_backend or "dlib"
         if self.clip_model is None and ("pc" in self.metrics or ATTRIBUTES in self.metrics):
             changes["clip_model"] = defaults.clip_model() if defaults.clip_model else DEFAULT_CLIP_MODEL
-        if self.paper_sampling:  # the flags left to the models: DDIM at 50 steps
+        if self.paper_sampling:  # the flags left to the models: DDIM at 50 steps, guidance scale 5
             from ..io.loading import PAPER_SCHEDULER
-            from ..settings import DEFAULT_STEPS
+            from ..settings import DEFAULT_GUIDANCE_SCALE, DEFAULT_STEPS
 
             changes["scheduler"] = self.scheduler or PAPER_SCHEDULER
             changes["steps"] = self.steps or DEFAULT_STEPS
+            changes["guidance_scale"] = DEFAULT_GUIDANCE_SCALE if self.guidance_scale is None else self.guidance_scale
         return dataclasses.replace(self, **changes) if changes else self
 
     def sampling(self) -> SamplingSettings:
@@ -317,13 +321,55 @@ class EvaluationConfig:
                 raise ValueError(f"{path.parent} has no image_encoder folder beside the adapter (--ip-adapter).")
         return models, variants, self.prompt_set()
 
+    def guidance_scales(self, models: list[ModelSpec], pipelines: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Each model's guidance scale in this run, read before any model loads: ``--guidance-scale``, else the one
+        the model's ``model_index.json`` names, else the paper's 5 (``None`` for a hub model whose index is not at
+        hand). ``pipelines``: the ready pipelines :func:`evaluate` was given, by model name.
+
+        Raises ``ValueError`` naming the ``model_index.json`` whose ``guidance_scale`` the pipeline would refuse."""
+        from ..io.loading import ModelSource, check_model_source, hub_model_index, model_folder, read_model_index
+        from ..settings import DEFAULT_GUIDANCE_SCALE
+
+        scales: dict[str, Any] = {}
+        for model in models:
+            if self.guidance_scale is not None:
+                scales[model.name] = self.guidance_scale
+                continue
+            if pipelines and model.name in pipelines:
+                scales[model.name] = pipelines[model.name].default_guidance_scale
+                continue
+            source = check_model_source(model.source)
+            folder = model_folder(model.source)
+            index = read_model_index(folder) if folder is not None else None
+            if source is ModelSource.HUB:
+                index = hub_model_index(model.source)
+                if index is None:  # loading says why, or it loads and draws with its own
+                    scales[model.name] = None
+                    continue
+            own = (index or {}).get("guidance_scale")
+            try:
+                SamplingSettings(guidance_scale=own)
+            except ValueError as err:
+                named = folder / "model_index.json" if folder else f"the model_index.json of {model.source}"
+                raise ValueError(f"In {named}, {err}") from None
+            scales[model.name] = DEFAULT_GUIDANCE_SCALE if own is None else own
+        return scales
+
     def generation_settings(
-        self, images_per_prompt: int, models: list[ModelSpec], prompts: PromptSet | None
+        self,
+        images_per_prompt: int,
+        models: list[ModelSpec],
+        prompts: PromptSet | None,
+        pipelines: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """What ``run.json`` records: every setting that decides the images (alpha and beta are per method)."""
+        """What ``run.json`` records: every setting that decides the images (alpha and beta are per method). The
+        guidance scale is the number the models draw with: one number when they share it, else one per model."""
         sampling = self.sampling().to_dict()
         for name in ("alpha", "beta"):
             sampling.pop(name)
+        scales = self.guidance_scales(models, pipelines)
+        shared = set(scales.values())
+        sampling["guidance_scale"] = shared.pop() if len(shared) == 1 else scales
         return {
             "benchmark": self.benchmark,
             "data": str(Path(self.data).resolve()),
@@ -400,7 +446,7 @@ def evaluate(
     benchmark = load_benchmark(config.benchmark, config.data, prompts=prompts)
     attributes = ATTRIBUTES in config.metrics and benchmark.attribute_scorer is not None
     images_per_prompt = config.images_per_prompt or benchmark.images_per_prompt
-    settings = check_run_settings(out, config.generation_settings(images_per_prompt, models, prompts))
+    settings = check_run_settings(out, config.generation_settings(images_per_prompt, models, prompts, pipelines))
     device = state.device if config.device == "auto" else resolve_device(config.device)
 
     cases = list(benchmark.cases[: config.limit] if config.limit else benchmark.cases)

@@ -85,7 +85,7 @@ class SamplerSetting:
     scheduler: str
     steps: int
     stage_boundaries: StageBoundaries = StageBoundaries.STEPS
-    guidance_scale: float | None = None  # None: the study's --guidance-scale
+    guidance_scale: float | None = None  # None: the study's --guidance-scale, else the model's own
     model: str | None = None  # None: the study's --model; else a pipeline folder or NAME=FOLDER
 
     @property

@@ -7,13 +7,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..settings import SamplingSettings
+from ..settings import DEFAULT_GUIDANCE_SCALE, SamplingSettings
 
 # What an SDM reference is cut to (training.data): the person's whole box (the recipe), or their head box.
 REFERENCE_REGIONS = ("person", "head")
-
-# The sampling defaults (guidance scale, ...) the validation images start from: written once, in SamplingSettings.
-_SAMPLING = SamplingSettings()
 
 
 class ModelKind(str, enum.Enum):
@@ -165,7 +162,8 @@ class TrainConfig:
     # Fewer steps than a real sample (SamplingSettings' default) to keep validation cheap during training.
     validation_inference_steps: int = field(default=25, metadata=_f("DDIM steps of the validation images"))
     validation_guidance_scale: float = field(
-        default=_SAMPLING.guidance_scale, metadata=_f("guidance scale w of the validation images")
+        default=DEFAULT_GUIDANCE_SCALE,
+        metadata=_f("guidance scale w of the validation images (train lcm: --lcm-inference-guidance-scale)"),
     )
     logging_steps: int = field(default=10, metadata=_f("log the losses every N steps"))
     log_with: LogBackend = field(default=LogBackend.AUTO, metadata=_f("log to TensorBoard or CSV"))
@@ -200,6 +198,13 @@ class TrainConfig:
     )
     lcm_inference_steps: int = field(
         default=4, metadata=_f("lcm: the steps the exported pipeline samples with by default, and the validation's")
+    )
+    lcm_inference_guidance_scale: float = field(
+        default=2.0,
+        metadata=_f(
+            "lcm: the guidance scale the exported pipeline samples with by default, and the validation's (2: the "
+            "mini model's best on validation people)"
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -285,6 +290,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"`{name}` must be a non-negative number, got {value}.")
+        scale = self.lcm_inference_guidance_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"`lcm_inference_guidance_scale` must be a non-negative number, got {scale!r}.")
+        try:  # the exported pipeline's own rule (its model_index.json is read back with it)
+            SamplingSettings(guidance_scale=scale)
+        except ValueError as err:
+            raise ValueError(str(err).replace("`guidance_scale`", "`lcm_inference_guidance_scale`")) from None
         if self.lcm_guidance_min > self.lcm_guidance_max:
             raise ValueError(
                 f"`lcm_guidance_min` ({self.lcm_guidance_min}) must not exceed `lcm_guidance_max` "

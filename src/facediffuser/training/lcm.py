@@ -24,8 +24,9 @@ would save nothing worth its rank as a new setting). Each step, per image:
 Everything else is the project's loop (:class:`~facediffuser.training.trainer.Trainer`): the data of the distilled
 model (the portraits' people for the SDM), accumulation, logging (the consistency loss is logged as ``denoising``),
 checkpoints (the target network is saved with them, so a resume is exact), validation and export: a pipeline folder
-whose distilled UNet is the student, whose scheduler is ``LCMScheduler`` and whose ``num_inference_steps`` is
-``lcm_inference_steps``. Distil the second UNet from that folder to have both.
+whose distilled UNet is the student, whose scheduler is ``LCMScheduler`` and whose ``num_inference_steps`` and
+``guidance_scale`` are ``lcm_inference_steps`` and ``lcm_inference_guidance_scale``. Distil the second UNet from that
+folder to have both.
 """
 
 from __future__ import annotations
@@ -221,11 +222,18 @@ class LCMTrainer(Trainer):
         return self.lcm_scheduler(self.scheduler_config)
 
     def validation_sampling(self):
-        return super().validation_sampling().replace(num_inference_steps=self.config.lcm_inference_steps)
+        c = self.config
+        return (
+            super()
+            .validation_sampling()
+            .replace(num_inference_steps=c.lcm_inference_steps, guidance_scale=c.lcm_inference_guidance_scale)
+        )
 
     def write_pipeline(self, state: dict[str, dict[str, torch.Tensor]], base: FaceDiffuserPipeline, out: Path) -> Path:
-        """The base with the student in the distilled UNet's slot, LCMScheduler, and ``lcm_inference_steps`` as its
-        own number of steps."""
+        """The base with the student in the distilled UNet's slot, LCMScheduler, and ``lcm_inference_steps`` and
+        ``lcm_inference_guidance_scale`` as its own number of steps and guidance scale."""
         base.register_modules(scheduler=self.lcm_scheduler(base.scheduler.config))
-        base.register_to_config(num_inference_steps=self.config.lcm_inference_steps)
+        base.register_to_config(
+            num_inference_steps=self.config.lcm_inference_steps, guidance_scale=self.config.lcm_inference_guidance_scale
+        )
         return export_pipeline(self.kind, state, base, out)
