@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="SCHEDULER:STEPS[:noise][:wSCALE][@MODEL]",
         help="instead of one evaluation, the sampler study: Face-diffuser under each setting (e.g. ddim:50 dpm++:10 "
-        "dpm++-karras:8 unipc:10:noise; ':noise' bounds the stages by noise level, :w1.5' sets that setting's "
+        "dpm++-karras:8 unipc:10:noise; ':noise' bounds the stages by noise level, ':w1.5' sets that setting's "
         "guidance scale (else --guidance-scale, else the model's own), '@FOLDER' or '@NAME=FOLDER' draws it with "
         "another model, such as a distilled one: "
         "lcm:4:w2@lcm=LCM), the first the reference, each "
