@@ -73,11 +73,22 @@ def test_the_packages_names_still_import():
 def test_ctrl_c_in_a_fresh_process_while_torch_loads(tmp_path):
     # A real SIGINT, as the terminal sends it, 0.5 s into `world render` (while torch and the world's modules load,
     # or, on a fast machine, while the first stage runs): one line, status 130, no traceback.
+    # The child starts with SIGINT at its default, as a terminal starts a foreground command: a test run in the
+    # background of a non-interactive shell (`.ci/run &`) ignores SIGINT, and its children would inherit that.
     cmd = [sys.executable, "-m", "facediffuser.cli.main", "world", "render", "--out", str(tmp_path / "w")]
-    process = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=_env())
+    process = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    try:
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()  # a run that ignored the interrupt is not left rendering
     # 130 from main(); or the interpreter ends itself by SIGINT (-2) when the interrupt passed through code that a
     # library ran with PyRun (CPython then re-raises the signal at exit whatever caught it). A shell shows both as 130.
     assert process.returncode in (130, -signal.SIGINT), (process.returncode, err)
