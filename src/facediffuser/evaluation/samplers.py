@@ -411,9 +411,8 @@ def run_study(config: Any, specs: Sequence[str]) -> tuple[dict[str, Any], list[P
     ``config.out``. Returns the summary and the files written."""
     from ..io.loading import model_folder
     from ..io.output_folders import check, claim, own
-    from ..io.outputs import atomic_write
     from .harness import COMMAND, evaluate
-    from .reports import read_scores, write_json
+    from .reports import read_scores
 
     settings = parse_settings(specs)
     config = config.resolved()
@@ -470,13 +469,7 @@ def run_study(config: Any, specs: Sequence[str]) -> tuple[dict[str, Any], list[P
         f"Sampler study on `{config.benchmark}` ({config.data}), model `{models[0].source}`, seed {config.seed}, "
         f"alpha {config.alpha:g} / beta {config.beta:g}.\n"
     )
-    text = markdown(summary, header).encode("utf-8")
-    atomic_write(files[0], lambda f: f.write(text), overwrite=True)
-    write_json(files[1], summary)
-    written = files[:2]
-    if pareto_plot(summary, files[2]):
-        written.append(files[2])
-    return summary, written
+    return summary, _write_study(files, summary, header)
 
 
 # What pooled studies must share: a difference in any of these changes what a setting's images are of.
@@ -503,9 +496,8 @@ def pool_studies(studies: Sequence[Path], out: Path) -> tuple[dict[str, Any], li
     study, studies of another benchmark, data, model or stages, a seed given twice, and settings whose cost differs."""
     from ..io.files import read_json
     from ..io.output_folders import check, claim, own
-    from ..io.outputs import atomic_write
     from .harness import COMMAND
-    from .reports import read_scores, write_json
+    from .reports import read_scores
 
     if len(studies) < 2:
         raise ValueError("Give at least two sampler studies to pool (the --out folders of `evaluate --samplers`).")
@@ -573,13 +565,22 @@ def pool_studies(studies: Sequence[Path], out: Path) -> tuple[dict[str, Any], li
         + (f" Settings not run in every study, left out: {', '.join(left_out)}." if left_out else "")
         + "\n"
     )
-    text = markdown(pooled, header).encode("utf-8")
+    return pooled, _write_study(files, pooled, header)
+
+
+def _write_study(files: list[Path], summary: dict[str, Any], header: str) -> list[Path]:
+    """Writes a study's ``samplers.md``, ``samplers.json`` and ``pareto.png`` (``files``, owned); returns those
+    written (no figure without matplotlib)."""
+    from ..io.outputs import atomic_write
+    from .reports import write_json
+
+    text = markdown(summary, header).encode("utf-8")
     atomic_write(files[0], lambda f: f.write(text), overwrite=True)
-    write_json(files[1], pooled)
+    write_json(files[1], summary)
     written = files[:2]
-    if pareto_plot(pooled, files[2]):
+    if pareto_plot(summary, files[2]):
         written.append(files[2])
-    return pooled, written
+    return written
 
 
 def _is_run(folder: Path) -> bool:
