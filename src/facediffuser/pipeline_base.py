@@ -163,6 +163,13 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
         own = getattr(self.config, "guidance_scale", None)
         return DEFAULT_GUIDANCE_SCALE if own is None else own
 
+    def own_sampling(self, settings: SamplingSettings) -> SamplingSettings:
+        """``settings`` with what it leaves to the model (``None`` steps or guidance scale) filled with this model's
+        own numbers: what a call draws with, and what ``generate`` and the demo record."""
+        own = {"num_inference_steps": self.default_num_inference_steps, "guidance_scale": self.default_guidance_scale}
+        own = {name: value for name, value in own.items() if getattr(settings, name) is None}
+        return settings.replace(**own) if own else settings
+
     # ------------------------------------------------------------------ memory and speed
     def compile_unets(self, **compile_kwargs: Any) -> None:
         """Compiles both UNets in place with ``torch.compile`` (``nn.Module.compile``).
@@ -375,13 +382,11 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
         # 1. Check inputs, all before any model runs: the sampling settings (validated once, by SamplingSettings),
         #    the image size and output options, the prompts and the reference photos.
         settings = SamplingSettings(
-            num_inference_steps=self.default_num_inference_steps
-            if num_inference_steps is None
-            else num_inference_steps,
+            num_inference_steps=num_inference_steps,
             alpha=alpha,
             beta=beta,
             stage_boundaries=stage_boundaries,
-            guidance_scale=self.default_guidance_scale if guidance_scale is None else guidance_scale,
+            guidance_scale=guidance_scale,
             subject_guidance_scale=self.subject_guidance_scale
             if subject_guidance_scale is None
             else subject_guidance_scale,
@@ -394,6 +399,7 @@ class FaceDiffuserPipelineBase(OneModelAtATimeOffloadMixin, AdapterSubjectMixin)
             region_saliency=region_saliency,
             region_source=region_source,
         )
+        settings = self.own_sampling(settings)
         default_size = self.unet.config.sample_size * self.vae_scale_factor
         height = default_size if height is None else height
         width = default_size if width is None else width

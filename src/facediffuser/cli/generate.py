@@ -242,6 +242,7 @@ def check_before_loading(config: GenerateConfig):
         hub_model_index,
         is_xl_model,
         model_folder,
+        own_sampling_defaults,
         read_face_detector,
         read_model_index,
         read_placeholder,
@@ -276,16 +277,8 @@ def check_before_loading(config: GenerateConfig):
             "Face-diffuser pipeline folder as --model."
         )
     placeholder = read_placeholder(folder, index) if index is not None else None
-    own = {k: (index or {}).get(k) for k in ("num_inference_steps", "guidance_scale")}
-    # the pipeline would refuse them while it loads: say so now, naming the file
-    for name, value in own.items():
-        if value is None:
-            continue
-        try:
-            SamplingSettings(**{name: value})
-        except ValueError as err:
-            named = folder / "model_index.json" if folder else f"the model_index.json of {config.model}"
-            raise ValueError(f"In {named}, {err}") from None
+    named = folder / "model_index.json" if folder else f"the model_index.json of {config.model}"
+    own_sampling_defaults(index, named, ("num_inference_steps", "guidance_scale"))  # the pipeline would refuse them
     paths = output_paths(config.out, config.num_images)
     pictures = [mask_path(p) for p in paths] if config.save_masks else []
     if writes_regions(config, placeholder or DEFAULT_PLACEHOLDER, (index or {}).get("num_inference_steps")):
@@ -381,13 +374,7 @@ def generate(config: GenerateConfig, recorded: dict[str, Any] | None = None) -> 
                 pipe.compile_unets()
     else:
         check_prompt(config.prompt, len(people), placeholder=pipe.placeholder, reference_term="--ref")
-    own = {  # the model's own, recorded as the numbers they are
-        "num_inference_steps": pipe.default_num_inference_steps,
-        "guidance_scale": pipe.default_guidance_scale,
-    }
-    own = {k: v for k, v in own.items() if getattr(config.sampling, k) is None}
-    if own:
-        config = replace(config, sampling=config.sampling.replace(**own))
+    config = replace(config, sampling=pipe.own_sampling(config.sampling))  # recorded as the numbers they are
 
     # 3. Generate.
     result = pipe(

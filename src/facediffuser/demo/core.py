@@ -354,13 +354,7 @@ class DemoRunner:
             if request.scheduler is not None:
                 swap_scheduler(pipe, request.scheduler)
             # what the request leaves to the model: its own, drawn and recorded as the numbers they are
-            own = {
-                "num_inference_steps": pipe.default_num_inference_steps,
-                "guidance_scale": pipe.default_guidance_scale,
-            }
-            own = {k: v for k, v in own.items() if getattr(request.settings, k) is None}
-            if own:
-                request = dataclasses.replace(request, settings=request.settings.replace(**own))
+            request = dataclasses.replace(request, settings=pipe.own_sampling(request.settings))
             total = request.settings.num_inference_steps
 
             def step_end(_pipe, step: int, _timestep, tensors: dict) -> dict:

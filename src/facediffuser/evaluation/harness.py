@@ -327,7 +327,14 @@ class EvaluationConfig:
         hand). ``pipelines``: the ready pipelines :func:`evaluate` was given, by model name.
 
         Raises ``ValueError`` naming the ``model_index.json`` whose ``guidance_scale`` the pipeline would refuse."""
-        from ..io.loading import ModelSource, check_model_source, hub_model_index, model_folder, read_model_index
+        from ..io.loading import (
+            ModelSource,
+            check_model_source,
+            hub_model_index,
+            model_folder,
+            own_sampling_defaults,
+            read_model_index,
+        )
         from ..settings import DEFAULT_GUIDANCE_SCALE
 
         scales: dict[str, Any] = {}
@@ -346,12 +353,8 @@ class EvaluationConfig:
                 if index is None:  # loading says why, or it loads and draws with its own
                     scales[model.name] = None
                     continue
-            own = (index or {}).get("guidance_scale")
-            try:
-                SamplingSettings(guidance_scale=own)
-            except ValueError as err:
-                named = folder / "model_index.json" if folder else f"the model_index.json of {model.source}"
-                raise ValueError(f"In {named}, {err}") from None
+            named = folder / "model_index.json" if folder else f"the model_index.json of {model.source}"
+            own = own_sampling_defaults(index, named, ("guidance_scale",)).get("guidance_scale")
             scales[model.name] = DEFAULT_GUIDANCE_SCALE if own is None else own
         return scales
 

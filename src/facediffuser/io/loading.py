@@ -356,6 +356,22 @@ def read_model_index(folder: Path) -> dict:
     return read_json(folder / "model_index.json", dict, "a model index")
 
 
+def own_sampling_defaults(index: dict | None, where: str | Path, names: tuple[str, ...]) -> dict:
+    """The sampling defaults ``names`` (``num_inference_steps``, ``guidance_scale``) that a model index names, each
+    checked by :class:`~facediffuser.settings.SamplingSettings`' rule before the pipeline would refuse it while it
+    loads. Raises ``ValueError`` naming ``where`` (the ``model_index.json``)."""
+    from ..settings import SamplingSettings
+
+    own = {name: (index or {}).get(name) for name in names}
+    own = {name: value for name, value in own.items() if value is not None}
+    for name, value in own.items():
+        try:
+            SamplingSettings(**{name: value})
+        except ValueError as err:
+            raise ValueError(f"In {where}, {err}") from None
+    return own
+
+
 def read_placeholder(folder: Path, index: dict | None = None) -> str:
     """The placeholder a pipeline folder's prompts use (``model_index.json``, or its parsed ``index``), read without
     loading the pipeline."""
